@@ -1,0 +1,385 @@
+#pragma once
+// Stride-1 'same' convolution on the CPU: forward (Fprop), data gradient (Dgrad) and weight
+// gradient (Wgrad), for 2D and 3D through one code path.
+//
+// Each input channel is copied into a zero-bordered plane and flattened. In that layout an
+// output voxel q reads input q + offset(tap) for a fixed list of offsets, so a convolution
+// is a sum of shifted, contiguous vector runs: the kernels stream long runs of lanes, never
+// test borders, and the same micro-kernel serves 3x3, 3x3x3 and 1x1. Outputs are computed on
+// the padded grid too (the few border positions are discarded when copied out).
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <span>
+
+#include "../../detail/static_for.hpp"
+#include "../conv_problem.hpp"
+#include "parallel.hpp"
+#include "simd.hpp"
+
+namespace lightunet::cpu_kernels {
+
+using detail::ceil_div;
+using detail::round_up;
+using detail::static_for;
+
+// Register tiles. Fprop: R output channels x V vectors of voxels. Wgrad: RW output channels x
+// TW (input channel, tap) pairs, each accumulator a vector over voxels.
+inline constexpr int fprop_rows = wide_register_file ? 8 : 4;
+inline constexpr int fprop_vectors = 3;
+inline constexpr int wgrad_rows = wide_register_file ? 3 : 1;
+inline constexpr int wgrad_pairs = 9;
+inline constexpr std::ptrdiff_t max_chunk = 256;  // >= fprop_vectors * lanes for any T
+
+struct PaddedLayout {
+    Extent extent;
+    int pd = 0, ph = 0, pw = 0;
+    std::ptrdiff_t dp = 0, hp = 0, wp = 0;
+    std::ptrdiff_t plane = 0;       // padded voxels per channel
+    std::ptrdiff_t stride = 0;      // distance between channels: plane + read slack
+    std::ptrdiff_t run_begin = 0;   // first interior voxel
+    std::ptrdiff_t run_length = 0;  // through the last interior voxel
+    std::array<std::ptrdiff_t, 27> tap_offset{};
+    int taps = 0;
+};
+
+constexpr PaddedLayout padded_layout(const ConvProblem& p) {
+    PaddedLayout l;
+    l.extent = p.extent;
+    l.pd = p.kd / 2;
+    l.ph = p.kh / 2;
+    l.pw = p.kw / 2;
+    l.dp = p.extent.d + 2 * l.pd;
+    l.hp = p.extent.h + 2 * l.ph;
+    l.wp = p.extent.w + 2 * l.pw;
+    l.plane = l.dp * l.hp * l.wp;
+    const std::ptrdiff_t max_offset = l.pd * l.hp * l.wp + l.ph * l.wp + l.pw;
+    l.run_begin = max_offset;
+    const std::ptrdiff_t last =
+        (l.pd + p.extent.d - 1) * l.hp * l.wp + (l.ph + p.extent.h - 1) * l.wp + (l.pw + p.extent.w - 1);
+    l.run_length = last - l.run_begin + 1;
+    l.stride = round_up(l.plane + max_offset + max_chunk, 16);
+    l.taps = p.taps();
+    int t = 0;
+    for (int z = 0; z < p.kd; ++z)
+        for (int y = 0; y < p.kh; ++y)
+            for (int x = 0; x < p.kw; ++x)
+                l.tap_offset[t++] = (z - l.pd) * l.hp * l.wp + (y - l.ph) * l.wp + (x - l.pw);
+    return l;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layout conversions
+
+template <class T>
+void pad_channel(const PaddedLayout& l, const T* src, T* dst) {
+    const auto [d, h, w] = l.extent;
+    for (std::ptrdiff_t z = 0; z < l.dp; ++z)
+        for (std::ptrdiff_t y = 0; y < l.hp; ++y) {
+            T* row = dst + (z * l.hp + y) * l.wp;
+            const bool inner = z >= l.pd && z < l.pd + d && y >= l.ph && y < l.ph + h;
+            if (!inner) {
+                std::fill(row, row + l.wp, T(0));
+                continue;
+            }
+            std::fill(row, row + l.pw, T(0));
+            std::memcpy(row + l.pw, src + ((z - l.pd) * h + (y - l.ph)) * w, sizeof(T) * w);
+            std::fill(row + l.pw + w, row + l.wp, T(0));
+        }
+    std::fill(dst + l.plane, dst + l.stride, T(0));
+}
+
+// Copies the interior of a padded channel out, adding `bias`, overwriting or accumulating.
+template <class T>
+void unpad_channel(const PaddedLayout& l, const T* src, T* dst, T bias, bool accumulate) {
+    const auto [d, h, w] = l.extent;
+    for (int z = 0; z < d; ++z)
+        for (int y = 0; y < h; ++y) {
+            const T* in = src + ((z + l.pd) * l.hp + (y + l.ph)) * l.wp + l.pw;
+            T* out = dst + (std::ptrdiff_t(z) * h + y) * w;
+            if (accumulate)
+                for (int x = 0; x < w; ++x) out[x] += in[x] + bias;
+            else
+                for (int x = 0; x < w; ++x) out[x] = in[x] + bias;
+        }
+}
+
+template <class T>
+void pad_sources(const PaddedLayout& l, std::span<const ChannelSource<T>> sources, int image, T* dst) {
+    std::ptrdiff_t channels = 0;
+    for (const auto& s : sources) channels += s.channels;
+    const std::ptrdiff_t plane = std::ptrdiff_t(l.extent.size());
+    parallel_for(channels, [&](std::ptrdiff_t c) {
+        std::ptrdiff_t local = c;
+        for (const auto& s : sources) {
+            if (local < s.channels) {
+                pad_channel(l, s.data + image * s.image_stride + local * plane, dst + c * l.stride);
+                return;
+            }
+            local -= s.channels;
+        }
+    });
+}
+
+// Weights [cout][k] (k = cin * taps + tap) as blocks of R output channels: [block][k][R],
+// zero rows past cout, so the micro-kernel reads R consecutive broadcasts per (k).
+template <class T>
+void pack_fprop_weights(const T* weight, int cout, int k_count, T* packed) {
+    constexpr int R = fprop_rows;
+    const int blocks = int(ceil_div(cout, R));
+    parallel_for(blocks, [&](std::ptrdiff_t b) {
+        T* dst = packed + b * std::ptrdiff_t(k_count) * R;
+        for (int k = 0; k < k_count; ++k)
+            for (int r = 0; r < R; ++r) {
+                const std::ptrdiff_t oc = b * R + r;
+                dst[std::ptrdiff_t(k) * R + r] = oc < cout ? weight[oc * k_count + k] : T(0);
+            }
+    });
+}
+
+// The data gradient is a convolution of the output gradient with the kernel mirrored in space
+// and input/output channels exchanged: W'[ci][oc][t] = W[oc][ci][taps - 1 - t].
+template <class T>
+void pack_dgrad_weights(const T* weight, int cout, int cin, int taps, T* packed) {
+    constexpr int R = fprop_rows;
+    const int blocks = int(ceil_div(cin, R));
+    const int k_count = cout * taps;
+    parallel_for(blocks, [&](std::ptrdiff_t b) {
+        T* dst = packed + b * std::ptrdiff_t(k_count) * R;
+        for (int oc = 0; oc < cout; ++oc)
+            for (int t = 0; t < taps; ++t)
+                for (int r = 0; r < R; ++r) {
+                    const std::ptrdiff_t ci = b * R + r;
+                    dst[(std::ptrdiff_t(oc) * taps + t) * R + r] =
+                        ci < cin ? weight[(std::ptrdiff_t(oc) * cin + ci) * taps + (taps - 1 - t)] : T(0);
+                }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Micro-kernels
+
+template <class T, int R, int V>
+inline void fprop_chunk(const T* x, std::ptrdiff_t x_stride, const std::ptrdiff_t* tap_offset, int taps, int ci_begin,
+                        int ci_end, const T* w, T* y, std::ptrdiff_t y_stride, int rows, bool first) {
+    using B = Batch<T>;
+    constexpr int L = lanes<T>;
+    B acc[R][V];
+    static_for<R>([&](auto r) {
+        static_for<V>([&](auto v) {
+            acc[r][v] = (first || r >= rows) ? B(T(0)) : B::load_unaligned(y + r * y_stride + v * L);
+        });
+    });
+    for (int ci = ci_begin; ci < ci_end; ++ci) {
+        const T* xc = x + ci * x_stride;
+        const T* wc = w + std::ptrdiff_t(ci) * taps * R;
+        for (int t = 0; t < taps; ++t) {
+            const T* xp = xc + tap_offset[t];
+            B xv[V];
+            static_for<V>([&](auto v) { xv[v] = B::load_unaligned(xp + v * L); });
+            const T* wt = wc + t * R;
+            static_for<R>([&](auto r) {
+                const B wr(wt[r]);
+                static_for<V>([&](auto v) { acc[r][v] = xsimd::fma(wr, xv[v], acc[r][v]); });
+            });
+        }
+    }
+    static_for<R>([&](auto r) {
+        if (r < rows) static_for<V>([&](auto v) { acc[r][v].store_unaligned(y + r * y_stride + v * L); });
+    });
+}
+
+template <class T, int R, int P>
+inline void wgrad_tile(const T* const* g_rows, const T* const* x_pairs, std::ptrdiff_t q_begin, std::ptrdiff_t q_end,
+                       T (&sums)[R][P]) {
+    using B = Batch<T>;
+    constexpr int L = lanes<T>;
+    B acc[R][P];
+    static_for<R>([&](auto r) { static_for<P>([&](auto p) { acc[r][p] = B(T(0)); }); });
+    for (std::ptrdiff_t q = q_begin; q < q_end; q += L) {
+        B g[R];
+        static_for<R>([&](auto r) { g[r] = B::load_unaligned(g_rows[r] + q); });
+        static_for<P>([&](auto p) {
+            const B xv = B::load_unaligned(x_pairs[p] + q);
+            static_for<R>([&](auto r) { acc[r][p] = xsimd::fma(g[r], xv, acc[r][p]); });
+        });
+    }
+    alignas(64) T lanes_out[L];
+    static_for<R>([&](auto r) {
+        static_for<P>([&](auto p) {
+            acc[r][p].store_aligned(lanes_out);
+            T s = 0;
+            for (int i = 0; i < L; ++i) s += lanes_out[i];
+            sums[r][p] = s;
+        });
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Drivers over one image
+
+// y_pad channels [0, oc_end - oc_begin) <- convolution of x_pad (cin channels) with the packed
+// weights of output channels [oc_begin, oc_end); oc_begin is a multiple of fprop_rows.
+template <class T>
+void fprop_padded(const PaddedLayout& l, int cin, const T* x_pad, const T* packed_weight, int oc_begin, int oc_end,
+                  T* y_pad) {
+    constexpr int R = fprop_rows, V = fprop_vectors, L = lanes<T>;
+    constexpr std::ptrdiff_t chunk = std::ptrdiff_t(V) * L;
+    static_assert(chunk <= max_chunk);
+    const std::ptrdiff_t chunks = ceil_div(l.run_length, chunk);
+    constexpr std::ptrdiff_t tile_chunks = 8;
+    const std::ptrdiff_t tiles = ceil_div(chunks, tile_chunks);
+    const int blocks = int(ceil_div(oc_end - oc_begin, R));
+    const std::ptrdiff_t k_count = std::ptrdiff_t(cin) * l.taps;
+    // Input channels per pass, so the tile's input rows stay in the core's L2 across blocks.
+    const std::ptrdiff_t footprint = std::ptrdiff_t(sizeof(T)) * (2 * l.pd + 1) * (tile_chunks * chunk + 2 * l.wp + 2);
+    const int ci_step = int(std::clamp<std::ptrdiff_t>((256 << 10) / footprint, 1, cin));
+    parallel_for(tiles * blocks, [&](std::ptrdiff_t item) {
+        const std::ptrdiff_t tile = item / blocks;
+        const int block = int(item % blocks);
+        const int oc0 = oc_begin + block * R;
+        const int rows = std::min(R, oc_end - oc0);
+        const T* w = packed_weight + std::ptrdiff_t(oc0 / R) * k_count * R;
+        T* y = y_pad + std::ptrdiff_t(oc0 - oc_begin) * l.stride;
+        const std::ptrdiff_t c_end = std::min(chunks, (tile + 1) * tile_chunks);
+        for (int ci = 0; ci < cin; ci += ci_step) {
+            const int ci_end = std::min(cin, ci + ci_step);
+            for (std::ptrdiff_t c = tile * tile_chunks; c < c_end; ++c) {
+                const std::ptrdiff_t q = l.run_begin + c * chunk;
+                fprop_chunk<T, R, V>(x_pad + q, l.stride, l.tap_offset.data(), l.taps, ci, ci_end, w, y + q, l.stride,
+                                     rows, ci == 0);
+            }
+        }
+    });
+}
+
+// dweight[oc][ci * taps + t] += sum over interior q of g_pad[oc][q] * x_pad[ci][q + offset(t)].
+// g_pad is zero outside the interior, so the padded run may be summed whole.
+template <class T>
+void wgrad_padded(const PaddedLayout& l, int cin, int cout, const T* x_pad, const T* g_pad, T* dweight) {
+    constexpr int R = wgrad_rows, P = wgrad_pairs, L = lanes<T>;
+    const int k_count = cin * l.taps;
+    const int row_blocks = int(ceil_div(cout, R));
+    const int pair_blocks = int(ceil_div(k_count, P));
+    const std::ptrdiff_t run_end = l.run_begin + round_up(l.run_length, L);
+    constexpr std::ptrdiff_t tile = 2048;
+    for (std::ptrdiff_t q0 = l.run_begin; q0 < run_end; q0 += tile) {
+        const std::ptrdiff_t q1 = std::min(run_end, q0 + tile);
+        parallel_for(std::ptrdiff_t(row_blocks) * pair_blocks, [&](std::ptrdiff_t item) {
+            const int rb = int(item / pair_blocks), pb = int(item % pair_blocks);
+            const T* g_rows[R];
+            const T* x_pairs[P];
+            for (int r = 0; r < R; ++r) g_rows[r] = g_pad + std::min(rb * R + r, cout - 1) * l.stride;
+            for (int p = 0; p < P; ++p) {
+                const int k = std::min(pb * P + p, k_count - 1);
+                x_pairs[p] = x_pad + (k / l.taps) * l.stride + l.tap_offset[k % l.taps];
+            }
+            T sums[R][P];
+            wgrad_tile<T, R, P>(g_rows, x_pairs, q0, q1, sums);
+            for (int r = 0; r < R && rb * R + r < cout; ++r)
+                for (int p = 0; p < P && pb * P + p < k_count; ++p)
+                    dweight[std::ptrdiff_t(rb * R + r) * k_count + pb * P + p] += sums[r][p];
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Whole operations over a batch
+
+inline constexpr std::size_t output_group_bytes = std::size_t(32) << 20;
+
+template <class T>
+constexpr int output_group_channels(const PaddedLayout& l, int channels) {
+    const std::ptrdiff_t fit = std::ptrdiff_t(output_group_bytes / (sizeof(T) * std::size_t(l.stride)));
+    const std::ptrdiff_t group = std::max<std::ptrdiff_t>(fprop_rows, fit / fprop_rows * fprop_rows);
+    return int(std::min<std::ptrdiff_t>(group, round_up(channels, fprop_rows)));
+}
+
+// Scratch (in elements of T) that conv_forward and conv_backward need for a problem.
+template <class T>
+constexpr std::size_t conv_workspace_size(const ConvProblem& p) {
+    const PaddedLayout l = padded_layout(p);
+    const std::size_t packed_fprop = std::size_t(round_up(p.cout, fprop_rows)) * p.cin * p.taps();
+    const std::size_t packed_dgrad = std::size_t(round_up(p.cin, fprop_rows)) * p.cout * p.taps();
+    const std::size_t in_pad = std::size_t(p.cin) * l.stride;
+    const std::size_t out_group = std::size_t(output_group_channels<T>(l, std::max(p.cin, p.cout))) * l.stride;
+    const std::size_t grad_pad = std::size_t(p.cout) * l.stride;
+    const std::size_t forward = packed_fprop + in_pad + out_group;
+    const std::size_t backward = packed_dgrad + in_pad + grad_pad + out_group;
+    return std::max(forward, backward);
+}
+
+template <class T>
+void conv_forward(const ConvProblem& p, int images, std::span<const ChannelSource<T>> input, const T* weight,
+                  const T* bias, T* output, std::ptrdiff_t output_image_stride, T* workspace) {
+    const PaddedLayout l = padded_layout(p);
+    T* packed = workspace;
+    T* x_pad = packed + std::size_t(round_up(p.cout, fprop_rows)) * p.cin * p.taps();
+    T* y_pad = x_pad + std::size_t(p.cin) * l.stride;
+    const int group = output_group_channels<T>(l, std::max(p.cin, p.cout));
+    const std::ptrdiff_t plane = std::ptrdiff_t(p.extent.size());
+    pack_fprop_weights(weight, p.cout, p.cin * p.taps(), packed);
+    for (int n = 0; n < images; ++n) {
+        pad_sources(l, input, n, x_pad);
+        for (int oc0 = 0; oc0 < p.cout; oc0 += group) {
+            const int oc1 = std::min(p.cout, oc0 + group);
+            fprop_padded(l, p.cin, x_pad, packed, oc0, oc1, y_pad);
+            parallel_for(oc1 - oc0, [&](std::ptrdiff_t c) {
+                unpad_channel(l, y_pad + c * l.stride, output + n * output_image_stride + (oc0 + c) * plane,
+                              bias ? bias[oc0 + c] : T(0), false);
+            });
+        }
+    }
+}
+
+// Accumulates dweight and dbias (the caller zeroes them once per step) and writes or adds the
+// input gradient into the sinks (which mirror the input sources); a null sink is skipped.
+template <class T>
+void conv_backward(const ConvProblem& p, int images, std::span<const ChannelSource<T>> input, const T* weight,
+                   const T* grad_output, std::ptrdiff_t grad_output_image_stride, std::span<const ChannelSink<T>> grad_input,
+                   T* dweight, T* dbias, T* workspace) {
+    const PaddedLayout l = padded_layout(p);
+    T* packed = workspace;
+    T* x_pad = packed + std::size_t(round_up(p.cin, fprop_rows)) * p.cout * p.taps();
+    T* g_pad = x_pad + std::size_t(p.cin) * l.stride;
+    T* dx_pad = g_pad + std::size_t(p.cout) * l.stride;
+    const int group = output_group_channels<T>(l, std::max(p.cin, p.cout));
+    const std::ptrdiff_t plane = std::ptrdiff_t(p.extent.size());
+    bool need_input_grad = false;
+    for (const auto& s : grad_input) need_input_grad |= s.data != nullptr;
+    if (need_input_grad) pack_dgrad_weights(weight, p.cout, p.cin, p.taps(), packed);
+    const ChannelSource<T> grad_source{grad_output, p.cout, grad_output_image_stride};
+    for (int n = 0; n < images; ++n) {
+        pad_sources(l, std::span<const ChannelSource<T>>(&grad_source, 1), n, g_pad);
+        if (dbias)
+            parallel_for(p.cout, [&](std::ptrdiff_t oc) {
+                const T* g = grad_output + n * grad_output_image_stride + oc * plane;
+                T s = 0;
+                for (std::ptrdiff_t i = 0; i < plane; ++i) s += g[i];
+                dbias[oc] += s;
+            });
+        if (dweight) {
+            pad_sources(l, input, n, x_pad);
+            wgrad_padded(l, p.cin, p.cout, x_pad, g_pad, dweight);
+        }
+        if (!need_input_grad) continue;
+        for (int ci0 = 0; ci0 < p.cin; ci0 += group) {
+            const int ci1 = std::min(p.cin, ci0 + group);
+            fprop_padded(l, p.cout, g_pad, packed, ci0, ci1, dx_pad);
+            parallel_for(ci1 - ci0, [&](std::ptrdiff_t c) {
+                int channel = ci0 + int(c);
+                for (const auto& sink : grad_input) {
+                    if (channel < sink.channels) {
+                        if (sink.data)
+                            unpad_channel(l, dx_pad + c * l.stride, sink.data + n * sink.image_stride + channel * plane, T(0),
+                                          sink.accumulate);
+                        return;
+                    }
+                    channel -= sink.channels;
+                }
+            });
+        }
+    }
+}
+
+}  // namespace lightunet::cpu_kernels
