@@ -18,6 +18,14 @@ struct ConvProblem {
     constexpr double flops_per_image() const { return 2.0 * double(extent.size()) * cout * cin * taps(); }
 };
 
+// The fine grid of a coarse extent: depth doubles only in 3D (fd = 2).
+struct Cells {
+    Extent coarse;
+    int fd = 1;
+    constexpr Extent fine() const { return {coarse.d * fd, coarse.h * 2, coarse.w * 2}; }
+    constexpr int per_cell() const { return fd * 4; }
+};
+
 // Input channels of one image may come from two tensors (the U-Net's skip concatenation):
 // channel c of image n lies at data + n * image_stride + c * plane.
 template <class T>

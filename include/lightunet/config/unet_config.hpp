@@ -27,7 +27,7 @@ struct UNetConfig {
     Up up = Up::transposed_conv;
     Head head = Head::softmax;
     int groups = 8;             // group norm only
-    float leaky_slope = 0.01f;  // LeakyReLU only
+    double leaky_slope = 0.01;  // LeakyReLU only
 
     constexpr int depth() const {
         int d = 0;
@@ -71,7 +71,7 @@ struct ValidConfig {
     static_assert(detail::widths_positive(C), "widths must be positive (a zero may only end the list)");
     static_assert(C.depth() >= 2, "widths must give at least two levels");
     static_assert(detail::widths_divisible_by_groups(C), "group norm needs every width divisible by groups");
-    static_assert(C.act != Act::leaky_relu || (C.leaky_slope >= 0.0f && C.leaky_slope < 1.0f),
+    static_assert(C.act != Act::leaky_relu || (C.leaky_slope >= 0.0 && C.leaky_slope < 1.0),
                   "leaky_slope must lie in [0, 1)");
     static constexpr bool value = true;
 };

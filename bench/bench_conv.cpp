@@ -1,0 +1,57 @@
+// Per-operation convolution throughput, reported as GFLOP/s (counter "GFLOPs").
+#include <benchmark/benchmark.h>
+
+#include <vector>
+
+#include <lightunet/backend/cpu/conv.hpp>
+
+using namespace lightunet;
+
+namespace {
+
+ConvProblem problem_from(const benchmark::State& state) {
+    const int dims = int(state.range(0)), size = int(state.range(1)), cin = int(state.range(2)), cout = int(state.range(3));
+    const int k = int(state.range(4));
+    return dims == 3 ? ConvProblem{{size, size, size}, k, k, k, cin, cout} : ConvProblem{{1, size, size}, 1, k, k, cin, cout};
+}
+
+void conv_forward(benchmark::State& state) {
+    const ConvProblem p = problem_from(state);
+    std::vector<float> x(p.cin * p.extent.size(), 0.5f), y(p.cout * p.extent.size()), w(p.weight_count(), 0.01f), b(p.cout);
+    std::vector<float> ws(cpu_kernels::conv_workspace_size<float>(p));
+    const ChannelSource<float> src{x.data(), p.cin, std::ptrdiff_t(x.size())};
+    for (auto _ : state) {
+        cpu_kernels::conv_forward<float>(p, 1, {&src, 1}, w.data(), b.data(), y.data(), 0, ws.data());
+        benchmark::DoNotOptimize(y.data());
+    }
+    state.counters["GFLOPs"] = benchmark::Counter(p.flops_per_image() * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void conv_backward(benchmark::State& state) {
+    const ConvProblem p = problem_from(state);
+    std::vector<float> x(p.cin * p.extent.size(), 0.5f), g(p.cout * p.extent.size(), 0.1f), dx(x.size());
+    std::vector<float> w(p.weight_count(), 0.01f), dw(w.size()), db(p.cout);
+    std::vector<float> ws(cpu_kernels::conv_workspace_size<float>(p));
+    const ChannelSource<float> src{x.data(), p.cin, std::ptrdiff_t(x.size())};
+    const ChannelSink<float> sink{dx.data(), p.cin, std::ptrdiff_t(x.size()), false};
+    for (auto _ : state) {
+        cpu_kernels::conv_backward<float>(p, 1, {&src, 1}, w.data(), g.data(), 0, {&sink, 1}, dw.data(), db.data(), ws.data());
+        benchmark::DoNotOptimize(dx.data());
+    }
+    state.counters["GFLOPs"] = benchmark::Counter(2 * p.flops_per_image() * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// dims, spatial size, cin, cout, kernel
+void shapes(benchmark::internal::Benchmark* b) {
+    b->ArgNames({"dims", "size", "cin", "cout", "k"});
+    b->Args({2, 240, 4, 32, 3})->Args({2, 240, 32, 32, 3})->Args({2, 240, 64, 32, 3});
+    b->Args({2, 60, 128, 128, 3})->Args({2, 15, 512, 512, 3})->Args({2, 240, 32, 4, 1});
+    b->Args({3, 128, 16, 16, 3})->Args({3, 128, 32, 16, 3})->Args({3, 64, 32, 32, 3})->Args({3, 16, 128, 128, 3});
+    b->Unit(benchmark::kMillisecond)->UseRealTime();
+}
+
+}  // namespace
+
+BENCHMARK(conv_forward)->Apply(shapes);
+BENCHMARK(conv_backward)->Apply(shapes);
+BENCHMARK_MAIN();

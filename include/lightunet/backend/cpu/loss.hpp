@@ -1,0 +1,169 @@
+#pragma once
+// The head's nonlinearity and the losses on its output. Targets are uint8: a class index per
+// voxel for a softmax head, a 0/1 mask per channel for a sigmoid head.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "../../config/unet_config.hpp"
+#include "../../loss/dice.hpp"
+#include "parallel.hpp"
+
+namespace lightunet::cpu_kernels {
+
+template <class T>
+void softmax_channels(int images, int channels, std::ptrdiff_t plane, const T* logits, T* probs) {
+    constexpr std::ptrdiff_t block = 256;
+    const std::ptrdiff_t blocks = (plane + block - 1) / block;
+    parallel_for(std::ptrdiff_t(images) * blocks, [&](std::ptrdiff_t item) {
+        const std::ptrdiff_t n = item / blocks, b0 = (item % blocks) * block, len = std::min(block, plane - b0);
+        const T* in = logits + n * channels * plane + b0;
+        T* out = probs + n * channels * plane + b0;
+        T m[block], s[block];
+        for (std::ptrdiff_t k = 0; k < len; ++k) m[k] = in[k], s[k] = 0;
+        for (int c = 1; c < channels; ++c)
+            for (std::ptrdiff_t k = 0; k < len; ++k) m[k] = std::max(m[k], in[c * plane + k]);
+        for (int c = 0; c < channels; ++c)
+            for (std::ptrdiff_t k = 0; k < len; ++k) {
+                const T e = std::exp(in[c * plane + k] - m[k]);
+                out[c * plane + k] = e;
+                s[k] += e;
+            }
+        for (std::ptrdiff_t k = 0; k < len; ++k) s[k] = T(1) / s[k];
+        for (int c = 0; c < channels; ++c)
+            for (std::ptrdiff_t k = 0; k < len; ++k) out[c * plane + k] *= s[k];
+    });
+}
+
+template <class T>
+void sigmoid(std::ptrdiff_t count, const T* logits, T* probs) {
+    parallel_for((count + 4095) / 4096, [&](std::ptrdiff_t b) {
+        const std::ptrdiff_t end = std::min(count, (b + 1) * 4096);
+        for (std::ptrdiff_t i = b * 4096; i < end; ++i) probs[i] = T(1) / (T(1) + std::exp(-logits[i]));
+    });
+}
+
+
+// Returns the loss and writes d loss / d logits. `sums` holds 3 * images * channels.
+template <class T>
+double dice_loss(Head head, int images, int channels, std::ptrdiff_t plane, const T* probs, const std::uint8_t* target,
+                 const DiceLoss& o, T* grad_logits, double* sums) {
+    const bool softmax = head == Head::softmax;
+    const std::ptrdiff_t planes = std::ptrdiff_t(images) * channels;
+    auto truth = [&](std::ptrdiff_t n, int c, std::ptrdiff_t k) -> T {
+        return softmax ? T(target[n * plane + k] == c) : T(target[(n * channels + c) * plane + k] != 0);
+    };
+    double* inter = sums;
+    double* psum = sums + planes;
+    double* gsum = sums + 2 * planes;
+    parallel_for(planes, [&](std::ptrdiff_t i) {
+        const std::ptrdiff_t n = i / channels;
+        const int c = int(i % channels);
+        const T* p = probs + i * plane;
+        double a = 0, b = 0, g = 0;
+        for (std::ptrdiff_t k = 0; k < plane; ++k) {
+            const double t = double(truth(n, c, k));
+            a += double(p[k]) * t;
+            b += double(p[k]);
+            g += t;
+        }
+        inter[i] = a, psum[i] = b, gsum[i] = g;
+    });
+    const int first = softmax && !o.include_background ? 1 : 0;
+    const int counted = channels - first;
+    const int groups = o.batch_dice ? 1 : images;
+    // Per (group, channel): dice and the two factors of its gradient in p.
+    double loss = 0;
+    const double weight = 1.0 / (double(counted) * groups);
+    // d dice / d p = (2 t D - N) / D^2 with N = 2 I + s, D = P + G + s.
+    auto factors = [&](int group, int c, double& two_over_d, double& n_over_d2) {
+        double I = 0, P = 0, G = 0;
+        for (int n = 0; n < images; ++n) {
+            if (!o.batch_dice && n != group) continue;
+            const std::ptrdiff_t i = std::ptrdiff_t(n) * channels + c;
+            I += inter[i], P += psum[i], G += gsum[i];
+        }
+        const double N = 2 * I + o.smooth, D = P + G + o.smooth;
+        two_over_d = 2.0 / D;
+        n_over_d2 = N / (D * D);
+        return N / D;
+    };
+    double two_over_d[64 * 8], n_over_d2[64 * 8];
+    if (std::ptrdiff_t(groups) * channels > 64 * 8) throw std::invalid_argument("dice_loss: more than 512 (group, channel) pairs");
+    for (int grp = 0; grp < groups; ++grp)
+        for (int c = 0; c < channels; ++c) {
+            const double d = factors(grp, c, two_over_d[grp * channels + c], n_over_d2[grp * channels + c]);
+            if (c >= first) loss += weight * (1.0 - d);
+        }
+    const double voxels = double(images) * double(plane);
+    double ce = 0;
+    if (o.ce_weight > 0) {
+        double part[4096];
+        const std::ptrdiff_t chunks = std::min<std::ptrdiff_t>(4096, planes);
+        parallel_for(chunks, [&](std::ptrdiff_t ch) {
+            double acc = 0;
+            for (std::ptrdiff_t i = ch; i < (softmax ? images : planes); i += chunks) {
+                if (softmax) {
+                    for (std::ptrdiff_t k = 0; k < plane; ++k) {
+                        const int t = target[i * plane + k];
+                        acc -= std::log(std::max(double(probs[(i * channels + t) * plane + k]), 1e-12));
+                    }
+                } else {
+                    const std::ptrdiff_t n = i / channels;
+                    const int c = int(i % channels);
+                    for (std::ptrdiff_t k = 0; k < plane; ++k) {
+                        const double p = std::clamp(double(probs[i * plane + k]), 1e-12, 1.0 - 1e-12);
+                        acc -= truth(n, c, k) > 0 ? std::log(p) : std::log(1.0 - p);
+                    }
+                }
+            }
+            part[ch] = acc;
+        });
+        for (std::ptrdiff_t ch = 0; ch < chunks; ++ch) ce += part[ch];
+        ce /= softmax ? voxels : voxels * channels;
+        loss += o.ce_weight * ce;
+    }
+    const double ce_scale = o.ce_weight / (softmax ? voxels : voxels * channels);
+    // Gradient through the head: softmax Jacobian p_c (dp_c - sum_k p_k dp_k), sigmoid p (1 - p).
+    constexpr std::ptrdiff_t block = 256;
+    const std::ptrdiff_t blocks = (plane + block - 1) / block;
+    parallel_for(std::ptrdiff_t(images) * blocks, [&](std::ptrdiff_t item) {
+        const std::ptrdiff_t n = item / blocks, b0 = (item % blocks) * block, len = std::min(block, plane - b0);
+        const int grp = o.batch_dice ? 0 : int(n);
+        auto dp = [&](int c, std::ptrdiff_t k) {
+            if (c < first) return 0.0;
+            const double t = double(truth(n, c, k));
+            return -weight * (t * two_over_d[grp * channels + c] - n_over_d2[grp * channels + c]);
+        };
+        for (std::ptrdiff_t k = b0; k < b0 + len; ++k) {
+            if (softmax) {
+                double dot = 0;
+                for (int c = 0; c < channels; ++c) dot += double(probs[(n * channels + c) * plane + k]) * dp(c, k);
+                for (int c = 0; c < channels; ++c) {
+                    const double p = double(probs[(n * channels + c) * plane + k]);
+                    double gz = p * (dp(c, k) - dot);
+                    if (o.ce_weight > 0) gz += ce_scale * (p - double(truth(n, c, k)));
+                    grad_logits[(n * channels + c) * plane + k] = T(gz);
+                }
+            } else {
+                for (int c = 0; c < channels; ++c) {
+                    const double p = double(probs[(n * channels + c) * plane + k]);
+                    double gz = dp(c, k) * p * (1 - p);
+                    if (o.ce_weight > 0) gz += ce_scale * (p - double(truth(n, c, k)));
+                    grad_logits[(n * channels + c) * plane + k] = T(gz);
+                }
+            }
+        }
+    });
+    return loss;
+}
+
+// Labels outside [0, classes) for a softmax head, or other than 0/1 for a sigmoid head.
+inline std::ptrdiff_t first_invalid_label(Head head, int classes, std::ptrdiff_t count, const std::uint8_t* target) {
+    for (std::ptrdiff_t i = 0; i < count; ++i)
+        if (head == Head::softmax ? target[i] >= classes : target[i] > 1) return i;
+    return -1;
+}
+
+}  // namespace lightunet::cpu_kernels

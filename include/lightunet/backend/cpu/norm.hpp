@@ -1,0 +1,160 @@
+#pragma once
+// Normalisation fused with the activation that follows it: y = act(gamma * (z - mean) * invstd
+// + beta). Batch, instance and group norm differ only in which voxels share statistics, so one
+// kernel serves them all through NormGrouping.
+#include <cmath>
+#include <cstddef>
+
+#include "../norm_problem.hpp"
+#include "parallel.hpp"
+
+namespace lightunet::cpu_kernels {
+
+using lightunet::Activation;
+using lightunet::NormGrouping;
+
+template <class T>
+inline T activate(T v, T slope) {
+    return v > T(0) ? v : v * slope;
+}
+
+// Training-mode forward: computes statistics (mean, invstd per stat), writes y, and updates the
+// running statistics when given (batch norm). Eval-mode batch norm passes use_running = true.
+template <class T>
+void norm_act_forward(const NormGrouping& g, const Activation& a, const T* z, const T* gamma, const T* beta, T* y,
+                      T* mean, T* invstd, T* running_mean, T* running_var, bool use_running, double momentum = 0.1,
+                      double eps = 1e-5) {
+    const T slope = T(a.negative_slope());
+    const std::ptrdiff_t P = g.plane;
+    if (g.norm == Norm::none) {
+        parallel_for(std::ptrdiff_t(g.images) * g.channels, [&](std::ptrdiff_t i) {
+            const T* in = z + i * P;
+            T* out = y + i * P;
+            for (std::ptrdiff_t k = 0; k < P; ++k) out[k] = activate(in[k], slope);
+        });
+        return;
+    }
+    const int stats = g.stat_count();
+    if (!use_running) {
+        parallel_for(stats, [&](std::ptrdiff_t s) {
+            double sum = 0;
+            g.for_each_plane(int(s), [&](int n, int c) {
+                const T* in = z + (std::ptrdiff_t(n) * g.channels + c) * P;
+                double part = 0;
+#pragma omp simd reduction(+ : part)
+                for (std::ptrdiff_t k = 0; k < P; ++k) part += double(in[k]);
+                sum += part;
+            });
+            const double M = double(g.members(int(s)));
+            const double mu = sum / M;
+            double sq = 0;
+            g.for_each_plane(int(s), [&](int n, int c) {
+                const T* in = z + (std::ptrdiff_t(n) * g.channels + c) * P;
+                double part = 0;
+#pragma omp simd reduction(+ : part)
+                for (std::ptrdiff_t k = 0; k < P; ++k) {
+                    const double d = double(in[k]) - mu;
+                    part += d * d;
+                }
+                sq += part;
+            });
+            const double var = sq / M;
+            mean[s] = T(mu);
+            invstd[s] = T(1.0 / std::sqrt(var + eps));
+            if (running_mean && g.norm == Norm::batch) {
+                running_mean[s] = T((1.0 - momentum) * double(running_mean[s]) + momentum * mu);
+                const double unbiased = M > 1 ? var * M / (M - 1) : var;
+                running_var[s] = T((1.0 - momentum) * double(running_var[s]) + momentum * unbiased);
+            }
+        });
+    } else {
+        for (int s = 0; s < stats; ++s) {
+            mean[s] = running_mean[s];
+            invstd[s] = T(1.0 / std::sqrt(double(running_var[s]) + eps));
+        }
+    }
+    parallel_for(std::ptrdiff_t(g.images) * g.channels, [&](std::ptrdiff_t i) {
+        const int n = int(i / g.channels), c = int(i % g.channels);
+        const int s = g.stat_of(n, c);
+        const T scale = gamma[c] * invstd[s];
+        const T shift = beta[c] - mean[s] * scale;
+        const T* in = z + i * P;
+        T* out = y + i * P;
+#pragma omp simd
+        for (std::ptrdiff_t k = 0; k < P; ++k) out[k] = activate(in[k] * scale + shift, slope);
+    });
+}
+
+// dz from dy (dz may alias dy). Accumulates dgamma, dbeta; `scratch` holds 2 * images * channels.
+template <class T>
+void norm_act_backward(const NormGrouping& g, const Activation& a, const T* z, const T* y, const T* dy, const T* gamma,
+                       const T* mean, const T* invstd, T* dz, T* dgamma, T* dbeta, T* scratch) {
+    const T slope = T(a.negative_slope());
+    const std::ptrdiff_t P = g.plane;
+    const std::ptrdiff_t planes = std::ptrdiff_t(g.images) * g.channels;
+    auto act_grad = [slope](T yv, T dyv) { return yv > T(0) ? dyv : dyv * slope; };
+    if (g.norm == Norm::none) {
+        parallel_for(planes, [&](std::ptrdiff_t i) {
+            for (std::ptrdiff_t k = 0; k < P; ++k) dz[i * P + k] = act_grad(y[i * P + k], dy[i * P + k]);
+        });
+        return;
+    }
+    // Per plane: sum of the activation gradient u and of u * xhat.
+    T* sum_u = scratch;
+    T* sum_ux = scratch + planes;
+    parallel_for(planes, [&](std::ptrdiff_t i) {
+        const int n = int(i / g.channels), c = int(i % g.channels);
+        const int s = g.stat_of(n, c);
+        const double mu = double(mean[s]), is = double(invstd[s]);
+        double su = 0, sux = 0;
+        const T* zi = z + i * P;
+        const T* yi = y + i * P;
+        const T* dyi = dy + i * P;
+#pragma omp simd reduction(+ : su, sux)
+        for (std::ptrdiff_t k = 0; k < P; ++k) {
+            const double u = double(act_grad(yi[k], dyi[k]));
+            su += u;
+            sux += u * (double(zi[k]) - mu) * is;
+        }
+        sum_u[i] = T(su);
+        sum_ux[i] = T(sux);
+    });
+    for (int c = 0; c < g.channels; ++c) {
+        double gsum = 0, bsum = 0;
+        for (int n = 0; n < g.images; ++n) {
+            gsum += double(sum_ux[std::ptrdiff_t(n) * g.channels + c]);
+            bsum += double(sum_u[std::ptrdiff_t(n) * g.channels + c]);
+        }
+        dgamma[c] += T(gsum);
+        dbeta[c] += T(bsum);
+    }
+    parallel_for(g.stat_count(), [&](std::ptrdiff_t s) {
+        // dxhat = u * gamma; sums of dxhat and dxhat * xhat over the statistic's members.
+        double s1 = 0, s2 = 0;
+        g.for_each_plane(int(s), [&](int n, int c) {
+            const std::ptrdiff_t i = std::ptrdiff_t(n) * g.channels + c;
+            s1 += double(gamma[c]) * double(sum_u[i]);
+            s2 += double(gamma[c]) * double(sum_ux[i]);
+        });
+        const double M = double(g.members(int(s)));
+        const double mu = double(mean[s]), is = double(invstd[s]);
+        const T k1 = T(s1 / M), k2 = T(s2 / M);
+        g.for_each_plane(int(s), [&](int n, int c) {
+            const std::ptrdiff_t i = std::ptrdiff_t(n) * g.channels + c;
+            const T gi = gamma[c] * T(is);
+            const T* zi = z + i * P;
+            const T* yi = y + i * P;
+            const T* dyi = dy + i * P;
+            T* dzi = dz + i * P;
+            const T tmu = T(mu), tis = T(is);
+#pragma omp simd
+            for (std::ptrdiff_t k = 0; k < P; ++k) {
+                const T xhat = (zi[k] - tmu) * tis;
+                const T u = act_grad(yi[k], dyi[k]);
+                dzi[k] = gi * u - tis * (k1 + xhat * k2);
+            }
+        });
+    });
+}
+
+}  // namespace lightunet::cpu_kernels

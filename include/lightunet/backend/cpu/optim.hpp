@@ -1,0 +1,82 @@
+#pragma once
+// Parameter updates over the model's one contiguous parameter buffer.
+#include <cmath>
+#include <cstddef>
+
+#include "parallel.hpp"
+
+namespace lightunet::cpu_kernels {
+
+inline constexpr std::ptrdiff_t update_block = 1 << 14;
+
+// Sum of squares in fixed blocks, so the result does not depend on the thread count.
+template <class T>
+double squared_norm(std::ptrdiff_t count, const T* x, double* partial) {
+    const std::ptrdiff_t blocks = (count + update_block - 1) / update_block;
+    parallel_for(blocks, [&](std::ptrdiff_t b) {
+        double s = 0;
+        const std::ptrdiff_t end = std::min(count, (b + 1) * update_block);
+#pragma omp simd reduction(+ : s)
+        for (std::ptrdiff_t i = b * update_block; i < end; ++i) s += double(x[i]) * double(x[i]);
+        partial[b] = s;
+    });
+    double s = 0;
+    for (std::ptrdiff_t b = 0; b < blocks; ++b) s += partial[b];
+    return s;
+}
+
+template <class T>
+void scale(std::ptrdiff_t count, T* x, T factor) {
+    parallel_for((count + update_block - 1) / update_block, [&](std::ptrdiff_t b) {
+        const std::ptrdiff_t end = std::min(count, (b + 1) * update_block);
+        for (std::ptrdiff_t i = b * update_block; i < end; ++i) x[i] *= factor;
+    });
+}
+
+struct AdamStep {
+    double lr, beta1, beta2, eps, weight_decay;
+    bool decoupled;  // AdamW
+    long step;       // 1-based
+};
+
+template <class T>
+void adam_update(std::ptrdiff_t count, T* param, const T* grad, T* m, T* v, const AdamStep& s) {
+    const T b1 = T(s.beta1), b2 = T(s.beta2);
+    const T c1 = T(1.0 / (1.0 - std::pow(s.beta1, double(s.step))));
+    const T c2 = T(1.0 / (1.0 - std::pow(s.beta2, double(s.step))));
+    const T lr = T(s.lr), eps = T(s.eps), wd = T(s.weight_decay);
+    parallel_for((count + update_block - 1) / update_block, [&](std::ptrdiff_t b) {
+        const std::ptrdiff_t end = std::min(count, (b + 1) * update_block);
+#pragma omp simd
+        for (std::ptrdiff_t i = b * update_block; i < end; ++i) {
+            T g = grad[i];
+            if (!s.decoupled) g += wd * param[i];
+            m[i] = b1 * m[i] + (T(1) - b1) * g;
+            v[i] = b2 * v[i] + (T(1) - b2) * g * g;
+            T p = param[i];
+            if (s.decoupled) p -= lr * wd * p;
+            param[i] = p - lr * (m[i] * c1) / (std::sqrt(v[i] * c2) + eps);
+        }
+    });
+}
+
+struct SgdStep {
+    double lr, momentum, weight_decay;
+    bool nesterov;
+};
+
+template <class T>
+void sgd_update(std::ptrdiff_t count, T* param, const T* grad, T* velocity, const SgdStep& s) {
+    const T mu = T(s.momentum), lr = T(s.lr), wd = T(s.weight_decay);
+    parallel_for((count + update_block - 1) / update_block, [&](std::ptrdiff_t b) {
+        const std::ptrdiff_t end = std::min(count, (b + 1) * update_block);
+#pragma omp simd
+        for (std::ptrdiff_t i = b * update_block; i < end; ++i) {
+            const T g = grad[i] + wd * param[i];
+            velocity[i] = mu * velocity[i] + g;
+            param[i] -= lr * (s.nesterov ? g + mu * velocity[i] : velocity[i]);
+        }
+    });
+}
+
+}  // namespace lightunet::cpu_kernels

@@ -1,0 +1,515 @@
+#pragma once
+// UNet<config, backend, scalar>: the network a UNetConfig describes, as one flat type. Levels
+// are arrays of identical layer structs built by constexpr loops over the configuration, not
+// nested layer types, so the type is short and errors stay readable.
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <span>
+#include <stdexcept>
+#include <string>
+
+#include "../backend/cpu/kernels.hpp"
+#include "../config/unet_config.hpp"
+#include "../layers/conv.hpp"
+#include "../layers/norm_act.hpp"
+#include "../loss/dice.hpp"
+#include "../tensor/tensor.hpp"
+#include "init.hpp"
+
+namespace lightunet {
+
+enum class Mode { train, eval };
+
+template <UNetConfig C, class Backend = cpu, class T = float>
+class UNet {
+    static_assert(ValidConfig<C>::value);
+    static_assert(std::is_floating_point_v<T>, "the scalar type must be float or double");
+
+public:
+    using scalar = T;
+    using backend = Backend;
+    using Input = Tensor<T, Backend>;
+    using Labels = Tensor<std::uint8_t, Backend>;
+    static constexpr UNetConfig config = C;
+    static constexpr int depth = C.depth();
+    static constexpr std::size_t parameter_count = lightunet::parameter_count(C);
+    static constexpr std::size_t parameter_bytes = parameter_count * sizeof(T);
+    static constexpr std::size_t buffer_count = [] {
+        std::size_t n = 0;
+        if (C.norm == Norm::batch) {
+            for (int l = 0; l < depth; ++l) n += 4 * std::size_t(C.widths[l]);
+            for (int l = 0; l < depth - 1; ++l) n += 4 * std::size_t(C.widths[l]);
+        }
+        return n;
+    }();
+    // Spatial extents must be divisible by this (depth too in 3D).
+    static constexpr int size_multiple = 1 << (depth - 1);
+
+    explicit UNet(std::uint64_t seed) {
+        params_.resize({1, 1, 1, 1, int(parameter_count)});
+        grads_.resize({1, 1, 1, 1, int(parameter_count)});
+        buffers_.resize({1, 1, 1, 1, int(std::max<std::size_t>(1, buffer_count))});
+        build_layers();
+        initialize(seed);
+    }
+
+    // Throws ShapeError naming the shape and what is wrong with it.
+    static void check_input_shape(const Shape& s) {
+        auto fail = [&](const std::string& why) { throw ShapeError("UNet: input shape " + s.str() + ": " + why); };
+        if (s.n < 1) fail("batch size must be at least 1");
+        if (s.c != C.in_channels) fail("expected " + std::to_string(C.in_channels) + " channels");
+        if (C.dims == 2 && s.d != 1) fail("a 2D network needs depth extent 1");
+        const int m = size_multiple;
+        if (s.h < m || s.w < m || s.h % m || s.w % m || (C.dims == 3 && (s.d < m || s.d % m)))
+            fail("spatial extents must be positive multiples of 2^(depth-1) = " + std::to_string(m));
+    }
+
+    // Bytes of activations, gradients and scratch a step at this input shape holds (parameters,
+    // gradients and optimiser state not included).
+    static constexpr std::size_t workspace_bytes(const Shape& s, Mode mode) {
+        return plan_sizes(s, mode).total() * sizeof(T);
+    }
+
+    // Probabilities [n][classes][d][h][w]. Mode::train uses batch statistics (and updates the
+    // running ones); Mode::eval the running statistics.
+    const Tensor<T, Backend>& forward(const Tensor<T, Backend>& x, Mode mode) {
+        check_input_shape(x.shape());
+        if (!Kernels<Backend>::all_finite(std::ptrdiff_t(x.size()), x.data()))
+            throw std::invalid_argument("UNet::forward: the input holds NaN or Inf values");
+        plan(x.shape(), mode);
+        run_forward(x, mode == Mode::train);
+        return probs_;
+    }
+    const Tensor<T, Backend>& predict(const Tensor<T, Backend>& x) { return forward(x, Mode::eval); }
+
+    // After forward(x, Mode::train): the loss, with gradients of every parameter in gradients()
+    // (overwritten) and, if given, of the input.
+    double backward(const Tensor<T, Backend>& x, const Labels& labels, const DiceLoss& loss,
+                    Tensor<T, Backend>* input_grad = nullptr) {
+        check_labels(labels);
+        const Shape s = x.shape();
+        std::fill(grads_.begin(), grads_.end(), T(0));
+        const double value = Kernels<Backend>::dice_loss(C.head, s.n, C.classes, std::ptrdiff_t(s.spatial()), probs_.data(),
+                                                         labels.data(), loss, grad_logits_.data(), loss_sums_.data());
+        if (input_grad) input_grad->resize(s);
+        run_backward(x, input_grad);
+        return value;
+    }
+
+    // Forward, loss, backward and one optimiser update. Returns the loss before the update.
+    template <class Optimizer>
+    double train_step(const Tensor<T, Backend>& x, const Labels& labels, const DiceLoss& loss, Optimizer& optimizer) {
+        forward(x, Mode::train);
+        const double value = backward(x, labels, loss);
+        if (!std::isfinite(value)) throw std::runtime_error("UNet::train_step: the loss is " + std::to_string(value));
+        optimizer.step(params_, grads_);
+        return value;
+    }
+
+    std::span<T> parameters() { return {params_.data(), parameter_count}; }
+    std::span<const T> parameters() const { return {params_.data(), parameter_count}; }
+    std::span<T> gradients() { return {grads_.data(), parameter_count}; }
+    std::span<T> buffers() { return {buffers_.data(), buffer_count}; }
+    std::span<const T> buffers() const { return {buffers_.data(), buffer_count}; }
+    const Tensor<T, Backend>& probabilities() const { return probs_; }
+    void set_threads(int n) { Kernels<Backend>::set_threads(n); }
+
+private:
+    using Conv = layers::Conv<T, Backend>;
+    using NormAct = layers::NormAct<T, Backend>;
+
+    struct Block {
+        Conv conv1, conv2;
+        NormAct norm1, norm2;
+        Tensor<T, Backend> z1, y1, z2, y2;  // conv outputs and activations
+    };
+    struct Down {
+        Conv conv;  // strided convolution as a 1x1 over the space-to-depth input
+        Tensor<T, Backend> out;
+    };
+    struct Up {
+        Conv conv;  // transposed: 1x1 to (out * cells) channels; interpolate: 1x1 at the coarse level
+        Tensor<T, Backend> out;
+    };
+    struct Sizes {
+        std::size_t activations = 0, gradients = 0, scratch = 0;
+        constexpr std::size_t total() const { return activations + gradients + scratch; }
+    };
+
+    static constexpr Extent level_extent(const Shape& s, int l) {
+        return {C.dims == 3 ? s.d >> l : 1, s.h >> l, s.w >> l};
+    }
+    static constexpr std::size_t conv_scratch(const ConvProblem& p) {
+        return Kernels<Backend>::template conv_workspace_size<T>(p);
+    }
+    static constexpr int conv_k() { return 3; }
+    static constexpr ConvProblem conv3(Extent e, int cin, int cout) {
+        return {e, C.kernel_depth(), 3, 3, cin, cout};
+    }
+    static constexpr ConvProblem conv1(Extent e, int cin, int cout) { return {e, 1, 1, 1, cin, cout}; }
+
+    static constexpr Sizes plan_sizes(const Shape& s, Mode mode) {
+        Sizes z;
+        const std::size_t n = std::size_t(s.n);
+        std::size_t scratch = 0;
+        for (int l = 0; l < depth; ++l) {
+            const Extent e = level_extent(s, l);
+            const std::size_t w = std::size_t(C.widths[l]), S = e.size();
+            z.activations += 4 * n * w * S;                     // encoder block
+            if (l < depth - 1) z.activations += 4 * n * w * S;  // decoder block
+            if (l > 0) z.activations += n * C.widths[l - 1] * S;  // down-sampled input
+            if (l < depth - 1) z.activations += n * w * S;        // up-sampled input
+            if (mode == Mode::train) z.gradients += 3 * n * w * S + (l > 0 ? n * C.widths[l - 1] * S : 0);
+            const int cin = l == 0 ? C.in_channels : C.widths[l - 1];
+            scratch = std::max({scratch, conv_scratch(conv3(e, cin, C.widths[l])), conv_scratch(conv3(e, 2 * C.widths[l], C.widths[l]))});
+            scratch = std::max(scratch, n * w * S);  // resampling rearrangements
+        }
+        z.scratch = scratch + n * std::size_t(s.w);
+        const std::size_t S0 = level_extent(s, 0).size();
+        z.activations += 2 * n * C.classes * S0;
+        if (mode == Mode::train) z.gradients += n * C.classes * S0;
+        return z;
+    }
+
+    void build_layers() {
+        std::size_t offset = 0, running = 0;
+        auto conv = [&](Conv& c, int cin, int cout, int taps_d, int taps_hw) {
+            c.problem = {Extent{}, taps_d, taps_hw, taps_hw, cin, cout};
+            c.weight = offset;
+            c.bias = offset + c.problem.weight_count();
+            offset += c.parameter_count();
+        };
+        auto norm = [&](NormAct& na, int ch) {
+            na.norm = C.norm;
+            na.channels = ch;
+            na.groups = C.norm == Norm::group ? C.groups : 1;
+            na.activation = {C.act, C.act == Act::leaky_relu ? C.leaky_slope : 0.0};
+            if (C.norm != Norm::none) {
+                na.gamma = offset;
+                na.beta = offset + ch;
+                offset += 2 * std::size_t(ch);
+            }
+            if (C.norm == Norm::batch) {
+                na.running = running;
+                running += 2 * std::size_t(ch);
+            }
+        };
+        auto block = [&](Block& b, int cin, int w) {
+            conv(b.conv1, cin, w, C.kernel_depth(), 3);
+            norm(b.norm1, w);
+            conv(b.conv2, w, w, C.kernel_depth(), 3);
+            norm(b.norm2, w);
+        };
+        for (int l = 0; l < depth; ++l) {
+            const int cin = l == 0 ? C.in_channels : C.widths[l - 1];
+            if (l > 0 && C.down == lightunet::Down::strided_conv) {
+                conv(down_[l - 1].conv, cin * C.sub_voxels(), cin, 1, 1);
+            }
+            block(enc_[l], cin, C.widths[l]);
+        }
+        for (int l = depth - 2; l >= 0; --l) {
+            const int below = C.widths[l + 1], w = C.widths[l];
+            if (C.up == lightunet::Up::transposed_conv) {
+                // Parameters keep PyTorch's [in][out][cells] layout; the kernel runs on its transpose.
+                Conv& c = up_[l].conv;
+                c.problem = {Extent{}, 1, 1, 1, below, w * C.sub_voxels()};
+                c.weight = offset;
+                c.bias = offset + std::size_t(below) * w * C.sub_voxels();
+                offset = c.bias + w;
+            } else {
+                conv(up_[l].conv, below, w, 1, 1);
+            }
+            block(dec_[l], 2 * w, w);
+        }
+        conv(head_, C.widths[0], C.classes, 1, 1);
+        if (offset != parameter_count) throw std::logic_error("UNet: parameter layout does not match parameter_count");
+        if (running != buffer_count)
+            throw std::logic_error("UNet: buffer layout does not match buffer_count");
+    }
+
+    void initialize(std::uint64_t seed) {
+        InitRng rng(seed);
+        const double slope = C.act == Act::leaky_relu ? double(C.leaky_slope) : 0.0;
+        const double gain = std::sqrt(2.0 / (1.0 + slope * slope));
+        T* p = params_.data();
+        std::fill(params_.begin(), params_.end(), T(0));
+        auto conv = [&](const Conv& c, int fan_in) {
+            const double std_dev = gain / std::sqrt(double(fan_in));
+            for (std::size_t i = 0; i < c.problem.weight_count(); ++i) p[c.weight + i] = T(std_dev * rng.normal());
+        };
+        auto norm = [&](const NormAct& na) {
+            if (C.norm == Norm::none) return;
+            for (int c = 0; c < na.channels; ++c) p[na.gamma + c] = T(1);
+        };
+        auto block = [&](const Block& b) {
+            conv(b.conv1, b.conv1.problem.cin * b.conv1.problem.taps());
+            norm(b.norm1);
+            conv(b.conv2, b.conv2.problem.cin * b.conv2.problem.taps());
+            norm(b.norm2);
+        };
+        for (int l = 0; l < depth; ++l) {
+            if (l > 0 && C.down == lightunet::Down::strided_conv) conv(down_[l - 1].conv, down_[l - 1].conv.problem.cin);
+            block(enc_[l]);
+        }
+        for (int l = depth - 2; l >= 0; --l) {
+            conv(up_[l].conv, up_[l].conv.problem.cin);
+            block(dec_[l]);
+        }
+        conv(head_, C.widths[0]);
+        std::fill(buffers_.begin(), buffers_.end(), T(0));
+        if (C.norm == Norm::batch) {
+            auto ones = [&](const NormAct& na) { std::fill_n(buffers_.data() + na.running + na.channels, na.channels, T(1)); };
+            for (int l = 0; l < depth; ++l) ones(enc_[l].norm1), ones(enc_[l].norm2);
+            for (int l = 0; l < depth - 1; ++l) ones(dec_[l].norm1), ones(dec_[l].norm2);
+        }
+    }
+
+    // Sizes every buffer for this input shape; a repeated shape allocates nothing.
+    void plan(const Shape& s, Mode mode) {
+        if (s == planned_shape_ && (mode == Mode::eval || planned_training_)) return;
+        const bool training = mode == Mode::train;
+        std::size_t scratch = 0;
+        auto block_plan = [&](Block& b, const Shape& out) {
+            for (auto* t : {&b.z1, &b.y1, &b.z2, &b.y2}) t->resize(out);
+            b.norm1.plan(out);
+            b.norm2.plan(out);
+            for (Conv* c : {&b.conv1, &b.conv2}) {
+                c->problem.extent = extent_of(out);
+                scratch = std::max(scratch, c->workspace_size());
+            }
+        };
+        for (int l = 0; l < depth; ++l) {
+            const Extent e = level_extent(s, l);
+            const Shape out{s.n, C.widths[l], e.d, e.h, e.w};
+            block_plan(enc_[l], out);
+            if (l < depth - 1) {
+                block_plan(dec_[l], out);
+                up_[l].out.resize(out);
+                const Extent below = level_extent(s, l + 1);
+                up_[l].conv.problem.extent = below;
+                scratch = std::max({scratch, up_[l].conv.workspace_size(), std::size_t(s.n) * C.widths[l] * e.size()});
+            }
+            if (l > 0) {
+                down_[l - 1].out.resize({s.n, C.widths[l - 1], e.d, e.h, e.w});
+                down_[l - 1].conv.problem.extent = e;
+                scratch = std::max({scratch, down_[l - 1].conv.workspace_size(), std::size_t(s.n) * C.widths[l - 1] * e.size() * C.sub_voxels()});
+            }
+            if (training) {
+                grad_a_[l].resize(out);
+                grad_b_[l].resize(out);
+                grad_skip_[l].resize(out);
+                if (l > 0) grad_down_[l - 1].resize({s.n, C.widths[l - 1], e.d, e.h, e.w});
+            }
+        }
+        const Shape head_shape{s.n, C.classes, s.d, s.h, s.w};
+        head_.problem.extent = extent_of(head_shape);
+        scratch = std::max(scratch, head_.workspace_size());
+        logits_.resize(head_shape);
+        probs_.resize(head_shape);
+        if (training) {
+            grad_logits_.resize(head_shape);
+            loss_sums_.resize({1, 1, 3, s.n, C.classes});
+            std::size_t transposed = 0;
+            for (int l = 0; l < depth - 1; ++l) transposed = std::max(transposed, up_[l].conv.problem.weight_count());
+            transposed_grad_.resize({1, 1, 1, 1, int(std::max<std::size_t>(1, transposed))});
+        }
+        std::size_t transposed = 0;
+        for (int l = 0; l < depth - 1; ++l) transposed = std::max(transposed, up_[l].conv.problem.weight_count());
+        transposed_.resize({1, 1, 1, 1, int(std::max<std::size_t>(1, transposed))});
+        workspace_.resize({1, 1, 1, 1, int(scratch)});
+        resample_.resize({1, 1, 1, 1, int(2 * scratch)});
+        planned_shape_ = s;
+        planned_training_ = planned_training_ || training;
+    }
+
+    static ChannelSource<T> source(const Tensor<T, Backend>& t) {
+        return {t.data(), t.shape().c, std::ptrdiff_t(t.shape().c * t.shape().spatial())};
+    }
+    static ChannelSink<T> sink(Tensor<T, Backend>& t, bool accumulate) {
+        return {t.data(), t.shape().c, std::ptrdiff_t(t.shape().c * t.shape().spatial()), accumulate};
+    }
+    Cells cells(int coarse_level) const {
+        return {level_extent(planned_shape_, coarse_level), C.down_factor_depth()};
+    }
+
+    void block_forward(Block& b, std::span<const ChannelSource<T>> in, bool training) {
+        const int n = planned_shape_.n;
+        b.conv1.forward(n, in, params_.data(), b.z1.data(), workspace_.data());
+        b.norm1.forward(b.z1.shape(), b.z1.data(), b.y1.data(), params_.data(), buffers_.data(), training);
+        const ChannelSource<T> mid = source(b.y1);
+        b.conv2.forward(n, {&mid, 1}, params_.data(), b.z2.data(), workspace_.data());
+        b.norm2.forward(b.z2.shape(), b.z2.data(), b.y2.data(), params_.data(), buffers_.data(), training);
+    }
+
+    // grad_y2 holds d loss / d y2 and is overwritten; grad_mid is scratch of the block's shape.
+    void block_backward(Block& b, std::span<const ChannelSource<T>> in, T* grad_y2, Tensor<T, Backend>& grad_mid,
+                        std::span<const ChannelSink<T>> grad_in) {
+        const int n = planned_shape_.n;
+        b.norm2.backward(b.z2.shape(), b.z2.data(), b.y2.data(), grad_y2, params_.data(), grads_.data());
+        const ChannelSource<T> mid = source(b.y1);
+        const ChannelSink<T> mid_sink = sink(grad_mid, false);
+        b.conv2.backward(n, {&mid, 1}, params_.data(), grad_y2, {&mid_sink, 1}, grads_.data(), workspace_.data());
+        b.norm1.backward(b.z1.shape(), b.z1.data(), b.y1.data(), grad_mid.data(), params_.data(), grads_.data());
+        b.conv1.backward(n, in, params_.data(), grad_mid.data(), grad_in, grads_.data(), workspace_.data());
+    }
+
+    void run_forward(const Tensor<T, Backend>& x, bool training) {
+        using K = Kernels<Backend>;
+        const int n = planned_shape_.n;
+        for (int l = 0; l < depth; ++l) {
+            if (l == 0) {
+                const ChannelSource<T> in = source(x);
+                block_forward(enc_[0], {&in, 1}, training);
+                continue;
+            }
+            Down& d = down_[l - 1];
+            const Tensor<T, Backend>& above = enc_[l - 1].y2;
+            const std::ptrdiff_t planes = std::ptrdiff_t(n) * C.widths[l - 1];
+            if constexpr (C.down == lightunet::Down::max_pool) {
+                K::max_pool_forward(cells(l), planes, above.data(), d.out.data());
+            } else {
+                K::space_to_depth(cells(l), planes, above.data(), resample_.data());
+                const ChannelSource<T> in{resample_.data(), d.conv.problem.cin,
+                                          std::ptrdiff_t(d.conv.problem.cin * d.conv.problem.extent.size())};
+                d.conv.forward(n, {&in, 1}, params_.data(), d.out.data(), workspace_.data());
+            }
+            const ChannelSource<T> in = source(d.out);
+            block_forward(enc_[l], {&in, 1}, training);
+        }
+        for (int l = depth - 2; l >= 0; --l) {
+            const Tensor<T, Backend>& below = l == depth - 2 ? enc_[depth - 1].y2 : dec_[l + 1].y2;
+            up_forward(l, below);
+            const ChannelSource<T> in[2] = {source(enc_[l].y2), source(up_[l].out)};
+            block_forward(dec_[l], in, training);
+        }
+        const ChannelSource<T> top = source(dec_[0].y2);
+        head_.forward(n, {&top, 1}, params_.data(), logits_.data(), workspace_.data());
+        if constexpr (C.head == Head::softmax)
+            K::softmax_channels(n, C.classes, std::ptrdiff_t(planned_shape_.spatial()), logits_.data(), probs_.data());
+        else
+            K::sigmoid(std::ptrdiff_t(logits_.size()), logits_.data(), probs_.data());
+    }
+
+    void up_forward(int l, const Tensor<T, Backend>& below) {
+        using K = Kernels<Backend>;
+        Up& u = up_[l];
+        const int n = planned_shape_.n;
+        const ChannelSource<T> in = source(below);
+        const std::ptrdiff_t planes = std::ptrdiff_t(n) * C.widths[l];
+        if constexpr (C.up == lightunet::Up::transposed_conv) {
+            K::transpose(u.conv.problem.cin, u.conv.problem.cout, params_.data() + u.conv.weight, transposed_.data());
+            K::conv_forward(u.conv.problem, n, std::span<const ChannelSource<T>>(&in, 1), static_cast<const T*>(transposed_.data()),
+                            static_cast<const T*>(nullptr), resample_.data(),
+                            std::ptrdiff_t(u.conv.problem.cout * u.conv.problem.extent.size()), workspace_.data());
+            K::depth_to_space(cells(l + 1), planes, C.widths[l], static_cast<const T*>(resample_.data()),
+                              static_cast<const T*>(params_.data() + u.conv.bias), u.out.data(), false);
+        } else {
+            u.conv.forward(n, {&in, 1}, params_.data(), resample_.data(), workspace_.data());
+            K::upsample_nearest_forward(cells(l + 1), planes, static_cast<const T*>(resample_.data()), u.out.data());
+        }
+    }
+
+    // d loss / d up_[l].out is in grad; writes d loss / d below into grad_below.
+    void up_backward(int l, const Tensor<T, Backend>& below, const T* grad, T* grad_below) {
+        using K = Kernels<Backend>;
+        Up& u = up_[l];
+        const int n = planned_shape_.n;
+        const ChannelSource<T> in = source(below);
+        const ChannelSink<T> out_sink{grad_below, below.shape().c, std::ptrdiff_t(below.shape().c * below.shape().spatial()), false};
+        const std::ptrdiff_t planes = std::ptrdiff_t(n) * C.widths[l];
+        const std::ptrdiff_t coarse = std::ptrdiff_t(u.conv.problem.extent.size());
+        if constexpr (C.up == lightunet::Up::transposed_conv) {
+            K::channel_sums(n, C.widths[l], std::ptrdiff_t(u.out.shape().spatial()), grad, grads_.data() + u.conv.bias);
+            K::space_to_depth(cells(l + 1), planes, grad, resample_.data());
+            K::transpose(u.conv.problem.cin, u.conv.problem.cout, params_.data() + u.conv.weight, transposed_.data());
+            std::fill_n(transposed_grad_.data(), u.conv.problem.weight_count(), T(0));
+            K::conv_backward(u.conv.problem, n, std::span<const ChannelSource<T>>(&in, 1), static_cast<const T*>(transposed_.data()),
+                             static_cast<const T*>(resample_.data()), std::ptrdiff_t(u.conv.problem.cout * coarse),
+                             std::span<const ChannelSink<T>>(&out_sink, 1), transposed_grad_.data(), static_cast<T*>(nullptr),
+                             workspace_.data());
+            // d W[in][out] is the transpose of d W^T[out][in].
+            T* dw = grads_.data() + u.conv.weight;
+            const int rows = u.conv.problem.cout, cols = u.conv.problem.cin;
+            for (int r = 0; r < rows; ++r)
+                for (int c = 0; c < cols; ++c) dw[std::ptrdiff_t(c) * rows + r] += transposed_grad_[std::ptrdiff_t(r) * cols + c];
+        } else {
+            K::upsample_nearest_backward(cells(l + 1), planes, grad, resample_.data());
+            u.conv.backward(n, {&in, 1}, params_.data(), resample_.data(), {&out_sink, 1}, grads_.data(), workspace_.data());
+        }
+    }
+
+    void run_backward(const Tensor<T, Backend>& x, Tensor<T, Backend>* input_grad) {
+        using K = Kernels<Backend>;
+        const int n = planned_shape_.n;
+        const ChannelSource<T> top = source(dec_[0].y2);
+        const ChannelSink<T> top_sink = sink(grad_a_[0], false);
+        head_.backward(n, {&top, 1}, params_.data(), grad_logits_.data(), {&top_sink, 1}, grads_.data(), workspace_.data());
+        for (int l = 0; l <= depth - 2; ++l) {
+            const ChannelSource<T> in[2] = {source(enc_[l].y2), source(up_[l].out)};
+            const ChannelSink<T> sinks[2] = {sink(grad_skip_[l], false), sink(grad_a_[l], false)};
+            block_backward(dec_[l], in, grad_a_[l].data(), grad_b_[l], sinks);
+            const Tensor<T, Backend>& below = l == depth - 2 ? enc_[depth - 1].y2 : dec_[l + 1].y2;
+            up_backward(l, below, grad_a_[l].data(), grad_a_[l + 1].data());
+        }
+        for (int l = depth - 1; l >= 0; --l) {
+            T* grad_y2 = l == depth - 1 ? grad_a_[l].data() : grad_skip_[l].data();
+            Tensor<T, Backend>& mid = l == depth - 1 ? grad_b_[l] : grad_a_[l];
+            if (l == 0) {
+                const ChannelSource<T> in = source(x);
+                ChannelSink<T> s{};
+                if (input_grad) s = sink(*input_grad, false);
+                block_backward(enc_[0], {&in, 1}, grad_y2, mid, {&s, 1});
+                continue;
+            }
+            Down& d = down_[l - 1];
+            const ChannelSource<T> in = source(d.out);
+            const ChannelSink<T> s = sink(grad_down_[l - 1], false);
+            block_backward(enc_[l], {&in, 1}, grad_y2, mid, {&s, 1});
+            // Route the down-sampled input's gradient back to the skip tensor above.
+            const Tensor<T, Backend>& above = enc_[l - 1].y2;
+            const std::ptrdiff_t planes = std::ptrdiff_t(n) * C.widths[l - 1];
+            if constexpr (C.down == lightunet::Down::max_pool) {
+                K::max_pool_backward(cells(l), planes, above.data(), static_cast<const T*>(grad_down_[l - 1].data()),
+                                     grad_skip_[l - 1].data(), true);
+            } else {
+                T* rearranged = resample_.data();
+                T* rearranged_grad = resample_.data() + workspace_.size();
+                K::space_to_depth(cells(l), planes, above.data(), rearranged);
+                const ChannelSource<T> rin{rearranged, d.conv.problem.cin, std::ptrdiff_t(d.conv.problem.cin * d.conv.problem.extent.size())};
+                const ChannelSink<T> rs{rearranged_grad, d.conv.problem.cin, rin.image_stride, false};
+                d.conv.backward(n, {&rin, 1}, params_.data(), grad_down_[l - 1].data(), {&rs, 1}, grads_.data(), workspace_.data());
+                K::depth_to_space(cells(l), planes, C.widths[l - 1], static_cast<const T*>(rearranged_grad),
+                                  static_cast<const T*>(nullptr), grad_skip_[l - 1].data(), true);
+            }
+        }
+    }
+
+    void check_labels(const Labels& labels) const {
+        const Shape& s = planned_shape_;
+        const Shape expected{s.n, C.head == Head::softmax ? 1 : C.classes, s.d, s.h, s.w};
+        if (labels.shape() != expected)
+            throw ShapeError("UNet::backward: labels have shape " + labels.shape().str() + ", expected " + expected.str());
+        const std::ptrdiff_t bad = Kernels<Backend>::first_invalid_label(C.head, C.classes, std::ptrdiff_t(labels.size()), labels.data());
+        if (bad >= 0)
+            throw std::invalid_argument("UNet::backward: label value " + std::to_string(int(labels.data()[bad])) +
+                                        " at index " + std::to_string(bad) +
+                                        (C.head == Head::softmax ? " is not a class below " + std::to_string(C.classes)
+                                                                 : std::string(" is not 0 or 1")));
+    }
+
+    Tensor<T, Backend> params_, grads_, buffers_;
+    std::array<Block, depth> enc_;
+    std::array<Block, depth - 1> dec_;
+    std::array<Down, depth - 1> down_;
+    std::array<Up, depth - 1> up_;
+    Conv head_;
+    Tensor<T, Backend> logits_, probs_, grad_logits_, workspace_, resample_, transposed_, transposed_grad_;
+    Tensor<double, Backend> loss_sums_;
+    std::array<Tensor<T, Backend>, depth> grad_a_, grad_b_, grad_skip_;
+    std::array<Tensor<T, Backend>, depth - 1> grad_down_;
+    Shape planned_shape_{};
+    bool planned_training_ = false;
+};
+
+}  // namespace lightunet

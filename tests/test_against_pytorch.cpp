@@ -1,0 +1,131 @@
+// Whole-network forward, loss and gradients equal PyTorch on the same weights and input
+// (fixtures from tests/fixtures/make_fixtures.py, float64).
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <lightunet/lightunet.hpp>
+
+using namespace lightunet;
+
+namespace {
+
+const std::string fixture_dir = std::string(LIGHTUNET_SOURCE_DIR) + "/tests/fixtures/";
+
+template <class T>
+std::vector<T> read_raw(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    REQUIRE(f.good());
+    std::vector<char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    REQUIRE(bytes.size() % sizeof(T) == 0);
+    std::vector<T> v(bytes.size() / sizeof(T));
+    std::memcpy(v.data(), bytes.data(), bytes.size());
+    return v;
+}
+
+std::map<std::string, std::string> read_config(const std::string& path) {
+    std::ifstream f(path);
+    REQUIRE(f.good());
+    std::map<std::string, std::string> kv;
+    for (std::string line; std::getline(f, line);) {
+        const auto eq = line.find('=');
+        if (eq != std::string::npos) kv[line.substr(0, eq)] = line.substr(eq + 1);
+    }
+    return kv;
+}
+
+double max_abs(const std::vector<double>& v) {
+    double m = 0;
+    for (double x : v) m = std::max(m, std::abs(x));
+    return m;
+}
+
+template <class Span>
+void check_close(const Span& got, const std::vector<double>& want, double tol, const char* what) {
+    REQUIRE(got.size() == want.size());
+    const double scale = std::max(1e-300, max_abs(want));
+    double worst = 0;
+    std::size_t at = 0;
+    for (std::size_t i = 0; i < want.size(); ++i) {
+        const double e = std::abs(double(got[i]) - want[i]) / scale;
+        if (e > worst) worst = e, at = i;
+    }
+    INFO(what << ": worst error relative to max |value| " << worst << " at " << at);
+    CHECK(worst < tol);
+}
+
+template <UNetConfig C>
+void run_fixture(const std::string& name, const DiceLoss& loss) {
+    const std::string dir = fixture_dir + name + "/";
+    auto kv = read_config(dir + "config.txt");
+    REQUIRE(std::stoi(kv["dims"]) == C.dims);
+    REQUIRE(std::stoi(kv["in_channels"]) == C.in_channels);
+    REQUIRE(std::stoi(kv["classes"]) == C.classes);
+    REQUIRE((kv["include_background"] == "1") == loss.include_background);
+    REQUIRE((kv["batch_dice"] == "1") == loss.batch_dice);
+
+    using Net = UNet<C, cpu, double>;
+    Net net(7);
+    auto params = read_raw<double>(dir + "params.f64");
+    REQUIRE(params.size() == Net::parameter_count);
+    std::copy(params.begin(), params.end(), net.parameters().begin());
+
+    const Shape shape{std::stoi(kv["n"]), C.in_channels, std::stoi(kv["d"]), std::stoi(kv["h"]), std::stoi(kv["w"])};
+    Tensor<double> x(shape);
+    auto input = read_raw<double>(dir + "input.f64");
+    REQUIRE(input.size() == x.size());
+    std::copy(input.begin(), input.end(), x.begin());
+    auto label_bytes = read_raw<std::uint8_t>(dir + "labels.u8");
+    typename Net::Labels labels(
+        Shape{shape.n, C.head == Head::softmax ? 1 : C.classes, shape.d, shape.h, shape.w});
+    REQUIRE(label_bytes.size() == labels.size());
+    std::copy(label_bytes.begin(), label_bytes.end(), labels.begin());
+
+    const auto& probs = net.forward(x, Mode::train);
+    check_close(probs, read_raw<double>(dir + "output.f64"), 1e-10, "probabilities");
+
+    Tensor<double> input_grad;
+    const double value = net.backward(x, labels, loss, &input_grad);
+    double want_loss = 0;
+    std::ifstream(dir + "loss.txt") >> want_loss;
+    CHECK(value == Approx(want_loss).epsilon(1e-10));
+    check_close(net.gradients(), read_raw<double>(dir + "param_grads.f64"), 1e-8, "parameter gradients");
+    check_close(input_grad, read_raw<double>(dir + "input_grad.f64"), 1e-8, "input gradient");
+
+    if (C.norm == Norm::batch) check_close(net.buffers(), read_raw<double>(dir + "running_stats.f64"), 1e-10, "running stats");
+    const auto& eval = net.forward(x, Mode::eval);
+    check_close(eval, read_raw<double>(dir + "output_eval.f64"), 1e-10, "eval-mode probabilities");
+}
+
+constexpr UNetConfig unet2d_batch_relu{.dims = 2, .in_channels = 3, .classes = 3, .widths = {4, 8, 16},
+                                       .norm = Norm::batch, .act = Act::relu, .down = Down::max_pool,
+                                       .up = Up::transposed_conv, .head = Head::softmax};
+constexpr UNetConfig unet3d_instance_leaky{.dims = 3, .in_channels = 2, .classes = 3, .widths = {4, 8},
+                                           .norm = Norm::instance, .act = Act::leaky_relu, .down = Down::strided_conv,
+                                           .up = Up::interpolate_conv, .head = Head::sigmoid, .leaky_slope = 0.01};
+constexpr UNetConfig unet2d_group_none{.dims = 2, .in_channels = 1, .classes = 2, .widths = {4, 8, 8},
+                                       .norm = Norm::group, .act = Act::leaky_relu, .down = Down::max_pool,
+                                       .up = Up::transposed_conv, .head = Head::softmax, .groups = 2, .leaky_slope = 0.1};
+constexpr UNetConfig unet2d_nonorm{.dims = 2, .in_channels = 2, .classes = 2, .widths = {4, 8}, .norm = Norm::none,
+                                   .act = Act::relu, .down = Down::strided_conv, .up = Up::interpolate_conv,
+                                   .head = Head::softmax};
+
+}  // namespace
+
+TEST_CASE("2D batch norm, ReLU, max-pool, transposed conv, softmax equals PyTorch", "[pytorch]") {
+    run_fixture<unet2d_batch_relu>("unet2d_batch_relu", {});
+}
+TEST_CASE("3D instance norm, LeakyReLU, strided conv, interpolation, sigmoid equals PyTorch", "[pytorch]") {
+    run_fixture<unet3d_instance_leaky>("unet3d_instance_leaky", {});
+}
+TEST_CASE("2D group norm, background out, batch Dice equals PyTorch", "[pytorch]") {
+    run_fixture<unet2d_group_none>("unet2d_group_none", {.include_background = false, .batch_dice = true});
+}
+TEST_CASE("2D without norm, strided conv, interpolation equals PyTorch", "[pytorch]") {
+    run_fixture<unet2d_nonorm>("unet2d_nonorm", {});
+}
