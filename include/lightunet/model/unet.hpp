@@ -267,11 +267,16 @@ private:
 
     // Sizes every buffer for this input shape; a repeated shape allocates nothing.
     void plan(const Shape& s, Mode mode) {
-        if (s == planned_shape_ && (mode == Mode::eval || planned_training_)) return;
         const bool training = mode == Mode::train;
-        std::size_t scratch = 0;
+        if (s != planned_shape_) planned_training_ = planned_eval_ = false;
+        if (training ? planned_training_ : planned_eval_) return;
+        std::size_t scratch = 0, rearranged = 1, eval_size = 0;
         auto block_plan = [&](Block& b, const Shape& out) {
-            for (auto* t : {&b.z1, &b.y1, &b.z2, &b.y2}) t->resize(out);
+            b.y2.resize(out);
+            if (training)
+                for (auto* t : {&b.z1, &b.y1, &b.z2}) t->resize(out);
+            else
+                eval_size = std::max(eval_size, out.size());
             b.norm1.plan(out);
             b.norm2.plan(out);
             for (Conv* c : {&b.conv1, &b.conv2}) {
@@ -288,16 +293,18 @@ private:
                 up_[l].out.resize(out);
                 const Extent below = level_extent(s, l + 1);
                 up_[l].conv.problem.extent = below;
-                scratch = std::max({scratch, up_[l].conv.workspace_size(), std::size_t(s.n) * C.widths[l] * e.size()});
+                scratch = std::max(scratch, up_[l].conv.workspace_size());
+                rearranged = std::max(rearranged, std::size_t(s.n) * C.widths[l] * e.size());
             }
             if (l > 0) {
                 down_[l - 1].out.resize({s.n, C.widths[l - 1], e.d, e.h, e.w});
                 down_[l - 1].conv.problem.extent = e;
-                scratch = std::max({scratch, down_[l - 1].conv.workspace_size(), std::size_t(s.n) * C.widths[l - 1] * e.size() * C.sub_voxels()});
+                scratch = std::max(scratch, down_[l - 1].conv.workspace_size());
+                if (C.down == lightunet::Down::strided_conv)  // the rearranged input and its gradient
+                    rearranged = std::max(rearranged, 2 * std::size_t(s.n) * C.widths[l - 1] * e.size() * C.sub_voxels());
             }
             if (training) {
                 grad_a_[l].resize(out);
-                grad_b_[l].resize(out);
                 grad_skip_[l].resize(out);
                 if (l > 0) grad_down_[l - 1].resize({s.n, C.widths[l - 1], e.d, e.h, e.w});
             }
@@ -318,9 +325,13 @@ private:
         for (int l = 0; l < depth - 1; ++l) transposed = std::max(transposed, up_[l].conv.problem.weight_count());
         transposed_.resize({1, 1, 1, 1, int(std::max<std::size_t>(1, transposed))});
         workspace_.resize({1, 1, 1, 1, int(scratch)});
-        resample_.resize({1, 1, 1, 1, int(2 * scratch)});
+        resample_.resize({1, 1, 1, 1, int(rearranged)});
+        if (!training) {
+            eval_conv_.resize({1, 1, 1, 1, int(eval_size)});
+            eval_act_.resize({1, 1, 1, 1, int(eval_size)});
+        }
         planned_shape_ = s;
-        planned_training_ = planned_training_ || training;
+        (training ? planned_training_ : planned_eval_) = true;
     }
 
     static ChannelSource<T> source(const Tensor<T, Backend>& t) {
@@ -333,25 +344,33 @@ private:
         return {level_extent(planned_shape_, coarse_level), C.down_factor_depth()};
     }
 
+    // Training keeps every intermediate for the backward pass; inference runs the block
+    // through two shared buffers and keeps only its output.
     void block_forward(Block& b, std::span<const ChannelSource<T>> in, bool training) {
         const int n = planned_shape_.n;
-        b.conv1.forward(n, in, params_.data(), b.z1.data(), workspace_.data());
-        b.norm1.forward(b.z1.shape(), b.z1.data(), b.y1.data(), params_.data(), buffers_.data(), training);
-        const ChannelSource<T> mid = source(b.y1);
-        b.conv2.forward(n, {&mid, 1}, params_.data(), b.z2.data(), workspace_.data());
-        b.norm2.forward(b.z2.shape(), b.z2.data(), b.y2.data(), params_.data(), buffers_.data(), training);
+        const Shape& shape = b.y2.shape();
+        T* z1 = training ? b.z1.data() : eval_conv_.data();
+        T* y1 = training ? b.y1.data() : eval_act_.data();
+        T* z2 = training ? b.z2.data() : eval_conv_.data();
+        b.conv1.forward(n, in, params_.data(), z1, workspace_.data());
+        b.norm1.forward(shape, z1, y1, params_.data(), buffers_.data(), training);
+        const ChannelSource<T> mid{y1, shape.c, std::ptrdiff_t(shape.c * shape.spatial())};
+        b.conv2.forward(n, {&mid, 1}, params_.data(), z2, workspace_.data());
+        b.norm2.forward(shape, z2, b.y2.data(), params_.data(), buffers_.data(), training);
     }
 
-    // grad_y2 holds d loss / d y2 and is overwritten; grad_mid is scratch of the block's shape.
-    void block_backward(Block& b, std::span<const ChannelSource<T>> in, T* grad_y2, Tensor<T, Backend>& grad_mid,
+    // grad holds d loss / d y2 and is used in place for the block's inner gradients: a
+    // convolution's backward packs image n's output gradient before it writes image n's input
+    // gradient, so the two may share a buffer.
+    void block_backward(Block& b, std::span<const ChannelSource<T>> in, Tensor<T, Backend>& grad,
                         std::span<const ChannelSink<T>> grad_in) {
         const int n = planned_shape_.n;
-        b.norm2.backward(b.z2.shape(), b.z2.data(), b.y2.data(), grad_y2, params_.data(), grads_.data());
+        b.norm2.backward(b.z2.shape(), b.z2.data(), b.y2.data(), grad.data(), params_.data(), grads_.data());
         const ChannelSource<T> mid = source(b.y1);
-        const ChannelSink<T> mid_sink = sink(grad_mid, false);
-        b.conv2.backward(n, {&mid, 1}, params_.data(), grad_y2, {&mid_sink, 1}, grads_.data(), workspace_.data());
-        b.norm1.backward(b.z1.shape(), b.z1.data(), b.y1.data(), grad_mid.data(), params_.data(), grads_.data());
-        b.conv1.backward(n, in, params_.data(), grad_mid.data(), grad_in, grads_.data(), workspace_.data());
+        const ChannelSink<T> mid_sink = sink(grad, false);
+        b.conv2.backward(n, {&mid, 1}, params_.data(), grad.data(), {&mid_sink, 1}, grads_.data(), workspace_.data());
+        b.norm1.backward(b.z1.shape(), b.z1.data(), b.y1.data(), grad.data(), params_.data(), grads_.data());
+        b.conv1.backward(n, in, params_.data(), grad.data(), grad_in, grads_.data(), workspace_.data());
     }
 
     void run_forward(const Tensor<T, Backend>& x, bool training) {
@@ -448,24 +467,23 @@ private:
         for (int l = 0; l <= depth - 2; ++l) {
             const ChannelSource<T> in[2] = {source(enc_[l].y2), source(up_[l].out)};
             const ChannelSink<T> sinks[2] = {sink(grad_skip_[l], false), sink(grad_a_[l], false)};
-            block_backward(dec_[l], in, grad_a_[l].data(), grad_b_[l], sinks);
+            block_backward(dec_[l], in, grad_a_[l], sinks);
             const Tensor<T, Backend>& below = l == depth - 2 ? enc_[depth - 1].y2 : dec_[l + 1].y2;
             up_backward(l, below, grad_a_[l].data(), grad_a_[l + 1].data());
         }
         for (int l = depth - 1; l >= 0; --l) {
-            T* grad_y2 = l == depth - 1 ? grad_a_[l].data() : grad_skip_[l].data();
-            Tensor<T, Backend>& mid = l == depth - 1 ? grad_b_[l] : grad_a_[l];
+            Tensor<T, Backend>& grad = l == depth - 1 ? grad_a_[l] : grad_skip_[l];
             if (l == 0) {
                 const ChannelSource<T> in = source(x);
                 ChannelSink<T> s{};
                 if (input_grad) s = sink(*input_grad, false);
-                block_backward(enc_[0], {&in, 1}, grad_y2, mid, {&s, 1});
+                block_backward(enc_[0], {&in, 1}, grad, {&s, 1});
                 continue;
             }
             Down& d = down_[l - 1];
             const ChannelSource<T> in = source(d.out);
             const ChannelSink<T> s = sink(grad_down_[l - 1], false);
-            block_backward(enc_[l], {&in, 1}, grad_y2, mid, {&s, 1});
+            block_backward(enc_[l], {&in, 1}, grad, {&s, 1});
             // Route the down-sampled input's gradient back to the skip tensor above.
             const Tensor<T, Backend>& above = enc_[l - 1].y2;
             const std::ptrdiff_t planes = std::ptrdiff_t(n) * C.widths[l - 1];
@@ -474,7 +492,7 @@ private:
                                      grad_skip_[l - 1].data(), true);
             } else {
                 T* rearranged = resample_.data();
-                T* rearranged_grad = resample_.data() + workspace_.size();
+                T* rearranged_grad = resample_.data() + std::ptrdiff_t(planes) * d.conv.problem.extent.size() * C.sub_voxels();
                 K::space_to_depth(cells(l), planes, above.data(), rearranged);
                 const ChannelSource<T> rin{rearranged, d.conv.problem.cin, std::ptrdiff_t(d.conv.problem.cin * d.conv.problem.extent.size())};
                 const ChannelSink<T> rs{rearranged_grad, d.conv.problem.cin, rin.image_stride, false};
@@ -504,12 +522,13 @@ private:
     std::array<Down, depth - 1> down_;
     std::array<Up, depth - 1> up_;
     Conv head_;
+    Tensor<T, Backend> eval_conv_, eval_act_;  // inference keeps only block outputs
     Tensor<T, Backend> logits_, probs_, grad_logits_, workspace_, resample_, transposed_, transposed_grad_;
     Tensor<double, Backend> loss_sums_;
-    std::array<Tensor<T, Backend>, depth> grad_a_, grad_b_, grad_skip_;
+    std::array<Tensor<T, Backend>, depth> grad_a_, grad_skip_;
     std::array<Tensor<T, Backend>, depth - 1> grad_down_;
     Shape planned_shape_{};
-    bool planned_training_ = false;
+    bool planned_training_ = false, planned_eval_ = false;
 };
 
 }  // namespace lightunet
