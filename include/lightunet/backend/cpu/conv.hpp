@@ -9,6 +9,7 @@
 // the padded grid too (the few border positions are discarded when copied out).
 #include <algorithm>
 #include <array>
+#include <cstdint>
 #include <cstring>
 #include <span>
 
@@ -189,13 +190,17 @@ inline void fprop_chunk(const T* x, std::ptrdiff_t x_stride, const std::ptrdiff_
     });
 }
 
+// Accumulates one tile of voxels into R x P vector accumulators kept in `partial` between tiles
+// (so each tile adds lanes, and the horizontal sums happen once, after the last tile).
 template <class T, int R, int P>
 inline void wgrad_tile(const T* const* g_rows, const T* const* x_pairs, std::ptrdiff_t q_begin, std::ptrdiff_t q_end,
-                       T (&sums)[R][P]) {
+                       T* partial, bool first) {
     using B = Batch<T>;
     constexpr int L = lanes<T>;
     B acc[R][P];
-    static_for<R>([&](auto r) { static_for<P>([&](auto p) { acc[r][p] = B(T(0)); }); });
+    static_for<R>([&](auto r) {
+        static_for<P>([&](auto p) { acc[r][p] = first ? B(T(0)) : B::load_aligned(partial + (r * P + p) * L); });
+    });
     for (std::ptrdiff_t q = q_begin; q < q_end; q += L) {
         B g[R];
         static_for<R>([&](auto r) { g[r] = B::load_unaligned(g_rows[r] + q); });
@@ -204,15 +209,7 @@ inline void wgrad_tile(const T* const* g_rows, const T* const* x_pairs, std::ptr
             static_for<R>([&](auto r) { acc[r][p] = xsimd::fma(g[r], xv, acc[r][p]); });
         });
     }
-    alignas(64) T lanes_out[L];
-    static_for<R>([&](auto r) {
-        static_for<P>([&](auto p) {
-            acc[r][p].store_aligned(lanes_out);
-            T s = 0;
-            for (int i = 0; i < L; ++i) s += lanes_out[i];
-            sums[r][p] = s;
-        });
-    });
+    static_for<R>([&](auto r) { static_for<P>([&](auto p) { acc[r][p].store_aligned(partial + (r * P + p) * L); }); });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -254,19 +251,30 @@ void fprop_padded(const PaddedLayout& l, int cin, const T* x_pad, const T* packe
 }
 
 // dweight[oc][ci * taps + t] += sum over interior q of g_pad[oc][q] * x_pad[ci][q + offset(t)].
-// g_pad is zero outside the interior, so the padded run may be summed whole.
+// g_pad is zero outside the interior, so the padded run may be summed whole. Work items are
+// (block of R output channels, block of P (channel, tap) pairs); tiles of voxels keep the rows
+// an item reads in cache, and items are ordered so neighbours share the larger of the two.
 template <class T>
-void wgrad_padded(const PaddedLayout& l, int cin, int cout, const T* x_pad, const T* g_pad, T* dweight) {
+constexpr std::size_t wgrad_partial_size(int cin, int cout, int taps) {
+    return std::size_t(ceil_div(cout, wgrad_rows)) * ceil_div(cin * taps, wgrad_pairs) * wgrad_rows * wgrad_pairs *
+           lanes<T>;
+}
+
+template <class T>
+void wgrad_padded(const PaddedLayout& l, int cin, int cout, const T* x_pad, const T* g_pad, T* dweight, T* partial) {
     constexpr int R = wgrad_rows, P = wgrad_pairs, L = lanes<T>;
     const int k_count = cin * l.taps;
     const int row_blocks = int(ceil_div(cout, R));
     const int pair_blocks = int(ceil_div(k_count, P));
     const std::ptrdiff_t run_end = l.run_begin + round_up(l.run_length, L);
-    constexpr std::ptrdiff_t tile = 2048;
+    const std::ptrdiff_t tile = std::max<std::ptrdiff_t>(L, round_up((384 << 10) / (sizeof(T) * (cin + cout)), L));
+    const bool rows_major = cout <= cin;  // consecutive items share output rows (the smaller set)
     for (std::ptrdiff_t q0 = l.run_begin; q0 < run_end; q0 += tile) {
         const std::ptrdiff_t q1 = std::min(run_end, q0 + tile);
+        const bool first = q0 == l.run_begin, last = q1 == run_end;
         parallel_for(std::ptrdiff_t(row_blocks) * pair_blocks, [&](std::ptrdiff_t item) {
-            const int rb = int(item / pair_blocks), pb = int(item % pair_blocks);
+            const int rb = int(rows_major ? item / pair_blocks : item % row_blocks);
+            const int pb = int(rows_major ? item % pair_blocks : item / row_blocks);
             const T* g_rows[R];
             const T* x_pairs[P];
             for (int r = 0; r < R; ++r) g_rows[r] = g_pad + std::min(rb * R + r, cout - 1) * l.stride;
@@ -274,11 +282,15 @@ void wgrad_padded(const PaddedLayout& l, int cin, int cout, const T* x_pad, cons
                 const int k = std::min(pb * P + p, k_count - 1);
                 x_pairs[p] = x_pad + (k / l.taps) * l.stride + l.tap_offset[k % l.taps];
             }
-            T sums[R][P];
-            wgrad_tile<T, R, P>(g_rows, x_pairs, q0, q1, sums);
+            T* acc = partial + (std::ptrdiff_t(rb) * pair_blocks + pb) * R * P * L;
+            wgrad_tile<T, R, P>(g_rows, x_pairs, q0, q1, acc, first);
+            if (!last) return;
             for (int r = 0; r < R && rb * R + r < cout; ++r)
-                for (int p = 0; p < P && pb * P + p < k_count; ++p)
-                    dweight[std::ptrdiff_t(rb * R + r) * k_count + pb * P + p] += sums[r][p];
+                for (int p = 0; p < P && pb * P + p < k_count; ++p) {
+                    T sum = 0;
+                    for (int i = 0; i < L; ++i) sum += acc[(r * P + p) * L + i];
+                    dweight[std::ptrdiff_t(rb * R + r) * k_count + pb * P + p] += sum;
+                }
         });
     }
 }
@@ -305,7 +317,8 @@ constexpr std::size_t conv_workspace_size(const ConvProblem& p) {
     const std::size_t out_group = std::size_t(output_group_channels<T>(l, std::max(p.cin, p.cout))) * l.stride;
     const std::size_t grad_pad = std::size_t(p.cout) * l.stride;
     const std::size_t forward = packed_fprop + in_pad + out_group;
-    const std::size_t backward = packed_dgrad + in_pad + grad_pad + out_group;
+    const std::size_t partial = wgrad_partial_size<T>(p.cin, p.cout, p.taps()) + lanes<T>;
+    const std::size_t backward = packed_dgrad + in_pad + grad_pad + std::max(out_group, partial);
     return std::max(forward, backward);
 }
 
@@ -360,7 +373,8 @@ void conv_backward(const ConvProblem& p, int images, std::span<const ChannelSour
             });
         if (dweight) {
             pad_sources(l, input, n, x_pad);
-            wgrad_padded(l, p.cin, p.cout, x_pad, g_pad, dweight);
+            T* partial = dx_pad + (lanes<T> - (reinterpret_cast<std::uintptr_t>(dx_pad) / sizeof(T)) % lanes<T>) % lanes<T>;
+            wgrad_padded(l, p.cin, p.cout, x_pad, g_pad, dweight, partial);
         }
         if (!need_input_grad) continue;
         for (int ci0 = 0; ci0 < p.cin; ci0 += group) {
