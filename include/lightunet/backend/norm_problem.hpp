@@ -53,6 +53,13 @@ struct NormGrouping {
     }
 };
 
+// Where norm_act_forward takes its mean and variance from.
+enum class NormStats {
+    batch,    // computed from this input (training; batch norm also updates running statistics)
+    running,  // batch norm's running statistics (inference)
+    saved,    // what the last batch pass stored (recomputing an activation during backward)
+};
+
 struct Activation {
     Act act = Act::relu;
     double slope = 0.0;

@@ -24,10 +24,15 @@ struct NormAct {
         scratch.resize({1, 1, 1, 2, s.n * channels});
     }
     void forward(const Shape& s, const T* z, T* y, T* params, T* buffers, bool training) {
+        run(s, z, y, params, buffers, training ? NormStats::batch : norm == Norm::batch ? NormStats::running : NormStats::batch);
+    }
+    // Recomputes the training forward's y from z with the statistics it saved.
+    void recompute(const Shape& s, const T* z, T* y, T* params, T* buffers) { run(s, z, y, params, buffers, NormStats::saved); }
+    void run(const Shape& s, const T* z, T* y, T* params, T* buffers, NormStats from) {
         T* rm = norm == Norm::batch ? buffers + running : nullptr;
         T* rv = norm == Norm::batch ? buffers + running + channels : nullptr;
         Kernels<Backend>::norm_act_forward(grouping(s), activation, z, params + gamma, params + beta, y, mean.data(),
-                                           invstd.data(), rm, rv, !training && norm == Norm::batch);
+                                           invstd.data(), rm, rv, from);
     }
     void backward(const Shape& s, const T* z, const T* y, T* grad, const T* params, T* grads) {
         Kernels<Backend>::norm_act_backward(grouping(s), activation, z, y, grad, params + gamma, mean.data(), invstd.data(),

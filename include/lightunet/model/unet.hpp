@@ -122,7 +122,7 @@ private:
     struct Block {
         Conv conv1, conv2;
         NormAct norm1, norm2;
-        Tensor<T, Backend> z1, y1, z2, y2;  // conv outputs and activations
+        Tensor<T, Backend> z1, z2, y2;  // conv outputs and the block's output; y1 is recomputed
     };
     struct Down {
         Conv conv;  // strided convolution as a 1x1 over the space-to-depth input
@@ -270,13 +270,14 @@ private:
         const bool training = mode == Mode::train;
         if (s != planned_shape_) planned_training_ = planned_eval_ = false;
         if (training ? planned_training_ : planned_eval_) return;
-        std::size_t scratch = 0, rearranged = 1, eval_size = 0;
+        std::size_t scratch = 0, rearranged = 1, eval_size = 0, act_size = 0;
         auto block_plan = [&](Block& b, const Shape& out) {
             b.y2.resize(out);
             if (training)
-                for (auto* t : {&b.z1, &b.y1, &b.z2}) t->resize(out);
+                for (auto* t : {&b.z1, &b.z2}) t->resize(out);
             else
                 eval_size = std::max(eval_size, out.size());
+            act_size = std::max(act_size, out.size());
             b.norm1.plan(out);
             b.norm2.plan(out);
             for (Conv* c : {&b.conv1, &b.conv2}) {
@@ -326,10 +327,8 @@ private:
         transposed_.resize({1, 1, 1, 1, int(std::max<std::size_t>(1, transposed))});
         workspace_.resize({1, 1, 1, 1, int(scratch)});
         resample_.resize({1, 1, 1, 1, int(rearranged)});
-        if (!training) {
-            eval_conv_.resize({1, 1, 1, 1, int(eval_size)});
-            eval_act_.resize({1, 1, 1, 1, int(eval_size)});
-        }
+        if (!training) eval_conv_.resize({1, 1, 1, 1, int(eval_size)});
+        inner_act_.resize({1, 1, 1, 1, int(act_size)});
         planned_shape_ = s;
         (training ? planned_training_ : planned_eval_) = true;
     }
@@ -350,7 +349,7 @@ private:
         const int n = planned_shape_.n;
         const Shape& shape = b.y2.shape();
         T* z1 = training ? b.z1.data() : eval_conv_.data();
-        T* y1 = training ? b.y1.data() : eval_act_.data();
+        T* y1 = inner_act_.data();
         T* z2 = training ? b.z2.data() : eval_conv_.data();
         b.conv1.forward(n, in, params_.data(), z1, workspace_.data());
         b.norm1.forward(shape, z1, y1, params_.data(), buffers_.data(), training);
@@ -365,11 +364,14 @@ private:
     void block_backward(Block& b, std::span<const ChannelSource<T>> in, Tensor<T, Backend>& grad,
                         std::span<const ChannelSink<T>> grad_in) {
         const int n = planned_shape_.n;
-        b.norm2.backward(b.z2.shape(), b.z2.data(), b.y2.data(), grad.data(), params_.data(), grads_.data());
-        const ChannelSource<T> mid = source(b.y1);
+        const Shape& shape = b.y2.shape();
+        b.norm2.backward(shape, b.z2.data(), b.y2.data(), grad.data(), params_.data(), grads_.data());
+        T* y1 = inner_act_.data();
+        b.norm1.recompute(shape, b.z1.data(), y1, params_.data(), buffers_.data());
+        const ChannelSource<T> mid{y1, shape.c, std::ptrdiff_t(shape.c * shape.spatial())};
         const ChannelSink<T> mid_sink = sink(grad, false);
         b.conv2.backward(n, {&mid, 1}, params_.data(), grad.data(), {&mid_sink, 1}, grads_.data(), workspace_.data());
-        b.norm1.backward(b.z1.shape(), b.z1.data(), b.y1.data(), grad.data(), params_.data(), grads_.data());
+        b.norm1.backward(shape, b.z1.data(), y1, grad.data(), params_.data(), grads_.data());
         b.conv1.backward(n, in, params_.data(), grad.data(), grad_in, grads_.data(), workspace_.data());
     }
 
@@ -522,7 +524,8 @@ private:
     std::array<Down, depth - 1> down_;
     std::array<Up, depth - 1> up_;
     Conv head_;
-    Tensor<T, Backend> eval_conv_, eval_act_;  // inference keeps only block outputs
+    Tensor<T, Backend> eval_conv_;  // inference keeps only block outputs
+    Tensor<T, Backend> inner_act_;  // a block's inner activation, shared by all blocks
     Tensor<T, Backend> logits_, probs_, grad_logits_, workspace_, resample_, transposed_, transposed_grad_;
     Tensor<double, Backend> loss_sums_;
     std::array<Tensor<T, Backend>, depth> grad_a_, grad_skip_;

@@ -18,11 +18,11 @@ inline T activate(T v, T slope) {
     return v > T(0) ? v : v * slope;
 }
 
-// Training-mode forward: computes statistics (mean, invstd per stat), writes y, and updates the
-// running statistics when given (batch norm). Eval-mode batch norm passes use_running = true.
+// y = act(norm(z)). With NormStats::batch, computes the statistics (mean, invstd per stat) and
+// updates the running ones when given (batch norm).
 template <class T>
 void norm_act_forward(const NormGrouping& g, const Activation& a, const T* z, const T* gamma, const T* beta, T* y,
-                      T* mean, T* invstd, T* running_mean, T* running_var, bool use_running, double momentum = 0.1,
+                      T* mean, T* invstd, T* running_mean, T* running_var, NormStats stats_from, double momentum = 0.1,
                       double eps = 1e-5) {
     const T slope = T(a.negative_slope());
     const std::ptrdiff_t P = g.plane;
@@ -35,7 +35,7 @@ void norm_act_forward(const NormGrouping& g, const Activation& a, const T* z, co
         return;
     }
     const int stats = g.stat_count();
-    if (!use_running) {
+    if (stats_from == NormStats::batch) {
         parallel_for(stats, [&](std::ptrdiff_t s) {
             double sum = 0;
             g.for_each_plane(int(s), [&](int n, int c) {
@@ -67,7 +67,7 @@ void norm_act_forward(const NormGrouping& g, const Activation& a, const T* z, co
                 running_var[s] = T((1.0 - momentum) * double(running_var[s]) + momentum * unbiased);
             }
         });
-    } else {
+    } else if (stats_from == NormStats::running) {
         for (int s = 0; s < stats; ++s) {
             mean[s] = running_mean[s];
             invstd[s] = T(1.0 / std::sqrt(double(running_var[s]) + eps));
