@@ -41,6 +41,28 @@ void conv_backward(benchmark::State& state) {
     state.counters["GFLOPs"] = benchmark::Counter(2 * p.flops_per_image() * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// The machine's FP32 FMA peak in this run, for "% of peak": 16 independent accumulator chains
+// per thread, enough to fill the FMA pipes on current x86 cores.
+void fma_peak(benchmark::State& state) {
+    using B = cpu_kernels::Batch<float>;
+    constexpr long steps = 1 << 22;
+    for (auto _ : state) {
+        float total = 0;
+#pragma omp parallel reduction(+ : total)
+        {
+            B acc[16];
+            for (int i = 0; i < 16; ++i) acc[i] = B(float(i));
+            const B m(0.999999f), c(1e-7f);
+            for (long k = 0; k < steps; ++k)
+                detail::static_for<16>([&](auto i) { acc[i] = xsimd::fma(acc[i], m, c); });
+            for (int i = 0; i < 16; ++i) total += xsimd::hadd(acc[i]);
+        }
+        benchmark::DoNotOptimize(total);
+    }
+    const double flops = double(steps) * 16 * B::size * 2 * cpu_kernels::thread_count();
+    state.counters["GFLOPs"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
 // dims, spatial size, cin, cout, kernel
 void shapes(benchmark::internal::Benchmark* b) {
     b->ArgNames({"dims", "size", "cin", "cout", "k"});
@@ -52,6 +74,7 @@ void shapes(benchmark::internal::Benchmark* b) {
 
 }  // namespace
 
+BENCHMARK(fma_peak)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(conv_forward)->Apply(shapes);
 BENCHMARK(conv_backward)->Apply(shapes);
 BENCHMARK_MAIN();

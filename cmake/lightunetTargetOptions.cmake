@@ -1,0 +1,20 @@
+# lightunet_target_options(<target> [SANITIZE])
+#
+# Applies the flags of lightunet's own executables (tests, benchmarks, examples): -Wall -Wextra,
+# -march=native when LIGHTUNET_NATIVE, and with SANITIZE, ASan + UBSan when LIGHTUNET_SANITIZE.
+# Not installed, and never applied to the interface target that users link.
+function(lightunet_target_options target)
+    cmake_parse_arguments(PARSE_ARGV 1 arg "SANITIZE" "" "")
+    target_compile_options(${target} PRIVATE -Wall -Wextra)
+    if(LIGHTUNET_NATIVE)
+        target_compile_options(${target} PRIVATE -march=native)
+    endif()
+    if(arg_SANITIZE AND LIGHTUNET_SANITIZE)
+        set(flags -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer)
+        target_compile_options(${target} PRIVATE ${flags})
+        target_link_options(${target} PRIVATE ${flags})
+        # GCC 12 reports false -Wmaybe-uninitialized under ASan (in libstdc++'s <regex>, which
+        # Catch2 uses); the Release build keeps that warning.
+        target_compile_options(${target} PRIVATE $<$<CXX_COMPILER_ID:GNU>:-Wno-maybe-uninitialized>)
+    endif()
+endfunction()

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Builds and runs every test:
+#   1. Release with -march=native: unit, compile-fail, consumer and benchmark smoke tests;
+#   2. ASan + UBSan: the unit tests (consumer and compile-fail tests left out: no sanitized code).
+# Environment: LIGHTUNET_JOBS (default 2), LIGHTUNET_BUILD_ROOT (default <repo>/build).
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+jobs=${LIGHTUNET_JOBS:-2}
+build_root=${LIGHTUNET_BUILD_ROOT:-$root/build}
+
+common=()
+if command -v ccache >/dev/null 2>&1; then
+    common+=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+fi
+
+step() { printf '\n=== %s ===\n' "$*"; }
+
+step "release: configure"
+cmake -S "$root" -B "$build_root/release" -DCMAKE_BUILD_TYPE=Release -DLIGHTUNET_NATIVE=ON "${common[@]}"
+step "release: build"
+cmake --build "$build_root/release" -j "$jobs"
+step "release: ctest"
+ctest --test-dir "$build_root/release" --output-on-failure -j "$jobs" --timeout 900
+
+step "sanitize: configure"
+cmake -S "$root" -B "$build_root/sanitize" -DCMAKE_BUILD_TYPE=Release -DLIGHTUNET_NATIVE=ON \
+    -DLIGHTUNET_SANITIZE=ON -DLIGHTUNET_BUILD_BENCH=OFF -DLIGHTUNET_BUILD_EXAMPLES=OFF "${common[@]}"
+step "sanitize: build"
+cmake --build "$build_root/sanitize" -j "$jobs"
+step "sanitize: ctest"
+ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:strict_string_checks=1} \
+UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
+    ctest --test-dir "$build_root/sanitize" --output-on-failure -j "$jobs" --timeout 900 -LE 'consumer|compile_fail'
+
+step "all tests passed"

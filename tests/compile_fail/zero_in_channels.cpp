@@ -1,0 +1,6 @@
+// expect-error: in_channels must be at least 1
+#include <lightunet/lightunet.hpp>
+
+constexpr lightunet::UNetConfig bad{.dims = 2, .in_channels = 0, .classes = 2, .widths = {4, 8}};
+
+int main() { lightunet::UNet<bad> net(1); }
