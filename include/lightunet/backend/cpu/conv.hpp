@@ -269,30 +269,33 @@ void wgrad_padded(const PaddedLayout& l, int cin, int cout, const T* x_pad, cons
     const std::ptrdiff_t run_end = l.run_begin + round_up(l.run_length, L);
     const std::ptrdiff_t tile = std::max<std::ptrdiff_t>(L, round_up((384 << 10) / (sizeof(T) * (cin + cout)), L));
     const bool rows_major = cout <= cin;  // consecutive items share output rows (the smaller set)
-    for (std::ptrdiff_t q0 = l.run_begin; q0 < run_end; q0 += tile) {
-        const std::ptrdiff_t q1 = std::min(run_end, q0 + tile);
-        const bool first = q0 == l.run_begin, last = q1 == run_end;
-        parallel_for(std::ptrdiff_t(row_blocks) * pair_blocks, [&](std::ptrdiff_t item) {
-            const int rb = int(rows_major ? item / pair_blocks : item % row_blocks);
-            const int pb = int(rows_major ? item % pair_blocks : item / row_blocks);
-            const T* g_rows[R];
-            const T* x_pairs[P];
-            for (int r = 0; r < R; ++r) g_rows[r] = g_pad + std::min(rb * R + r, cout - 1) * l.stride;
-            for (int p = 0; p < P; ++p) {
-                const int k = std::min(pb * P + p, k_count - 1);
-                x_pairs[p] = x_pad + (k / l.taps) * l.stride + l.tap_offset[k % l.taps];
-            }
-            T* acc = partial + (std::ptrdiff_t(rb) * pair_blocks + pb) * R * P * L;
-            wgrad_tile<T, R, P>(g_rows, x_pairs, q0, q1, acc, first);
-            if (!last) return;
-            for (int r = 0; r < R && rb * R + r < cout; ++r)
-                for (int p = 0; p < P && pb * P + p < k_count; ++p) {
-                    T sum = 0;
-                    for (int i = 0; i < L; ++i) sum += acc[(r * P + p) * L + i];
-                    dweight[std::ptrdiff_t(rb * R + r) * k_count + pb * P + p] += sum;
+    const std::ptrdiff_t items = std::ptrdiff_t(row_blocks) * pair_blocks;
+    parallel_ranges(items, [&](std::ptrdiff_t item_begin, std::ptrdiff_t item_end) {
+        for (std::ptrdiff_t q0 = l.run_begin; q0 < run_end; q0 += tile) {
+            const std::ptrdiff_t q1 = std::min(run_end, q0 + tile);
+            const bool first = q0 == l.run_begin, last = q1 == run_end;
+            for (std::ptrdiff_t item = item_begin; item < item_end; ++item) {
+                const int rb = int(rows_major ? item / pair_blocks : item % row_blocks);
+                const int pb = int(rows_major ? item % pair_blocks : item / row_blocks);
+                const T* g_rows[R];
+                const T* x_pairs[P];
+                for (int r = 0; r < R; ++r) g_rows[r] = g_pad + std::min(rb * R + r, cout - 1) * l.stride;
+                for (int p = 0; p < P; ++p) {
+                    const int k = std::min(pb * P + p, k_count - 1);
+                    x_pairs[p] = x_pad + (k / l.taps) * l.stride + l.tap_offset[k % l.taps];
                 }
-        });
-    }
+                T* acc = partial + (std::ptrdiff_t(rb) * pair_blocks + pb) * R * P * L;
+                wgrad_tile<T, R, P>(g_rows, x_pairs, q0, q1, acc, first);
+                if (!last) continue;
+                for (int r = 0; r < R && rb * R + r < cout; ++r)
+                    for (int p = 0; p < P && pb * P + p < k_count; ++p) {
+                        T sum = 0;
+                        for (int i = 0; i < L; ++i) sum += acc[(r * P + p) * L + i];
+                        dweight[std::ptrdiff_t(rb * R + r) * k_count + pb * P + p] += sum;
+                    }
+            }
+        }
+    });
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -36,4 +36,21 @@ void parallel_for(std::ptrdiff_t count, F&& f) {
     for (std::ptrdiff_t i = 0; i < count; ++i) f(i);
 }
 
+// Splits [0, count) into one contiguous range per thread, f(begin, end) once per thread: for
+// loops whose threads must each keep the same items across several passes without a barrier.
+template <class F>
+void parallel_ranges(std::ptrdiff_t count, F&& f) {
+#ifdef _OPENMP
+    if (count > 1 && !omp_in_parallel()) {
+#pragma omp parallel
+        {
+            const std::ptrdiff_t t = omp_get_thread_num(), n = omp_get_num_threads();
+            f(count * t / n, count * (t + 1) / n);
+        }
+        return;
+    }
+#endif
+    f(std::ptrdiff_t(0), count);
+}
+
 }  // namespace lightunet::cpu_kernels
