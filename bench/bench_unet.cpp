@@ -36,6 +36,7 @@ void inference(benchmark::State& state, Shape shape) {
     net->predict(x);  // plans the workspace
     for (auto _ : state) benchmark::DoNotOptimize(net->predict(x).data());
     state.counters["peak_RSS_MiB"] = peak_rss_mib();
+    state.counters["GFLOPs"] = benchmark::Counter(UNet<C>::forward_flops(shape) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
 template <UNetConfig C>
@@ -48,6 +49,8 @@ void training_step(benchmark::State& state, Shape shape) {
     net->train_step(x, labels, DiceLoss{}, adam);
     for (auto _ : state) benchmark::DoNotOptimize(net->train_step(x, labels, DiceLoss{}, adam));
     state.counters["peak_RSS_MiB"] = peak_rss_mib();
+    // Forward, data gradient (none for the first convolution's input) and weight gradient.
+    state.counters["GFLOPs"] = benchmark::Counter(3 * UNet<C>::forward_flops(shape) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
 void inference_2d(benchmark::State& s) { inference<brats2d>(s, {1, 4, 1, 240, 240}); }

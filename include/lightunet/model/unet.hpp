@@ -71,6 +71,29 @@ public:
         return plan_sizes(s, mode).total() * sizeof(T);
     }
 
+    // Multiply-adds x 2 of every convolution in one forward pass (a training step does about
+    // three times this: forward, data gradient, weight gradient).
+    static constexpr double forward_flops(const Shape& s) {
+        double f = 0;
+        auto conv = [&](int l, int cin, int cout, int taps) {
+            f += 2.0 * s.n * double(level_extent(s, l).size()) * cin * cout * taps;
+        };
+        for (int l = 0; l < depth; ++l) {
+            const int cin = l == 0 ? C.in_channels : C.widths[l - 1];
+            if (l > 0 && C.down == lightunet::Down::strided_conv) conv(l, cin * C.sub_voxels(), cin, 1);
+            conv(l, cin, C.widths[l], C.taps());
+            conv(l, C.widths[l], C.widths[l], C.taps());
+        }
+        for (int l = depth - 2; l >= 0; --l) {
+            if (C.up == lightunet::Up::transposed_conv) conv(l + 1, C.widths[l + 1], C.widths[l] * C.sub_voxels(), 1);
+            else conv(l + 1, C.widths[l + 1], C.widths[l], 1);
+            conv(l, 2 * C.widths[l], C.widths[l], C.taps());
+            conv(l, C.widths[l], C.widths[l], C.taps());
+        }
+        conv(0, C.widths[0], C.classes, 1);
+        return f;
+    }
+
     // Probabilities [n][classes][d][h][w]. Mode::train uses batch statistics (and updates the
     // running ones); Mode::eval the running statistics.
     const Tensor<T, Backend>& forward(const Tensor<T, Backend>& x, Mode mode) {
