@@ -190,11 +190,47 @@ inline void fprop_chunk(const T* x, std::ptrdiff_t x_stride, const std::ptrdiff_
     });
 }
 
+// sums[i] = sum of rows[i]'s lanes, for L rows, through xsimd's transposing reduction haddp.
+// xsimd 8.1's AVX-512 float haddp returns the sums in a permuted lane order, so the order is
+// probed once (it is a fixed shuffle network) and undone while storing.
+// GCC 12 also warns, falsely, that the AVX-512 intrinsics behind haddp read an uninitialised
+// value (_mm512_undefined in its own headers).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+template <class T>
+inline const std::array<int, lanes<T>>& haddp_lane_order() {
+    static const std::array<int, lanes<T>> order = [] {
+        constexpr int L = lanes<T>;
+        Batch<T> rows[L];
+        alignas(64) T probe[L];
+        for (int i = 0; i < L; ++i) {
+            for (int j = 0; j < L; ++j) probe[j] = j == 0 ? T(i + 1) : T(0);
+            rows[i] = Batch<T>::load_aligned(probe);
+        }
+        xsimd::haddp(rows).store_aligned(probe);
+        std::array<int, L> o{};
+        for (int j = 0; j < L; ++j) o[j] = int(probe[j]) - 1;
+        return o;
+    }();
+    return order;
+}
+
+template <class T>
+inline void reduce_lanes(const Batch<T>* rows, T* sums) {
+    constexpr int L = lanes<T>;
+    alignas(64) T out[L];
+    xsimd::haddp(rows).store_aligned(out);
+    const auto& order = haddp_lane_order<T>();
+    for (int j = 0; j < L; ++j) sums[order[j]] = out[j];
+}
+#pragma GCC diagnostic pop
+
 // Accumulates one tile of voxels into R x P vector accumulators kept in `partial` between tiles
 // (so each tile adds lanes, and the horizontal sums happen once, after the last tile).
 template <class T, int R, int P>
 inline void wgrad_tile(const T* const* g_rows, const T* const* x_pairs, std::ptrdiff_t q_begin, std::ptrdiff_t q_end,
-                       T* partial, bool first) {
+                       T* partial, bool first, T* sums) {
     using B = Batch<T>;
     constexpr int L = lanes<T>;
     B acc[R][P];
@@ -209,7 +245,16 @@ inline void wgrad_tile(const T* const* g_rows, const T* const* x_pairs, std::ptr
             static_for<R>([&](auto r) { acc[r][p] = xsimd::fma(g[r], xv, acc[r][p]); });
         });
     }
-    static_for<R>([&](auto r) { static_for<P>([&](auto p) { acc[r][p].store_aligned(partial + (r * P + p) * L); }); });
+    if (!sums) {
+        static_for<R>([&](auto r) { static_for<P>([&](auto p) { acc[r][p].store_aligned(partial + (r * P + p) * L); }); });
+        return;
+    }
+    // Last tile: horizontal sums, L accumulators at a time through a transposing reduction.
+    constexpr int N = R * P, groups = (N + L - 1) / L;
+    B flat[groups * L];
+    static_for<R>([&](auto r) { static_for<P>([&](auto p) { flat[r * P + p] = acc[r][p]; }); });
+    for (int i = N; i < groups * L; ++i) flat[i] = B(T(0));
+    for (int g = 0; g < groups; ++g) reduce_lanes(flat + g * L, sums + g * L);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -267,16 +312,21 @@ void wgrad_padded(const PaddedLayout& l, int cin, int cout, const T* x_pad, cons
     const int row_blocks = int(ceil_div(cout, R));
     const int pair_blocks = int(ceil_div(k_count, P));
     const std::ptrdiff_t run_end = l.run_begin + round_up(l.run_length, L);
-    const std::ptrdiff_t tile = std::max<std::ptrdiff_t>(L, round_up((384 << 10) / (sizeof(T) * (cin + cout)), L));
-    const bool rows_major = cout <= cin;  // consecutive items share output rows (the smaller set)
-    const std::ptrdiff_t items = std::ptrdiff_t(row_blocks) * pair_blocks;
+    const std::ptrdiff_t tile = std::max<std::ptrdiff_t>(512, round_up((384 << 10) / (sizeof(T) * (cin + cout)), L));
+    // Items run as (group of G row blocks, pair block, row block in group): a pair's input rows
+    // are read once per group and reused from L1 by the group's row blocks, whose output-gradient
+    // rows stay in L2.
+    constexpr int G = 8;
+    const int row_groups = int(ceil_div(row_blocks, G));
+    const std::ptrdiff_t items = std::ptrdiff_t(row_groups) * pair_blocks * G;
     parallel_ranges(items, [&](std::ptrdiff_t item_begin, std::ptrdiff_t item_end) {
         for (std::ptrdiff_t q0 = l.run_begin; q0 < run_end; q0 += tile) {
             const std::ptrdiff_t q1 = std::min(run_end, q0 + tile);
             const bool first = q0 == l.run_begin, last = q1 == run_end;
             for (std::ptrdiff_t item = item_begin; item < item_end; ++item) {
-                const int rb = int(rows_major ? item / pair_blocks : item % row_blocks);
-                const int pb = int(rows_major ? item % pair_blocks : item / row_blocks);
+                const int rb = int(item / (std::ptrdiff_t(pair_blocks) * G)) * G + int(item % G);
+                const int pb = int(item / G % pair_blocks);
+                if (rb >= row_blocks) continue;
                 const T* g_rows[R];
                 const T* x_pairs[P];
                 for (int r = 0; r < R; ++r) g_rows[r] = g_pad + std::min(rb * R + r, cout - 1) * l.stride;
@@ -285,14 +335,12 @@ void wgrad_padded(const PaddedLayout& l, int cin, int cout, const T* x_pad, cons
                     x_pairs[p] = x_pad + (k / l.taps) * l.stride + l.tap_offset[k % l.taps];
                 }
                 T* acc = partial + (std::ptrdiff_t(rb) * pair_blocks + pb) * R * P * L;
-                wgrad_tile<T, R, P>(g_rows, x_pairs, q0, q1, acc, first);
+                T sums[round_up(R * P, L)];
+                wgrad_tile<T, R, P>(g_rows, x_pairs, q0, q1, acc, first, last ? sums : nullptr);
                 if (!last) continue;
                 for (int r = 0; r < R && rb * R + r < cout; ++r)
-                    for (int p = 0; p < P && pb * P + p < k_count; ++p) {
-                        T sum = 0;
-                        for (int i = 0; i < L; ++i) sum += acc[(r * P + p) * L + i];
-                        dweight[std::ptrdiff_t(rb * R + r) * k_count + pb * P + p] += sum;
-                    }
+                    for (int p = 0; p < P && pb * P + p < k_count; ++p)
+                        dweight[std::ptrdiff_t(rb * R + r) * k_count + pb * P + p] += sums[r * P + p];
             }
         }
     });
