@@ -69,5 +69,9 @@ TEMPLATE_TEST_CASE("convolution kernels equal the naive reference on odd sizes",
     SECTION("2D 3x3, 17 -> 9 channels, 19x5") { check_conv<TestType>({{1, 19, 5}, 1, 3, 3, 17, 9}, 1, tol); }
     SECTION("3D 3x3x3, 3 -> 10 channels, 5x6x7") { check_conv<TestType>({{5, 6, 7}, 3, 3, 3, 3, 10}, 2, tol); }
     SECTION("3D 1x1x1, 13 -> 5 channels, 3x4x9") { check_conv<TestType>({{3, 4, 9}, 1, 1, 1, 13, 5}, 1, tol); }
+    // Enough input channels that the kernel takes several passes through padded output rows.
+    SECTION("3D 3x3x3, 90 -> 9 channels, 3x4x5 (several input-channel passes)") {
+        check_conv<TestType>({{3, 4, 5}, 3, 3, 3, 90, 9}, 1, tol);
+    }
     SECTION("2D 1x1, 36 -> 4 channels, 9x11") { check_conv<TestType>({{1, 9, 11}, 1, 1, 1, 36, 4}, 2, tol); }
 }

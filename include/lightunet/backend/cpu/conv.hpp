@@ -160,9 +160,22 @@ void pack_dgrad_weights(const T* weight, int cout, int cin, int taps, T* packed)
 // ---------------------------------------------------------------------------------------------
 // Micro-kernels
 
+// Where a block of R output channels goes when written straight to unpadded tensors.
+template <class T, int R>
+struct CompactRows {
+    T* base[R];  // channel planes, [d][h][w]
+    T bias[R];
+    bool accumulate[R];
+};
+
+// Output channel block x one chunk of the padded run. Writes either padded rows (y, y_stride),
+// or, with `compact`, the chunk's interior voxels straight into the unpadded planes, adding
+// bias and accumulating as asked.
 template <class T, int R, int V>
 inline void fprop_chunk(const T* x, std::ptrdiff_t x_stride, const std::ptrdiff_t* tap_offset, int taps, int ci_begin,
-                        int ci_end, const T* w, T* y, std::ptrdiff_t y_stride, int rows, bool first) {
+                        int ci_end, const T* w, T* y, std::ptrdiff_t y_stride, int rows, bool first, int row_taps,
+                        const CompactRows<T, R>* compact = nullptr, const PaddedLayout* l = nullptr,
+                        std::ptrdiff_t q = 0) {
     using B = Batch<T>;
     constexpr int L = lanes<T>;
     B acc[R][V];
@@ -176,6 +189,9 @@ inline void fprop_chunk(const T* x, std::ptrdiff_t x_stride, const std::ptrdiff_
         const T* wc = w + std::ptrdiff_t(ci) * taps * R;
         for (int t = 0; t < taps; ++t) {
             const T* xp = xc + tap_offset[t];
+            // The next chunk's input rows, towards L2 while this chunk computes (once per row).
+            if (t % row_taps == 0)
+                static_for<V + 1>([&](auto v) { __builtin_prefetch(xp + V * L + v * L, 0, 2); });
             B xv[V];
             static_for<V>([&](auto v) { xv[v] = B::load_unaligned(xp + v * L); });
             const T* wt = wc + t * R;
@@ -185,9 +201,44 @@ inline void fprop_chunk(const T* x, std::ptrdiff_t x_stride, const std::ptrdiff_
             });
         }
     }
-    static_for<R>([&](auto r) {
-        if (r < rows) static_for<V>([&](auto v) { acc[r][v].store_unaligned(y + r * y_stride + v * L); });
-    });
+    if (!compact) {
+        static_for<R>([&](auto r) {
+            if (r < rows) static_for<V>([&](auto v) { acc[r][v].store_unaligned(y + r * y_stride + v * L); });
+        });
+        return;
+    }
+    const auto [d, h, wd] = l->extent;
+    const std::ptrdiff_t slab = l->hp * l->wp;
+    std::ptrdiff_t z = q / slab, rem = q - z * slab, yy = rem / l->wp, xx = rem - yy * l->wp;
+    const bool inner_row = z >= l->pd && z < l->pd + d && yy >= l->ph && yy < l->ph + h;
+    if (inner_row && xx >= l->pw && xx + V * L <= l->pw + wd) {
+        const std::ptrdiff_t at = ((z - l->pd) * h + (yy - l->ph)) * wd + (xx - l->pw);
+        static_for<R>([&](auto r) {
+            if (r >= rows || !compact->base[r]) return;
+            const B b(compact->bias[r]);
+            T* out = compact->base[r] + at;
+            static_for<V>([&](auto v) {
+                B val = acc[r][v] + b;
+                if (compact->accumulate[r]) val += B::load_unaligned(out + v * L);
+                val.store_unaligned(out + v * L);
+            });
+        });
+        return;
+    }
+    // The chunk crosses a border: store it and copy out its interior voxels one by one.
+    alignas(64) T tmp[R][V * L];
+    static_for<R>([&](auto r) { static_for<V>([&](auto v) { acc[r][v].store_aligned(&tmp[r][v * L]); }); });
+    for (int i = 0; i < V * L; ++i, ++xx) {
+        if (xx == l->wp) xx = 0, ++yy;
+        if (yy == l->hp) yy = 0, ++z;
+        if (z < l->pd || z >= l->pd + d || yy < l->ph || yy >= l->ph + h || xx < l->pw || xx >= l->pw + wd) continue;
+        const std::ptrdiff_t at = ((z - l->pd) * h + (yy - l->ph)) * wd + (xx - l->pw);
+        for (int r = 0; r < rows; ++r) {
+            if (!compact->base[r]) continue;
+            const T val = tmp[r][i] + compact->bias[r];
+            compact->base[r][at] = compact->accumulate[r] ? compact->base[r][at] + val : val;
+        }
+    }
 }
 
 // sums[i] = sum of rows[i]'s lanes, for L rows, through xsimd's transposing reduction haddp.
@@ -260,11 +311,21 @@ inline void wgrad_tile(const T* const* g_rows, const T* const* x_pairs, std::ptr
 // ---------------------------------------------------------------------------------------------
 // Drivers over one image
 
-// y_pad channels [0, oc_end - oc_begin) <- convolution of x_pad (cin channels) with the packed
-// weights of output channels [oc_begin, oc_end); oc_begin is a multiple of fprop_rows.
+// Convolution of x_pad (cin channels) with the packed weights of output channels
+// [oc_begin, oc_end); oc_begin is a multiple of fprop_rows. When every input channel fits one
+// pass, writes the unpadded outputs directly through output_of(oc) -> CompactChannel and
+// returns true; otherwise writes padded y_pad channels [0, oc_end - oc_begin), returns false,
+// and the caller copies their interiors out.
 template <class T>
-void fprop_padded(const PaddedLayout& l, int cin, const T* x_pad, const T* packed_weight, int oc_begin, int oc_end,
-                  T* y_pad) {
+struct CompactChannel {
+    T* base;
+    T bias;
+    bool accumulate;
+};
+
+template <class T, class OutputOf>
+bool fprop_padded(const PaddedLayout& l, int cin, const T* x_pad, const T* packed_weight, int oc_begin, int oc_end,
+                  T* y_pad, OutputOf&& output_of) {
     constexpr int R = fprop_rows, V = fprop_vectors, L = lanes<T>;
     constexpr std::ptrdiff_t chunk = std::ptrdiff_t(V) * L;
     static_assert(chunk <= max_chunk);
@@ -276,6 +337,7 @@ void fprop_padded(const PaddedLayout& l, int cin, const T* x_pad, const T* packe
     // Input channels per pass, so the tile's input rows stay in the core's L2 across blocks.
     const std::ptrdiff_t footprint = std::ptrdiff_t(sizeof(T)) * (2 * l.pd + 1) * (tile_chunks * chunk + 2 * l.wp + 2);
     const int ci_step = int(std::clamp<std::ptrdiff_t>((256 << 10) / footprint, 1, cin));
+    const bool direct = ci_step >= cin;
     parallel_for(tiles * blocks, [&](std::ptrdiff_t item) {
         const std::ptrdiff_t tile = item / blocks;
         const int block = int(item % blocks);
@@ -284,15 +346,24 @@ void fprop_padded(const PaddedLayout& l, int cin, const T* x_pad, const T* packe
         const T* w = packed_weight + std::ptrdiff_t(oc0 / R) * k_count * R;
         T* y = y_pad + std::ptrdiff_t(oc0 - oc_begin) * l.stride;
         const std::ptrdiff_t c_end = std::min(chunks, (tile + 1) * tile_chunks);
+        CompactRows<T, R> compact{};
+        if (direct)
+            for (int r = 0; r < rows; ++r) {
+                const CompactChannel<T> c = output_of(oc0 + r);
+                compact.base[r] = c.base;
+                compact.bias[r] = c.bias;
+                compact.accumulate[r] = c.accumulate;
+            }
         for (int ci = 0; ci < cin; ci += ci_step) {
             const int ci_end = std::min(cin, ci + ci_step);
             for (std::ptrdiff_t c = tile * tile_chunks; c < c_end; ++c) {
                 const std::ptrdiff_t q = l.run_begin + c * chunk;
                 fprop_chunk<T, R, V>(x_pad + q, l.stride, l.tap_offset.data(), l.taps, ci, ci_end, w, y + q, l.stride,
-                                     rows, ci == 0);
+                                     rows, ci == 0, 2 * l.pw + 1, direct ? &compact : nullptr, &l, q);
             }
         }
     });
+    return direct;
 }
 
 // dweight[oc][ci * taps + t] += sum over interior q of g_pad[oc][q] * x_pad[ci][q + offset(t)].
@@ -387,7 +458,10 @@ void conv_forward(const ConvProblem& p, int images, std::span<const ChannelSourc
         pad_sources(l, input, n, x_pad);
         for (int oc0 = 0; oc0 < p.cout; oc0 += group) {
             const int oc1 = std::min(p.cout, oc0 + group);
-            fprop_padded(l, p.cin, x_pad, packed, oc0, oc1, y_pad);
+            auto output_of = [&](int oc) {
+                return CompactChannel<T>{output + n * output_image_stride + oc * plane, bias ? bias[oc] : T(0), false};
+            };
+            if (fprop_padded(l, p.cin, x_pad, packed, oc0, oc1, y_pad, output_of)) continue;
             parallel_for(oc1 - oc0, [&](std::ptrdiff_t c) {
                 unpad_channel(l, y_pad + c * l.stride, output + n * output_image_stride + (oc0 + c) * plane,
                               bias ? bias[oc0 + c] : T(0), false);
@@ -430,7 +504,16 @@ void conv_backward(const ConvProblem& p, int images, std::span<const ChannelSour
         if (!need_input_grad) continue;
         for (int ci0 = 0; ci0 < p.cin; ci0 += group) {
             const int ci1 = std::min(p.cin, ci0 + group);
-            fprop_padded(l, p.cout, g_pad, packed, ci0, ci1, dx_pad);
+            auto output_of = [&](int channel) {
+                for (const auto& sink : grad_input) {
+                    if (channel < sink.channels)
+                        return CompactChannel<T>{sink.data ? sink.data + n * sink.image_stride + channel * plane : nullptr,
+                                                 T(0), sink.accumulate};
+                    channel -= sink.channels;
+                }
+                return CompactChannel<T>{nullptr, T(0), false};
+            };
+            if (fprop_padded(l, p.cout, g_pad, packed, ci0, ci1, dx_pad, output_of)) continue;
             parallel_for(ci1 - ci0, [&](std::ptrdiff_t c) {
                 int channel = ci0 + int(c);
                 for (const auto& sink : grad_input) {
