@@ -68,7 +68,27 @@ public:
     // Bytes of activations, gradients and scratch a step at this input shape holds (parameters,
     // gradients and optimiser state not included).
     static constexpr std::size_t workspace_bytes(const Shape& s, Mode mode) {
-        return plan_sizes(s, mode).total() * sizeof(T);
+        const Plan p = make_plan(s, mode);
+        return p.tensors * sizeof(T) + p.loss_sums * sizeof(double);
+    }
+    // What the tensors planned so far hold (equals workspace_bytes after one pass in one mode).
+    std::size_t planned_bytes() const {
+        std::size_t elements = 0;
+        auto add = [&](const Tensor<T, Backend>& t) { elements += t.capacity(); };
+        for (const Block* b : block_list()) {
+            for (const auto* t : {&b->z1, &b->z2, &b->y2}) add(*t);
+            for (const NormAct* na : {&b->norm1, &b->norm2})
+                for (const auto* t : {&na->mean, &na->invstd, &na->scratch}) add(*t);
+        }
+        for (const auto& d : down_) add(d.out);
+        for (const auto& u : up_) add(u.out);
+        for (const auto& g : grad_a_) add(g);
+        for (const auto& g : grad_skip_) add(g);
+        for (const auto& g : grad_down_) add(g);
+        for (const auto* t : {&eval_conv_, &inner_act_, &logits_, &probs_, &grad_logits_, &workspace_, &resample_,
+                              &transposed_, &transposed_grad_})
+            add(*t);
+        return elements * sizeof(T) + loss_sums_.capacity() * sizeof(double);
     }
 
     // Multiply-adds x 2 of every convolution in one forward pass (a training step does about
@@ -155,44 +175,78 @@ private:
         Conv conv;  // transposed: 1x1 to (out * cells) channels; interpolate: 1x1 at the coarse level
         Tensor<T, Backend> out;
     };
-    struct Sizes {
-        std::size_t activations = 0, gradients = 0, scratch = 0;
-        constexpr std::size_t total() const { return activations + gradients + scratch; }
-    };
-
     static constexpr Extent level_extent(const Shape& s, int l) {
         return {C.dims == 3 ? s.d >> l : 1, s.h >> l, s.w >> l};
     }
     static constexpr std::size_t conv_scratch(const ConvProblem& p) {
         return Kernels<Backend>::template conv_workspace_size<T>(p);
     }
-    static constexpr int conv_k() { return 3; }
     static constexpr ConvProblem conv3(Extent e, int cin, int cout) {
         return {e, C.kernel_depth(), 3, 3, cin, cout};
     }
     static constexpr ConvProblem conv1(Extent e, int cin, int cout) { return {e, 1, 1, 1, cin, cout}; }
 
-    static constexpr Sizes plan_sizes(const Shape& s, Mode mode) {
-        Sizes z;
+    // Everything a forward (and, in training, backward) pass at one input shape holds besides
+    // the parameters, in elements. plan() sizes the tensors from it, so it is exact.
+    struct Plan {
+        std::size_t scratch = 0, rearranged = 1, eval_size = 0, act_size = 0, transposed = 1;
+        std::size_t tensors = 0;  // sum of every tensor below but the loss sums (doubles)
+        std::size_t loss_sums = 0;
+    };
+    static constexpr std::size_t stat_count(Norm norm, int n, int channels) {
+        switch (norm) {
+            case Norm::batch: return std::size_t(channels);
+            case Norm::instance: return std::size_t(n) * channels;
+            case Norm::group: return std::size_t(n) * C.groups;
+            default: return 1;
+        }
+    }
+    static constexpr Plan make_plan(const Shape& s, Mode mode) {
+        Plan p;
+        const bool training = mode == Mode::train;
         const std::size_t n = std::size_t(s.n);
-        std::size_t scratch = 0;
+        auto block = [&](std::size_t out, Extent e, int cin, int w) {
+            p.tensors += out;  // y2
+            if (training) p.tensors += 2 * out;  // z1, z2
+            else p.eval_size = std::max(p.eval_size, out);
+            p.act_size = std::max(p.act_size, out);
+            p.tensors += 2 * (2 * stat_count(C.norm, s.n, w) + 2 * n * w);  // two norms: mean, invstd, scratch
+            p.scratch = std::max({p.scratch, conv_scratch(conv3(e, cin, w)), conv_scratch(conv3(e, w, w))});
+        };
         for (int l = 0; l < depth; ++l) {
             const Extent e = level_extent(s, l);
-            const std::size_t w = std::size_t(C.widths[l]), S = e.size();
-            z.activations += 4 * n * w * S;                     // encoder block
-            if (l < depth - 1) z.activations += 4 * n * w * S;  // decoder block
-            if (l > 0) z.activations += n * C.widths[l - 1] * S;  // down-sampled input
-            if (l < depth - 1) z.activations += n * w * S;        // up-sampled input
-            if (mode == Mode::train) z.gradients += 3 * n * w * S + (l > 0 ? n * C.widths[l - 1] * S : 0);
-            const int cin = l == 0 ? C.in_channels : C.widths[l - 1];
-            scratch = std::max({scratch, conv_scratch(conv3(e, cin, C.widths[l])), conv_scratch(conv3(e, 2 * C.widths[l], C.widths[l]))});
-            scratch = std::max(scratch, n * w * S);  // resampling rearrangements
+            const int w = C.widths[l];
+            const std::size_t out = n * w * e.size();
+            block(out, e, l == 0 ? C.in_channels : C.widths[l - 1], w);
+            if (l < depth - 1) {
+                block(out, e, 2 * w, w);
+                p.tensors += out;  // up-sampled
+                const Extent below = level_extent(s, l + 1);
+                const ConvProblem up = C.up == lightunet::Up::transposed_conv ? conv1(below, C.widths[l + 1], w * C.sub_voxels())
+                                                                              : conv1(below, C.widths[l + 1], w);
+                p.scratch = std::max(p.scratch, conv_scratch(up));
+                p.transposed = std::max(p.transposed, up.weight_count());
+                p.rearranged = std::max(p.rearranged, out);
+            }
+            if (l > 0) {
+                const int above = C.widths[l - 1];
+                p.tensors += n * above * e.size();  // down-sampled
+                if (C.down == lightunet::Down::strided_conv) {
+                    p.scratch = std::max(p.scratch, conv_scratch(conv1(e, above * C.sub_voxels(), above)));
+                    p.rearranged = std::max(p.rearranged, 2 * n * above * e.size() * C.sub_voxels());
+                }
+            }
+            if (training) p.tensors += 2 * out + (l > 0 ? n * C.widths[l - 1] * e.size() : 0);  // gradients
         }
-        z.scratch = scratch + n * std::size_t(s.w);
-        const std::size_t S0 = level_extent(s, 0).size();
-        z.activations += 2 * n * C.classes * S0;
-        if (mode == Mode::train) z.gradients += n * C.classes * S0;
-        return z;
+        const std::size_t head = n * C.classes * level_extent(s, 0).size();
+        p.scratch = std::max(p.scratch, conv_scratch(conv1(level_extent(s, 0), C.widths[0], C.classes)));
+        p.tensors += 2 * head;  // logits, probabilities
+        if (training) {
+            p.tensors += head + p.transposed;  // logit gradients, transposed weight gradient
+            p.loss_sums = 3 * n * C.classes;
+        }
+        p.tensors += p.transposed + p.scratch + p.rearranged + p.act_size + (training ? 0 : p.eval_size);
+        return p;
     }
 
     void build_layers() {
@@ -293,20 +347,15 @@ private:
         const bool training = mode == Mode::train;
         if (s != planned_shape_) planned_training_ = planned_eval_ = false;
         if (training ? planned_training_ : planned_eval_) return;
-        std::size_t scratch = 0, rearranged = 1, eval_size = 0, act_size = 0;
+        const Plan p = make_plan(s, mode);
+        auto vec = [](std::size_t n) { return Shape{1, 1, 1, 1, int(n)}; };
         auto block_plan = [&](Block& b, const Shape& out) {
             b.y2.resize(out);
             if (training)
                 for (auto* t : {&b.z1, &b.z2}) t->resize(out);
-            else
-                eval_size = std::max(eval_size, out.size());
-            act_size = std::max(act_size, out.size());
             b.norm1.plan(out);
             b.norm2.plan(out);
-            for (Conv* c : {&b.conv1, &b.conv2}) {
-                c->problem.extent = extent_of(out);
-                scratch = std::max(scratch, c->workspace_size());
-            }
+            for (Conv* c : {&b.conv1, &b.conv2}) c->problem.extent = extent_of(out);
         };
         for (int l = 0; l < depth; ++l) {
             const Extent e = level_extent(s, l);
@@ -315,17 +364,11 @@ private:
             if (l < depth - 1) {
                 block_plan(dec_[l], out);
                 up_[l].out.resize(out);
-                const Extent below = level_extent(s, l + 1);
-                up_[l].conv.problem.extent = below;
-                scratch = std::max(scratch, up_[l].conv.workspace_size());
-                rearranged = std::max(rearranged, std::size_t(s.n) * C.widths[l] * e.size());
+                up_[l].conv.problem.extent = level_extent(s, l + 1);
             }
             if (l > 0) {
                 down_[l - 1].out.resize({s.n, C.widths[l - 1], e.d, e.h, e.w});
                 down_[l - 1].conv.problem.extent = e;
-                scratch = std::max(scratch, down_[l - 1].conv.workspace_size());
-                if (C.down == lightunet::Down::strided_conv)  // the rearranged input and its gradient
-                    rearranged = std::max(rearranged, 2 * std::size_t(s.n) * C.widths[l - 1] * e.size() * C.sub_voxels());
             }
             if (training) {
                 grad_a_[l].resize(out);
@@ -335,25 +378,28 @@ private:
         }
         const Shape head_shape{s.n, C.classes, s.d, s.h, s.w};
         head_.problem.extent = extent_of(head_shape);
-        scratch = std::max(scratch, head_.workspace_size());
         logits_.resize(head_shape);
         probs_.resize(head_shape);
         if (training) {
             grad_logits_.resize(head_shape);
-            loss_sums_.resize({1, 1, 3, s.n, C.classes});
-            std::size_t transposed = 0;
-            for (int l = 0; l < depth - 1; ++l) transposed = std::max(transposed, up_[l].conv.problem.weight_count());
-            transposed_grad_.resize({1, 1, 1, 1, int(std::max<std::size_t>(1, transposed))});
+            loss_sums_.resize(vec(p.loss_sums));
+            transposed_grad_.resize(vec(p.transposed));
+        } else {
+            eval_conv_.resize(vec(p.eval_size));
         }
-        std::size_t transposed = 0;
-        for (int l = 0; l < depth - 1; ++l) transposed = std::max(transposed, up_[l].conv.problem.weight_count());
-        transposed_.resize({1, 1, 1, 1, int(std::max<std::size_t>(1, transposed))});
-        workspace_.resize({1, 1, 1, 1, int(scratch)});
-        resample_.resize({1, 1, 1, 1, int(rearranged)});
-        if (!training) eval_conv_.resize({1, 1, 1, 1, int(eval_size)});
-        inner_act_.resize({1, 1, 1, 1, int(act_size)});
+        transposed_.resize(vec(p.transposed));
+        workspace_.resize(vec(p.scratch));
+        resample_.resize(vec(p.rearranged));
+        inner_act_.resize(vec(p.act_size));
         planned_shape_ = s;
         (training ? planned_training_ : planned_eval_) = true;
+    }
+
+    std::array<const Block*, 2 * depth - 1> block_list() const {
+        std::array<const Block*, 2 * depth - 1> list{};
+        for (int l = 0; l < depth; ++l) list[l] = &enc_[l];
+        for (int l = 0; l < depth - 1; ++l) list[depth + l] = &dec_[l];
+        return list;
     }
 
     static ChannelSource<T> source(const Tensor<T, Backend>& t) {
