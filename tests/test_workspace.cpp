@@ -22,7 +22,7 @@ static_assert(UNet<batch2d>::workspace_bytes({8, 4, 1, 240, 240}, Mode::train) >
 template <UNetConfig C>
 void check(Shape s) {
     const int label_channels = C.head == Head::softmax ? 1 : C.classes;
-    SECTION("training") {
+    {
         UNet<C> net(1);
         Tensor<float> x(s);
         Tensor<std::uint8_t> labels({s.n, label_channels, s.d, s.h, s.w});
@@ -30,7 +30,7 @@ void check(Shape s) {
         net.train_step(x, labels, DiceLoss{}, adam);
         CHECK(net.planned_bytes() == UNet<C>::workspace_bytes(s, Mode::train));
     }
-    SECTION("inference") {
+    {
         UNet<C> net(1);
         Tensor<float> x(s);
         net.predict(x);
@@ -40,8 +40,12 @@ void check(Shape s) {
 
 }  // namespace
 
-TEST_CASE("workspace_bytes equals what a pass allocates", "[model][memory]") {
+TEST_CASE("workspace_bytes equals what a pass allocates: 2D group norm", "[model][memory]") {
     check<group2d>({2, 3, 1, 12, 20});
+}
+TEST_CASE("workspace_bytes equals what a pass allocates: 3D strided, interpolation, sigmoid", "[model][memory]") {
     check<strided3d>({1, 2, 6, 8, 10});
+}
+TEST_CASE("workspace_bytes equals what a pass allocates: 2D batch norm", "[model][memory]") {
     check<batch2d>({2, 4, 1, 16, 24});
 }
