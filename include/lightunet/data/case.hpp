@@ -1,0 +1,64 @@
+#pragma once
+// One BraTS case in memory, in lightunet's canonical conventions. Every reader produces it,
+// every writer and the loader consume it.
+//
+// Conventions (readers convert to them, writers convert back; nothing else guesses):
+// - Voxel order: x fastest, then y, then z, exactly as NIfTI stores it. A volume of extent
+//   {x, y, z} maps onto a tensor [C][D=z][H=y][W=x]; a 2D slice is one z (axial).
+// - Channels: kModalityCount images in the order t1, t1ce, t2, flair (BraTS 2023+ names:
+//   t1n, t1c, t2w, t2f).
+// - Labels: canonical classes 0 background, 1 necrotic / non-enhancing core (NCR/NETC),
+//   2 edema (ED/SNFH), 3 enhancing tumour (ET). A LabelMap converts an edition's raw values.
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace lightunet::data {
+
+inline constexpr int kModalityCount = 4;
+enum class Modality { t1 = 0, t1ce = 1, t2 = 2, flair = 3 };
+inline constexpr std::array<const char*, kModalityCount> kModalityNames{"t1", "t1ce", "t2", "flair"};
+
+inline constexpr int kClassCount = 4;  // canonical classes, background included
+enum class Region { whole_tumour = 0, tumour_core = 1, enhancing = 2 };
+inline constexpr int kRegionCount = 3;
+inline constexpr std::array<const char*, kRegionCount> kRegionNames{"WT", "TC", "ET"};
+
+struct VolumeExtent {
+    int x = 0, y = 0, z = 0;
+    std::size_t voxels() const { return std::size_t(x) * y * z; }
+    bool operator==(const VolumeExtent&) const = default;
+};
+
+// Where a case sits in its original scanner space, enough to write a prediction back.
+struct Geometry {
+    VolumeExtent extent;                 // original extent (before any crop)
+    std::array<float, 3> spacing{1, 1, 1};  // mm
+    int qform_code = 0, sform_code = 0;
+    std::array<std::array<double, 4>, 3> sform{};  // rows of the voxel -> world affine
+    std::array<float, 4> quatern{};               // quatern_b, c, d, qfac
+    std::array<float, 3> qoffset{};
+};
+
+// Half-open voxel box [begin, end) in the original extent.
+struct CropBox {
+    std::array<int, 3> begin{0, 0, 0};
+    std::array<int, 3> end{0, 0, 0};
+    VolumeExtent extent() const { return {end[0] - begin[0], end[1] - begin[1], end[2] - begin[2]}; }
+};
+
+struct Case {
+    std::string id;
+    VolumeExtent extent;         // of the arrays below (after a crop, if any)
+    std::vector<float> images;   // [kModalityCount][z][y][x]
+    std::vector<std::uint8_t> labels;  // [z][y][x] canonical classes; empty when unlabelled
+    Geometry geometry;
+    CropBox crop;                // where `extent` lies in geometry.extent
+    bool has_labels() const { return !labels.empty(); }
+    float* image(int modality) { return images.data() + std::size_t(modality) * extent.voxels(); }
+    const float* image(int modality) const { return images.data() + std::size_t(modality) * extent.voxels(); }
+};
+
+}  // namespace lightunet::data
