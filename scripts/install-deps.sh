@@ -11,6 +11,10 @@ packages=(
     xtl-dev
     libxsimd-dev
     libhdf5-dev
+    libnifti2-dev
+    libniftiio-dev
+    zlib1g-dev
+    libpng-dev
     catch2
     libbenchmark-dev
     libomp-dev
