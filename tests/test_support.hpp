@@ -1,0 +1,123 @@
+#pragma once
+// Small helpers shared by the unit tests: a seeded generator that gives the same numbers on
+// every platform (std:: distributions do not), filling tensors, and catching exceptions.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <exception>
+#include <iterator>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include <lightunet/config/unet_config.hpp>
+
+namespace lightunet::testing {
+
+// splitmix64: fixed bits for a fixed seed, whatever the standard library.
+class Rng {
+public:
+    explicit Rng(std::uint64_t seed) : state_(seed) {}
+    std::uint64_t next() {
+        std::uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        return z ^ (z >> 31);
+    }
+    double uniform() { return double(next() >> 11) * 0x1.0p-53; }  // [0, 1)
+    double uniform(double lo, double hi) { return lo + (hi - lo) * uniform(); }
+    std::size_t index(std::size_t n) { return std::size_t(next() % n); }
+    double normal() {  // Box-Muller
+        const double u1 = 1.0 - uniform(), u2 = uniform();
+        return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
+    }
+
+private:
+    std::uint64_t state_;
+};
+
+template <class Range>
+void fill_uniform(Range& r, Rng& rng, double lo = -1.0, double hi = 1.0) {
+    for (auto& v : r) v = static_cast<std::remove_reference_t<decltype(v)>>(rng.uniform(lo, hi));
+}
+
+inline std::vector<double> random_vector(std::size_t n, Rng& rng, double lo = -1.0, double hi = 1.0) {
+    std::vector<double> v(n);
+    fill_uniform(v, rng, lo, hi);
+    return v;
+}
+
+template <class A, class B>
+double dot(const A& a, const B& b) {
+    REQUIRE(std::size(a) == std::size(b));
+    double s = 0;
+    auto ib = std::begin(b);
+    for (auto ia = std::begin(a); ia != std::end(a); ++ia, ++ib) s += double(*ia) * double(*ib);
+    return s;
+}
+
+// Runs f, requires that it throws E, and returns the exception's message.
+template <class E, class F>
+std::string thrown_message(F&& f) {
+    try {
+        f();
+    } catch (const E& e) {
+        return e.what();
+    } catch (const std::exception& e) {
+        FAIL("threw an exception of another type: " << e.what());
+        return {};
+    }
+    FAIL("did not throw");
+    return {};
+}
+
+// The parameter tensors of a configuration in the order and sizes of docs/design.md, written
+// out independently of the library's own layout code.
+struct Segment {
+    std::string name;
+    std::size_t offset = 0, size = 0;
+};
+
+inline std::vector<Segment> parameter_segments(const UNetConfig& c) {
+    std::vector<Segment> s;
+    std::size_t offset = 0;
+    auto add = [&](std::string name, std::size_t size) {
+        s.push_back({std::move(name), offset, size});
+        offset += size;
+    };
+    const std::size_t taps = c.dims == 3 ? 27 : 9, cell = c.dims == 3 ? 8 : 4;
+    auto conv = [&](const std::string& name, std::size_t cin, std::size_t cout, std::size_t k) {
+        add(name + ".weight", cout * cin * k);
+        add(name + ".bias", cout);
+    };
+    auto norm = [&](const std::string& name, std::size_t ch) {
+        if (c.norm == Norm::none) return;
+        add(name + ".weight", ch);
+        add(name + ".bias", ch);
+    };
+    const int depth = c.depth();
+    for (int l = 0; l < depth; ++l) {
+        const std::string p = "enc" + std::to_string(l);
+        const std::size_t cin = std::size_t(l == 0 ? c.in_channels : c.widths[l - 1]), w = std::size_t(c.widths[l]);
+        if (l > 0 && c.down == Down::strided_conv) conv(p + ".down", cin, cin, cell);
+        conv(p + ".conv1", cin, w, taps);
+        norm(p + ".norm1", w);
+        conv(p + ".conv2", w, w, taps);
+        norm(p + ".norm2", w);
+    }
+    for (int l = depth - 2; l >= 0; --l) {
+        const std::string p = "dec" + std::to_string(l);
+        const std::size_t below = std::size_t(c.widths[l + 1]), w = std::size_t(c.widths[l]);
+        if (c.up == Up::transposed_conv) conv(p + ".up", below, w, cell);  // [below][w][cell]: same count
+        else conv(p + ".up", below, w, 1);
+        conv(p + ".conv1", 2 * w, w, taps);
+        norm(p + ".norm1", w);
+        conv(p + ".conv2", w, w, taps);
+        norm(p + ".norm2", w);
+    }
+    conv("head", std::size_t(c.widths[0]), std::size_t(c.classes), 1);
+    return s;
+}
+
+}  // namespace lightunet::testing
