@@ -205,8 +205,10 @@ private:
         Plan p;
         const bool training = mode == Mode::train;
         const std::size_t n = std::size_t(s.n);
-        auto block = [&](std::size_t out, Extent e, int cin, int w) {
-            p.tensors += out;  // y2
+        // Inference writes a decoder block's output over its skip tensor and stages up-sampling
+        // and the head's logits in the shared buffers, so only encoder outputs stay allocated.
+        auto block = [&](std::size_t out, Extent e, int cin, int w, bool decoder) {
+            if (training || !decoder) p.tensors += out;  // y2
             if (training) p.tensors += 2 * out;  // z1, z2
             else p.eval_size = std::max(p.eval_size, out);
             p.act_size = std::max(p.act_size, out);
@@ -217,33 +219,40 @@ private:
             const Extent e = level_extent(s, l);
             const int w = C.widths[l];
             const std::size_t out = n * w * e.size();
-            block(out, e, l == 0 ? C.in_channels : C.widths[l - 1], w);
+            block(out, e, l == 0 ? C.in_channels : C.widths[l - 1], w, false);
             if (l < depth - 1) {
-                block(out, e, 2 * w, w);
-                p.tensors += out;  // up-sampled
+                block(out, e, 2 * w, w, true);
+                if (training) p.tensors += out;  // up-sampled (inference: in the inner-activation buffer)
                 const Extent below = level_extent(s, l + 1);
                 const ConvProblem up = C.up == lightunet::Up::transposed_conv ? conv1(below, C.widths[l + 1], w * C.sub_voxels())
                                                                               : conv1(below, C.widths[l + 1], w);
                 p.scratch = std::max(p.scratch, conv_scratch(up));
                 p.transposed = std::max(p.transposed, up.weight_count());
-                p.rearranged = std::max(p.rearranged, out);
+                if (training) p.rearranged = std::max(p.rearranged, out);
+                else p.eval_size = std::max(p.eval_size, out);
             }
             if (l > 0) {
                 const int above = C.widths[l - 1];
                 p.tensors += n * above * e.size();  // down-sampled
                 if (C.down == lightunet::Down::strided_conv) {
                     p.scratch = std::max(p.scratch, conv_scratch(conv1(e, above * C.sub_voxels(), above)));
-                    p.rearranged = std::max(p.rearranged, 2 * n * above * e.size() * C.sub_voxels());
+                    const std::size_t rearranged = n * above * e.size() * C.sub_voxels();
+                    if (training) p.rearranged = std::max(p.rearranged, 2 * rearranged);
+                    else p.eval_size = std::max(p.eval_size, rearranged);
                 }
             }
             if (training) p.tensors += 2 * out + (l > 0 ? n * C.widths[l - 1] * e.size() : 0);  // gradients
         }
         const std::size_t head = n * C.classes * level_extent(s, 0).size();
         p.scratch = std::max(p.scratch, conv_scratch(conv1(level_extent(s, 0), C.widths[0], C.classes)));
-        p.tensors += 2 * head;  // logits, probabilities
         if (training) {
-            p.tensors += head + p.transposed;  // logit gradients, transposed weight gradient
+            p.tensors += 3 * head + p.transposed;  // logits, probabilities, their gradients; transposed weight gradient
             p.loss_sums = 3 * n * C.classes;
+        }
+        if (!training) {
+            p.tensors += head;  // probabilities
+            p.eval_size = std::max(p.eval_size, head);  // logits
+            p.rearranged = 0;
         }
         p.tensors += p.transposed + p.scratch + p.rearranged + p.act_size + (training ? 0 : p.eval_size);
         return p;
@@ -349,8 +358,8 @@ private:
         if (training ? planned_training_ : planned_eval_) return;
         const Plan p = make_plan(s, mode);
         auto vec = [](std::size_t n) { return Shape{1, 1, 1, 1, int(n)}; };
-        auto block_plan = [&](Block& b, const Shape& out) {
-            b.y2.resize(out);
+        auto block_plan = [&](Block& b, const Shape& out, bool decoder) {
+            if (training || !decoder) b.y2.resize(out);
             if (training)
                 for (auto* t : {&b.z1, &b.z2}) t->resize(out);
             b.norm1.plan(out);
@@ -360,10 +369,10 @@ private:
         for (int l = 0; l < depth; ++l) {
             const Extent e = level_extent(s, l);
             const Shape out{s.n, C.widths[l], e.d, e.h, e.w};
-            block_plan(enc_[l], out);
+            block_plan(enc_[l], out, false);
             if (l < depth - 1) {
-                block_plan(dec_[l], out);
-                up_[l].out.resize(out);
+                block_plan(dec_[l], out, true);
+                if (training) up_[l].out.resize(out);
                 up_[l].conv.problem.extent = level_extent(s, l + 1);
             }
             if (l > 0) {
@@ -378,9 +387,9 @@ private:
         }
         const Shape head_shape{s.n, C.classes, s.d, s.h, s.w};
         head_.problem.extent = extent_of(head_shape);
-        logits_.resize(head_shape);
         probs_.resize(head_shape);
         if (training) {
+            logits_.resize(head_shape);
             grad_logits_.resize(head_shape);
             loss_sums_.resize(vec(p.loss_sums));
             transposed_grad_.resize(vec(p.transposed));
@@ -389,7 +398,7 @@ private:
         }
         transposed_.resize(vec(p.transposed));
         workspace_.resize(vec(p.scratch));
-        resample_.resize(vec(p.rearranged));
+        if (training) resample_.resize(vec(p.rearranged));
         inner_act_.resize(vec(p.act_size));
         planned_shape_ = s;
         (training ? planned_training_ : planned_eval_) = true;
@@ -414,9 +423,8 @@ private:
 
     // Training keeps every intermediate for the backward pass; inference runs the block
     // through two shared buffers and keeps only its output.
-    void block_forward(Block& b, std::span<const ChannelSource<T>> in, bool training) {
+    void block_forward(Block& b, std::span<const ChannelSource<T>> in, bool training, const Shape& shape, T* out) {
         const int n = planned_shape_.n;
-        const Shape& shape = b.y2.shape();
         T* z1 = training ? b.z1.data() : eval_conv_.data();
         T* y1 = inner_act_.data();
         T* z2 = training ? b.z2.data() : eval_conv_.data();
@@ -424,7 +432,7 @@ private:
         b.norm1.forward(shape, z1, y1, params_.data(), buffers_.data(), training);
         const ChannelSource<T> mid{y1, shape.c, std::ptrdiff_t(shape.c * shape.spatial())};
         b.conv2.forward(n, {&mid, 1}, params_.data(), z2, workspace_.data());
-        b.norm2.forward(shape, z2, b.y2.data(), params_.data(), buffers_.data(), training);
+        b.norm2.forward(shape, z2, out, params_.data(), buffers_.data(), training);
     }
 
     // grad holds d loss / d y2 and is used in place for the block's inner gradients: a
@@ -450,7 +458,7 @@ private:
         for (int l = 0; l < depth; ++l) {
             if (l == 0) {
                 const ChannelSource<T> in = source(x);
-                block_forward(enc_[0], {&in, 1}, training);
+                block_forward(enc_[0], {&in, 1}, training, enc_[0].y2.shape(), enc_[0].y2.data());
                 continue;
             }
             Down& d = down_[l - 1];
@@ -459,44 +467,57 @@ private:
             if constexpr (C.down == lightunet::Down::max_pool) {
                 K::max_pool_forward(cells(l), planes, above.data(), d.out.data());
             } else {
-                K::space_to_depth(cells(l), planes, above.data(), resample_.data());
-                const ChannelSource<T> in{resample_.data(), d.conv.problem.cin,
+                T* rearranged = training ? resample_.data() : eval_conv_.data();
+                K::space_to_depth(cells(l), planes, above.data(), rearranged);
+                const ChannelSource<T> in{rearranged, d.conv.problem.cin,
                                           std::ptrdiff_t(d.conv.problem.cin * d.conv.problem.extent.size())};
                 d.conv.forward(n, {&in, 1}, params_.data(), d.out.data(), workspace_.data());
             }
             const ChannelSource<T> in = source(d.out);
-            block_forward(enc_[l], {&in, 1}, training);
+            block_forward(enc_[l], {&in, 1}, training, enc_[l].y2.shape(), enc_[l].y2.data());
         }
+        // Inference: up-sampled tensors live in the inner-activation buffer (read only by the
+        // block's first convolution, before its first norm writes that buffer), and a decoder
+        // block's output overwrites its skip tensor (read only by the same convolution).
         for (int l = depth - 2; l >= 0; --l) {
-            const Tensor<T, Backend>& below = l == depth - 2 ? enc_[depth - 1].y2 : dec_[l + 1].y2;
-            up_forward(l, below);
-            const ChannelSource<T> in[2] = {source(enc_[l].y2), source(up_[l].out)};
-            block_forward(dec_[l], in, training);
+            const Shape& shape = enc_[l].y2.shape();
+            const std::ptrdiff_t stride = std::ptrdiff_t(shape.c * shape.spatial());
+            const T* below = l == depth - 2 ? enc_[depth - 1].y2.data() : training ? dec_[l + 1].y2.data() : enc_[l + 1].y2.data();
+            T* up = training ? up_[l].out.data() : inner_act_.data();
+            up_forward(l, below, up, training);
+            const ChannelSource<T> in[2] = {source(enc_[l].y2), {up, shape.c, stride}};
+            block_forward(dec_[l], in, training, shape, training ? dec_[l].y2.data() : enc_[l].y2.data());
         }
-        const ChannelSource<T> top = source(dec_[0].y2);
-        head_.forward(n, {&top, 1}, params_.data(), logits_.data(), workspace_.data());
+        const Shape& top_shape = enc_[0].y2.shape();
+        const ChannelSource<T> top{training ? dec_[0].y2.data() : enc_[0].y2.data(), top_shape.c,
+                                   std::ptrdiff_t(top_shape.c * top_shape.spatial())};
+        T* logits = training ? logits_.data() : eval_conv_.data();
+        head_.forward(n, {&top, 1}, params_.data(), logits, workspace_.data());
         if constexpr (C.head == Head::softmax)
-            K::softmax_channels(n, C.classes, std::ptrdiff_t(planned_shape_.spatial()), logits_.data(), probs_.data());
+            K::softmax_channels(n, C.classes, std::ptrdiff_t(planned_shape_.spatial()), static_cast<const T*>(logits), probs_.data());
         else
-            K::sigmoid(std::ptrdiff_t(logits_.size()), logits_.data(), probs_.data());
+            K::sigmoid(std::ptrdiff_t(probs_.size()), static_cast<const T*>(logits), probs_.data());
     }
 
-    void up_forward(int l, const Tensor<T, Backend>& below) {
+    // Writes the up-sampled `below` (level l + 1) into `out` (level l), staging the coarse
+    // convolution's output in resample_ (training) or eval_conv_ (inference).
+    void up_forward(int l, const T* below, T* out, bool training) {
         using K = Kernels<Backend>;
         Up& u = up_[l];
         const int n = planned_shape_.n;
-        const ChannelSource<T> in = source(below);
+        const ChannelSource<T> in{below, C.widths[l + 1], std::ptrdiff_t(C.widths[l + 1] * u.conv.problem.extent.size())};
         const std::ptrdiff_t planes = std::ptrdiff_t(n) * C.widths[l];
+        T* staged = training ? resample_.data() : eval_conv_.data();
         if constexpr (C.up == lightunet::Up::transposed_conv) {
             K::transpose(u.conv.problem.cin, u.conv.problem.cout, params_.data() + u.conv.weight, transposed_.data());
             K::conv_forward(u.conv.problem, n, std::span<const ChannelSource<T>>(&in, 1), static_cast<const T*>(transposed_.data()),
-                            static_cast<const T*>(nullptr), resample_.data(),
+                            static_cast<const T*>(nullptr), staged,
                             std::ptrdiff_t(u.conv.problem.cout * u.conv.problem.extent.size()), workspace_.data());
-            K::depth_to_space(cells(l + 1), planes, C.widths[l], static_cast<const T*>(resample_.data()),
-                              static_cast<const T*>(params_.data() + u.conv.bias), u.out.data(), false);
+            K::depth_to_space(cells(l + 1), planes, C.widths[l], static_cast<const T*>(staged),
+                              static_cast<const T*>(params_.data() + u.conv.bias), out, false);
         } else {
-            u.conv.forward(n, {&in, 1}, params_.data(), resample_.data(), workspace_.data());
-            K::upsample_nearest_forward(cells(l + 1), planes, static_cast<const T*>(resample_.data()), u.out.data());
+            u.conv.forward(n, {&in, 1}, params_.data(), staged, workspace_.data());
+            K::upsample_nearest_forward(cells(l + 1), planes, static_cast<const T*>(staged), out);
         }
     }
 
