@@ -178,8 +178,9 @@ private:
     static constexpr Extent level_extent(const Shape& s, int l) {
         return {C.dims == 3 ? s.d >> l : 1, s.h >> l, s.w >> l};
     }
-    static constexpr std::size_t conv_scratch(const ConvProblem& p) {
-        return Kernels<Backend>::template conv_workspace_size<T>(p);
+    static constexpr std::size_t conv_scratch(const ConvProblem& p, bool training) {
+        return training ? Kernels<Backend>::template conv_workspace_size<T>(p)
+                        : Kernels<Backend>::template conv_forward_workspace_size<T>(p);
     }
     static constexpr ConvProblem conv3(Extent e, int cin, int cout) {
         return {e, C.kernel_depth(), 3, 3, cin, cout};
@@ -213,7 +214,7 @@ private:
             else p.eval_size = std::max(p.eval_size, out);
             p.act_size = std::max(p.act_size, out);
             p.tensors += 2 * (2 * stat_count(C.norm, s.n, w) + 2 * n * w);  // two norms: mean, invstd, scratch
-            p.scratch = std::max({p.scratch, conv_scratch(conv3(e, cin, w)), conv_scratch(conv3(e, w, w))});
+            p.scratch = std::max({p.scratch, conv_scratch(conv3(e, cin, w), training), conv_scratch(conv3(e, w, w), training)});
         };
         for (int l = 0; l < depth; ++l) {
             const Extent e = level_extent(s, l);
@@ -226,7 +227,7 @@ private:
                 const Extent below = level_extent(s, l + 1);
                 const ConvProblem up = C.up == lightunet::Up::transposed_conv ? conv1(below, C.widths[l + 1], w * C.sub_voxels())
                                                                               : conv1(below, C.widths[l + 1], w);
-                p.scratch = std::max(p.scratch, conv_scratch(up));
+                p.scratch = std::max(p.scratch, conv_scratch(up, training));
                 p.transposed = std::max(p.transposed, up.weight_count());
                 if (training) p.rearranged = std::max(p.rearranged, out);
                 else p.eval_size = std::max(p.eval_size, out);
@@ -235,7 +236,7 @@ private:
                 const int above = C.widths[l - 1];
                 p.tensors += n * above * e.size();  // down-sampled
                 if (C.down == lightunet::Down::strided_conv) {
-                    p.scratch = std::max(p.scratch, conv_scratch(conv1(e, above * C.sub_voxels(), above)));
+                    p.scratch = std::max(p.scratch, conv_scratch(conv1(e, above * C.sub_voxels(), above), training));
                     const std::size_t rearranged = n * above * e.size() * C.sub_voxels();
                     if (training) p.rearranged = std::max(p.rearranged, 2 * rearranged);
                     else p.eval_size = std::max(p.eval_size, rearranged);
@@ -244,7 +245,7 @@ private:
             if (training) p.tensors += 2 * out + (l > 0 ? n * C.widths[l - 1] * e.size() : 0);  // gradients
         }
         const std::size_t head = n * C.classes * level_extent(s, 0).size();
-        p.scratch = std::max(p.scratch, conv_scratch(conv1(level_extent(s, 0), C.widths[0], C.classes)));
+        p.scratch = std::max(p.scratch, conv_scratch(conv1(level_extent(s, 0), C.widths[0], C.classes), training));
         if (training) {
             p.tensors += 3 * head + p.transposed;  // logits, probabilities, their gradients; transposed weight gradient
             p.loss_sums = 3 * n * C.classes;

@@ -450,6 +450,16 @@ constexpr int output_group_channels(const PaddedLayout& l, int channels) {
 }
 
 // Scratch (in elements of T) that conv_forward and conv_backward need for a problem.
+// Scratch of conv_forward alone (inference).
+template <class T>
+constexpr std::size_t conv_forward_workspace_size(const ConvProblem& p) {
+    const PaddedLayout l = padded_layout(p);
+    const std::size_t packed_fprop = std::size_t(round_up(p.cout, fprop_rows)) * p.cin * p.taps();
+    const std::size_t out_group = std::size_t(output_group_channels<T>(l, std::max(p.cin, p.cout))) * l.stride;
+    return packed_fprop + std::size_t(p.cin) * l.stride + out_group;
+}
+
+// Scratch of conv_forward and conv_backward (training).
 template <class T>
 constexpr std::size_t conv_workspace_size(const ConvProblem& p) {
     const PaddedLayout l = padded_layout(p);

@@ -17,6 +17,10 @@ struct Kernels<cpu> {
     static constexpr std::size_t conv_workspace_size(const ConvProblem& p) {
         return cpu_kernels::conv_workspace_size<T>(p);
     }
+    template <class T>
+    static constexpr std::size_t conv_forward_workspace_size(const ConvProblem& p) {
+        return cpu_kernels::conv_forward_workspace_size<T>(p);
+    }
     template <class... A>
     static void conv_forward(A&&... a) { cpu_kernels::conv_forward(std::forward<A>(a)...); }
     template <class... A>
