@@ -85,34 +85,127 @@ inline bool ends_with(const std::string& text, const std::string& suffix) {
 }
 inline bool is_gzip_name(const fs::path& path) { return ends_with(path.filename().string(), ".nii.gz"); }
 
-// Inflates the whole gzip stream (checking its CRC and length trailer) and returns the size of
-// the decompressed data. niftilib stops reading after the voxels it needs and does not notice
-// a damaged stream after them, or may print and hand back a partial volume.
-inline std::uint64_t verified_gzip_size(const fs::path& path) {
+// What one pass over a file's bytes (inflated through zlib, which reads plain files as they
+// are) establishes before niftilib sees it:
+// - a gzip stream is complete and its CRC/length trailer right. niftilib stops after the voxels
+//   it needs, and on a short stream may print and hand back a partial volume;
+// - the header is single-file NIfTI-1 (sizeof_hdr 348 in either byte order, magic "n+1");
+// - float voxels are finite. niftilib silently replaces NaN/Inf with 0 while loading.
+struct FileScan {
+    std::uint64_t content_bytes = 0;  // after inflation
+    std::array<unsigned char, 348> header{};
+    bool swapped = false;
+    std::size_t nonfinite = 0, first_nonfinite = 0;
+    double first_nonfinite_value = 0;
+};
+
+template <class T>
+T header_field(const FileScan& scan, std::size_t offset) {
+    std::array<unsigned char, sizeof(T)> bytes;
+    std::memcpy(bytes.data(), scan.header.data() + offset, sizeof(T));
+    if (scan.swapped) std::reverse(bytes.begin(), bytes.end());
+    T value;
+    std::memcpy(&value, bytes.data(), sizeof(T));
+    return value;
+}
+
+// Header fields by byte offset in nifti_1_header.
+struct HeaderOffsets {
+    static constexpr std::size_t sizeof_hdr = 0, dim = 40, datatype = 70, vox_offset = 108, srow_x = 280,
+                                 magic = 344;
+};
+
+inline FileScan scan_nifti_file(const fs::path& path, bool gzip) {
+    const std::string name = path.string();
     gzFile file = gzopen(path.c_str(), "rb");
-    if (file == nullptr) throw DataError(path.string() + ": cannot open for reading");
+    if (file == nullptr) throw DataError(name + ": cannot open for reading");
+    struct Closer {
+        gzFile& file;
+        ~Closer() { if (file != nullptr) gzclose_r(file); }
+    } closer{file};
     gzbuffer(file, 1 << 17);
-    std::vector<char> buffer(1 << 20);
-    std::uint64_t total = 0;
-    int errnum = Z_OK;
-    std::string message;
+    FileScan scan;
+    std::vector<unsigned char> buffer(1 << 20);
+    std::size_t header_filled = 0;
+    int datatype = 0;
+    std::uint64_t data_begin = 0;
+    int value_bytes = 0;  // 4 or 8 for float data that needs the finiteness check, else 0
+    std::array<unsigned char, 8> partial_value{};
+    int partial_filled = 0;
+    std::string zlib_message;
     for (;;) {
         const int got = gzread(file, buffer.data(), unsigned(buffer.size()));
-        if (got > 0) total += std::uint64_t(got);
         if (got <= 0) {
+            int errnum = Z_OK;
             const char* text = gzerror(file, &errnum);
-            if (got < 0 || errnum != Z_OK) message = text != nullptr ? text : "unknown zlib error";
+            if (got < 0 || (errnum != Z_OK && errnum != Z_STREAM_END))
+                zlib_message = text != nullptr ? text : "unknown zlib error";
             break;
         }
+        std::size_t position = 0;
+        const std::size_t count = std::size_t(got);
+        if (header_filled < scan.header.size()) {
+            const std::size_t take = std::min(count, scan.header.size() - header_filled);
+            std::memcpy(scan.header.data() + header_filled, buffer.data(), take);
+            header_filled += take;
+            position = take;
+            if (header_filled == scan.header.size()) {
+                std::int32_t sizeof_hdr;
+                std::memcpy(&sizeof_hdr, scan.header.data(), 4);
+                if (sizeof_hdr != 348) {
+                    scan.swapped = true;
+                    if (header_field<std::int32_t>(scan, HeaderOffsets::sizeof_hdr) != 348)
+                        throw DataError(name + ": not a NIfTI-1 header (sizeof_hdr is " + std::to_string(sizeof_hdr) + ")");
+                }
+                if (std::memcmp(scan.header.data() + HeaderOffsets::magic, "n+1", 4) != 0)
+                    throw DataError(name + ": not a single-file NIfTI-1 image (magic is not \"n+1\")");
+                datatype = header_field<std::int16_t>(scan, HeaderOffsets::datatype);
+                const float offset = header_field<float>(scan, HeaderOffsets::vox_offset);
+                data_begin = std::isfinite(offset) && offset >= 348 ? std::uint64_t(offset) : 0;
+                value_bytes = datatype == NIFTI_TYPE_FLOAT32 ? 4 : datatype == NIFTI_TYPE_FLOAT64 ? 8 : 0;
+                if (value_bytes != 0 && data_begin == 0) value_bytes = 0;  // the header check reports it
+                if (value_bytes == 0 && !gzip) break;  // plain integer file: nothing more to learn
+            }
+        }
+        if (value_bytes != 0) {
+            for (; position < count; ++position) {
+                const std::uint64_t absolute = scan.content_bytes + position;
+                if (absolute < data_begin) continue;
+                partial_value[std::size_t(partial_filled++)] = buffer[position];
+                if (partial_filled < value_bytes) continue;
+                partial_filled = 0;
+                if (scan.swapped) std::reverse(partial_value.begin(), partial_value.begin() + value_bytes);
+                double value;
+                if (value_bytes == 4) {
+                    float f;
+                    std::memcpy(&f, partial_value.data(), 4);
+                    value = f;
+                } else {
+                    std::memcpy(&value, partial_value.data(), 8);
+                }
+                if (!std::isfinite(value) && scan.nonfinite++ == 0) {
+                    scan.first_nonfinite = std::size_t((absolute + 1 - data_begin) / std::uint64_t(value_bytes) - 1);
+                    scan.first_nonfinite_value = value;
+                }
+            }
+        }
+        scan.content_bytes += count;
     }
+    if (!zlib_message.empty())
+        throw DataError(name + ": truncated or corrupt " + (gzip ? std::string("gzip data") : std::string("file")) +
+                        " after " + std::to_string(scan.content_bytes) + " decompressed bytes (zlib: " + zlib_message + ")");
     const int close_status = gzclose_r(file);
-    if (!message.empty() || (errnum != Z_OK && errnum != Z_STREAM_END))
-        throw DataError(path.string() + ": truncated or corrupt gzip data after " + std::to_string(total) +
-                        " decompressed bytes (zlib: " + message + ")");
+    file = nullptr;
     if (close_status != Z_OK)
-        throw DataError(path.string() + ": gzip stream does not end cleanly (zlib status " +
-                        std::to_string(close_status) + ")");
-    return total;
+        throw DataError(name + ": gzip stream does not end cleanly (zlib status " + std::to_string(close_status) + ")");
+    if (header_filled < scan.header.size())
+        throw DataError(name + ": " + std::to_string(header_filled) + " bytes, shorter than a NIfTI-1 header (348)");
+    if (!gzip) {
+        std::error_code error;
+        scan.content_bytes = fs::file_size(path, error);
+        if (error) throw DataError(name + ": cannot stat (" + error.message() + ")");
+    }
+    return scan;
 }
 
 inline int bytes_per_voxel(int datatype) {
@@ -186,44 +279,44 @@ inline NiftiVolume read_nifti(const fs::path& path) {
     const bool gzip = detail::is_gzip_name(path);
     if (!gzip && !detail::ends_with(file_name, ".nii"))
         throw DataError(name + ": not a .nii or .nii.gz file name");
-    const std::uint64_t content_bytes = gzip ? detail::verified_gzip_size(path) : fs::file_size(path, error);
-    if (error) throw DataError(name + ": cannot stat (" + error.message() + ")");
-    if (content_bytes < 348) throw DataError(name + ": " + std::to_string(content_bytes) + " bytes, shorter than a NIfTI-1 header (348)");
-
-    std::lock_guard lock(detail::niftilib_mutex());
-    detail::quiet_niftilib();
-    int swapped = 0;
-    std::unique_ptr<nifti_1_header, detail::FreeDeleter> header(nifti_read_header(name.c_str(), &swapped, 1));
-    if (!header) throw DataError(name + ": not a valid NIfTI-1 header");
-    if (std::strncmp(header->magic, "n+1", 4) != 0)
-        throw DataError(name + ": not a single-file NIfTI-1 image (magic is not \"n+1\")");
-    const int rank = header->dim[0];
+    const detail::FileScan scan = detail::scan_nifti_file(path, gzip);
+    const std::uint64_t content_bytes = scan.content_bytes;
+    using Offsets = detail::HeaderOffsets;
+    std::array<int, 8> dim{};
+    for (std::size_t d = 0; d < 8; ++d) dim[d] = detail::header_field<std::int16_t>(scan, Offsets::dim + 2 * d);
+    const int rank = dim[0];
     if (rank < 3 || rank > 7) throw DataError(name + ": dim[0] = " + std::to_string(rank) + ", expected a 3D volume");
     for (int d = 1; d <= rank; ++d) {
-        if (header->dim[d] < 1) throw DataError(name + ": dim[" + std::to_string(d) + "] = " + std::to_string(header->dim[d]));
-        if (d > 3 && header->dim[d] != 1)
-            throw DataError(name + ": holds " + std::to_string(header->dim[d]) + " volumes along dimension " +
+        if (dim[std::size_t(d)] < 1) throw DataError(name + ": dim[" + std::to_string(d) + "] = " + std::to_string(dim[std::size_t(d)]));
+        if (d > 3 && dim[std::size_t(d)] != 1)
+            throw DataError(name + ": holds " + std::to_string(dim[std::size_t(d)]) + " volumes along dimension " +
                             std::to_string(d) + ", expected one 3D volume");
     }
-    const int bytes_per_voxel = detail::bytes_per_voxel(header->datatype);
-    if (bytes_per_voxel == 0)
-        throw DataError(name + ": unsupported datatype " + detail::datatype_name(header->datatype));
-    const double vox_offset = header->vox_offset;
+    const int datatype = detail::header_field<std::int16_t>(scan, Offsets::datatype);
+    const int bytes_per_voxel = detail::bytes_per_voxel(datatype);
+    if (bytes_per_voxel == 0) throw DataError(name + ": unsupported datatype " + detail::datatype_name(datatype));
+    const double vox_offset = detail::header_field<float>(scan, Offsets::vox_offset);
     if (!(vox_offset >= 348.0) || vox_offset > double(content_bytes))
         throw DataError(name + ": vox_offset " + std::to_string(vox_offset) + " outside the file (" +
                         std::to_string(content_bytes) + " bytes)");
-    const data::VolumeExtent extent{header->dim[1], header->dim[2], header->dim[3]};
+    const data::VolumeExtent extent{dim[1], dim[2], dim[3]};
     const std::uint64_t data_bytes = std::uint64_t(extent.voxels()) * std::uint64_t(bytes_per_voxel);
     if (std::uint64_t(vox_offset) + data_bytes > content_bytes)
         throw DataError(name + ": truncated: header needs " + std::to_string(std::uint64_t(vox_offset) + data_bytes) +
                         " bytes (" + std::to_string(extent.x) + "x" + std::to_string(extent.y) + "x" +
-                        std::to_string(extent.z) + " " + detail::datatype_name(header->datatype) + " at offset " +
+                        std::to_string(extent.z) + " " + detail::datatype_name(datatype) + " at offset " +
                         std::to_string(std::uint64_t(vox_offset)) + "), the file holds " +
                         std::to_string(content_bytes));
+    if (scan.nonfinite != 0)
+        throw DataError(name + ": " + std::to_string(scan.nonfinite) + " NaN/Inf voxels (first at voxel " +
+                        detail::voxel_position(scan.first_nonfinite, extent) + ", value " +
+                        std::to_string(scan.first_nonfinite_value) + ")");
 
+    std::lock_guard lock(detail::niftilib_mutex());
+    detail::quiet_niftilib();
     detail::NiftiImagePtr image(nifti_image_read(name.c_str(), 1));
     if (!image || image->data == nullptr) throw DataError(name + ": niftilib could not read the image");
-    if (image->nx != extent.x || image->ny != extent.y || image->nz != extent.z || image->datatype != header->datatype)
+    if (image->nx != extent.x || image->ny != extent.y || image->nz != extent.z || image->datatype != datatype)
         throw DataError(name + ": niftilib disagrees with the header about shape or datatype");
 
     NiftiVolume volume;
@@ -258,9 +351,9 @@ inline NiftiVolume read_nifti(const fs::path& path) {
     geometry.qform_code = image->qform_code;
     geometry.sform_code = image->sform_code;
     // The stored rows, whatever sform_code says, so that a write reproduces them exactly.
-    const float* const srows[3] = {header->srow_x, header->srow_y, header->srow_z};
     for (std::size_t row = 0; row < 3; ++row)
-        for (std::size_t column = 0; column < 4; ++column) geometry.sform[row][column] = srows[row][column];
+        for (std::size_t column = 0; column < 4; ++column)
+            geometry.sform[row][column] = detail::header_field<float>(scan, Offsets::srow_x + 16 * row + 4 * column);
     geometry.quatern = {image->quatern_b, image->quatern_c, image->quatern_d, image->qfac};
     geometry.qoffset = {image->qoffset_x, image->qoffset_y, image->qoffset_z};
     return volume;
@@ -475,10 +568,27 @@ struct ReadOptions {
     bool require_labels = false;  // raise for a case without a seg file
     // Largest differences tolerated between modalities' geometries.
     double affine_tolerance_mm = 1e-3;
-    double quatern_tolerance = 1e-4;
 };
 
 namespace detail {
+
+// The voxel -> world transform NIfTI readers use: sform if its code is set, else qform, else
+// the spacing alone.
+inline std::array<std::array<double, 4>, 3> voxel_to_world(const data::Geometry& geometry) {
+    if (geometry.sform_code > 0) return geometry.sform;
+    std::array<std::array<double, 4>, 3> matrix{};
+    if (geometry.qform_code > 0) {
+        const mat44 q = nifti_quatern_to_mat44(geometry.quatern[0], geometry.quatern[1], geometry.quatern[2],
+                                               geometry.qoffset[0], geometry.qoffset[1], geometry.qoffset[2],
+                                               geometry.spacing[0], geometry.spacing[1], geometry.spacing[2],
+                                               geometry.quatern[3] < 0 ? -1.0f : 1.0f);
+        for (std::size_t row = 0; row < 3; ++row)
+            for (std::size_t column = 0; column < 4; ++column) matrix[row][column] = q.m[row][column];
+    } else {
+        for (std::size_t d = 0; d < 3; ++d) matrix[d][d] = geometry.spacing[d];
+    }
+    return matrix;
+}
 
 inline std::string geometry_mismatch(const data::Geometry& a, const data::Geometry& b, const ReadOptions& options) {
     std::ostringstream text;
@@ -492,27 +602,26 @@ inline std::string geometry_mismatch(const data::Geometry& a, const data::Geomet
                  << a.spacing[0] << "x" << a.spacing[1] << "x" << a.spacing[2];
             return text.str();
         }
-    if (a.sform_code != b.sform_code || a.qform_code != b.qform_code)
-        return "qform/sform codes " + std::to_string(b.qform_code) + "/" + std::to_string(b.sform_code) + " differ from " +
-               std::to_string(a.qform_code) + "/" + std::to_string(a.sform_code);
-    if (a.sform_code > 0)
-        for (int row = 0; row < 3; ++row)
-            for (int column = 0; column < 4; ++column)
-                if (std::abs(a.sform[std::size_t(row)][std::size_t(column)] - b.sform[std::size_t(row)][std::size_t(column)]) >
-                    options.affine_tolerance_mm) {
-                    text << "sform row " << row << " [" << b.sform[std::size_t(row)][0] << ' ' << b.sform[std::size_t(row)][1] << ' '
-                         << b.sform[std::size_t(row)][2] << ' ' << b.sform[std::size_t(row)][3] << "] differs from ["
-                         << a.sform[std::size_t(row)][0] << ' ' << a.sform[std::size_t(row)][1] << ' ' << a.sform[std::size_t(row)][2]
-                         << ' ' << a.sform[std::size_t(row)][3] << ']';
-                    return text.str();
-                }
-    if (a.qform_code > 0) {
-        for (int i = 0; i < 4; ++i)
-            if (std::abs(a.quatern[std::size_t(i)] - b.quatern[std::size_t(i)]) > options.quatern_tolerance)
-                return "qform quaternion differs";
-        for (int i = 0; i < 3; ++i)
-            if (std::abs(a.qoffset[std::size_t(i)] - b.qoffset[std::size_t(i)]) > options.affine_tolerance_mm)
-                return "qform offset differs";
+    // Codes are not compared: real BraTS 2018 images say qform_code 2 where their segmentations
+    // say 1 for the same transform. What must agree is where each voxel lies.
+    const auto matrix_a = voxel_to_world(a), matrix_b = voxel_to_world(b);
+    for (std::size_t row = 0; row < 3; ++row)
+        for (std::size_t column = 0; column < 4; ++column)
+            if (std::abs(matrix_a[row][column] - matrix_b[row][column]) > options.affine_tolerance_mm) {
+                text << (a.sform_code > 0 ? "sform" : a.qform_code > 0 ? "qform" : "pixdim") << " affine row " << row
+                     << " [" << matrix_b[row][0] << ' ' << matrix_b[row][1] << ' ' << matrix_b[row][2] << ' '
+                     << matrix_b[row][3] << "] differs from [" << matrix_a[row][0] << ' ' << matrix_a[row][1] << ' '
+                     << matrix_a[row][2] << ' ' << matrix_a[row][3] << ']';
+                return text.str();
+            }
+    if (a.sform_code > 0 && b.sform_code > 0 && a.qform_code > 0 && b.qform_code > 0) {
+        data::Geometry qform_a = a, qform_b = b;
+        qform_a.sform_code = qform_b.sform_code = 0;
+        const auto q_a = voxel_to_world(qform_a), q_b = voxel_to_world(qform_b);
+        for (std::size_t row = 0; row < 3; ++row)
+            for (std::size_t column = 0; column < 4; ++column)
+                if (std::abs(q_a[row][column] - q_b[row][column]) > options.affine_tolerance_mm)
+                    return "qform affine row " + std::to_string(row) + " differs (the sforms agree)";
     }
     return {};
 }
