@@ -333,7 +333,7 @@ public:
         if (!space.valid()) fail("dataset " + name + ": unreadable shape");
         const int rank = H5Sget_simple_extent_ndims(space.get());
         if (rank < 0) fail("dataset " + name + ": unreadable shape");
-        std::vector<hsize_t> dims(std::size_t(rank));
+        std::vector<hsize_t> dims(static_cast<std::size_t>(rank));
         H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
         if (expected && dims != *expected)
             fail("dataset " + name + " has shape " + dims_str(dims) + ", expected " + dims_str(*expected));

@@ -1,0 +1,288 @@
+#include <catch2/catch.hpp>
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include "lightunet/model/unet.hpp"
+#include "lightunet/optim/optimizers.hpp"
+#include "lightunet/train/checkpoint.hpp"
+#include "train_test_support.hpp"
+
+using namespace lightunet;
+using namespace lightunet::train;
+
+namespace {
+constexpr UNetConfig small{.dims = 2, .in_channels = 1, .classes = 2, .widths = {8, 16}};
+constexpr UNetConfig small_wider{.dims = 2, .in_channels = 1, .classes = 2, .widths = {8, 32}};
+using Net = UNet<small>;
+
+template <class T>
+bool same_bytes(std::span<const T> a, std::span<const T> b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size_bytes()) == 0;
+}
+template <class T>
+bool same_bytes(const Tensor<T>& a, const Tensor<T>& b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+}
+
+TrainState sample_state() {
+    TrainState s;
+    s.epoch = 2, s.step = 5, s.global_step = 37, s.lr_scale = 0.5, s.epoch_loss_sum = 1.25, s.epoch_loss_count = 5;
+    s.epoch_rollbacks = 1, s.epoch_seconds = 3.5, s.best_dice = 0.75, s.elapsed_seconds = 99.5;
+    s.rng = {{"loader", {1, 2, 3}}, {"model_init", {0xFFFFFFFFFFFFFFFFull}}, {"augment", {}}};
+    for (int e = 1; e <= 2; ++e) {
+        EpochRecord r;
+        r.epoch = e, r.train_loss = 1.0 / e, r.val_loss = 1.5 / e, r.dice = {0.1 * e, 0.2 * e, 0.3 * e}, r.lr = 1e-3;
+        r.seconds = 10.0 * e, r.rollbacks = e - 1;
+        s.history.push_back(r);
+    }
+    return s;
+}
+
+void check_state_equal(const TrainState& a, const TrainState& b) {
+    CHECK(a.epoch == b.epoch);
+    CHECK(a.step == b.step);
+    CHECK(a.global_step == b.global_step);
+    CHECK(a.lr_scale == b.lr_scale);
+    CHECK(a.epoch_loss_sum == b.epoch_loss_sum);
+    CHECK(a.epoch_loss_count == b.epoch_loss_count);
+    CHECK(a.epoch_rollbacks == b.epoch_rollbacks);
+    CHECK(a.epoch_seconds == b.epoch_seconds);
+    CHECK(a.best_dice == b.best_dice);
+    CHECK(a.elapsed_seconds == b.elapsed_seconds);
+    CHECK(a.rng == b.rng);
+    REQUIRE(a.history.size() == b.history.size());
+    for (std::size_t i = 0; i < a.history.size(); ++i) {
+        CHECK(a.history[i].epoch == b.history[i].epoch);
+        CHECK(a.history[i].train_loss == b.history[i].train_loss);
+        CHECK(a.history[i].val_loss == b.history[i].val_loss);
+        CHECK(a.history[i].dice == b.history[i].dice);
+        CHECK(a.history[i].lr == b.history[i].lr);
+        CHECK(a.history[i].seconds == b.history[i].seconds);
+        CHECK(a.history[i].rollbacks == b.history[i].rollbacks);
+    }
+}
+}  // namespace
+
+TEST_CASE("The named layout covers every parameter and buffer", "[checkpoint]") {
+    auto total = [](const std::vector<TensorInfo>& v) {
+        std::size_t n = 0;
+        for (const auto& t : v) n += t.size();
+        return n;
+    };
+    constexpr UNetConfig c3{.dims = 3, .in_channels = 4, .classes = 4, .widths = {4, 8, 16}, .norm = Norm::instance,
+                            .down = Down::strided_conv, .up = Up::interpolate_conv};
+    constexpr UNetConfig c2{.dims = 2, .in_channels = 4, .classes = 4, .widths = {32, 64, 128, 256, 512}};
+    const auto [p3, b3] = parameter_layout(c3);
+    CHECK(total(p3) == UNet<c3>::parameter_count);
+    CHECK(total(b3) == UNet<c3>::buffer_count);
+    const auto [p2, b2] = parameter_layout(c2);
+    CHECK(total(p2) == UNet<c2>::parameter_count);
+    CHECK(total(b2) == UNet<c2>::buffer_count);
+    CHECK(p2.front().name == "encoder.0.conv1.weight");
+    CHECK(p2.front().shape == std::vector<int>{32, 4, 3, 3});
+    CHECK(p2.back().name == "head.bias");
+    CHECK(p3[8 + 0].name == "encoder.1.down.weight");
+    CHECK(p3[8 + 0].shape == std::vector<int>{4, 4, 2, 2, 2});
+}
+
+TEST_CASE("Checkpoint round trip restores every piece of state", "[checkpoint]") {
+    test::ScratchDir dir("ckpt_roundtrip");
+    Net net(7);
+    Tensor<float> x;
+    Tensor<std::uint8_t> y;
+    test::make_blobs(1, 0, 2, 16, x, y);
+    const TrainState state = sample_state();
+    SECTION("Adam") {
+        Adam<float> opt(1e-2);
+        for (int i = 0; i < 3; ++i) net.train_step(x, y, DiceLoss{}, opt);
+        save_checkpoint(dir.file("a.h5"), net, opt, state);
+        Net fresh(99);
+        Adam<float> fresh_opt(5e-3);
+        TrainState loaded;
+        REQUIRE_FALSE(same_bytes<float>(net.parameters(), fresh.parameters()));
+        load_checkpoint(dir.file("a.h5"), fresh, fresh_opt, loaded);
+        CHECK(same_bytes<float>(net.parameters(), fresh.parameters()));
+        CHECK(same_bytes<float>(net.buffers(), fresh.buffers()));
+        CHECK(same_bytes(opt.m, fresh_opt.m));
+        CHECK(same_bytes(opt.v, fresh_opt.v));
+        CHECK(fresh_opt.steps == 3);
+        CHECK(fresh_opt.lr == opt.lr);
+        check_state_equal(state, loaded);
+        const auto info = read_checkpoint_info(dir.file("a.h5"));
+        CHECK(info.config == config_string<Net>());
+        CHECK(info.fingerprint == fingerprint(config_string<Net>()));
+        CHECK(info.optimizer == "adam");
+    }
+    SECTION("SGD, saved before its first step (no moments yet), then after") {
+        Sgd<float> opt(1e-2);
+        save_checkpoint(dir.file("s0.h5"), net, opt, state);
+        Sgd<float> o2(1e-2);
+        TrainState loaded;
+        Net fresh(3);
+        load_checkpoint(dir.file("s0.h5"), fresh, o2, loaded);
+        CHECK(o2.velocity.size() == 0);
+        CHECK(o2.steps == 0);
+        net.train_step(x, y, DiceLoss{}, opt);
+        save_checkpoint(dir.file("s1.h5"), net, opt, state);
+        load_checkpoint(dir.file("s1.h5"), fresh, o2, loaded);
+        CHECK(same_bytes(opt.velocity, o2.velocity));
+        CHECK(same_bytes<float>(net.parameters(), fresh.parameters()));
+        CHECK(o2.steps == 1);
+    }
+}
+
+TEST_CASE("Loading names what differs: configuration, optimiser, corrupt or truncated files", "[checkpoint]") {
+    test::ScratchDir dir("ckpt_errors");
+    Net net(1);
+    Adam<float> opt(1e-3);
+    const std::string path = dir.file("c.h5");
+    save_checkpoint(path, net, opt, sample_state());
+    TrainState st;
+    SECTION("another configuration") {
+        UNet<small_wider> other(1);
+        Adam<float> o(1e-3);
+        CHECK_THROWS_WITH(load_checkpoint(path, other, o, st),
+                          Catch::Contains(path) && Catch::Contains("widths: checkpoint 8,16, this model 8,32") &&
+                              Catch::Contains("parameters: checkpoint"));
+    }
+    SECTION("another optimiser") {
+        Sgd<float> o(1e-3);
+        Net fresh(2);
+        const std::vector<float> before(fresh.parameters().begin(), fresh.parameters().end());
+        CHECK_THROWS_WITH(load_checkpoint(path, fresh, o, st), Catch::Contains("optimiser \"adam\""));
+        CHECK(std::equal(before.begin(), before.end(), fresh.parameters().begin()));  // nothing changed
+    }
+    SECTION("truncated") {
+        const auto size = std::filesystem::file_size(path);
+        std::filesystem::copy_file(path, dir.file("t.h5"));
+        std::filesystem::resize_file(dir.file("t.h5"), size / 2);
+        CHECK_THROWS_AS(load_checkpoint(dir.file("t.h5"), net, opt, st), CheckpointError);
+        CHECK_THROWS_WITH(load_checkpoint(dir.file("t.h5"), net, opt, st), Catch::Contains(dir.file("t.h5")));
+    }
+    SECTION("not HDF5, missing") {
+        std::ofstream(dir.file("g.h5")) << "garbage that is not HDF5";
+        CHECK_THROWS_WITH(load_checkpoint(dir.file("g.h5"), net, opt, st),
+                          Catch::Contains(dir.file("g.h5")) && Catch::Contains("not a readable HDF5 file"));
+        CHECK_THROWS_WITH(load_checkpoint(dir.file("none.h5"), net, opt, st), Catch::Contains("none.h5"));
+    }
+}
+
+TEST_CASE("Checkpoints read with h5py as docs/checkpoint.md describes", "[checkpoint]") {
+    if (std::system("/usr/bin/python3 -c 'import h5py' >/dev/null 2>&1") != 0) {
+        WARN("h5py not available: skipped");
+        return;
+    }
+    test::ScratchDir dir("ckpt_h5py");
+    Net net(5);
+    Adam<float> opt(1e-3);
+    Tensor<float> x;
+    Tensor<std::uint8_t> y;
+    test::make_blobs(1, 0, 1, 16, x, y);
+    net.train_step(x, y, DiceLoss{}, opt);
+    const std::string path = dir.file("p.h5");
+    save_checkpoint(path, net, opt, sample_state());
+    const std::string script = dir.file("check.py");
+    std::ofstream(script) << "import h5py, sys\n"
+                             "f = h5py.File(sys.argv[1], 'r')\n"
+                             "assert f.attrs['format'] == 'lightunet-checkpoint', f.attrs['format']\n"
+                             "assert f['model/parameters'].shape == (" << Net::parameter_count << ",)\n"
+                             "assert f['model/parameters'].dtype == 'float32'\n"
+                             "assert abs(float(f['model/parameters'][3]) - " << net.parameters()[3] << ") < 1e-6 * (1 + abs(" << net.parameters()[3] << "))\n"
+                             "assert f['optimizer/m'].shape == (" << Net::parameter_count << ",)\n"
+                             "assert f['optimizer'].attrs['steps'] == 1\n"
+                             "assert list(f['rng/loader'][:]) == [1, 2, 3]\n"
+                             "assert f['history/dice'].shape == (2, 3)\n"
+                             "assert f['progress'].attrs['global_step'] == 37\n"
+                             "lines = f['model'].attrs['parameter_layout'].strip().split('\\n')\n"
+                             "assert lines[0].startswith('encoder.0.conv1.weight [8,1,3,3] 0'), lines[0]\n"
+                             "assert 'widths=8,16' in f.attrs['config']\n";
+    CHECK(std::system(("/usr/bin/python3 " + script + " " + path).c_str()) == 0);
+}
+
+TEST_CASE("CheckpointManager keeps the last K and finds the newest", "[checkpoint]") {
+    test::ScratchDir dir("ckpt_manager");
+    Net net(1);
+    Adam<float> opt(1e-3);
+    CheckpointManager mgr(dir.str(), 2);
+    TrainState s;
+    for (long step : {5L, 10L, 15L}) {
+        s.global_step = step;
+        mgr.save(net, opt, s);
+    }
+    const auto files = mgr.rolling();
+    REQUIRE(files.size() == 2);
+    CHECK(files[0] == mgr.path_for(15));
+    CHECK(files[1] == mgr.path_for(10));
+    // A corrupt newest file is passed over.
+    std::ofstream(mgr.path_for(20)) << "torn";
+    CHECK(mgr.latest() == mgr.path_for(15));
+    mgr.save_best(net, opt, s);
+    CHECK(std::filesystem::exists(mgr.best_path()));
+}
+
+TEST_CASE("A kill during save leaves a loadable checkpoint", "[checkpoint]") {
+    test::ScratchDir dir("ckpt_kill");
+    Net net(1);
+    Adam<float> opt(1e-3);
+    Tensor<float> x;
+    Tensor<std::uint8_t> y;
+    test::make_blobs(1, 0, 1, 16, x, y);
+    net.train_step(x, y, DiceLoss{}, opt);  // moments exist
+    std::mt19937 gen(123);
+    int checked = 0;
+    for (int round = 0; round < 6; ++round) {
+        {
+            CheckpointManager first(dir.str(), 2);  // first save happens before any kill
+            TrainState s;
+            s.global_step = round * 100000;
+            std::fill(net.parameters().begin(), net.parameters().end(), float(s.global_step));
+            first.save(net, opt, s);
+        }
+        const pid_t child = ::fork();
+        REQUIRE(child >= 0);
+        if (child == 0) {
+            // Child: save forever, each checkpoint internally consistent (weights == step).
+            try {
+                CheckpointManager mgr(dir.str(), 2);
+                TrainState s;
+                for (long step = round * 100000 + 1;; ++step) {
+                    s.global_step = step;
+                    s.step = step;
+                    std::fill(net.parameters().begin(), net.parameters().end(), float(step));
+                    mgr.save(net, opt, s);
+                }
+            } catch (...) {
+                ::_exit(3);
+            }
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<int>(5, 120)(gen)));
+        ::kill(child, SIGKILL);
+        int status = 0;
+        ::waitpid(child, &status, 0);
+        REQUIRE(WIFSIGNALED(status));
+        CheckpointManager mgr(dir.str(), 2);
+        const auto latest = mgr.latest();
+        REQUIRE(latest);
+        Net fresh(2);
+        Adam<float> o(1e-3);
+        TrainState s;
+        load_checkpoint(*latest, fresh, o, s);
+        CHECK(s.global_step >= round * 100000);
+        CHECK(fresh.parameters()[0] == float(s.global_step));
+        CHECK(fresh.parameters()[Net::parameter_count - 1] == float(s.global_step));
+        // Every rolling file left behind loads.
+        for (const auto& f : mgr.rolling()) CHECK_NOTHROW(load_checkpoint(f, fresh, o, s));
+        ++checked;
+    }
+    CHECK(checked == 6);
+}
