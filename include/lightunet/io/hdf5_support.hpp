@@ -1,0 +1,272 @@
+#pragma once
+// What the HDF5 readers and writers share (Kaggle slices, the preprocessed store): RAII handles,
+// one process-wide lock, the library's error stack turned into DataError messages that name the
+// file and dataset, and small typed helpers.
+//
+// Locking: every HDF5 call happens under H5Lock. A serial (non-thread-safe) HDF5 build needs it;
+// a thread-safe build serialises its API calls anyway, so the lock costs nothing there. The lock
+// also switches off automatic error printing, which HDF5 keeps per thread.
+#include <hdf5.h>
+
+#include <array>
+#include <cstdint>
+#include <filesystem>
+#include <mutex>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "../data/labels.hpp"
+
+namespace lightunet::io {
+
+namespace detail {
+
+inline std::recursive_mutex& hdf5_mutex() {
+    static std::recursive_mutex mutex;
+    return mutex;
+}
+
+class H5Lock {
+public:
+    H5Lock() : lock_(hdf5_mutex()) { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+
+private:
+    std::lock_guard<std::recursive_mutex> lock_;
+};
+
+// The innermost descriptions of HDF5's error stack, then clears it.
+inline std::string hdf5_error_text() {
+    std::string text;
+    H5Ewalk2(
+        H5E_DEFAULT, H5E_WALK_DOWNWARD,
+        [](unsigned depth, const H5E_error2_t* entry, void* data) -> herr_t {
+            auto* out = static_cast<std::string*>(data);
+            if (depth < 3 && entry->desc != nullptr && *entry->desc != '\0') {
+                if (!out->empty()) *out += "; ";
+                *out += entry->desc;
+            }
+            return 0;
+        },
+        &text);
+    H5Eclear2(H5E_DEFAULT);
+    return text.empty() ? std::string("HDF5 error") : text;
+}
+
+[[noreturn]] inline void throw_hdf5(const std::string& context) {
+    throw data::DataError(context + " (" + hdf5_error_text() + ")");
+}
+
+inline void check_hdf5(herr_t status, const std::string& context) {
+    if (status < 0) throw_hdf5(context);
+}
+
+// An owned hid_t closed with the matching H5?close.
+class H5Handle {
+public:
+    using Closer = herr_t (*)(hid_t);
+    H5Handle() = default;
+    H5Handle(hid_t id, Closer closer, const std::string& context) : id_(id), closer_(closer) {
+        if (id_ < 0) throw_hdf5(context);
+    }
+    H5Handle(H5Handle&& other) noexcept : id_(std::exchange(other.id_, -1)), closer_(other.closer_) {}
+    H5Handle& operator=(H5Handle&& other) noexcept {
+        if (this != &other) {
+            reset();
+            id_ = std::exchange(other.id_, -1);
+            closer_ = other.closer_;
+        }
+        return *this;
+    }
+    H5Handle(const H5Handle&) = delete;
+    H5Handle& operator=(const H5Handle&) = delete;
+    ~H5Handle() { reset(); }
+    void reset() {
+        if (id_ >= 0 && closer_ != nullptr) {
+            H5Lock lock;
+            closer_(id_);
+        }
+        id_ = -1;
+    }
+    hid_t get() const { return id_; }
+    bool valid() const { return id_ >= 0; }
+
+private:
+    hid_t id_ = -1;
+    Closer closer_ = nullptr;
+};
+
+inline H5Handle open_hdf5_read(const std::filesystem::path& path) {
+    std::error_code error;
+    if (!std::filesystem::is_regular_file(path, error)) throw data::DataError(path.string() + ": no such file");
+    if (H5Fis_hdf5(path.c_str()) <= 0) {
+        H5Eclear2(H5E_DEFAULT);
+        throw data::DataError(path.string() + ": not an HDF5 file");
+    }
+    return {H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose, path.string() + ": cannot open as HDF5"};
+}
+
+inline H5Handle create_hdf5(const std::filesystem::path& path) {
+    return {H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose,
+            path.string() + ": cannot create HDF5 file"};
+}
+
+inline H5Handle open_dataset(hid_t location, const std::string& name, const std::string& context) {
+    if (H5Lexists(location, name.c_str(), H5P_DEFAULT) <= 0) {
+        H5Eclear2(H5E_DEFAULT);
+        throw data::DataError(context + ": no dataset '" + name + "'");
+    }
+    return {H5Dopen2(location, name.c_str(), H5P_DEFAULT), H5Dclose, context + ": cannot open dataset '" + name + "'"};
+}
+
+inline H5Handle open_group(hid_t location, const std::string& name, const std::string& context) {
+    if (H5Lexists(location, name.c_str(), H5P_DEFAULT) <= 0) {
+        H5Eclear2(H5E_DEFAULT);
+        throw data::DataError(context + ": no group '" + name + "'");
+    }
+    return {H5Gopen2(location, name.c_str(), H5P_DEFAULT), H5Gclose, context + ": cannot open group '" + name + "'"};
+}
+
+inline std::vector<hsize_t> dataset_dims(hid_t dataset, const std::string& context) {
+    H5Handle space(H5Dget_space(dataset), H5Sclose, context + ": no dataspace");
+    const int rank = H5Sget_simple_extent_ndims(space.get());
+    if (rank < 0 || rank > 32) throw_hdf5(context + ": bad dataspace");
+    std::vector<hsize_t> dims(static_cast<std::size_t>(rank));
+    if (rank > 0 && H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr) < 0) throw_hdf5(context + ": bad dataspace");
+    return dims;
+}
+
+inline std::string dims_text(const std::vector<hsize_t>& dims) {
+    std::string text = "(";
+    for (std::size_t i = 0; i < dims.size(); ++i) text += (i ? ", " : "") + std::to_string(dims[i]);
+    return text + ")";
+}
+
+struct StoredType {
+    H5T_class_t type_class = H5T_NO_CLASS;
+    std::size_t bytes = 0;
+    bool is_signed = false;
+    std::string describe() const {
+        const char* kind = type_class == H5T_FLOAT ? "float" : type_class == H5T_INTEGER ? (is_signed ? "int" : "uint") : "non-numeric";
+        return std::string(kind) + std::to_string(8 * bytes);
+    }
+};
+
+inline StoredType dataset_type(hid_t dataset, const std::string& context) {
+    H5Handle type(H5Dget_type(dataset), H5Tclose, context + ": no datatype");
+    StoredType stored;
+    stored.type_class = H5Tget_class(type.get());
+    stored.bytes = H5Tget_size(type.get());
+    if (stored.type_class == H5T_INTEGER) stored.is_signed = H5Tget_sign(type.get()) == H5T_SGN_2;
+    return stored;
+}
+
+template <class T>
+hid_t native_type() {
+    if constexpr (std::is_same_v<T, float>) return H5T_NATIVE_FLOAT;
+    else if constexpr (std::is_same_v<T, double>) return H5T_NATIVE_DOUBLE;
+    else if constexpr (std::is_same_v<T, std::uint8_t>) return H5T_NATIVE_UINT8;
+    else if constexpr (std::is_same_v<T, std::int32_t>) return H5T_NATIVE_INT32;
+    else if constexpr (std::is_same_v<T, std::int64_t>) return H5T_NATIVE_INT64;
+    else static_assert(!sizeof(T), "no HDF5 native type for this element type");
+}
+
+// Reads a whole dataset (converted to T by HDF5) into `out`, which must have the right size.
+template <class T>
+void read_whole(hid_t dataset, std::vector<T>& out, const std::string& context) {
+    check_hdf5(H5Dread(dataset, native_type<T>(), H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()), context + ": read failed");
+}
+
+// Creates a chunked, compressed dataset and writes `values` (row-major over `dims`).
+template <class T>
+void write_dataset(hid_t location, const std::string& name, const std::vector<hsize_t>& dims, const std::vector<hsize_t>& chunk,
+                   hid_t file_type, const T* values, bool shuffle, int gzip_level, const std::string& context) {
+    H5Handle space(H5Screate_simple(int(dims.size()), dims.data(), nullptr), H5Sclose, context + ": dataspace");
+    H5Handle properties(H5Pcreate(H5P_DATASET_CREATE), H5Pclose, context + ": properties");
+    if (!chunk.empty()) {
+        check_hdf5(H5Pset_chunk(properties.get(), int(chunk.size()), chunk.data()), context + ": chunking of '" + name + "'");
+        if (shuffle) check_hdf5(H5Pset_shuffle(properties.get()), context + ": shuffle of '" + name + "'");
+        if (gzip_level > 0) check_hdf5(H5Pset_deflate(properties.get(), unsigned(gzip_level)), context + ": gzip of '" + name + "'");
+    }
+    H5Handle dataset(H5Dcreate2(location, name.c_str(), file_type, space.get(), H5P_DEFAULT, properties.get(), H5P_DEFAULT),
+                     H5Dclose, context + ": cannot create dataset '" + name + "'");
+    check_hdf5(H5Dwrite(dataset.get(), native_type<T>(), H5S_ALL, H5S_ALL, H5P_DEFAULT, values),
+               context + ": cannot write dataset '" + name + "'");
+}
+
+// Attributes: numeric arrays (a scalar is a 1-element array written as a scalar) and
+// variable-length UTF-8 strings, which h5py reads as str.
+template <class T>
+void write_attribute(hid_t location, const std::string& name, const std::vector<T>& values, const std::string& context,
+                     std::vector<hsize_t> dims = {}) {
+    if (dims.empty() && values.size() != 1) dims = {hsize_t(values.size())};
+    H5Handle space(dims.empty() ? H5Screate(H5S_SCALAR) : H5Screate_simple(int(dims.size()), dims.data(), nullptr), H5Sclose,
+                   context + ": attribute space");
+    H5Handle attribute(H5Acreate2(location, name.c_str(), native_type<T>(), space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose,
+                       context + ": cannot create attribute '" + name + "'");
+    check_hdf5(H5Awrite(attribute.get(), native_type<T>(), values.data()), context + ": cannot write attribute '" + name + "'");
+}
+
+inline H5Handle utf8_string_type(const std::string& context) {
+    H5Handle type(H5Tcopy(H5T_C_S1), H5Tclose, context + ": string type");
+    check_hdf5(H5Tset_size(type.get(), H5T_VARIABLE), context + ": string type");
+    check_hdf5(H5Tset_cset(type.get(), H5T_CSET_UTF8), context + ": string type");
+    return type;
+}
+
+inline void write_string_attribute(hid_t location, const std::string& name, const std::vector<std::string>& values,
+                                   const std::string& context, bool scalar = false) {
+    H5Handle type = utf8_string_type(context);
+    const hsize_t count = values.size();
+    H5Handle space(scalar ? H5Screate(H5S_SCALAR) : H5Screate_simple(1, &count, nullptr), H5Sclose, context + ": attribute space");
+    H5Handle attribute(H5Acreate2(location, name.c_str(), type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose,
+                       context + ": cannot create attribute '" + name + "'");
+    std::vector<const char*> pointers;
+    for (const std::string& value : values) pointers.push_back(value.c_str());
+    check_hdf5(H5Awrite(attribute.get(), type.get(), pointers.data()), context + ": cannot write attribute '" + name + "'");
+}
+
+inline H5Handle open_attribute(hid_t location, const std::string& name, const std::string& context) {
+    if (H5Aexists(location, name.c_str()) <= 0) {
+        H5Eclear2(H5E_DEFAULT);
+        throw data::DataError(context + ": no attribute '" + name + "'");
+    }
+    return {H5Aopen(location, name.c_str(), H5P_DEFAULT), H5Aclose, context + ": cannot open attribute '" + name + "'"};
+}
+
+template <class T>
+std::vector<T> read_attribute(hid_t location, const std::string& name, std::size_t expected_count, const std::string& context) {
+    H5Handle attribute = open_attribute(location, name, context);
+    H5Handle space(H5Aget_space(attribute.get()), H5Sclose, context + ": attribute space");
+    const hssize_t count = H5Sget_simple_extent_npoints(space.get());
+    if (count < 0 || std::size_t(count) != expected_count)
+        throw data::DataError(context + ": attribute '" + name + "' holds " + std::to_string(count) + " values, expected " +
+                              std::to_string(expected_count));
+    std::vector<T> values(expected_count);
+    check_hdf5(H5Aread(attribute.get(), native_type<T>(), values.data()), context + ": cannot read attribute '" + name + "'");
+    return values;
+}
+
+inline std::vector<std::string> read_string_attribute(hid_t location, const std::string& name, const std::string& context) {
+    H5Handle attribute = open_attribute(location, name, context);
+    H5Handle stored_type(H5Aget_type(attribute.get()), H5Tclose, context + ": attribute type");
+    if (H5Tget_class(stored_type.get()) != H5T_STRING || H5Tis_variable_str(stored_type.get()) <= 0)
+        throw data::DataError(context + ": attribute '" + name + "' is not a variable-length string");
+    H5Handle space(H5Aget_space(attribute.get()), H5Sclose, context + ": attribute space");
+    const hssize_t count = H5Sget_simple_extent_npoints(space.get());
+    if (count < 0 || count > (1 << 20)) throw data::DataError(context + ": attribute '" + name + "' has a bad size");
+    std::vector<char*> pointers(std::size_t(count), nullptr);
+    H5Handle type = utf8_string_type(context);
+    check_hdf5(H5Aread(attribute.get(), type.get(), pointers.data()), context + ": cannot read attribute '" + name + "'");
+    std::vector<std::string> values;
+    for (char* pointer : pointers) values.emplace_back(pointer != nullptr ? pointer : "");
+    H5Handle memory_space(H5Screate_simple(1, std::array<hsize_t, 1>{hsize_t(count)}.data(), nullptr), H5Sclose,
+                          context + ": space");
+    H5Dvlen_reclaim(type.get(), memory_space.get(), H5P_DEFAULT, pointers.data());
+    return values;
+}
+
+}  // namespace detail
+
+}  // namespace lightunet::io

@@ -1,0 +1,554 @@
+#pragma once
+// The Kaggle "BraTS2020 training data" HDF5 slices: `volume_<v>_slice_<s>.h5`, each with
+//   image (X, Y, 4) float64, channels [FLAIR, T1, T1ce, T2], each channel of each slice z-scored
+//         over all X*Y pixels (background included, population std), chunks (60,60,1), gzip 9;
+//   mask  (X, Y, 3) uint8 {0,1}, channels [NCR/NET (label 1), ED (label 2), ET (label 4)],
+//         mutually exclusive, chunks (60,60,2), gzip 9;
+// no attributes; image[i][j][c] = vol[x=i][y=j][z=s] of the NIfTI volume as stored, so readers
+// transpose into lightunet's x-fastest order. Plus a metadata CSV:
+//   slice_path,target,volume,slice,label0_pxl_cnt,label1_pxl_cnt,label2_pxl_cnt,background_ratio
+// (target = 1 when the slice holds any tumour pixel; labelK_pxl_cnt = pixels of mask channel K;
+// background_ratio = fraction of pixels in no mask channel — our reading of the set, whose
+// documentation does not define it).
+//
+// Channel order: the order is declared (default the measured one above) and checked against
+// the intensities, because many public notebooks declare it wrongly: T2 shows the most bright
+// CSF, enhancing tumour stands out from edema most on T1ce, edema is brightest on FLAIR. A
+// declared order the data contradicts raises; too few pixels of a kind means that check is
+// not made (ChannelOrderCheck says which were).
+#include <algorithm>
+#include <array>
+#include <charconv>
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <optional>
+#include <regex>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "../data/case.hpp"
+#include "../data/labels.hpp"
+#include "hdf5_support.hpp"
+
+namespace lightunet::io {
+
+namespace fs = std::filesystem;
+
+struct KaggleChannels {
+    // Which modality each stored image channel holds.
+    std::array<data::Modality, data::kModalityCount> image{data::Modality::flair, data::Modality::t1,
+                                                           data::Modality::t1ce, data::Modality::t2};
+    // Which canonical class each stored mask channel marks (1 NCR, 2 ED, 3 ET).
+    std::array<int, 3> mask_classes{1, 2, 3};
+};
+
+struct KaggleReadOptions {
+    KaggleChannels channels;
+    bool verify_channel_order = true;
+};
+
+// One slice in lightunet's order: images [kModalityCount][y][x] in canonical modality order
+// (t1, t1ce, t2, flair), labels [y][x] canonical classes.
+struct KaggleSlice {
+    fs::path path;
+    int width = 0, height = 0;  // x, y extents
+    std::vector<float> images;
+    std::vector<std::uint8_t> labels;
+};
+
+// Which intensity checks the data allowed, and the statistics behind them.
+struct ChannelOrderCheck {
+    bool checked_t2 = false, checked_t1ce = false, checked_flair = false;
+};
+
+namespace detail {
+
+inline std::string modality_label(data::Modality modality) {
+    static const std::array<const char*, 4> names{"T1", "T1ce", "T2", "FLAIR"};
+    return names[std::size_t(modality)];
+}
+
+inline std::string declared_order_text(const KaggleChannels& channels) {
+    std::string text = "[";
+    for (std::size_t c = 0; c < channels.image.size(); ++c) text += (c ? ", " : "") + modality_label(channels.image[c]);
+    return text + "]";
+}
+
+// Pools intensity statistics of stored channels over slices (each z-scored on its own, as the
+// Kaggle files are) and checks them against a declared order.
+class ChannelOrderEvidence {
+public:
+    // `channels` [4][count] in stored channel order, `classes` [count] canonical (0..3).
+    void add_slice(const float* channels, const std::uint8_t* classes, std::size_t count) {
+        if (count == 0) return;
+        std::array<double, 4> mean{}, stdev{};
+        std::array<float, 4> minimum{};
+        for (std::size_t c = 0; c < 4; ++c) {
+            const float* v = channels + c * count;
+            double sum = 0, squares = 0;
+            float low = v[0];
+            for (std::size_t i = 0; i < count; ++i) {
+                sum += v[i];
+                squares += double(v[i]) * v[i];
+                low = std::min(low, v[i]);
+            }
+            mean[c] = sum / double(count);
+            stdev[c] = std::sqrt(std::max(0.0, squares / double(count) - mean[c] * mean[c]));
+            minimum[c] = low;
+        }
+        // Brain: a pixel where some channel is above its slice minimum (the background value).
+        std::vector<std::uint8_t> brain(count, 0);
+        std::size_t brain_count = 0;
+        std::array<double, 4> brain_sum{}, brain_squares{};
+        for (std::size_t i = 0; i < count; ++i) {
+            for (std::size_t c = 0; c < 4; ++c)
+                if (channels[c * count + i] > minimum[c]) brain[i] = 1;
+            if (!brain[i] || classes[i] != 0) continue;
+            ++brain_count;
+            for (std::size_t c = 0; c < 4; ++c) {
+                const double z = normalised(channels[c * count + i], mean[c], stdev[c]);
+                brain_sum[c] += z;
+                brain_squares[c] += z * z;
+            }
+        }
+        if (brain_count >= 500) {
+            for (std::size_t c = 0; c < 4; ++c) {
+                const double brain_mean = brain_sum[c] / double(brain_count);
+                const double brain_std = std::sqrt(std::max(0.0, brain_squares[c] / double(brain_count) - brain_mean * brain_mean));
+                const double threshold = brain_mean + 2 * brain_std;
+                for (std::size_t i = 0; i < count; ++i)
+                    if (brain[i] && classes[i] == 0 && normalised(channels[c * count + i], mean[c], stdev[c]) > threshold)
+                        ++bright_tail_[c];
+            }
+            healthy_brain_ += brain_count;
+        }
+        for (std::size_t i = 0; i < count; ++i) {
+            const std::uint8_t k = classes[i];
+            if (k == 0 || k > 3) continue;
+            ++class_count_[k];
+            for (std::size_t c = 0; c < 4; ++c) class_sum_[k][c] += normalised(channels[c * count + i], mean[c], stdev[c]);
+        }
+    }
+
+    // Raises DataError naming `source` when the data contradicts `channels`.
+    ChannelOrderCheck verify(const KaggleChannels& channels, const std::string& source) const {
+        ChannelOrderCheck result;
+        auto stored_channel_of = [&](data::Modality modality) {
+            return std::size_t(std::find(channels.image.begin(), channels.image.end(), modality) - channels.image.begin());
+        };
+        auto contradiction = [&](const std::string& what, std::size_t observed, data::Modality expected,
+                                 const std::array<double, 4>& values) {
+            std::ostringstream text;
+            text << source << ": declared channel order " << declared_order_text(channels)
+                 << " contradicts the intensities: " << what << " is largest on stored channel " << observed << " (declared "
+                 << modality_label(channels.image[observed]) << "), expected on " << modality_label(expected)
+                 << " (per channel:";
+            for (double v : values) text << ' ' << v;
+            text << ')';
+            throw data::DataError(text.str());
+        };
+        auto argmax = [](const std::array<double, 4>& values) {
+            return std::size_t(std::max_element(values.begin(), values.end()) - values.begin());
+        };
+        // T2: CSF makes the largest share of very bright healthy-brain pixels.
+        if (healthy_brain_ >= 2000) {
+            std::array<double, 4> share{};
+            for (std::size_t c = 0; c < 4; ++c) share[c] = double(bright_tail_[c]) / double(healthy_brain_);
+            if (argmax(share) != stored_channel_of(data::Modality::t2))
+                contradiction("the share of bright healthy-brain pixels (CSF)", argmax(share), data::Modality::t2, share);
+            result.checked_t2 = true;
+        }
+        const auto class_mean = [&](int k, std::size_t c) { return class_sum_[std::size_t(k)][c] / double(class_count_[std::size_t(k)]); };
+        constexpr int ed = 2, et = 3;  // canonical classes: the slice labels are already mapped
+        // T1ce: enhancing tumour minus edema.
+        if (class_count_[std::size_t(et)] >= 20 && class_count_[std::size_t(ed)] >= 50) {
+            std::array<double, 4> contrast{};
+            for (std::size_t c = 0; c < 4; ++c) contrast[c] = class_mean(et, c) - class_mean(ed, c);
+            if (argmax(contrast) != stored_channel_of(data::Modality::t1ce))
+                contradiction("enhancing tumour minus edema", argmax(contrast), data::Modality::t1ce, contrast);
+            result.checked_t1ce = true;
+        }
+        // FLAIR: edema is brightest on it.
+        if (class_count_[std::size_t(ed)] >= 50) {
+            std::array<double, 4> edema{};
+            for (std::size_t c = 0; c < 4; ++c) edema[c] = class_mean(ed, c);
+            if (argmax(edema) != stored_channel_of(data::Modality::flair))
+                contradiction("the mean intensity in edema", argmax(edema), data::Modality::flair, edema);
+            result.checked_flair = true;
+        }
+        return result;
+    }
+
+private:
+    static double normalised(float v, double mean, double stdev) { return stdev > 0 ? (v - mean) / stdev : 0.0; }
+
+    std::array<std::size_t, 4> bright_tail_{};
+    std::size_t healthy_brain_ = 0;
+    std::array<std::size_t, 4> class_count_{};
+    std::array<std::array<double, 4>, 4> class_sum_{};
+};
+
+inline void validate_channels(const KaggleChannels& channels) {
+    std::array<int, 4> seen{};
+    for (data::Modality m : channels.image) ++seen[std::size_t(m)];
+    if (std::any_of(seen.begin(), seen.end(), [](int n) { return n != 1; }))
+        throw std::invalid_argument("KaggleChannels: image channels must name each modality once");
+    std::array<int, 4> classes_seen{};
+    for (int k : channels.mask_classes) {
+        if (k < 1 || k > 3) throw std::invalid_argument("KaggleChannels: mask classes must be 1..3");
+        ++classes_seen[std::size_t(k)];
+    }
+    if (classes_seen[1] != 1 || classes_seen[2] != 1 || classes_seen[3] != 1)
+        throw std::invalid_argument("KaggleChannels: mask channels must name classes 1, 2, 3 once each");
+}
+
+// Stored channels [4][y][x] (file channel order) and canonical labels of one slice file.
+struct StoredSlice {
+    int width = 0, height = 0;
+    std::vector<float> channels;
+    std::vector<std::uint8_t> classes;
+};
+
+inline StoredSlice read_stored_slice(const fs::path& path, const KaggleChannels& channels) {
+    const std::string name = path.string();
+    StoredSlice slice;
+    std::vector<double> image;
+    std::vector<std::uint8_t> mask;
+    {
+        H5Lock lock;
+        H5Handle file = open_hdf5_read(path);
+        H5Handle image_set = open_dataset(file.get(), "image", name);
+        const std::vector<hsize_t> image_dims = dataset_dims(image_set.get(), name + ": image");
+        const StoredType image_type = dataset_type(image_set.get(), name + ": image");
+        if (image_dims.size() != 3 || image_dims[2] != 4 || image_dims[0] < 1 || image_dims[1] < 1 ||
+            image_dims[0] > 4096 || image_dims[1] > 4096)
+            throw data::DataError(name + ": dataset 'image' has shape " + dims_text(image_dims) + ", expected (X, Y, 4)");
+        if (image_type.type_class != H5T_FLOAT)
+            throw data::DataError(name + ": dataset 'image' is " + image_type.describe() + ", expected float64");
+        H5Handle mask_set = open_dataset(file.get(), "mask", name);
+        const std::vector<hsize_t> mask_dims = dataset_dims(mask_set.get(), name + ": mask");
+        const StoredType mask_type = dataset_type(mask_set.get(), name + ": mask");
+        if (mask_dims.size() != 3 || mask_dims[0] != image_dims[0] || mask_dims[1] != image_dims[1] || mask_dims[2] != 3)
+            throw data::DataError(name + ": dataset 'mask' has shape " + dims_text(mask_dims) + ", expected (" +
+                                  std::to_string(image_dims[0]) + ", " + std::to_string(image_dims[1]) + ", 3)");
+        if (mask_type.type_class != H5T_INTEGER)
+            throw data::DataError(name + ": dataset 'mask' is " + mask_type.describe() + ", expected uint8");
+        slice.width = int(image_dims[0]);
+        slice.height = int(image_dims[1]);
+        image.resize(std::size_t(slice.width) * slice.height * 4);
+        mask.resize(std::size_t(slice.width) * slice.height * 3);
+        read_whole(image_set.get(), image, name + ": image");
+        read_whole(mask_set.get(), mask, name + ": mask");
+    }
+    const std::size_t pixels = std::size_t(slice.width) * slice.height;
+    slice.channels.resize(pixels * 4);
+    slice.classes.assign(pixels, 0);
+    std::size_t nonfinite = 0, bad_mask = 0, overlapping = 0;
+    for (int x = 0; x < slice.width; ++x)
+        for (int y = 0; y < slice.height; ++y) {
+            const std::size_t stored = std::size_t(x) * slice.height + y;  // [i=x][j=y][c]
+            const std::size_t ours = std::size_t(y) * slice.width + x;
+            for (std::size_t c = 0; c < 4; ++c) {
+                const double v = image[stored * 4 + c];
+                if (!std::isfinite(v)) ++nonfinite;
+                slice.channels[c * pixels + ours] = float(v);
+            }
+            int set = 0;
+            for (std::size_t k = 0; k < 3; ++k) {
+                const std::uint8_t m = mask[stored * 3 + k];
+                if (m > 1) ++bad_mask;
+                if (m == 1) {
+                    ++set;
+                    slice.classes[ours] = std::uint8_t(channels.mask_classes[k]);
+                }
+            }
+            if (set > 1) ++overlapping;
+        }
+    if (nonfinite != 0) throw data::DataError(name + ": dataset 'image' holds " + std::to_string(nonfinite) + " NaN/Inf values");
+    if (bad_mask != 0) throw data::DataError(name + ": dataset 'mask' holds " + std::to_string(bad_mask) + " values other than 0/1");
+    if (overlapping != 0)
+        throw data::DataError(name + ": dataset 'mask' marks " + std::to_string(overlapping) +
+                              " pixels in more than one channel (channels must be mutually exclusive)");
+    return slice;
+}
+
+inline void to_canonical_channels(const std::vector<float>& stored, const KaggleChannels& channels, std::size_t pixels,
+                                  float* canonical) {
+    for (std::size_t c = 0; c < 4; ++c)
+        std::copy(stored.begin() + std::ptrdiff_t(c * pixels), stored.begin() + std::ptrdiff_t((c + 1) * pixels),
+                  canonical + std::size_t(channels.image[c]) * pixels);
+}
+
+}  // namespace detail
+
+// Reads one slice file. Raises DataError naming the file for a missing dataset, wrong shape or
+// type, NaN/Inf, mask values other than 0/1, overlapping mask channels, or (with
+// verify_channel_order) a declared channel order the intensities contradict.
+inline KaggleSlice read_kaggle_slice(const fs::path& path, const KaggleReadOptions& options = {}) {
+    detail::validate_channels(options.channels);
+    detail::StoredSlice stored = detail::read_stored_slice(path, options.channels);
+    const std::size_t pixels = std::size_t(stored.width) * stored.height;
+    if (options.verify_channel_order) {
+        detail::ChannelOrderEvidence evidence;
+        evidence.add_slice(stored.channels.data(), stored.classes.data(), pixels);
+        evidence.verify(options.channels, path.string());
+    }
+    KaggleSlice slice;
+    slice.path = path;
+    slice.width = stored.width;
+    slice.height = stored.height;
+    slice.images.resize(pixels * 4);
+    detail::to_canonical_channels(stored.channels, options.channels, pixels, slice.images.data());
+    slice.labels = std::move(stored.classes);
+    return slice;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metadata CSV
+
+struct KaggleSliceRecord {
+    std::string slice_path;
+    int target = 0;
+    int volume = 0;
+    int slice = 0;
+    std::array<long long, 3> label_pixel_counts{};
+    double background_ratio = 1.0;
+};
+
+inline constexpr const char* kKaggleCsvHeader =
+    "slice_path,target,volume,slice,label0_pxl_cnt,label1_pxl_cnt,label2_pxl_cnt,background_ratio";
+
+inline std::vector<KaggleSliceRecord> read_kaggle_metadata(const fs::path& csv) {
+    std::ifstream in(csv);
+    if (!in) throw data::DataError(csv.string() + ": cannot open");
+    std::string line;
+    if (!std::getline(in, line)) throw data::DataError(csv.string() + ": empty file, expected the header " + kKaggleCsvHeader);
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line != kKaggleCsvHeader) throw data::DataError(csv.string() + ":1: header '" + line + "', expected " + kKaggleCsvHeader);
+    std::vector<KaggleSliceRecord> records;
+    for (int number = 2; std::getline(in, line); ++number) {
+        if (!line.empty() && line.back() == '\r') line.pop_back();
+        if (line.empty()) continue;
+        std::vector<std::string> fields;
+        std::stringstream stream(line);
+        for (std::string field; std::getline(stream, field, ',');) fields.push_back(field);
+        const std::string where = csv.string() + ":" + std::to_string(number);
+        if (fields.size() != 8) throw data::DataError(where + ": " + std::to_string(fields.size()) + " fields, expected 8");
+        auto integer = [&](std::size_t i) {
+            long long value = 0;
+            const std::string& f = fields[i];
+            double as_double = 0;
+            const auto [end, error] = std::from_chars(f.data(), f.data() + f.size(), value);
+            if (error == std::errc() && end == f.data() + f.size()) return value;
+            // Some exports write counts as floats ("12.0").
+            const auto [end2, error2] = std::from_chars(f.data(), f.data() + f.size(), as_double);
+            if (error2 == std::errc() && end2 == f.data() + f.size() && std::nearbyint(as_double) == as_double)
+                return (long long)as_double;
+            throw data::DataError(where + ": field " + std::to_string(i + 1) + " '" + f + "' is not an integer");
+        };
+        KaggleSliceRecord record;
+        record.slice_path = fields[0];
+        record.target = int(integer(1));
+        record.volume = int(integer(2));
+        record.slice = int(integer(3));
+        for (std::size_t k = 0; k < 3; ++k) record.label_pixel_counts[k] = integer(4 + k);
+        const std::string& ratio = fields[7];
+        const auto [end, error] = std::from_chars(ratio.data(), ratio.data() + ratio.size(), record.background_ratio);
+        if (error != std::errc() || end != ratio.data() + ratio.size() || !(record.background_ratio >= 0 && record.background_ratio <= 1))
+            throw data::DataError(where + ": background_ratio '" + ratio + "' is not a number in [0, 1]");
+        if (record.target != 0 && record.target != 1) throw data::DataError(where + ": target " + std::to_string(record.target) + " is not 0 or 1");
+        records.push_back(std::move(record));
+    }
+    return records;
+}
+
+inline void write_kaggle_metadata(const fs::path& csv, const std::vector<KaggleSliceRecord>& records) {
+    std::ofstream out(csv, std::ios::trunc);
+    if (!out) throw data::DataError(csv.string() + ": cannot create");
+    out << kKaggleCsvHeader << '\n';
+    char ratio[32];
+    for (const KaggleSliceRecord& r : records) {
+        std::snprintf(ratio, sizeof(ratio), "%.17g", r.background_ratio);
+        out << r.slice_path << ',' << r.target << ',' << r.volume << ',' << r.slice << ',' << r.label_pixel_counts[0] << ','
+            << r.label_pixel_counts[1] << ',' << r.label_pixel_counts[2] << ',' << ratio << '\n';
+    }
+    if (!out.flush()) throw data::DataError(csv.string() + ": write failed");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Volumes
+
+// `volume_<v>_slice_<s>.h5` files of a folder, by volume then slice. Other files are ignored.
+inline std::map<int, std::map<int, fs::path>> group_kaggle_slices(const fs::path& folder) {
+    std::error_code error;
+    if (!fs::is_directory(folder, error)) throw data::DataError(folder.string() + ": not a folder");
+    static const std::regex pattern(R"(volume_(\d+)_slice_(\d+)\.h5)");
+    std::map<int, std::map<int, fs::path>> volumes;
+    for (const fs::directory_entry& entry : fs::directory_iterator(folder, error)) {
+        const std::string file_name = entry.path().filename().string();
+        std::smatch match;
+        if (!std::regex_match(file_name, match, pattern)) continue;
+        volumes[std::stoi(match[1].str())][std::stoi(match[2].str())] = entry.path();
+    }
+    if (error) throw data::DataError(folder.string() + ": cannot list (" + error.message() + ")");
+    if (volumes.empty()) throw data::DataError(folder.string() + ": no volume_<v>_slice_<s>.h5 files");
+    return volumes;
+}
+
+enum class MissingSlices {
+    raise,            // a volume must hold slices 0..depth-1 (default)
+    fill_background,  // missing slices become zero images and background labels, and are listed
+};
+
+struct KaggleVolumeOptions {
+    KaggleReadOptions read;
+    int depth = 155;  // slices per volume in the Kaggle set
+    MissingSlices missing = MissingSlices::raise;
+};
+
+struct KaggleVolume {
+    data::Case case_data;             // id "volume_<v>", extent {X, Y, depth}, canonical channels
+    std::vector<int> missing_slices;  // filled with background (only with fill_background)
+    ChannelOrderCheck channel_check;
+};
+
+// Reads every slice of volume `volume` in `folder` into one case. The channel-order check pools
+// all slices. Slices outside 0..depth-1 and differing slice shapes raise; missing slices raise
+// unless options.missing is fill_background (then they are listed in the result).
+inline KaggleVolume read_kaggle_volume(const fs::path& folder, int volume, const KaggleVolumeOptions& options = {}) {
+    detail::validate_channels(options.read.channels);
+    const auto volumes = group_kaggle_slices(folder);
+    const auto found = volumes.find(volume);
+    const std::string context = (folder / ("volume_" + std::to_string(volume) + "_slice_*.h5")).string();
+    if (found == volumes.end()) throw data::DataError(context + ": no slices of volume " + std::to_string(volume));
+    const auto& slices = found->second;
+    if (slices.rbegin()->first >= options.depth)
+        throw data::DataError(slices.rbegin()->second.string() + ": slice " + std::to_string(slices.rbegin()->first) +
+                              " beyond the volume depth " + std::to_string(options.depth));
+    KaggleVolume result;
+    for (int s = 0; s < options.depth; ++s)
+        if (!slices.count(s)) result.missing_slices.push_back(s);
+    if (!result.missing_slices.empty() && options.missing == MissingSlices::raise) {
+        std::string list;
+        for (std::size_t i = 0; i < result.missing_slices.size() && i < 20; ++i) list += (i ? "," : "") + std::to_string(result.missing_slices[i]);
+        if (result.missing_slices.size() > 20) list += ",...";
+        throw data::DataError(context + ": " + std::to_string(result.missing_slices.size()) + " of " + std::to_string(options.depth) +
+                              " slices missing (" + list + ")");
+    }
+    data::Case& c = result.case_data;
+    c.id = "volume_" + std::to_string(volume);
+    detail::ChannelOrderEvidence evidence;
+    for (const auto& [s, path] : slices) {
+        detail::StoredSlice stored = detail::read_stored_slice(path, options.read.channels);
+        if (c.extent.voxels() == 0) {
+            c.extent = {stored.width, stored.height, options.depth};
+            c.images.assign(std::size_t(data::kModalityCount) * c.extent.voxels(), 0.0f);
+            c.labels.assign(c.extent.voxels(), 0);
+        } else if (stored.width != c.extent.x || stored.height != c.extent.y) {
+            throw data::DataError(path.string() + ": slice is " + std::to_string(stored.width) + "x" + std::to_string(stored.height) +
+                                  ", other slices of the volume are " + std::to_string(c.extent.x) + "x" + std::to_string(c.extent.y));
+        }
+        const std::size_t pixels = std::size_t(stored.width) * stored.height;
+        if (options.read.verify_channel_order) evidence.add_slice(stored.channels.data(), stored.classes.data(), pixels);
+        for (std::size_t channel = 0; channel < 4; ++channel)
+            std::copy_n(stored.channels.begin() + std::ptrdiff_t(channel * pixels), pixels,
+                        c.image(int(options.read.channels.image[channel])) + std::size_t(s) * pixels);
+        std::copy(stored.classes.begin(), stored.classes.end(), c.labels.begin() + std::ptrdiff_t(std::size_t(s) * pixels));
+    }
+    if (options.read.verify_channel_order) result.channel_check = evidence.verify(options.read.channels, context);
+    c.geometry.extent = c.extent;  // the slices carry no geometry: 1 mm, orientation unknown (codes 0)
+    c.crop.begin = {0, 0, 0};
+    c.crop.end = {c.extent.x, c.extent.y, c.extent.z};
+    return result;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writer
+
+namespace detail {
+
+// z-score of one channel of one slice over all its pixels, population std; a constant channel
+// (std 0, e.g. an all-background slice) is only centred.
+inline void zscore_slice(const float* in, std::size_t count, double* out, std::size_t stride) {
+    double sum = 0, squares = 0;
+    for (std::size_t i = 0; i < count; ++i) sum += in[i];
+    const double mean = sum / double(count);
+    for (std::size_t i = 0; i < count; ++i) squares += (in[i] - mean) * (in[i] - mean);
+    const double stdev = std::sqrt(squares / double(count));
+    for (std::size_t i = 0; i < count; ++i) out[i * stride] = stdev > 0 ? (in[i] - mean) / stdev : in[i] - mean;
+}
+
+}  // namespace detail
+
+struct KaggleWriteOptions {
+    KaggleChannels channels;          // stored order, default the Kaggle set's
+    std::string slice_path_prefix;    // CSV slice_path = prefix + file name (empty: the full path)
+};
+
+// Writes `source` (canonical channels, canonical labels; an unlabelled case gets empty masks)
+// as `volume_<volume>_slice_<z>.h5` for every z, in the Kaggle layout exactly: dataset shapes,
+// float64/uint8, chunks (60,60,1)/(60,60,2) (smaller when the slice is), gzip 9, no attributes,
+// per-slice per-channel z-score over all pixels. Returns the CSV records in slice order.
+inline std::vector<KaggleSliceRecord> write_kaggle_volume(const fs::path& folder, const data::Case& source, int volume,
+                                                          const KaggleWriteOptions& options = {}) {
+    detail::validate_channels(options.channels);
+    const data::VolumeExtent e = source.extent;
+    if (source.images.size() != std::size_t(data::kModalityCount) * e.voxels() || e.voxels() == 0)
+        throw data::DataError(folder.string() + ": case " + source.id + " has no images of its extent");
+    std::error_code error;
+    fs::create_directories(folder, error);
+    if (error) throw data::DataError(folder.string() + ": cannot create folder (" + error.message() + ")");
+    const std::size_t pixels = std::size_t(e.x) * e.y;
+    std::vector<KaggleSliceRecord> records;
+    std::vector<double> image(pixels * 4);
+    std::vector<std::uint8_t> mask(pixels * 3);
+    std::vector<float> plane(pixels);
+    std::array<int, 4> class_channel{-1, -1, -1, -1};
+    for (std::size_t k = 0; k < 3; ++k) class_channel[std::size_t(options.channels.mask_classes[k])] = int(k);
+    for (int z = 0; z < e.z; ++z) {
+        // [i=x][j=y][c]: the transpose of our x-fastest planes.
+        for (std::size_t c = 0; c < 4; ++c) {
+            const float* channel = source.image(int(options.channels.image[c])) + std::size_t(z) * pixels;
+            for (int x = 0; x < e.x; ++x)
+                for (int y = 0; y < e.y; ++y) plane[std::size_t(x) * e.y + y] = channel[std::size_t(y) * e.x + x];
+            detail::zscore_slice(plane.data(), pixels, image.data() + c, 4);
+        }
+        std::fill(mask.begin(), mask.end(), 0);
+        KaggleSliceRecord record;
+        for (int x = 0; x < e.x && source.has_labels(); ++x)
+            for (int y = 0; y < e.y; ++y) {
+                const std::uint8_t k = source.labels[std::size_t(z) * pixels + std::size_t(y) * e.x + x];
+                if (k == 0) continue;
+                if (k > 3) throw data::DataError(folder.string() + ": case " + source.id + " has label " + std::to_string(k));
+                const int channel = class_channel[k];
+                mask[(std::size_t(x) * e.y + y) * 3 + std::size_t(channel)] = 1;
+                ++record.label_pixel_counts[std::size_t(channel)];
+            }
+        const fs::path file = folder / ("volume_" + std::to_string(volume) + "_slice_" + std::to_string(z) + ".h5");
+        {
+            const std::string name = file.string();
+            detail::H5Lock lock;
+            detail::H5Handle h5 = detail::create_hdf5(file);
+            const hsize_t cx = hsize_t(std::min(e.x, 60)), cy = hsize_t(std::min(e.y, 60));
+            detail::write_dataset(h5.get(), "image", {hsize_t(e.x), hsize_t(e.y), 4}, {cx, cy, 1}, H5T_IEEE_F64LE, image.data(),
+                                  false, 9, name);
+            detail::write_dataset(h5.get(), "mask", {hsize_t(e.x), hsize_t(e.y), 3}, {cx, cy, 2}, H5T_STD_U8LE, mask.data(), false,
+                                  9, name);
+            detail::check_hdf5(H5Fflush(h5.get(), H5F_SCOPE_LOCAL), name + ": flush");
+        }
+        const long long labelled = record.label_pixel_counts[0] + record.label_pixel_counts[1] + record.label_pixel_counts[2];
+        record.slice_path = options.slice_path_prefix.empty() ? file.string() : options.slice_path_prefix + file.filename().string();
+        record.target = labelled > 0 ? 1 : 0;
+        record.volume = volume;
+        record.slice = z;
+        record.background_ratio = double(std::size_t(pixels) - std::size_t(labelled)) / double(pixels);
+        records.push_back(std::move(record));
+    }
+    return records;
+}
+
+}  // namespace lightunet::io
