@@ -193,15 +193,18 @@ inline SyntheticCase generate_synthetic_case(const SyntheticConfig& config, std:
     const float radius = float(rng.log_uniform(14, 36));  // edema extent, mm
     const std::array<float, 3> tumour_axis{float(rng.uniform(0.75, 1.3)), float(rng.uniform(0.75, 1.3)),
                                            float(rng.uniform(0.75, 1.3))};
-    // The core covers less of the lesion in high grade tumours with wide edema; at least two
-    // voxels of rim and of necrosis survive on coarse grids.
-    const float core_fraction = float(rng.uniform(0.4, 0.75));
-    float necrosis_fraction = 0.0f;
-    if (kind == TumourKind::high_grade) {
-        const float rim_mm = std::max(float(rng.uniform(2.5, 6.0)), 1.6f * voxel_mm);
-        necrosis_fraction = std::max(core_fraction - rim_mm / radius, 1.6f * voxel_mm / radius);
-    }
     const float core_noise = float(rng.uniform(0.35, 0.6)), edema_noise = float(rng.uniform(0.35, 0.6));
+    // The core covers 40-75% of the lesion's radius. A high-grade core keeps necrosis at least
+    // 1.6 voxels across inside a rim at least 2 voxels thick, widened by the core's deformation
+    // (which thins the shell locally), so the rim encloses the necrosis on coarse grids too.
+    float core_fraction = float(rng.uniform(0.4, 0.75));
+    float necrosis_fraction = 0.0f;
+    const double rim_draw = rng.uniform(2.5, 6.0);
+    if (kind == TumourKind::high_grade) {
+        const float rim_mm = std::max(float(rim_draw), 2.0f * voxel_mm) * (1.0f + core_noise);
+        core_fraction = std::min(0.9f, std::max(core_fraction, (1.6f * voxel_mm + rim_mm) / radius));
+        necrosis_fraction = core_fraction - rim_mm / radius;
+    }
 
     detail::SmoothField shape_field(rng, ext, vox, 30.0f), fold_field(rng, ext, vox, 6.5f),
         fine_fold_field(rng, ext, vox, 3.5f), texture_field(rng, ext, vox, 3.0f), bias_a(rng, ext, vox, 90.0f),
