@@ -191,6 +191,9 @@ void write_dataset(hid_t location, const std::string& name, const std::vector<hs
     }
     H5Handle dataset(H5Dcreate2(location, name.c_str(), file_type, space.get(), H5P_DEFAULT, properties.get(), H5P_DEFAULT),
                      H5Dclose, context + ": cannot create dataset '" + name + "'");
+    hsize_t elements = 1;
+    for (hsize_t d : dims) elements *= d;
+    if (elements == 0) return;  // an empty list (e.g. no voxels of a class): nothing to write
     check_hdf5(H5Dwrite(dataset.get(), native_type<T>(), H5S_ALL, H5S_ALL, H5P_DEFAULT, values),
                context + ": cannot write dataset '" + name + "'");
 }
@@ -224,6 +227,7 @@ inline void write_string_attribute(hid_t location, const std::string& name, cons
                        context + ": cannot create attribute '" + name + "'");
     std::vector<const char*> pointers;
     for (const std::string& value : values) pointers.push_back(value.c_str());
+    if (pointers.empty()) return;  // an empty list: the attribute exists with no elements
     check_hdf5(H5Awrite(attribute.get(), type.get(), pointers.data()), context + ": cannot write attribute '" + name + "'");
 }
 
@@ -256,6 +260,7 @@ inline std::vector<std::string> read_string_attribute(hid_t location, const std:
     H5Handle space(H5Aget_space(attribute.get()), H5Sclose, context + ": attribute space");
     const hssize_t count = H5Sget_simple_extent_npoints(space.get());
     if (count < 0 || count > (1 << 20)) throw data::DataError(context + ": attribute '" + name + "' has a bad size");
+    if (count == 0) return {};
     std::vector<char*> pointers(std::size_t(count), nullptr);
     H5Handle type = utf8_string_type(context);
     check_hdf5(H5Aread(attribute.get(), type.get(), pointers.data()), context + ": cannot read attribute '" + name + "'");

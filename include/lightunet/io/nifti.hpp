@@ -390,6 +390,9 @@ inline void write_nifti(const fs::path& path, const std::vector<float>& values, 
         case VoxelType::float64: check_range(-std::numeric_limits<double>::max(), std::numeric_limits<double>::max(), false); break;
     }
 
+    std::error_code folder_error;
+    if (!path.parent_path().empty()) fs::create_directories(path.parent_path(), folder_error);
+    if (folder_error) throw DataError(name + ": cannot create its folder (" + folder_error.message() + ")");
     const fs::path partial = path.parent_path() / ("." + file_name.substr(0, file_name.size() - (gzip ? 7 : 4)) +
                                                    ".partial" + (gzip ? ".nii.gz" : ".nii"));
     {
