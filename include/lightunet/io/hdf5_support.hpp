@@ -8,6 +8,7 @@
 // also switches off automatic error printing, which HDF5 keeps per thread.
 #include <hdf5.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <filesystem>
@@ -172,9 +173,58 @@ hid_t native_type() {
     else static_assert(!sizeof(T), "no HDF5 native type for this element type");
 }
 
+// Rejects storage layouts that disagree with the dataspace before any read: libhdf5 1.10 trusts
+// a contiguous layout's size on corrupt files and copies past the caller's buffer (found by
+// tests/fuzz/fuzz_hdf5).
+inline void check_storage(hid_t dataset, const std::string& context) {
+    const std::vector<hsize_t> dims = dataset_dims(dataset, context);
+    hsize_t elements = 1;
+    for (hsize_t d : dims) elements *= d;
+    H5Handle type(H5Dget_type(dataset), H5Tclose, context + ": no datatype");
+    const std::size_t element_bytes = H5Tget_size(type.get());
+    H5Handle properties(H5Dget_create_plist(dataset), H5Pclose, context + ": no creation properties");
+    const H5D_layout_t layout = H5Pget_layout(properties.get());
+    if (layout == H5D_CONTIGUOUS || layout == H5D_COMPACT) {
+        const hsize_t stored = H5Dget_storage_size(dataset);
+        if (stored != 0 && stored != elements * element_bytes)
+            throw data::DataError(context + ": corrupt storage (" + std::to_string(stored) + " bytes for " +
+                                  std::to_string(elements) + " elements of " + std::to_string(element_bytes) + " bytes)");
+    } else if (layout == H5D_CHUNKED) {
+        const int rank = H5Pget_chunk(properties.get(), 0, nullptr);
+        if (rank != int(dims.size())) throw data::DataError(context + ": corrupt chunk layout");
+        std::vector<hsize_t> chunk(dims.size());
+        H5Pget_chunk(properties.get(), rank, chunk.data());
+        hsize_t chunk_bytes = element_bytes;
+        for (std::size_t d = 0; d < dims.size(); ++d) {
+            if (chunk[d] == 0 || chunk[d] > std::max<hsize_t>(dims[d], 1)) throw data::DataError(context + ": corrupt chunk layout");
+            chunk_bytes *= chunk[d];
+        }
+        // Unfiltered chunks must hold exactly one chunk's bytes; libhdf5 1.10 reads a shorter one
+        // into a buffer of its stored size and then copies a whole chunk out of it.
+        if (H5Pget_nfilters(properties.get()) == 0) {
+            hsize_t chunk_count = 0;
+            check_hdf5(H5Dget_num_chunks(dataset, H5S_ALL, &chunk_count), context + ": cannot count chunks");
+            std::vector<hsize_t> offset(dims.size());
+            for (hsize_t c = 0; c < chunk_count; ++c) {
+                unsigned filter_mask = 0;
+                haddr_t address = 0;
+                hsize_t size = 0;
+                check_hdf5(H5Dget_chunk_info(dataset, H5S_ALL, c, offset.data(), &filter_mask, &address, &size),
+                           context + ": cannot inspect chunk " + std::to_string(c));
+                if (size != chunk_bytes)
+                    throw data::DataError(context + ": corrupt chunk " + std::to_string(c) + " (" + std::to_string(size) +
+                                          " bytes stored, " + std::to_string(chunk_bytes) + " expected)");
+            }
+        }
+    } else {
+        throw data::DataError(context + ": unsupported storage layout");
+    }
+}
+
 // Reads a whole dataset (converted to T by HDF5) into `out`, which must have the right size.
 template <class T>
 void read_whole(hid_t dataset, std::vector<T>& out, const std::string& context) {
+    check_storage(dataset, context);
     check_hdf5(H5Dread(dataset, native_type<T>(), H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()), context + ": read failed");
 }
 

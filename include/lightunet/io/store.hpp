@@ -353,7 +353,7 @@ inline ConvertReport convert_to_store(const fs::path& input, const fs::path& sto
             writer.add(c, files.edition(), sources);
         });
     for (const auto& [volume, slices] : kaggle_volumes)
-        attempt("volume_" + std::to_string(volume), [&, volume = volume] {
+        attempt("volume_" + std::to_string(volume), [&, volume = volume, &slices = slices] {
             const KaggleVolume v = read_kaggle_volume(input, volume, options.kaggle);
             // The Kaggle background is a per-slice constant (each slice was z-scored over all
             // its pixels): the brain is what differs from it.
@@ -497,6 +497,7 @@ private:
     static void read_region(hid_t dataset, int rank, const hsize_t* file_start, const hsize_t* count, const hsize_t* memory_dims,
                             const hsize_t* memory_start, hid_t memory_type, void* out, const std::string& context) {
         using namespace detail;
+        check_storage(dataset, context);
         H5Handle file_space(H5Dget_space(dataset), H5Sclose, context + ": dataspace");
         check_hdf5(H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, file_start, nullptr, count, nullptr),
                    context + ": region outside the dataset");
