@@ -19,6 +19,9 @@ packages=(
     libbenchmark-dev
     libomp-dev
     python3
+    python3-h5py
+    clang
+    libclang-rt-14-dev
 )
 
 missing=()
