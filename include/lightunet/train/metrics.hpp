@@ -30,6 +30,8 @@
 #include <string>
 #include <vector>
 
+#include "../config/unet_config.hpp"
+
 namespace lightunet::train {
 
 inline constexpr int kRegions = 3;
@@ -222,6 +224,34 @@ inline double hd95(std::span<const std::uint8_t> a, std::span<const std::uint8_t
         return percentile95(d);
     };
     return std::max(directed(surf_a, surf_b), directed(surf_b, surf_a));
+}
+
+// Canonical labels from a network's per-voxel outputs, `probs` laid out [classes][voxels]:
+// a softmax head takes the argmax (class index = canonical class); a sigmoid head over the three
+// regions WT, TC, ET (classes == 3) thresholds each at 0.5 and nests them: ET -> 3, else TC -> 1
+// (necrotic), else WT -> 2 (edema), else 0.
+template <class T>
+void probabilities_to_labels(Head head, int classes, const T* probs, std::size_t voxels, std::uint8_t* labels) {
+    if (head == Head::sigmoid) {
+        if (classes != kRegions)
+            throw std::invalid_argument("probabilities_to_labels: a sigmoid head must give the 3 regions WT, TC, ET, not " +
+                                        std::to_string(classes) + " channels");
+        for (std::size_t i = 0; i < voxels; ++i)
+            labels[i] = probs[2 * voxels + i] > T(0.5) ? 3 : probs[voxels + i] > T(0.5) ? 1 : probs[i] > T(0.5) ? 2 : 0;
+        return;
+    }
+    for (std::size_t i = 0; i < voxels; ++i) {
+        int best = 0;
+        for (int c = 1; c < classes; ++c)
+            if (probs[c * voxels + i] > probs[best * voxels + i]) best = c;
+        labels[i] = std::uint8_t(best);
+    }
+}
+
+// Canonical labels from region masks [3][voxels] (WT, TC, ET 0/1), nested as above.
+inline void region_masks_to_labels(const std::uint8_t* masks, std::size_t voxels, std::uint8_t* labels) {
+    for (std::size_t i = 0; i < voxels; ++i)
+        labels[i] = masks[2 * voxels + i] ? 3 : masks[voxels + i] ? 1 : masks[i] ? 2 : 0;
 }
 
 struct CaseMetrics {

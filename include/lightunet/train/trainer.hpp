@@ -1,0 +1,429 @@
+#pragma once
+// Trainer: the epoch loop. Given a model, an optimiser, a learning-rate schedule, loss options
+// and batch providers, it runs epochs with a progress bar, validation (loss and Dice WT/TC/ET
+// pooled over all validation voxels), metrics history (CSV / JSON / PNG), checkpoints (per
+// epoch, every `autosave_seconds`, and on SIGINT / SIGTERM, which stop the run cleanly at the
+// next step boundary), and the watchdog (rollback to the last good state on a NaN / exploding
+// loss or over-temperature).
+//
+// Determinism and resume: a BatchProvider must give batch `index` of `epoch` as a pure function
+// of (epoch, index) (and its own seed), and the trainer asks for them in order. A checkpoint
+// records (epoch, step, global_step), weights, buffers, optimiser moments and step count, the
+// partial epoch loss and the caller's named RNG states, so resume() followed by fit() gives
+// final weights bit-identical to an uninterrupted run with the same seed and thread count.
+// Watchdog rollbacks change the trajectory (by design); runs without anomalies are unaffected.
+#include <signal.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "../loss/dice.hpp"
+#include "../model/unet.hpp"
+#include "checkpoint.hpp"
+#include "metrics.hpp"
+#include "progress.hpp"
+#include "watchdog.hpp"
+
+namespace lightunet::train {
+
+// Batches by position: `batches(epoch)` is the epoch's length, `fill(epoch, index, x, y)`
+// writes batch `index` (inputs [n][in_channels][d][h][w], labels as UNet::backward takes them).
+template <class Model>
+struct BatchProvider {
+    std::function<long(long epoch)> batches;
+    std::function<void(long epoch, long index, typename Model::Input& x, typename Model::Labels& y)> fill;
+};
+
+struct TrainerOptions {
+    long epochs = 10;
+    double lr = 1e-3;                                        // base learning rate
+    std::function<double(double base, long step)> schedule;  // e.g. PolyLR{total}; empty: constant
+    DiceLoss loss{};
+    // Checkpoints: none when checkpoint_dir is empty.
+    std::string checkpoint_dir;
+    int keep_last = 3;
+    bool save_every_epoch = true;
+    double autosave_seconds = 300.0;  // 0: off
+    bool handle_signals = true;       // SIGINT / SIGTERM: checkpoint and return at the next step boundary
+    // Output.
+    bool show_progress = true;
+    std::FILE* out = stderr;
+    ProgressOptions progress{};
+    std::string metrics_csv, metrics_json, curves_png;  // rewritten after every epoch when set
+    // Watchdog.
+    bool use_watchdog = false;
+    WatchdogOptions watchdog{};
+    long good_state_every = 10;  // steps between refreshes of the rollback state (sane loss only)
+    // Stop (with a checkpoint) once this many optimiser steps are done in total; < 0: never.
+    long stop_after_steps = -1;
+    // Caller state carried through checkpoints (loader / augmentation RNGs, ...).
+    std::function<RngStates()> save_rng;
+    std::function<void(const RngStates&)> restore_rng;
+    // Hooks: before every training step (fault injection, custom logging); after every epoch.
+    std::function<void(long global_step)> before_step;
+    std::function<void(const EpochRecord&)> on_epoch;
+};
+
+struct FitResult {
+    bool completed = false;    // every epoch ran
+    bool interrupted = false;  // stopped by a signal or request_stop()
+    long global_step = 0;
+    long rollbacks = 0;
+    std::string last_checkpoint;
+};
+
+// Soft Dice (+ cross-entropy) of probabilities against labels, exactly as the training loss
+// (docs/design.md), without gradients: the validation loss.
+template <class T>
+double evaluation_loss(Head head, int images, int classes, std::size_t plane, const T* probs, const std::uint8_t* labels,
+                       const DiceLoss& o) {
+    const bool softmax = head == Head::softmax;
+    auto truth = [&](int n, int c, std::size_t k) {
+        return softmax ? double(labels[std::size_t(n) * plane + k] == c) : double(labels[(std::size_t(n) * classes + c) * plane + k] != 0);
+    };
+    const int first = softmax && !o.include_background ? 1 : 0;
+    const int groups = o.batch_dice ? 1 : images;
+    double loss = 0;
+    for (int g = 0; g < groups; ++g)
+        for (int c = first; c < classes; ++c) {
+            double I = 0, P = 0, G = 0;
+            for (int n = 0; n < images; ++n) {
+                if (!o.batch_dice && n != g) continue;
+                const T* p = probs + (std::size_t(n) * classes + c) * plane;
+                for (std::size_t k = 0; k < plane; ++k) {
+                    const double t = truth(n, c, k);
+                    I += double(p[k]) * t, P += double(p[k]), G += t;
+                }
+            }
+            loss += (1.0 - (2 * I + o.smooth) / (P + G + o.smooth)) / (double(classes - first) * groups);
+        }
+    if (o.ce_weight > 0) {
+        double ce = 0;
+        for (int n = 0; n < images; ++n)
+            for (std::size_t k = 0; k < plane; ++k) {
+                if (softmax) {
+                    const int t = labels[std::size_t(n) * plane + k];
+                    ce -= std::log(std::max(double(probs[(std::size_t(n) * classes + t) * plane + k]), 1e-12));
+                } else {
+                    for (int c = 0; c < classes; ++c) {
+                        const double p = std::clamp(double(probs[(std::size_t(n) * classes + c) * plane + k]), 1e-12, 1.0 - 1e-12);
+                        ce -= truth(n, c, k) > 0 ? std::log(p) : std::log(1.0 - p);
+                    }
+                }
+            }
+        loss += o.ce_weight * ce / (double(images) * double(plane) * (softmax ? 1 : classes));
+    }
+    return loss;
+}
+
+// "7,765,124 parameters, 31.06 MB of float32 weights"
+template <class Model>
+std::string model_summary() {
+    std::string n = std::to_string(Model::parameter_count);
+    for (int i = int(n.size()) - 3; i > 0; i -= 3) n.insert(std::size_t(i), ",");
+    char buf[96];
+    std::snprintf(buf, sizeof buf, " parameters, %.2f MB of %s weights", double(Model::parameter_bytes) / 1e6,
+                  detail::scalar_name<typename Model::scalar>());
+    return n + buf;
+}
+
+namespace detail {
+inline std::atomic<int> g_stop_signal{0};
+extern "C" inline void trainer_signal_handler(int signum) { g_stop_signal.store(signum); }
+
+// Installs SIGINT / SIGTERM handlers that set a flag; restores the previous ones on exit.
+class SignalGuard {
+public:
+    explicit SignalGuard(bool enable) : enabled_(enable) {
+        if (!enabled_) return;
+        g_stop_signal.store(0);
+        struct sigaction sa {};
+        sa.sa_handler = trainer_signal_handler;
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGINT, &sa, &old_int_);
+        sigaction(SIGTERM, &sa, &old_term_);
+    }
+    ~SignalGuard() {
+        if (!enabled_) return;
+        sigaction(SIGINT, &old_int_, nullptr);
+        sigaction(SIGTERM, &old_term_, nullptr);
+    }
+    SignalGuard(const SignalGuard&) = delete;
+    SignalGuard& operator=(const SignalGuard&) = delete;
+
+private:
+    bool enabled_;
+    struct sigaction old_int_ {}, old_term_ {};
+};
+}  // namespace detail
+
+template <class Model, class Optimizer>
+class Trainer {
+public:
+    using Input = typename Model::Input;
+    using Labels = typename Model::Labels;
+    using T = typename Model::scalar;
+
+    Trainer(Model& model, Optimizer& optimizer, TrainerOptions options)
+        : model_(model), opt_(optimizer), o_(std::move(options)) {
+        if (!o_.checkpoint_dir.empty()) manager_ = std::make_unique<CheckpointManager>(o_.checkpoint_dir, o_.keep_last);
+        if (o_.good_state_every < 1) o_.good_state_every = 1;
+    }
+
+    // Loads a checkpoint (weights, optimiser, progress, RNG states via restore_rng).
+    void resume(const std::string& path) {
+        load_checkpoint(path, model_, opt_, state_);
+        if (o_.restore_rng) o_.restore_rng(state_.rng);
+        info("Resumed from " + path + " at epoch " + std::to_string(state_.epoch + 1) + ", step " + std::to_string(state_.step) +
+             " (global step " + std::to_string(state_.global_step) + ")");
+    }
+    // Resumes from the newest readable rolling checkpoint in checkpoint_dir; false if none.
+    bool resume_latest() {
+        if (!manager_) return false;
+        const auto latest = manager_->latest();
+        if (!latest) return false;
+        resume(*latest);
+        return true;
+    }
+
+    void request_stop() { stop_requested_.store(true); }
+    const TrainState& state() const { return state_; }
+    const std::vector<EpochRecord>& history() const { return state_.history; }
+    Watchdog* watchdog() { return watchdog_.get(); }
+
+    // Saves a rolling checkpoint now (and best.h5 when `best`); returns its path ("" without a folder).
+    std::string save(bool best = false) {
+        if (!manager_) return "";
+        if (o_.save_rng) state_.rng = o_.save_rng();
+        const auto t0 = std::chrono::steady_clock::now();
+        const std::string path = best ? manager_->save_best(model_, opt_, state_) : manager_->save(model_, opt_, state_);
+        last_save_ = std::chrono::steady_clock::now();
+        last_save_seconds_ = std::chrono::duration<double>(last_save_ - t0).count();
+        return path;
+    }
+    double last_save_seconds() const { return last_save_seconds_; }
+
+    FitResult fit(const BatchProvider<Model>& train, const BatchProvider<Model>* validation = nullptr) {
+        if (!train.batches || !train.fill) throw std::invalid_argument("Trainer::fit: the training provider needs batches and fill");
+        detail::SignalGuard signals(o_.handle_signals);
+        info("Model: " + model_summary<Model>());
+        if (o_.use_watchdog) {
+            WatchdogOptions w = o_.watchdog;
+            if (!w.log) w.log = [this](const std::string& m) { log_line("[WATCHDOG] " + m); };
+            watchdog_ = std::make_unique<Watchdog>(std::move(w));
+            watchdog_->start();
+        }
+        keep_good_state();
+        FitResult result;
+        last_save_ = std::chrono::steady_clock::now();
+        auto finish = [&](bool completed, bool interrupted) {
+            if (watchdog_) watchdog_->stop();
+            result.completed = completed;
+            result.interrupted = interrupted;
+            result.global_step = state_.global_step;
+            return result;
+        };
+        for (; state_.epoch < o_.epochs; ) {
+            const long epoch = state_.epoch;
+            const long n = train.batches(epoch);
+            const auto epoch_start = std::chrono::steady_clock::now();
+            const double seconds_before = state_.epoch_seconds;
+            auto epoch_seconds = [&] {
+                return seconds_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_start).count();
+            };
+            std::optional<ProgressBar> bar;
+            if (o_.show_progress && o_.out)
+                bar.emplace("Epoch " + std::to_string(epoch + 1) + "/" + std::to_string(o_.epochs), n, o_.out, o_.progress);
+            if (bar) bar->update(state_.step);
+            for (long k = state_.step; k < n; ++k) {
+                // Step boundary: stop requests first.
+                if (const int sig = detail::g_stop_signal.load(); (o_.handle_signals && sig) || stop_requested_.load()) {
+                    state_.epoch_seconds = epoch_seconds();
+                    if (bar) bar->close();
+                    result.last_checkpoint = save();
+                    info(std::string("Stopping on ") + (sig ? (sig == SIGINT ? "SIGINT" : "SIGTERM") : "request") +
+                         (result.last_checkpoint.empty() ? "" : "; saved " + result.last_checkpoint));
+                    return finish(false, true);
+                }
+                if (o_.stop_after_steps >= 0 && state_.global_step >= o_.stop_after_steps) {
+                    state_.epoch_seconds = epoch_seconds();
+                    if (bar) bar->close();
+                    result.last_checkpoint = save();
+                    return finish(false, false);
+                }
+                train.fill(epoch, k, x_, y_);
+                const double rate = o_.schedule ? o_.schedule(o_.lr, state_.global_step) : o_.lr;
+                opt_.lr = rate * state_.lr_scale;
+                if (o_.before_step) o_.before_step(state_.global_step);
+                const double loss = step();
+                ++state_.global_step;
+                state_.step = k + 1;
+                Anomaly anomaly = watchdog_ ? watchdog_->check_loss(loss) : Anomaly::none;
+                std::string detail;
+                if (anomaly == Anomaly::exploding_loss) {
+                    char buf[128];
+                    std::snprintf(buf, sizeof buf, "loss %.4g is over %.3g x the running median %.4g", loss,
+                                  o_.watchdog.explode_factor, watchdog_->last_median());
+                    detail = buf;
+                } else if (anomaly == Anomaly::non_finite_loss) {
+                    detail = "loss is " + std::to_string(loss);
+                } else if (watchdog_) {
+                    if (auto ev = watchdog_->take_event()) anomaly = ev->kind, detail = ev->detail;
+                }
+                if (anomaly == Anomaly::none || anomaly == Anomaly::over_temperature) {
+                    if (std::isfinite(loss)) state_.epoch_loss_sum += loss, ++state_.epoch_loss_count;
+                }
+                if (anomaly != Anomaly::none) {
+                    rollback(anomaly, detail);
+                    ++result.rollbacks;
+                    ++state_.epoch_rollbacks;
+                } else if (state_.global_step % o_.good_state_every == 0) {
+                    keep_good_state();
+                }
+                if (bar) bar->update(k + 1, state_.epoch_loss_count ? state_.epoch_loss_sum / double(state_.epoch_loss_count) : loss);
+                if (o_.autosave_seconds > 0 && manager_ &&
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - last_save_).count() >= o_.autosave_seconds) {
+                    state_.epoch_seconds = epoch_seconds();
+                    result.last_checkpoint = save();
+                }
+            }
+            if (bar) bar->close();
+            EpochRecord rec;
+            rec.epoch = epoch + 1;
+            rec.train_loss = state_.epoch_loss_count ? state_.epoch_loss_sum / double(state_.epoch_loss_count)
+                                                     : std::numeric_limits<double>::quiet_NaN();
+            rec.lr = opt_.lr;
+            rec.rollbacks = state_.epoch_rollbacks;
+            if (validation) {
+                const auto [vloss, dice] = validate(*validation, epoch);
+                rec.val_loss = vloss;
+                rec.dice = dice;
+            }
+            rec.seconds = epoch_seconds();
+            state_.elapsed_seconds += rec.seconds;
+            state_.history.push_back(rec);
+            state_.epoch = epoch + 1;
+            state_.step = 0;
+            state_.epoch_loss_sum = 0;
+            state_.epoch_loss_count = 0;
+            state_.epoch_rollbacks = 0;
+            state_.epoch_seconds = 0;
+            log_line(format_epoch_line(rec));
+            if (!o_.metrics_csv.empty()) write_history_csv(o_.metrics_csv, state_.history);
+            if (!o_.metrics_json.empty()) write_history_json(o_.metrics_json, state_.history);
+            if (!o_.curves_png.empty()) write_history_png(o_.curves_png, state_.history);
+            const bool better = validation && std::isfinite(rec.mean_dice()) && rec.mean_dice() > state_.best_dice;
+            if (better) state_.best_dice = rec.mean_dice();
+            if (manager_ && o_.save_every_epoch) result.last_checkpoint = save();
+            if (manager_ && better) save(true);
+            if (o_.on_epoch) o_.on_epoch(rec);
+        }
+        return finish(true, false);
+    }
+
+    // Validation loss (mean over samples) and Dice WT/TC/ET pooled over every validation voxel.
+    std::pair<double, std::array<double, kRegions>> validate(const BatchProvider<Model>& val, long epoch) {
+        constexpr UNetConfig C = Model::config;
+        std::array<DiceCounts, kRegions> counts{};
+        double loss_sum = 0;
+        long samples = 0;
+        const long n = val.batches(epoch);
+        for (long k = 0; k < n; ++k) {
+            val.fill(epoch, k, vx_, vy_);
+            const auto& probs = model_.forward(vx_, Mode::eval);
+            const Shape s = probs.shape();
+            const std::size_t plane = s.spatial();
+            loss_sum += evaluation_loss(C.head, s.n, C.classes, plane, probs.data(), vy_.data(), o_.loss) * s.n;
+            samples += s.n;
+            pred_.resize(plane);
+            truth_.resize(plane);
+            for (int b = 0; b < s.n; ++b) {
+                probabilities_to_labels(C.head, C.classes, probs.data() + std::size_t(b) * C.classes * plane, plane, pred_.data());
+                if (C.head == Head::sigmoid) region_masks_to_labels(vy_.data() + std::size_t(b) * C.classes * plane, plane, truth_.data());
+                else std::copy_n(vy_.data() + std::size_t(b) * plane, plane, truth_.data());
+                const auto c = region_counts(pred_, truth_);
+                for (int r = 0; r < kRegions; ++r) counts[r].add(c[r]);
+            }
+        }
+        std::array<double, kRegions> dice{};
+        for (int r = 0; r < kRegions; ++r) dice[r] = counts[r].dice();
+        return {samples ? loss_sum / double(samples) : std::numeric_limits<double>::quiet_NaN(), dice};
+    }
+
+private:
+    // One optimiser step; a non-finite loss (the model refuses to step on it) comes back as NaN
+    // when the watchdog is on, and is rethrown otherwise.
+    double step() {
+        try {
+            return model_.train_step(x_, y_, o_.loss, opt_);
+        } catch (const std::runtime_error& e) {
+            if (!watchdog_ || std::string(e.what()).rfind("UNet::train_step: the loss is", 0) != 0) throw;
+            return std::numeric_limits<double>::quiet_NaN();
+        }
+    }
+
+    void keep_good_state() {
+        const auto p = model_.parameters();
+        const auto b = model_.buffers();
+        good_params_.assign(p.begin(), p.end());
+        good_buffers_.assign(b.begin(), b.end());
+        good_opt_ = opt_;
+        good_step_ = state_.global_step;
+    }
+
+    void rollback(Anomaly anomaly, const std::string& detail) {
+        std::copy(good_params_.begin(), good_params_.end(), model_.parameters().begin());
+        std::copy(good_buffers_.begin(), good_buffers_.end(), model_.buffers().begin());
+        opt_ = *good_opt_;
+        std::string msg = std::string(anomaly_name(anomaly)) + " at step " + std::to_string(state_.global_step) + " (" + detail +
+                          "): rolled back to the state of step " + std::to_string(good_step_);
+        if (watchdog_ && watchdog_->options().halve_lr) {
+            state_.lr_scale *= 0.5;
+            char buf[64];
+            std::snprintf(buf, sizeof buf, "; learning-rate scale now %.4g", state_.lr_scale);
+            msg += buf;
+        }
+        log_line("[WATCHDOG] " + msg);
+        if (anomaly == Anomaly::over_temperature && watchdog_ && watchdog_->options().pause_when_hot) {
+            log_line("[WATCHDOG] pausing until the temperature is below " + std::to_string(watchdog_->options().resume_temperature) + " C");
+            const double waited = watchdog_->wait_until_cool(&stop_requested_);
+            char buf[96];
+            std::snprintf(buf, sizeof buf, "[WATCHDOG] resumed after %.1f s (%s)", waited, watchdog_->summary().c_str());
+            log_line(buf);
+        }
+    }
+
+    void info(const std::string& m) { log_line("[INFO] " + m); }
+    void log_line(const std::string& m) {
+        if (!o_.out) return;
+        std::fprintf(o_.out, "%s\n", m.c_str());
+        std::fflush(o_.out);
+    }
+
+    Model& model_;
+    Optimizer& opt_;
+    TrainerOptions o_;
+    TrainState state_;
+    std::unique_ptr<CheckpointManager> manager_;
+    std::unique_ptr<Watchdog> watchdog_;
+    Input x_, vx_;
+    Labels y_, vy_;
+    std::vector<std::uint8_t> pred_, truth_;
+    std::vector<T> good_params_, good_buffers_;
+    std::optional<Optimizer> good_opt_;
+    long good_step_ = 0;
+    std::atomic<bool> stop_requested_{false};
+    std::chrono::steady_clock::time_point last_save_{};
+    double last_save_seconds_ = 0;
+};
+
+}  // namespace lightunet::train
