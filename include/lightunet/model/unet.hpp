@@ -2,14 +2,19 @@
 // UNet<config, backend, scalar>: the network a UNetConfig describes, as one flat type. Levels
 // are arrays of identical layer structs built by constexpr loops over the configuration, not
 // nested layer types, so the type is short and errors stay readable.
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdint>
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "../backend/cpu/kernels.hpp"
+#ifdef __CUDACC__
+#include "../backend/cuda/kernels.cuh"  // UNet<config, cuda> when nvcc compiles the including file
+#endif
 #include "../config/unet_config.hpp"
 #include "../layers/conv.hpp"
 #include "../layers/norm_act.hpp"
@@ -132,7 +137,7 @@ public:
                     Tensor<T, Backend>* input_grad = nullptr) {
         check_labels(labels);
         const Shape s = x.shape();
-        std::fill(grads_.begin(), grads_.end(), T(0));
+        grads_.fill(T(0));
         const double value = Kernels<Backend>::dice_loss(C.head, s.n, C.classes, std::ptrdiff_t(s.spatial()), probs_.data(),
                                                          labels.data(), loss, grad_logits_.data(), loss_sums_.data());
         if (input_grad) input_grad->resize(s);
@@ -150,15 +155,41 @@ public:
         return value;
     }
 
-    std::span<T> parameters() { return {params_.data(), parameter_count}; }
-    std::span<const T> parameters() const { return {params_.data(), parameter_count}; }
-    std::span<T> gradients() { return {grads_.data(), parameter_count}; }
-    std::span<T> buffers() { return {buffers_.data(), buffer_count}; }
-    std::span<const T> buffers() const { return {buffers_.data(), buffer_count}; }
+    // Views of the backend's memory (host backends only; see the host copies below otherwise).
+    std::span<T> parameters() requires(Backend::host_accessible) { return {params_.data(), parameter_count}; }
+    std::span<const T> parameters() const requires(Backend::host_accessible) { return {params_.data(), parameter_count}; }
+    std::span<T> gradients() requires(Backend::host_accessible) { return {grads_.data(), parameter_count}; }
+    std::span<T> buffers() requires(Backend::host_accessible) { return {buffers_.data(), buffer_count}; }
+    std::span<const T> buffers() const requires(Backend::host_accessible) { return {buffers_.data(), buffer_count}; }
+
+    // Host copies in the layouts of docs/design.md, the same for every backend, so checkpoints
+    // move between backends. Sizes must be parameter_count / buffer_count.
+    void copy_parameters_to_host(std::span<T> out) const { to_host(out, params_, parameter_count, "copy_parameters_to_host"); }
+    void copy_gradients_to_host(std::span<T> out) const { to_host(out, grads_, parameter_count, "copy_gradients_to_host"); }
+    void copy_buffers_to_host(std::span<T> out) const { to_host(out, buffers_, buffer_count, "copy_buffers_to_host"); }
+    void load_parameters_from_host(std::span<const T> in) { from_host(in, params_, parameter_count, "load_parameters_from_host"); }
+    void load_buffers_from_host(std::span<const T> in) { from_host(in, buffers_, buffer_count, "load_buffers_from_host"); }
+    // The raw tensors, for optimisers and checkpoints (the backend's memory).
+    Tensor<T, Backend>& parameter_tensor() { return params_; }
+    Tensor<T, Backend>& gradient_tensor() { return grads_; }
+    Tensor<T, Backend>& buffer_tensor() { return buffers_; }
     const Tensor<T, Backend>& probabilities() const { return probs_; }
     void set_threads(int n) { Kernels<Backend>::set_threads(n); }
 
 private:
+    static void to_host(std::span<T> out, const Tensor<T, Backend>& t, std::size_t count, const char* what) {
+        if (out.size() != count)
+            throw std::invalid_argument(std::string("UNet::") + what + ": " + std::to_string(out.size()) + " values given, " +
+                                        std::to_string(count) + " expected");
+        Backend::download(out.data(), t.data(), count);
+    }
+    static void from_host(std::span<const T> in, Tensor<T, Backend>& t, std::size_t count, const char* what) {
+        if (in.size() != count)
+            throw std::invalid_argument(std::string("UNet::") + what + ": " + std::to_string(in.size()) + " values given, " +
+                                        std::to_string(count) + " expected");
+        Backend::upload(t.data(), in.data(), count);
+    }
+
     using Conv = layers::Conv<T, Backend>;
     using NormAct = layers::NormAct<T, Backend>;
 
@@ -319,8 +350,8 @@ private:
         InitRng rng(seed);
         const double slope = C.act == Act::leaky_relu ? double(C.leaky_slope) : 0.0;
         const double gain = std::sqrt(2.0 / (1.0 + slope * slope));
-        T* p = params_.data();
-        std::fill(params_.begin(), params_.end(), T(0));
+        std::vector<T> host_params(parameter_count, T(0)), host_buffers(std::max<std::size_t>(1, buffer_count), T(0));
+        T* p = host_params.data();
         auto conv = [&](const Conv& c, int fan_in) {
             const double std_dev = gain / std::sqrt(double(fan_in));
             for (std::size_t i = 0; i < c.problem.weight_count(); ++i) p[c.weight + i] = T(std_dev * rng.normal());
@@ -344,12 +375,13 @@ private:
             block(dec_[l]);
         }
         conv(head_, C.widths[0]);
-        std::fill(buffers_.begin(), buffers_.end(), T(0));
         if (C.norm == Norm::batch) {
-            auto ones = [&](const NormAct& na) { std::fill_n(buffers_.data() + na.running + na.channels, na.channels, T(1)); };
+            auto ones = [&](const NormAct& na) { std::fill_n(host_buffers.data() + na.running + na.channels, na.channels, T(1)); };
             for (int l = 0; l < depth; ++l) ones(enc_[l].norm1), ones(enc_[l].norm2);
             for (int l = 0; l < depth - 1; ++l) ones(dec_[l].norm1), ones(dec_[l].norm2);
         }
+        Backend::upload(params_.data(), host_params.data(), parameter_count);
+        Backend::upload(buffers_.data(), host_buffers.data(), buffers_.size());
     }
 
     // Sizes every buffer for this input shape; a repeated shape allocates nothing.
@@ -535,16 +567,14 @@ private:
             K::channel_sums(n, C.widths[l], std::ptrdiff_t(u.out.shape().spatial()), grad, grads_.data() + u.conv.bias);
             K::space_to_depth(cells(l + 1), planes, grad, resample_.data());
             K::transpose(u.conv.problem.cin, u.conv.problem.cout, params_.data() + u.conv.weight, transposed_.data());
-            std::fill_n(transposed_grad_.data(), u.conv.problem.weight_count(), T(0));
+            Backend::fill(transposed_grad_.data(), T(0), u.conv.problem.weight_count());
             K::conv_backward(u.conv.problem, n, std::span<const ChannelSource<T>>(&in, 1), static_cast<const T*>(transposed_.data()),
                              static_cast<const T*>(resample_.data()), std::ptrdiff_t(u.conv.problem.cout * coarse),
                              std::span<const ChannelSink<T>>(&out_sink, 1), transposed_grad_.data(), static_cast<T*>(nullptr),
                              workspace_.data());
-            // d W[in][out] is the transpose of d W^T[out][in].
-            T* dw = grads_.data() + u.conv.weight;
-            const int rows = u.conv.problem.cout, cols = u.conv.problem.cin;
-            for (int r = 0; r < rows; ++r)
-                for (int c = 0; c < cols; ++c) dw[std::ptrdiff_t(c) * rows + r] += transposed_grad_[std::ptrdiff_t(r) * cols + c];
+            // d W[in][out] is the transpose of d W^T[out][in] (transposed_ is free again).
+            K::transpose(u.conv.problem.cout, u.conv.problem.cin, static_cast<const T*>(transposed_grad_.data()), transposed_.data());
+            K::add(std::ptrdiff_t(u.conv.problem.weight_count()), static_cast<const T*>(transposed_.data()), grads_.data() + u.conv.weight);
         } else {
             K::upsample_nearest_backward(cells(l + 1), planes, grad, resample_.data());
             u.conv.backward(n, {&in, 1}, params_.data(), resample_.data(), {&out_sink, 1}, grads_.data(), workspace_.data());
@@ -602,11 +632,14 @@ private:
         if (labels.shape() != expected)
             throw ShapeError("UNet::backward: labels have shape " + labels.shape().str() + ", expected " + expected.str());
         const std::ptrdiff_t bad = Kernels<Backend>::first_invalid_label(C.head, C.classes, std::ptrdiff_t(labels.size()), labels.data());
-        if (bad >= 0)
-            throw std::invalid_argument("UNet::backward: label value " + std::to_string(int(labels.data()[bad])) +
+        if (bad >= 0) {
+            std::uint8_t value = 0;
+            Backend::download(&value, labels.data() + bad, 1);
+            throw std::invalid_argument("UNet::backward: label value " + std::to_string(int(value)) +
                                         " at index " + std::to_string(bad) +
                                         (C.head == Head::softmax ? " is not a class below " + std::to_string(C.classes)
                                                                  : std::string(" is not 0 or 1")));
+        }
     }
 
     Tensor<T, Backend> params_, grads_, buffers_;

@@ -62,17 +62,17 @@ public:
     T* channel(int n, int c) { return data_ + (std::size_t(n) * shape_.c + c) * shape_.spatial(); }
     const T* channel(int n, int c) const { return data_ + (std::size_t(n) * shape_.c + c) * shape_.spatial(); }
 
-    // Element access for host-side code and tests (cpu memory only).
-    T& operator[](std::size_t i) { return data_[i]; }
-    const T& operator[](std::size_t i) const { return data_[i]; }
-    T& at(int n, int c, int d, int h, int w) { return data_[index(n, c, d, h, w)]; }
-    const T& at(int n, int c, int d, int h, int w) const { return data_[index(n, c, d, h, w)]; }
+    // Element access for host-side code and tests (host-accessible memory only).
+    T& operator[](std::size_t i) requires(Backend::host_accessible) { return data_[i]; }
+    const T& operator[](std::size_t i) const requires(Backend::host_accessible) { return data_[i]; }
+    T& at(int n, int c, int d, int h, int w) requires(Backend::host_accessible) { return data_[index(n, c, d, h, w)]; }
+    const T& at(int n, int c, int d, int h, int w) const requires(Backend::host_accessible) { return data_[index(n, c, d, h, w)]; }
 
     void fill(T value) { Backend::fill(data_, value, size()); }
-    T* begin() { return data_; }
-    T* end() { return data_ + size(); }
-    const T* begin() const { return data_; }
-    const T* end() const { return data_ + size(); }
+    T* begin() requires(Backend::host_accessible) { return data_; }
+    T* end() requires(Backend::host_accessible) { return data_ + size(); }
+    const T* begin() const requires(Backend::host_accessible) { return data_; }
+    const T* end() const requires(Backend::host_accessible) { return data_ + size(); }
 
 private:
     std::size_t index(int n, int c, int d, int h, int w) const {
@@ -83,5 +83,19 @@ private:
     std::size_t capacity_ = 0;
     Shape shape_{};
 };
+
+// Copies between a tensor in any backend's memory and one in host memory (checkpoints,
+// optimiser state, inputs and outputs of a GPU model).
+template <class T, class Backend>
+Tensor<T, cpu> to_host(const Tensor<T, Backend>& t) {
+    Tensor<T, cpu> host(t.shape());
+    Backend::download(host.data(), t.data(), t.size());
+    return host;
+}
+template <class T, class Backend>
+void copy_from_host(Tensor<T, Backend>& dst, const Tensor<T, cpu>& src) {
+    dst.resize(src.shape());
+    Backend::upload(dst.data(), src.data(), src.size());
+}
 
 }  // namespace lightunet

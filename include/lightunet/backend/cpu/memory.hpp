@@ -10,6 +10,7 @@ namespace lightunet {
 // The CPU backend tag. Kernels live in backend/cpu/*.hpp and are reached through Kernels<cpu>.
 struct cpu {
     static constexpr std::size_t alignment = 64;
+    static constexpr bool host_accessible = true;  // host code may read and write its memory
 
     template <class T>
     static T* allocate(std::size_t count) {
@@ -28,6 +29,11 @@ struct cpu {
     static void fill(T* dst, T value, std::size_t count) {
         std::fill(dst, dst + count, value);
     }
+    // Between host memory and the backend's (plain copies here; device transfers for cuda).
+    template <class T>
+    static void upload(T* dst, const T* host, std::size_t count) { copy(dst, host, count); }
+    template <class T>
+    static void download(T* host, const T* src, std::size_t count) { copy(host, src, count); }
 };
 
 }  // namespace lightunet

@@ -385,6 +385,13 @@ __global__ void sum_slots_kernel(const T* partial, int slots, std::ptrdiff_t cou
 // ---------------------------------------------------------------------------------------------
 // Host side
 
+// Fprop needs no scratch (implicit GEMM straight from the sources).
+template <class T>
+constexpr std::size_t conv_forward_workspace_size(const ConvProblem&) {
+    return 0;
+}
+
+// Backward: the repacked Dgrad weight, then the Wgrad slots' partial sums.
 template <class T>
 constexpr std::size_t conv_workspace_size(const ConvProblem& p) {
     const std::size_t weights = p.weight_count();

@@ -188,7 +188,8 @@ double dice_loss(Head head, int images, int channels, std::ptrdiff_t plane, cons
     return loss;
 }
 
-__global__ inline void invalid_label_kernel(bool softmax, int classes, std::ptrdiff_t count, const std::uint8_t* target,
+template <int = 0>
+__global__ void invalid_label_kernel(bool softmax, int classes, std::ptrdiff_t count, const std::uint8_t* target,
                                             unsigned long long* first) {
     const std::ptrdiff_t i = blockIdx.x * std::ptrdiff_t(blockDim.x) + threadIdx.x;
     if (i < count && (softmax ? target[i] >= classes : target[i] > 1)) atomicMin(first, static_cast<unsigned long long>(i));
@@ -200,7 +201,7 @@ inline std::ptrdiff_t first_invalid_label(Head head, int classes, std::ptrdiff_t
     const unsigned long long none = ~0ull;
     LIGHTUNET_CUDA_CHECK(cudaMemcpyAsync(first, &none, sizeof none, cudaMemcpyHostToDevice, cuda::stream()));
     if (count > 0) {
-        invalid_label_kernel<<<grid_for(count), block_threads, 0, cuda::stream()>>>(head == Head::softmax, classes, count, target, first);
+        invalid_label_kernel<><<<grid_for(count), block_threads, 0, cuda::stream()>>>(head == Head::softmax, classes, count, target, first);
         LIGHTUNET_CUDA_LAUNCHED("invalid_label_kernel");
     }
     unsigned long long result = 0;

@@ -60,7 +60,8 @@ struct PlaneSquares {
 };
 
 // stat[s] = sum of plane values over the statistic's planes, divided by its members.
-__global__ inline void stat_mean_kernel(DeviceGrouping g, const double* plane_values, double* stat) {
+template <int = 0>
+__global__ void stat_mean_kernel(DeviceGrouping g, const double* plane_values, double* stat) {
     const int s = blockIdx.x * blockDim.x + threadIdx.x;
     if (s >= g.stat_count()) return;
     double t = 0;
@@ -132,10 +133,10 @@ void norm_act_forward(const NormGrouping& ng, const Activation& a, const T* z, c
             double* mu = plane_values + planes;
             double* var = mu + stats;
             row_sums<1>(PlaneSum<T>{z, g.plane}, rs, partial, plane_values);
-            stat_mean_kernel<<<grid_for(stats), block_threads, 0, cuda::stream()>>>(g, plane_values, mu);
+            stat_mean_kernel<><<<grid_for(stats), block_threads, 0, cuda::stream()>>>(g, plane_values, mu);
             LIGHTUNET_CUDA_LAUNCHED("stat_mean_kernel");
             row_sums<1>(PlaneSquares<T>{z, g.plane, g, mu}, rs, partial, plane_values);
-            stat_mean_kernel<<<grid_for(stats), block_threads, 0, cuda::stream()>>>(g, plane_values, var);
+            stat_mean_kernel<><<<grid_for(stats), block_threads, 0, cuda::stream()>>>(g, plane_values, var);
             LIGHTUNET_CUDA_LAUNCHED("stat_mean_kernel");
             finish_stats_kernel<<<grid_for(stats), block_threads, 0, cuda::stream()>>>(g, mu, var, mean, invstd, running_mean,
                                                                                       running_var, momentum, eps);
