@@ -141,6 +141,22 @@ TEST_CASE("Checkpoint round trip restores every piece of state", "[checkpoint]")
     }
 }
 
+TEST_CASE("A network without buffers round-trips through empty datasets", "[checkpoint]") {
+    constexpr UNetConfig inst{.dims = 3, .in_channels = 2, .classes = 3, .widths = {4, 8}, .norm = Norm::instance,
+                              .head = Head::sigmoid};
+    using Net3 = UNet<inst>;
+    static_assert(Net3::buffer_count == 0);
+    test::ScratchDir dir("ckpt_nobuf");
+    Net3 net(1), fresh(2);
+    Sgd<float> opt(1e-2), o2(1e-2);
+    TrainState s, loaded;
+    save_checkpoint(dir.file("n.h5"), net, opt, s);
+    load_checkpoint(dir.file("n.h5"), fresh, o2, loaded);
+    CHECK(same_bytes<float>(net.parameters(), fresh.parameters()));
+    CHECK(loaded.history.empty());
+    CHECK(loaded.rng.empty());
+}
+
 TEST_CASE("Loading names what differs: configuration, optimiser, corrupt or truncated files", "[checkpoint]") {
     test::ScratchDir dir("ckpt_errors");
     Net net(1);

@@ -395,7 +395,8 @@ private:
         log_line("[WATCHDOG] " + msg);
         if (anomaly == Anomaly::over_temperature && watchdog_ && watchdog_->options().pause_when_hot) {
             log_line("[WATCHDOG] pausing until the temperature is below " + std::to_string(watchdog_->options().resume_temperature) + " C");
-            const double waited = watchdog_->wait_until_cool(&stop_requested_);
+            const double waited = watchdog_->wait_until_cool(
+                [this] { return stop_requested_.load() || (o_.handle_signals && detail::g_stop_signal.load() != 0); });
             char buf[96];
             std::snprintf(buf, sizeof buf, "[WATCHDOG] resumed after %.1f s (%s)", waited, watchdog_->summary().c_str());
             log_line(buf);

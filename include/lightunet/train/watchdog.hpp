@@ -136,9 +136,9 @@ public:
     }
 
     // Blocks until the hottest sensor reads below resume_temperature (polled by the thread, or
-    // here when it is not running), the pause limit passes, or `stop` becomes true. Returns
+    // here when it is not running), the pause limit passes, or `stop()` returns true. Returns
     // the seconds waited.
-    double wait_until_cool(const std::atomic<bool>* stop = nullptr) {
+    double wait_until_cool(const std::function<bool()>& stop = {}) {
         const auto t0 = std::chrono::steady_clock::now();
         auto waited = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
         while (true) {
@@ -147,7 +147,7 @@ public:
                 std::unique_lock lock(mutex_);
                 const double t = telemetry_.temperature;
                 if (!(t >= opt_.resume_temperature)) break;  // cool, or unreadable
-                if ((stop && stop->load()) || waited() >= opt_.max_pause_seconds) break;
+                if ((stop && stop()) || waited() >= opt_.max_pause_seconds) break;
                 cv_.wait_for(lock, std::chrono::duration<double>(std::min(opt_.poll_seconds, 0.5)));
             }
         }
