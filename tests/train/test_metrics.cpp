@@ -108,6 +108,24 @@ TEST_CASE("The distance transform is exact against brute force, with anisotropic
     }
 }
 
+TEST_CASE("A case is scored on its own grid and spacing", "[metrics]") {
+    lightunet::data::Case c;
+    c.id = "c7";
+    c.extent = {6, 5, 4};
+    c.geometry.spacing = {1.0f, 1.0f, 3.0f};
+    c.labels.assign(c.extent.voxels(), 0);
+    std::vector<std::uint8_t> pred(c.extent.voxels(), 0);
+    c.labels[(1 * 5 + 2) * 6 + 2] = 3;  // z 1
+    pred[(3 * 5 + 2) * 6 + 2] = 3;      // z 3: 2 slices of 3 mm away
+    const auto m = evaluate_case(c, pred);
+    CHECK(m.id == "c7");
+    CHECK(m.dice[2] == 0.0);
+    CHECK(m.hd95[2] == Approx(6.0));
+    CHECK(m.hd95[0] == Approx(6.0));
+    c.labels.clear();
+    CHECK_THROWS_WITH(evaluate_case(c, pred), Catch::Contains("c7"));
+}
+
 TEST_CASE("Metrics CSV holds one row per case and the mean", "[metrics]") {
     lightunet::test::ScratchDir dir("metrics");
     std::vector<CaseMetrics> cases{{"a", {1.0, 0.5, 0.0}, {0.0, 2.0, 4.0}}, {"b", {0.5, 0.5, 1.0}, {2.0, 2.0, 0.0}}};

@@ -155,6 +155,29 @@ TEST_CASE("Overlapping windows, Gaussian weights and mirroring reproduce a per-v
     }
 }
 
+TEST_CASE("predict_case labels a whole case slice by slice", "[sliding_window]") {
+    constexpr UNetConfig brats_like{.dims = 2, .in_channels = 4, .classes = 4, .widths = {4, 8}};
+    UNet<brats_like> net(6);
+    data::Case c;
+    c.id = "p";
+    c.extent = {20, 16, 3};
+    c.images = random_volume(4, {3, 16, 20}, 6);
+    SlidingWindowPredictor<UNet<brats_like>> sw(net, {});
+    const auto labels = predict_case(sw, c);
+    REQUIRE(labels.size() == c.extent.voxels());
+    // Slice 1 by hand.
+    Tensor<float> x({1, 4, 1, 16, 20});
+    for (int m = 0; m < 4; ++m) std::copy_n(c.image(m) + 320, 320, x.channel(0, m));
+    const auto& p = net.predict(x);
+    for (int i = 0; i < 320; ++i) {
+        int best = 0;
+        for (int k = 1; k < 4; ++k)
+            if (p.channel(0, k)[i] > p.channel(0, best)[i]) best = k;
+        const float gap = p.channel(0, best)[i] - p.channel(0, labels[320 + i])[i];
+        REQUIRE(gap <= 1e-5f);  // the same class, up to ties within rounding
+    }
+}
+
 TEST_CASE("Labels from probabilities: softmax argmax and nested sigmoid regions", "[sliding_window]") {
     // Two voxels, softmax 3 classes.
     const float soft[6] = {0.2f, 0.3f, 0.7f, 0.1f, 0.1f, 0.6f};  // [c][v]

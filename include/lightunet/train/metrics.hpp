@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "../config/unet_config.hpp"
+#include "../data/case.hpp"
 
 namespace lightunet::train {
 
@@ -280,6 +281,14 @@ inline CaseMetrics evaluate_case(std::string id, std::span<const std::uint8_t> p
         m.hd95[r] = hd95(pa, ga, grid, options);
     }
     return m;
+}
+
+// A labelled case against a prediction on its (cropped) grid, with the case's voxel spacing.
+inline CaseMetrics evaluate_case(const data::Case& c, std::span<const std::uint8_t> prediction, const MetricOptions& options = {}) {
+    if (!c.has_labels()) throw std::invalid_argument("evaluate_case: case " + c.id + " has no labels");
+    const auto& sp = c.geometry.spacing;
+    const Grid grid{c.extent.x, c.extent.y, c.extent.z, {double(sp[0]), double(sp[1]), double(sp[2])}};
+    return evaluate_case(c.id, prediction, c.labels, grid, options);
 }
 
 inline CaseMetrics mean_metrics(std::span<const CaseMetrics> cases) {

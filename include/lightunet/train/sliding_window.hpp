@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "../config/unet_config.hpp"
+#include "../data/case.hpp"
 #include "../tensor/tensor.hpp"
 #include "metrics.hpp"
 
@@ -177,5 +178,18 @@ private:
     Extent weights_extent_{0, 0, 0};
     std::vector<std::array<int, 3>> windows_;
 };
+
+// Canonical labels [z][y][x] for a whole case (its images [4][z][y][x] are the predictor's input
+// layout; the model must take data::kModalityCount input channels).
+template <class Model>
+std::vector<std::uint8_t> predict_case(SlidingWindowPredictor<Model>& predictor, const data::Case& c) {
+    static_assert(Model::config.in_channels == data::kModalityCount, "predict_case needs a model with 4 input channels");
+    if (c.images.size() != c.extent.voxels() * data::kModalityCount)
+        throw std::invalid_argument("predict_case: case " + c.id + " holds " + std::to_string(c.images.size()) +
+                                    " image values, expected 4 x " + std::to_string(c.extent.voxels()));
+    std::vector<std::uint8_t> labels(c.extent.voxels());
+    predictor.predict_labels(c.images.data(), {c.extent.z, c.extent.y, c.extent.x}, labels.data());
+    return labels;
+}
 
 }  // namespace lightunet::train
