@@ -13,6 +13,9 @@
 //   Naming::brats2023  <case>-{t1n,t1c,t2w,t2f,seg}.nii[.gz]   BraTS 2023+ and BraTS-Africa,
 //                       labels 0/1/2/3 (Edition::brats2023)
 // A case without a seg file is unlabelled. Every problem raises data::DataError naming the file.
+// nifti1.h #defines DT_UNKNOWN (a NIfTI datatype code), which is also an enumerator of
+// <dirent.h>: declare dirent's first so that code including both still compiles.
+#include <dirent.h>
 #include <nifti1_io.h>
 #include <zlib.h>
 
@@ -174,14 +177,21 @@ inline FileScan scan_nifti_file(const fs::path& path, bool gzip) {
                 partial_value[std::size_t(partial_filled++)] = buffer[position];
                 if (partial_filled < value_bytes) continue;
                 partial_filled = 0;
-                if (scan.swapped) std::reverse(partial_value.begin(), partial_value.begin() + value_bytes);
+                // Byte swaps on integers: GCC 12 misreads std::reverse over a run-time length here
+                // (-Wstringop-overflow).
                 double value;
                 if (value_bytes == 4) {
+                    std::uint32_t bits;
+                    std::memcpy(&bits, partial_value.data(), 4);
+                    if (scan.swapped) bits = __builtin_bswap32(bits);
                     float f;
-                    std::memcpy(&f, partial_value.data(), 4);
+                    std::memcpy(&f, &bits, 4);
                     value = f;
                 } else {
-                    std::memcpy(&value, partial_value.data(), 8);
+                    std::uint64_t bits;
+                    std::memcpy(&bits, partial_value.data(), 8);
+                    if (scan.swapped) bits = __builtin_bswap64(bits);
+                    std::memcpy(&value, &bits, 8);
                 }
                 if (!std::isfinite(value) && scan.nonfinite++ == 0) {
                     scan.first_nonfinite = std::size_t((absolute + 1 - data_begin) / std::uint64_t(value_bytes) - 1);

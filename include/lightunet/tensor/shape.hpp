@@ -14,9 +14,12 @@ struct Shape {
     constexpr std::size_t size() const { return std::size_t(n) * c * spatial(); }
     constexpr bool operator==(const Shape&) const = default;
 
+    // Appends rather than `"(" + to_string(...)`, which GCC 12 misreports (-Wrestrict, PR 105651).
     std::string str() const {
-        return "(" + std::to_string(n) + ", " + std::to_string(c) + ", " + std::to_string(d) + ", " +
-               std::to_string(h) + ", " + std::to_string(w) + ")";
+        std::string s = "(";
+        for (int v : {n, c, d, h, w}) s.append(std::to_string(v)).append(", ");
+        s.resize(s.size() - 2);
+        return s.append(")");
     }
 };
 
