@@ -117,6 +117,9 @@ TEST_CASE("Progress bar and epoch line formatting", "[progress]") {
     CHECK(format_progress("E", 4, 4, 10.0, std::nan("")) == "E: 100%|██████████| 4/4 [00:10<00:00, 2.50s/it]");
     CHECK(format_progress("E", 1, 4, 2.0, std::nan("")) == "E: 25%|██▌       | 1/4 [00:02<00:06, 2.00s/it]");
     CHECK(format_progress("E", 0, 4, 0.0, 1.0) == "E: 0%|          | 0/4 [00:00<?, ?it/s, loss=1]");
+    // A resumed epoch: 500 items were done before the clock started; 40 in 62 s is 0.645 it/s, 747 left take 1158 s.
+    CHECK(format_progress("Epoch 3/10", 540, 1287, 62.0, 0.231, 10, 500) ==
+          "Epoch 3/10: 42%|████▏     | 540/1287 [01:02<19:17, 1.55s/it, loss=0.231]");
     CHECK(train::format_duration(3723) == "1:02:03");
     CHECK(train::format_duration(59.9) == "00:59");
 

@@ -106,6 +106,57 @@ TEST_CASE("The validation loss equals the training loss on the same probabilitie
     }
 }
 
+TEST_CASE("Validation Dice of a sigmoid (region) head pools every sample's voxels", "[trainer]") {
+    constexpr UNetConfig regions{.dims = 2, .in_channels = 1, .classes = 3, .widths = {4, 8}, .head = Head::sigmoid};
+    using RNet = UNet<regions>;
+    RNet net(8);
+    net.set_threads(1);
+    // Region masks from blobs: WT = the blob, TC = its left half, ET = the even rows of TC.
+    auto fill = [](long, long index, RNet::Input& x, RNet::Labels& y) {
+        Net::Labels blob;
+        test::make_blobs(3, index, 2, 16, x, blob);
+        y.resize({2, 3, 1, 16, 16});
+        for (int b = 0; b < 2; ++b)
+            for (int i = 0; i < 16; ++i)
+                for (int j = 0; j < 16; ++j) {
+                    const bool in = blob.at(b, 0, 0, i, j) != 0;
+                    y.at(b, 0, 0, i, j) = in;
+                    y.at(b, 1, 0, i, j) = in && j < 8;
+                    y.at(b, 2, 0, i, j) = in && j < 8 && i % 2 == 0;
+                }
+    };
+    const BatchProvider<RNet> val{[](long) { return 2L; }, fill};
+    Sgd<float> opt(1e-2);
+    Captured log;
+    Trainer t(net, opt, quiet_options(log.f));
+    const auto [loss, dice] = t.validate(val, 0);
+    // By hand: every batch's eval probabilities -> nested labels, against the nested truth.
+    std::array<DiceCounts, 3> counts{};
+    RNet::Input x;
+    RNet::Labels y;
+    double loss_sum = 0;
+    for (long k = 0; k < 2; ++k) {
+        fill(0, k, x, y);
+        const auto& p = net.predict(x);
+        loss_sum += 2 * evaluation_loss(Head::sigmoid, 2, 3, 256, p.data(), y.data(), DiceLoss{});
+        for (int b = 0; b < 2; ++b) {
+            std::vector<std::uint8_t> pl(256), tl(256);
+            for (int i = 0; i < 256; ++i) {
+                const float* pb = p.data() + b * 3 * 256;
+                const std::uint8_t* yb = y.data() + b * 3 * 256;
+                pl[i] = pb[512 + i] > 0.5f ? 3 : pb[256 + i] > 0.5f ? 1 : pb[i] > 0.5f ? 2 : 0;
+                tl[i] = yb[512 + i] ? 3 : yb[256 + i] ? 1 : yb[i] ? 2 : 0;
+            }
+            const auto c = region_counts(pl, tl);
+            for (int r = 0; r < 3; ++r) counts[r].add(c[r]);
+        }
+    }
+    CHECK(loss == Approx(loss_sum / 4));
+    for (int r = 0; r < 3; ++r) CHECK(dice[r] == Approx(counts[r].dice()));
+    INFO(counts[0].truth << " " << counts[1].truth << " " << counts[2].truth);
+    CHECK(counts[2].truth > 0);
+}
+
 TEST_CASE("Resume gives weights bit-identical to an uninterrupted run", "[trainer]") {
     test::ScratchDir dir("trainer_resume");
     auto options = [&](std::FILE* out) {

@@ -46,8 +46,9 @@ inline std::string format_duration(double seconds) {
 }
 
 // The bar line for `done` of `total` after `elapsed` seconds; loss NaN leaves the postfix out.
+// `initial`: items already done when the clock started (a resumed epoch), left out of the rate.
 inline std::string format_progress(const std::string& desc, long done, long total, double elapsed, double loss,
-                                   int bar_width = 10) {
+                                   int bar_width = 10, long initial = 0) {
     static constexpr const char* partial[] = {"", "▏", "▎", "▍", "▌", "▋", "▊", "▉"};
     const double frac = total > 0 ? std::clamp(double(done) / double(total), 0.0, 1.0) : 0.0;
     std::string line = desc.empty() ? "" : desc + ": ";
@@ -60,7 +61,8 @@ inline std::string format_progress(const std::string& desc, long done, long tota
     for (; cells < full; ++cells) line += "█";
     if (cells < bar_width && eighths % 8) line += partial[eighths % 8], ++cells;
     line.append(std::size_t(bar_width - cells), ' ');
-    const double rate = elapsed > 0 && done > 0 ? double(done) / elapsed : std::numeric_limits<double>::quiet_NaN();
+    const double rate =
+        elapsed > 0 && done > initial ? double(done - initial) / elapsed : std::numeric_limits<double>::quiet_NaN();
     const double remaining = std::isfinite(rate) ? double(total - done) / rate : std::numeric_limits<double>::quiet_NaN();
     std::string rate_s;
     if (!std::isfinite(rate)) rate_s = "?it/s";
@@ -99,8 +101,9 @@ class ProgressBar {
 public:
     using Clock = std::chrono::steady_clock;
 
-    ProgressBar(std::string desc, long total, std::FILE* out = stderr, ProgressOptions options = {})
-        : desc_(std::move(desc)), total_(total), out_(out), opt_(options), start_(Clock::now()) {
+    // `initial`: items already done (a resumed epoch); they count in the bar, not in the rate.
+    ProgressBar(std::string desc, long total, std::FILE* out = stderr, ProgressOptions options = {}, long initial = 0)
+        : desc_(std::move(desc)), total_(total), done_(initial), initial_(initial), out_(out), opt_(options), start_(Clock::now()) {
         tty_ = opt_.terminal.value_or(out_ && isatty(fileno(out_)));
         last_ = start_ - std::chrono::hours(1);
     }
@@ -127,7 +130,7 @@ public:
 private:
     void draw(bool final) {
         if (!out_) return;
-        const std::string line = format_progress(desc_, done_, total_, elapsed(), loss_, opt_.bar_width);
+        const std::string line = format_progress(desc_, done_, total_, elapsed(), loss_, opt_.bar_width, initial_);
         if (tty_) std::fprintf(out_, "\r%s%s", line.c_str(), final ? "\n" : "");
         else if (!final || done_ != printed_) std::fprintf(out_, "%s\n", line.c_str());
         printed_ = done_;
@@ -135,7 +138,7 @@ private:
     }
 
     std::string desc_;
-    long total_, done_ = 0, printed_ = -1;
+    long total_, done_ = 0, initial_ = 0, printed_ = -1;
     double loss_ = std::numeric_limits<double>::quiet_NaN();
     std::FILE* out_;
     ProgressOptions opt_;

@@ -242,8 +242,8 @@ public:
             };
             std::optional<ProgressBar> bar;
             if (o_.show_progress && o_.out)
-                bar.emplace("Epoch " + std::to_string(epoch + 1) + "/" + std::to_string(o_.epochs), n, o_.out, o_.progress);
-            if (bar) bar->update(state_.step);
+                bar.emplace("Epoch " + std::to_string(epoch + 1) + "/" + std::to_string(o_.epochs), n, o_.out, o_.progress,
+                            state_.step);
             for (long k = state_.step; k < n; ++k) {
                 // Step boundary: stop requests first.
                 if (const int sig = detail::g_stop_signal.load(); (o_.handle_signals && sig) || stop_requested_.load()) {
