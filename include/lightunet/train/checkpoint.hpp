@@ -191,7 +191,10 @@ inline std::string layout_string(const std::vector<TensorInfo>& tensors) {
     std::size_t offset = 0;
     for (const auto& t : tensors) {
         s += t.name + " [";
-        for (std::size_t i = 0; i < t.shape.size(); ++i) s += (i ? "," : "") + std::to_string(t.shape[i]);
+        for (std::size_t i = 0; i < t.shape.size(); ++i) {
+            if (i) s += ',';
+            s += std::to_string(t.shape[i]);  // appended alone: GCC 12 misreports "," + to_string (-Wrestrict)
+        }
         s += "] " + std::to_string(offset) + "\n";
         offset += t.size();
     }

@@ -128,8 +128,13 @@ double evaluation_loss(Head head, int images, int classes, std::size_t plane, co
 // "7,765,124 parameters, 31.06 MB of float32 weights"
 template <class Model>
 std::string model_summary() {
-    std::string n = std::to_string(Model::parameter_count);
-    for (int i = int(n.size()) - 3; i > 0; i -= 3) n.insert(std::size_t(i), ",");
+    // Thousands separators by copying (GCC 12 misreports string::insert here, -Wrestrict).
+    const std::string digits = std::to_string(Model::parameter_count);
+    std::string n;
+    for (std::size_t i = 0; i < digits.size(); ++i) {
+        if (i && (digits.size() - i) % 3 == 0) n += ',';
+        n += digits[i];
+    }
     char buf[96];
     std::snprintf(buf, sizeof buf, " parameters, %.2f MB of %s weights", double(Model::parameter_bytes) / 1e6,
                   detail::scalar_name<typename Model::scalar>());
