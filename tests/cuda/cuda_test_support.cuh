@@ -37,10 +37,14 @@ std::vector<T> random_values(std::size_t n, Rng& rng, double lo = -1.0, double h
     return v;
 }
 
-// |got - want| <= bound[i] for every i; reports the worst element.
+// |got - want| <= bound[i] for every i; reports the worst element. Empty vectors pass (the
+// second sink of a one-source convolution has no channels): the report below indexes element
+// `worst`, which an empty vector does not have (reading it crashed the test on the host).
 template <class T>
 void check_within(const std::vector<T>& got, const std::vector<T>& want, const std::vector<double>& bound, const std::string& what) {
     REQUIRE(got.size() == want.size());
+    REQUIRE(bound.size() == want.size());
+    if (want.empty()) return;
     std::size_t worst = 0, failures = 0;
     double worst_ratio = 0;
     for (std::size_t i = 0; i < got.size(); ++i) {

@@ -7,7 +7,12 @@
 // same convolution run on absolute values. TF32 rounds both factors to 10 mantissa bits
 // (relative error 2^-11 each): bound (2^-10 + 2 K u) sum|terms|. Norms, losses and optimiser
 // updates accumulate in double on both backends; elementwise fp32 arithmetic differs by a few
-// ulps (FMA contraction, exp/log implementations), hence rtol 1e-5 unless stated. Pure data
+// ulps (FMA contraction, exp/log implementations), hence rtol 1e-5 unless stated. Where an
+// update cancels (Adam's first moment b1 m + (1 - b1) g, SGD's velocity mu v + g, m and g of
+// either sign), a relative bound on the result does not hold: each side rounds the products,
+// the sum and g + wd p (the GPU contracts into FMAs, the CPU build may not) with error at most
+// 4u times the sum of |terms| (g's rounding counts twice: in g and in the sum), so the two differ
+// by at most 8u sum|terms|. Pure data
 // movement (pooling, rearrangements, transposes) must match exactly.
 #include <algorithm>
 #include <cmath>
@@ -173,6 +178,14 @@ TEST_CASE("conv_backward: CUDA equals CPU (Dgrad into two sinks, Wgrad, bias)", 
             check_within(got.dx1, want.dx1, bound_of(abs_sum.dx1, {}, 2 * kd * u32), "dgrad, overwriting sink");
             check_within(got.dw, want.dw, bound_of(abs_sum.dw, init.dw, 2 * kw * u32), "wgrad");
             check_within(got.db, want.db, bound_of(abs_sum.db, init.db, 2 * kw * u32), "bias gradient");
+            // TF32 runs Dgrad on tensor cores (bound as for Fprop); Wgrad and the bias stay fp32.
+            KG::set_tf32(true);
+            const Grads tf32 = gpu_backward(d, init);
+            KG::set_tf32(false);
+            check_within(tf32.dx0, want.dx0, bound_of(abs_sum.dx0, init.dx0, 0x1.0p-10 + 2 * kd * u32), "tf32 dgrad, accumulating sink");
+            check_within(tf32.dx1, want.dx1, bound_of(abs_sum.dx1, {}, 0x1.0p-10 + 2 * kd * u32), "tf32 dgrad, overwriting sink");
+            check_within(tf32.dw, want.dw, bound_of(abs_sum.dw, init.dw, 2 * kw * u32), "wgrad with tf32 on");
+            check_within(tf32.db, want.db, bound_of(abs_sum.db, init.db, 2 * kw * u32), "bias gradient with tf32 on");
         }
     }
 }
@@ -412,7 +425,11 @@ TEST_CASE("optimiser updates, norms and small helpers: CUDA equals CPU", "[cuda]
             auto gp = device_copy(p0), gg = device_copy(g0), gm = device_copy(m0), gv = device_copy(v0);
             KG::adam_update(n, gp.data(), static_cast<const float*>(gg.data()), gm.data(), gv.data(), st);
             check_close(host_copy(gp, n), p, 1e-6, 1e-9, "parameters");
-            check_close(host_copy(gm, n), m, 1e-6, 1e-9, "first moment");
+            // m = b1 m + (1 - b1) g cancels (m and g of either sign): bound by its terms.
+            std::vector<double> bound_m(n);
+            for (std::ptrdiff_t i = 0; i < n; ++i)
+                bound_m[i] = 8 * u32 * (st.beta1 * std::abs(m0[i]) + (1 - st.beta1) * (std::abs(g0[i]) + st.weight_decay * std::abs(p0[i])));
+            check_within(host_copy(gm, n), m, bound_m, "first moment");
             check_close(host_copy(gv, n), v, 1e-6, 1e-12, "second moment");
         }
     }
@@ -423,7 +440,10 @@ TEST_CASE("optimiser updates, norms and small helpers: CUDA equals CPU", "[cuda]
         auto gp = device_copy(p0), gg = device_copy(g0), gvel = device_copy(m0);
         KG::sgd_update(n, gp.data(), static_cast<const float*>(gg.data()), gvel.data(), st);
         check_close(host_copy(gp, n), p, 1e-6, 1e-9, "parameters");
-        check_close(host_copy(gvel, n), vel, 1e-6, 1e-9, "velocity");
+        std::vector<double> bound_v(n);  // velocity = mu velocity + g cancels too
+        for (std::ptrdiff_t i = 0; i < n; ++i)
+            bound_v[i] = 8 * u32 * (st.momentum * std::abs(m0[i]) + std::abs(g0[i]) + st.weight_decay * std::abs(p0[i]));
+        check_within(host_copy(gvel, n), vel, bound_v, "velocity");
     }
     SECTION("transpose, add, channel_sums, all_finite") {
         const int rows = 37, cols = 53;
