@@ -1,0 +1,165 @@
+#pragma once
+// What every BraTS command shares: where the cases come from, the training/validation split,
+// and the run description (run.cfg) that `predict` reads back.
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <numeric>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <lightunet/data/case.hpp>
+#include <lightunet/data/labels.hpp>
+#include <lightunet/data/memory_source.hpp>
+#include <lightunet/data/random.hpp>
+#include <lightunet/data/source.hpp>
+#include <lightunet/io/kaggle_h5.hpp>
+#include <lightunet/io/nifti.hpp>
+#include <lightunet/io/store.hpp>
+
+#include "cli.hpp"
+
+namespace brats {
+
+namespace fs = std::filesystem;
+namespace data = lightunet::data;
+namespace io = lightunet::io;
+
+// A view of some cases of another source (the training or validation part of a split).
+class SubsetSource final : public data::CaseSource {
+public:
+    SubsetSource(const data::CaseSource& all, std::vector<std::size_t> indices) : all_(all), indices_(std::move(indices)) {}
+    std::size_t size() const override { return indices_.size(); }
+    std::string id(std::size_t i) const override { return all_.id(indices_.at(i)); }
+    data::VolumeExtent extent(std::size_t i) const override { return all_.extent(indices_.at(i)); }
+    bool has_labels(std::size_t i) const override { return all_.has_labels(indices_.at(i)); }
+    std::vector<std::array<int, 3>> foreground(std::size_t i) const override { return all_.foreground(indices_.at(i)); }
+    void read(std::size_t i, const data::Box& box, float* images, std::uint8_t* labels) const override {
+        all_.read(indices_.at(i), box, images, labels);
+    }
+    data::Case load(std::size_t i) const override { return all_.load(indices_.at(i)); }
+
+private:
+    const data::CaseSource& all_;
+    std::vector<std::size_t> indices_;
+};
+
+// --data is a store file, or a folder of NIfTI cases / Kaggle slices that is converted into
+// `<run>/store.h5` first (streaming, so a large dataset is never held in memory).
+inline std::unique_ptr<io::StoreSource> open_training_data(const fs::path& data_path, const fs::path& run_dir, bool skip_bad) {
+    if (fs::is_regular_file(data_path)) return std::make_unique<io::StoreSource>(data_path);
+    if (!fs::is_directory(data_path)) throw std::runtime_error(data_path.string() + ": no such file or folder");
+    const fs::path store = run_dir / "store.h5";
+    io::ConvertOptions options;
+    options.skip_bad_cases = skip_bad;
+    options.progress = [](const std::string& id, std::size_t done, std::size_t total) {
+        std::fprintf(stderr, "\r[INFO] Converting %zu/%zu %-40s", done, total, id.c_str());
+        if (done == total) std::fprintf(stderr, "\n");
+    };
+    std::fprintf(stderr, "[INFO] Converting %s into %s\n", data_path.c_str(), store.c_str());
+    const io::ConvertReport report = io::convert_to_store(data_path, store, options);
+    std::fprintf(stderr, "[INFO] Store: %zu cases", report.converted.size());
+    if (!report.skipped.empty()) {
+        std::fprintf(stderr, ", %zu skipped:\n", report.skipped.size());
+        for (const auto& [what, why] : report.skipped) std::fprintf(stderr, "  - %s: %s\n", what.c_str(), why.c_str());
+    } else {
+        std::fprintf(stderr, "\n");
+    }
+    return std::make_unique<io::StoreSource>(store);
+}
+
+struct Split {
+    std::vector<std::size_t> train, validation;
+};
+
+// --val-cases id,id,... names the validation cases; otherwise a seeded shuffle puts
+// round(fraction * n) labelled cases (at least one when there are two or more) aside.
+inline Split split_cases(const data::CaseSource& all, double fraction, const std::string& val_cases, std::uint64_t seed) {
+    std::vector<std::size_t> labelled;
+    for (std::size_t i = 0; i < all.size(); ++i)
+        if (all.has_labels(i)) labelled.push_back(i);
+    if (labelled.empty()) throw std::runtime_error("no labelled cases to train on");
+    Split split;
+    if (!val_cases.empty()) {
+        std::map<std::string, bool> wanted;
+        std::stringstream list(val_cases);
+        for (std::string id; std::getline(list, id, ',');)
+            if (!id.empty()) wanted[id] = false;
+        for (std::size_t i : labelled) {
+            auto it = wanted.find(all.id(i));
+            if (it != wanted.end()) {
+                it->second = true;
+                split.validation.push_back(i);
+            } else {
+                split.train.push_back(i);
+            }
+        }
+        for (const auto& [id, found] : wanted)
+            if (!found) throw brats_cli::UsageError("--val-cases: no labelled case '" + id + "' in the data");
+    } else {
+        std::vector<std::size_t> order = labelled;
+        data::SplitMix64 rng(seed ^ 0x5eed5a1173ull);
+        for (std::size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[std::size_t(rng.below(i))]);
+        std::size_t n_val = std::size_t(std::lround(fraction * double(order.size())));
+        if (fraction > 0 && n_val == 0 && order.size() >= 2) n_val = 1;
+        n_val = std::min(n_val, order.size() - 1);
+        split.validation.assign(order.begin(), order.begin() + std::ptrdiff_t(n_val));
+        split.train.assign(order.begin() + std::ptrdiff_t(n_val), order.end());
+        std::sort(split.validation.begin(), split.validation.end());
+        std::sort(split.train.begin(), split.train.end());
+    }
+    if (split.train.empty()) throw std::runtime_error("every labelled case is in the validation set: nothing left to train on");
+    return split;
+}
+
+// The run description: which compiled model a checkpoint belongs to and how it was trained.
+struct RunInfo {
+    std::string model = "2d", labels = "regions", optimizer = "adam";
+    std::vector<int> patch;  // D, H, W
+
+    void write(const fs::path& file) const {
+        std::ofstream f(file);
+        f << "model=" << model << "\nlabels=" << labels << "\noptimizer=" << optimizer << "\npatch=";
+        for (std::size_t i = 0; i < patch.size(); ++i) f << (i ? "x" : "") << patch[i];
+        f << "\n";
+        if (!f) throw std::runtime_error(file.string() + ": cannot write the run description");
+    }
+    static RunInfo read(const fs::path& file) {
+        std::ifstream f(file);
+        if (!f) throw std::runtime_error(file.string() + ": missing run description (is this a training output folder?)");
+        RunInfo r;
+        r.patch.clear();
+        std::map<std::string, std::string> kv;
+        for (std::string line; std::getline(f, line);) {
+            const auto eq = line.find('=');
+            if (eq != std::string::npos) kv[line.substr(0, eq)] = line.substr(eq + 1);
+        }
+        for (const char* key : {"model", "labels", "optimizer", "patch"})
+            if (!kv.count(key)) throw std::runtime_error(file.string() + ": no '" + key + "' entry");
+        r.model = kv["model"];
+        r.labels = kv["labels"];
+        r.optimizer = kv["optimizer"];
+        std::string p = kv["patch"];
+        std::replace(p.begin(), p.end(), 'x', ' ');
+        std::istringstream in(p);
+        for (int v; in >> v;) r.patch.push_back(v);
+        if (r.patch.size() != 3) throw std::runtime_error(file.string() + ": patch must be DxHxW, not '" + kv["patch"] + "'");
+        if ((r.model != "2d" && r.model != "3d") || (r.labels != "regions" && r.labels != "classes"))
+            throw std::runtime_error(file.string() + ": unknown model '" + r.model + "' or labels '" + r.labels + "'");
+        return r;
+    }
+};
+
+// Cases to predict: a folder with one case, or a folder of case folders / files (either
+// NIfTI naming). Images are z-scored inside the brain exactly as the store does.
+inline std::vector<io::CaseFiles> cases_to_predict(const fs::path& input) {
+    std::vector<io::CaseFiles> cases = io::find_cases(input);
+    if (cases.empty()) throw std::runtime_error(input.string() + ": no NIfTI cases found");
+    return cases;
+}
+
+}  // namespace brats

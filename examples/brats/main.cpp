@@ -1,0 +1,269 @@
+// brats: generate a synthetic BraTS set, convert cases into a store, train a 2D slice or 3D
+// patch U-Net, predict whole cases into NIfTI, and evaluate Dice / HD95 per region.
+//   brats <command> --help   for each command's options
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <string>
+
+#include <lightunet/data/synthetic.hpp>
+#include <lightunet/train/metrics.hpp>
+
+#include "common.hpp"
+#include "pipeline.hpp"
+
+namespace brats {
+
+constexpr const char* kUsage =
+    "usage: brats <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  synth     write synthetic BraTS-like cases (NIfTI, either naming, or Kaggle HDF5 slices)\n"
+    "  convert   turn a folder of cases into a preprocessed HDF5 store\n"
+    "  train     train the 2D slice or 3D patch U-Net (checkpoints, metrics, pictures)\n"
+    "  predict   segment whole cases into NIfTI in their original geometry\n"
+    "  evaluate  Dice and HD95 per region (WT, TC, ET) of predictions against ground truth\n"
+    "\n"
+    "`brats <command> --help` lists a command's options.\n";
+
+int synth_command(const brats_cli::Options& o) {
+    const fs::path out = o.str("out");
+    const long cases = o.integer("cases", 1, 100000);
+    const std::uint64_t seed = std::uint64_t(o.integer("seed", 0));
+    data::SyntheticConfig config;
+    const auto e = o.extents("extent");
+    if (e.size() != 3) throw brats_cli::UsageError("--extent needs three extents XxYxZ, not '" + o.str("extent") + "'");
+    config.extent = {e[0], e[1], e[2]};
+    const std::string layout = o.str("layout");
+    const std::string prefix = o.str("prefix");
+    std::vector<io::KaggleSliceRecord> records;
+    for (long i = 0; i < cases; ++i) {
+        data::Case c = data::synthetic_case(config, seed + std::uint64_t(i));
+        char id[64];
+        if (layout == "nifti2023") std::snprintf(id, sizeof id, "%s-%05ld-000", prefix.c_str(), i + 1);
+        else std::snprintf(id, sizeof id, "%s_%03ld", prefix.c_str(), i + 1);
+        c.id = id;
+        if (layout == "kaggle") {
+            const auto r = io::write_kaggle_volume(out, c, int(i + 1));
+            records.insert(records.end(), r.begin(), r.end());
+        } else {
+            io::WriteOptions w;
+            w.image_type = io::VoxelType::int16;
+            io::write_case(out / c.id, c, layout == "nifti2023" ? io::Naming::brats2023 : io::Naming::brats2018, w);
+        }
+        std::fprintf(stderr, "\r[INFO] synth %ld/%ld %s", i + 1, cases, c.id.c_str());
+    }
+    if (layout == "kaggle") io::write_kaggle_metadata(out / "meta_data.csv", records);
+    std::fprintf(stderr, "\n[INFO] Wrote %ld cases (%dx%dx%d, %s) into %s\n", cases, e[0], e[1], e[2], layout.c_str(), out.c_str());
+    return 0;
+}
+
+int convert_command(const brats_cli::Options& o) {
+    io::ConvertOptions options;
+    options.skip_bad_cases = o.flag_set("skip-bad");
+    options.progress = [](const std::string& id, std::size_t done, std::size_t total) {
+        std::fprintf(stderr, "\r[INFO] %zu/%zu %-40s", done, total, id.c_str());
+    };
+    const io::ConvertReport report = io::convert_to_store(o.str("data"), o.str("out"), options);
+    std::fprintf(stderr, "\n[INFO] Converted %zu cases into %s\n", report.converted.size(), o.str("out").c_str());
+    for (const auto& [what, why] : report.skipped) std::fprintf(stderr, "[WARN] skipped %s: %s\n", what.c_str(), why.c_str());
+    return report.skipped.empty() ? 0 : 3;
+}
+
+// Reads a segmentation file as canonical classes (the file's edition from its naming).
+std::vector<std::uint8_t> read_segmentation(const io::CaseFiles& files, const fs::path& path, data::VolumeExtent& extent,
+                                            std::array<float, 3>& spacing) {
+    const io::NiftiVolume v = io::read_nifti(path);
+    extent = v.extent;
+    spacing = v.geometry.spacing;
+    return data::LabelMap::for_edition(files.edition()).apply(v.values.data(), v.values.size(), path.string());
+}
+
+int evaluate_command(const brats_cli::Options& o) {
+    namespace train = lightunet::train;
+    const fs::path pred_dir = o.str("pred"), truth_dir = o.str("truth");
+    std::vector<train::CaseMetrics> rows;
+    for (const io::CaseFiles& truth : io::find_cases(truth_dir)) {
+        if (truth.labels.empty()) continue;
+        const std::string suffix = io::modality_suffixes(truth.naming)[io::kSegmentationSlot];
+        fs::path pred;
+        for (const char* ext : {".nii.gz", ".nii"})
+            if (fs::exists(pred_dir / (truth.id + suffix + ext))) pred = pred_dir / (truth.id + suffix + ext);
+        if (pred.empty()) {
+            if (o.flag_set("allow-missing")) {
+                std::fprintf(stderr, "[WARN] no prediction for %s in %s\n", truth.id.c_str(), pred_dir.c_str());
+                continue;
+            }
+            throw std::runtime_error(pred_dir.string() + ": no prediction " + truth.id + suffix + ".nii[.gz] for " + truth.labels.string());
+        }
+        data::VolumeExtent te, pe;
+        std::array<float, 3> spacing{}, pspacing{};
+        const auto t = read_segmentation(truth, truth.labels, te, spacing);
+        const auto p = read_segmentation(truth, pred, pe, pspacing);
+        if (te != pe)
+            throw std::runtime_error(pred.string() + ": extent " + std::to_string(pe.x) + "x" + std::to_string(pe.y) + "x" +
+                                     std::to_string(pe.z) + " differs from the ground truth's " + std::to_string(te.x) + "x" +
+                                     std::to_string(te.y) + "x" + std::to_string(te.z));
+        const train::Grid grid{te.x, te.y, te.z, {double(spacing[0]), double(spacing[1]), double(spacing[2])}};
+        rows.push_back(train::evaluate_case(truth.id, p, t, grid));
+        const auto& m = rows.back();
+        std::printf("%-28s Dice WT/TC/ET %.3f/%.3f/%.3f  HD95 %.1f/%.1f/%.1f mm\n", m.id.c_str(), m.dice[0], m.dice[1], m.dice[2],
+                    m.hd95[0], m.hd95[1], m.hd95[2]);
+    }
+    if (rows.empty()) throw std::runtime_error(truth_dir.string() + ": no labelled cases to evaluate");
+    const auto mean = train::mean_metrics(rows);
+    std::printf("%-28s Dice WT/TC/ET %.3f/%.3f/%.3f  HD95 %.1f/%.1f/%.1f mm  (%zu cases)\n", "mean", mean.dice[0], mean.dice[1],
+                mean.dice[2], mean.hd95[0], mean.hd95[1], mean.hd95[2], rows.size());
+    train::write_metrics_csv(o.str("out"), rows);
+    std::fprintf(stderr, "[INFO] Wrote %s\n", o.str("out").c_str());
+    if (o.given("min-wt-dice") && mean.dice[0] < o.real("min-wt-dice", 0.0, 1.0)) {
+        std::fprintf(stderr, "[ERROR] mean whole-tumour Dice %.3f is below --min-wt-dice %s\n", mean.dice[0], o.str("min-wt-dice").c_str());
+        return 4;
+    }
+    return 0;
+}
+
+RunInfo run_info_for_training(const brats_cli::Options& o) {
+    RunInfo run;
+    run.model = o.str("model");
+    run.labels = o.str("labels");
+    run.optimizer = o.str("optimizer");
+    const auto p = o.extents("patch");
+    if (run.model == "2d") {
+        if (p.size() != 2) throw brats_cli::UsageError("--patch for the 2D model is HxW, not '" + o.str("patch") + "'");
+        run.patch = {1, p[0], p[1]};
+    } else {
+        if (p.size() != 3) throw brats_cli::UsageError("--patch for the 3D model is DxHxW, not '" + o.str("patch") + "'");
+        run.patch = p;
+    }
+    for (std::size_t a = run.model == "2d" ? 1 : 0; a < 3; ++a)
+        if (run.patch[a] % 16)
+            throw brats_cli::UsageError("--patch extents must be multiples of 16 (4 poolings), not '" + o.str("patch") + "'");
+    return run;
+}
+
+brats_cli::Options options_for(const std::string& command) {
+    using brats_cli::Options;
+    if (command == "synth")
+        return Options("synth", "Write synthetic BraTS-like cases: a brain with CSF, grey and white matter, a tumour with "
+                                "necrosis, enhancing rim and edema, four modalities, bias field and noise.")
+            .required("out", "output folder")
+            .value("cases", "20", "number of cases")
+            .value("seed", "1", "seed of the first case (case i uses seed + i)")
+            .value("extent", "96x96x64", "voxels XxYxZ (240x240x155 is BraTS's grid)")
+            .value("layout", "nifti2018", "file layout", {"nifti2018", "nifti2023", "kaggle"})
+            .value("prefix", "Synth", "case id prefix");
+    if (command == "convert")
+        return Options("convert", "Convert a folder of NIfTI cases (BraTS 2018-2021 or 2023+ naming) or Kaggle HDF5 slices "
+                                  "into a preprocessed store (docs/store.md).")
+            .required("data", "input folder")
+            .required("out", "store file to write (.h5)")
+            .flag("skip-bad", "skip unreadable cases and list them instead of stopping");
+    if (command == "train")
+        return Options("train", "Train a U-Net; writes checkpoints/, metrics.csv, metrics.json, curves.png, pictures/ and "
+                                "run.cfg into --out.")
+            .required("data", "store file, or folder of cases (converted into <out>/store.h5)")
+            .required("out", "output folder")
+            .value("model", "2d", "network", {"2d", "3d"})
+            .value("labels", "regions", "targets: overlapping regions WT/TC/ET (sigmoid) or classes (softmax)",
+                   {"regions", "classes"})
+            .value("patch", "96x96", "2D: slice HxW; 3D: patch DxHxW (multiples of 16)")
+            .value("epochs", "10", "epochs")
+            .value("steps-per-epoch", "50", "batches per epoch")
+            .value("batch", "8", "batch size")
+            .value("lr", "0.001", "base learning rate")
+            .value("schedule", "poly", "learning-rate schedule", {"poly", "cosine", "step", "constant"})
+            .value("optimizer", "adam", "optimiser", {"adam", "adamw", "sgd"})
+            .value("weight-decay", "0", "weight decay (AdamW: decoupled)")
+            .value("clip", "12", "gradient-norm clipping (0: off)")
+            .value("loss", "dice_ce", "loss: soft Dice, or Dice + cross-entropy", {"dice", "dice_ce"})
+            .flag("sample-dice", "Dice per sample instead of over the batch")
+            .value("foreground", "0.33", "fraction of patches centred on tumour")
+            .value("val-split", "0.2", "fraction of cases held out for validation")
+            .value("val-cases", "", "comma-separated validation case ids (overrides --val-split)")
+            .value("val-batches", "8", "validation batches (drawn once, un-augmented)")
+            .value("seed", "1", "seed of the weights, the split and the loader")
+            .value("threads", "2", "compute threads")
+            .value("workers", "1", "loader threads")
+            .value("keep", "3", "rolling checkpoints kept")
+            .value("autosave", "300", "seconds between time-based checkpoints (0: off)")
+            .value("resume", "", "checkpoint to resume from, or 'latest'")
+            .value("pictures", "3", "validation cases drawn as overlays at the end")
+            .value("watchdog-seconds", "5", "watchdog poll interval")
+            .value("max-temp", "95", "watchdog CPU temperature limit (degrees C)")
+            .flag("no-watchdog", "no telemetry watchdog")
+            .flag("no-augment", "no augmentation")
+            .flag("no-progress", "no progress bar")
+            .flag("skip-bad", "skip unreadable cases when converting");
+    if (command == "predict")
+        return Options("predict", "Segment every case under --data; writes <id>_seg.nii.gz (or <id>-seg.nii.gz) in the input's "
+                                  "geometry and label convention.")
+            .required("run", "training output folder (run.cfg, checkpoints/)")
+            .required("data", "folder of NIfTI cases")
+            .required("out", "output folder")
+            .value("checkpoint", "", "checkpoint file [<run>/checkpoints/best.h5]")
+            .value("overlap", "0.5", "sliding-window overlap")
+            .value("threads", "2", "compute threads")
+            .value("pictures", "3", "cases drawn as overlay PNGs")
+            .flag("tta", "mirror test-time augmentation");
+    if (command == "evaluate")
+        return Options("evaluate", "Dice and HD95 (mm) per region. Empty truth and empty prediction: Dice 1, HD95 0; one empty, "
+                                   "the other not: Dice 0, HD95 = the volume's diagonal in mm.")
+            .required("pred", "folder of predicted segmentations")
+            .required("truth", "folder of labelled cases")
+            .value("out", "metrics.csv", "CSV to write")
+            .value("min-wt-dice", "", "exit with status 4 when the mean whole-tumour Dice is lower")
+            .flag("allow-missing", "skip cases without a prediction instead of stopping");
+    throw brats_cli::UsageError("unknown command '" + command + "'");
+}
+
+int dispatch(const std::string& command, const brats_cli::Options& o) {
+    if (command == "synth") return synth_command(o);
+    if (command == "convert") return convert_command(o);
+    if (command == "evaluate") return evaluate_command(o);
+    if (command == "train") {
+        const RunInfo run = run_info_for_training(o);
+        fs::create_directories(o.str("out"));
+        run.write(fs::path(o.str("out")) / "run.cfg");
+        return run.model == "2d" ? train_2d(o, run) : train_3d(o, run);
+    }
+    const RunInfo run = RunInfo::read(fs::path(o.str("run")) / "run.cfg");
+    return run.model == "2d" ? predict_2d(o, run) : predict_3d(o, run);
+}
+
+}  // namespace brats
+
+int main(int argc, char** argv) {
+    // The loader's and watchdog's threads share the cores with the compute threads, and libgomp's
+    // default spin-waiting at barriers then burns the time those threads need (measured: a 2D
+    // step 2.5x slower on a busy 2-core machine). libgomp reads its environment when it loads,
+    // so set the policy and start again, unless the user chose one.
+    if (!std::getenv("OMP_WAIT_POLICY") && !std::getenv("LIGHTUNET_NO_REEXEC")) {
+        setenv("OMP_WAIT_POLICY", "passive", 1);
+        setenv("LIGHTUNET_NO_REEXEC", "1", 1);
+        execv("/proc/self/exe", argv);  // returns only on failure: carry on with the default
+    }
+    if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
+        std::fputs(brats::kUsage, argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    const std::string command = argv[1];
+    std::optional<brats_cli::Options> options;
+    try {
+        options.emplace(brats::options_for(command));
+        if (!options->parse(argc, argv, 2)) {
+            std::fputs(options->help().c_str(), stdout);
+            return 0;
+        }
+        return brats::dispatch(command, *options);
+    } catch (const brats_cli::UsageError& e) {
+        std::fprintf(stderr, "brats %s: %s\n\n%s", command.c_str(), e.what(), options ? options->help().c_str() : brats::kUsage);
+        return 2;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "brats %s: error: %s\n", command.c_str(), e.what());
+        return 1;
+    }
+}

@@ -1,0 +1,221 @@
+#pragma once
+// `train` and `predict` for one compiled configuration. main.cpp picks the configuration;
+// model_2d.cpp and model_3d.cpp instantiate these templates (one translation unit each, so the
+// two networks compile in parallel).
+#include <chrono>
+#include <cstdio>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <lightunet/data/loader.hpp>
+#include <lightunet/io/png.hpp>
+#include <lightunet/model/unet.hpp>
+#include <lightunet/optim/optimizers.hpp>
+#include <lightunet/optim/schedule.hpp>
+#include <lightunet/train/checkpoint.hpp>
+#include <lightunet/train/loader_provider.hpp>
+#include <lightunet/train/metrics.hpp>
+#include <lightunet/train/sliding_window.hpp>
+#include <lightunet/train/trainer.hpp>
+
+#include "common.hpp"
+
+namespace brats {
+
+using lightunet::Extent;
+
+// One per translation unit (model_2d.cpp, model_3d.cpp): picks the head from run.labels.
+int train_2d(const brats_cli::Options& o, const RunInfo& run);
+int train_3d(const brats_cli::Options& o, const RunInfo& run);
+int predict_2d(const brats_cli::Options& o, const RunInfo& run);
+int predict_3d(const brats_cli::Options& o, const RunInfo& run);
+
+template <lightunet::UNetConfig C>
+struct Pipeline {
+    using Model = lightunet::UNet<C>;
+    static constexpr bool regions = C.head == lightunet::Head::sigmoid;
+
+    template <class Optimizer>
+    static int train(const brats_cli::Options& o, const RunInfo& run, Optimizer optimizer);
+    static int predict(const brats_cli::Options& o, const RunInfo& run);
+
+};
+
+template <lightunet::UNetConfig C>
+template <class Optimizer>
+int Pipeline<C>::train(const brats_cli::Options& o, const RunInfo& run, Optimizer optimizer) {
+    namespace train = lightunet::train;
+    const fs::path out = o.str("out");
+    fs::create_directories(out);
+    const int threads = int(o.integer("threads", 1, 256));
+    const std::uint64_t seed = std::uint64_t(o.integer("seed", 0));
+    lightunet::Kernels<lightunet::cpu>::set_threads(threads);
+
+    auto store = open_training_data(o.str("data"), out, o.flag_set("skip-bad"));
+    const Split split = split_cases(*store, o.real("val-split", 0.0, 0.9), o.str("val-cases"), seed);
+    SubsetSource train_cases(*store, split.train), val_cases(*store, split.validation);
+    std::fprintf(stderr, "[INFO] %zu training cases, %zu validation cases\n", train_cases.size(), val_cases.size());
+
+    const Extent patch{run.patch[0], run.patch[1], run.patch[2]};
+    data::LoaderConfig lc;
+    lc.patch = patch;
+    lc.batch = int(o.integer("batch", 1, 4096));
+    lc.foreground_fraction = o.real("foreground", 0.0, 1.0);
+    lc.labels = regions ? data::LabelFormat::regions : data::LabelFormat::classes;
+    lc.batches_per_epoch = std::size_t(o.integer("steps-per-epoch", 1));
+    lc.workers = int(o.integer("workers", 0, 64));
+    lc.seed = seed;
+    if (o.flag_set("no-augment")) lc.augmentation = data::Augmentation::none();
+    train::LoaderProvider train_loader(train_cases, lc);
+
+    // Validation: a fixed set of un-augmented patches drawn once (the same every epoch).
+    std::vector<typename Model::Input> val_x;
+    std::vector<typename Model::Labels> val_y;
+    if (val_cases.size() > 0) {
+        data::LoaderConfig vc = lc;
+        vc.augmentation = data::Augmentation::none();
+        vc.seed = seed + 1;
+        vc.workers = 0;
+        vc.foreground_fraction = 0.5;
+        vc.batches_per_epoch = std::size_t(o.integer("val-batches", 1));
+        data::PatchLoader loader(val_cases, vc);
+        data::Batch b;
+        for (std::size_t i = 0; i < vc.batches_per_epoch; ++i) {
+            loader.next(b);
+            val_x.push_back(b.images);
+            val_y.push_back(b.labels);
+        }
+    }
+    train::BatchProvider<Model> validation{[&](long) { return long(val_x.size()); },
+                                           [&](long, long i, typename Model::Input& x, typename Model::Labels& y) {
+                                               x = val_x[std::size_t(i)];
+                                               y = val_y[std::size_t(i)];
+                                           }};
+
+    Model model(seed);
+    model.set_threads(threads);
+    const long epochs = o.integer("epochs", 1);
+    const long total_steps = epochs * long(lc.batches_per_epoch);
+    train::TrainerOptions to;
+    to.epochs = epochs;
+    to.lr = o.real("lr", 0.0, 10.0);
+    const std::string schedule = o.str("schedule");
+    if (schedule == "poly") to.schedule = lightunet::PolyLR{total_steps};
+    else if (schedule == "cosine") to.schedule = lightunet::CosineLR{total_steps};
+    else if (schedule == "step") to.schedule = lightunet::StepLR{std::max(1L, total_steps / 3)};
+    to.loss.ce_weight = o.str("loss") == "dice_ce" ? 1.0 : 0.0;
+    to.loss.include_background = regions;  // softmax: Dice over the tumour classes only
+    // Batch Dice by default: a per-sample Dice of a tumour-free slice gives (almost) no gradient
+    // against false positives there, and most slices are tumour-free.
+    to.loss.batch_dice = !o.flag_set("sample-dice");
+    to.checkpoint_dir = (out / "checkpoints").string();
+    to.keep_last = int(o.integer("keep", 1, 1000));
+    to.autosave_seconds = o.real("autosave", 0.0);
+    to.metrics_csv = (out / "metrics.csv").string();
+    to.metrics_json = (out / "metrics.json").string();
+    to.curves_png = (out / "curves.png").string();
+    to.use_watchdog = !o.flag_set("no-watchdog");
+    to.watchdog.poll_seconds = o.real("watchdog-seconds", 0.1);
+    to.watchdog.max_temperature = o.real("max-temp", 0.0);
+    if (o.flag_set("no-progress")) to.show_progress = false;
+    to.save_rng = [seed] { return train::RngStates{{"loader_seed", {seed}}}; };
+    to.restore_rng = [seed](const train::RngStates& s) {
+        auto it = s.find("loader_seed");
+        if (it == s.end() || it->second.size() != 1 || it->second[0] != seed)
+            throw std::runtime_error("--resume: the checkpoint was trained with another --seed");
+    };
+    optimizer.clip_norm = o.real("clip", 0.0);
+    train::Trainer<Model, Optimizer> trainer(model, optimizer, to);
+    if (o.given("resume")) {
+        const std::string from = o.str("resume");
+        if (from == "latest") {
+            if (!trainer.resume_latest()) std::fprintf(stderr, "[INFO] No checkpoint in %s yet: starting afresh\n", to.checkpoint_dir.c_str());
+        } else {
+            trainer.resume(from);
+        }
+    }
+    const auto result = trainer.fit(train_loader.provider<Model>(), val_x.empty() ? nullptr : &validation);
+    if (result.interrupted) {
+        std::fprintf(stderr, "[INFO] Interrupted; resume with --resume latest (last checkpoint %s)\n", result.last_checkpoint.c_str());
+        return 130;
+    }
+
+    // Overlay pictures of a few validation cases, predicted whole.
+    const int pictures = int(o.integer("pictures", 0, 1000));
+    if (pictures > 0 && val_cases.size() > 0) {
+        train::SlidingWindowOptions so;
+        so.patch = patch;
+        train::SlidingWindowPredictor<Model> predictor(model, so);
+        fs::create_directories(out / "pictures");
+        for (std::size_t i = 0; i < val_cases.size() && int(i) < pictures; ++i) {
+            const data::Case c = val_cases.load(i);
+            const auto labels = train::predict_case(predictor, c);
+            const fs::path png = out / "pictures" / (c.id + ".png");
+            lightunet::io::write_case_overlay(png.string(), c, labels, 3, 2);
+            std::fprintf(stderr, "[INFO] Wrote %s\n", png.c_str());
+        }
+    }
+    std::fprintf(stderr, "[INFO] Done: %ld steps; checkpoints in %s, metrics in %s\n", result.global_step,
+                 to.checkpoint_dir.c_str(), to.metrics_csv.c_str());
+    return 0;
+}
+
+template <lightunet::UNetConfig C>
+int Pipeline<C>::predict(const brats_cli::Options& o, const RunInfo& run) {
+    namespace train = lightunet::train;
+    const int threads = int(o.integer("threads", 1, 256));
+    lightunet::Kernels<lightunet::cpu>::set_threads(threads);
+    Model model(0);
+    model.set_threads(threads);
+    const fs::path run_dir = o.str("run");
+    const fs::path checkpoint = o.given("checkpoint") ? fs::path(o.str("checkpoint")) : run_dir / "checkpoints" / "best.h5";
+    train::TrainState state;
+    if (run.optimizer == "sgd") {
+        lightunet::Sgd<float> optimizer;
+        train::load_checkpoint(checkpoint.string(), model, optimizer, state);
+    } else {
+        lightunet::Adam<float> optimizer;
+        train::load_checkpoint(checkpoint.string(), model, optimizer, state);
+    }
+    std::fprintf(stderr, "[INFO] Loaded %s (epoch %ld, step %ld)\n", checkpoint.c_str(), state.epoch, state.global_step);
+
+    train::SlidingWindowOptions so;
+    so.patch = Extent{run.patch[0], run.patch[1], run.patch[2]};
+    so.overlap = o.real("overlap", 0.0, 0.95);
+    so.mirror = o.flag_set("tta");
+    train::SlidingWindowPredictor<Model> predictor(model, so);
+    const fs::path out = o.str("out");
+    fs::create_directories(out);
+    const int pictures = int(o.integer("pictures", 0, 100000));
+    int done = 0;
+    double total_seconds = 0;
+    for (const io::CaseFiles& files : cases_to_predict(o.str("data"))) {
+        data::Case c = io::read_case(files);
+        data::normalize_brain(c);
+        const auto t0 = std::chrono::steady_clock::now();
+        const auto labels = train::predict_case(predictor, c);
+        const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        total_seconds += seconds;
+        const fs::path written = io::write_prediction(out, c, labels, files.naming);
+        std::fprintf(stderr, "[INFO] %s: %.2f s -> %s\n", c.id.c_str(), seconds, written.c_str());
+        if (done < pictures) {
+            const fs::path png = out / (c.id + ".png");
+            lightunet::io::write_case_overlay(png.string(), c, labels, 3, 2);
+        }
+        ++done;
+    }
+    std::fprintf(stderr, "[INFO] Predicted %d cases, %.2f s per case on %d threads\n", done, done ? total_seconds / done : 0.0,
+                 threads);
+    return 0;
+}
+
+// The optimiser chosen on the command line (a type of its own: the trainer is compiled for it).
+template <lightunet::UNetConfig C>
+int train_with_optimizer(const brats_cli::Options& o, const RunInfo& run) {
+    const double lr = o.real("lr", 0.0, 10.0), wd = o.real("weight-decay", 0.0, 1.0);
+    if (run.optimizer == "sgd") return Pipeline<C>::train(o, run, lightunet::Sgd<float>(lr, 0.99, true, wd));
+    return Pipeline<C>::train(o, run, lightunet::Adam<float>(lr, wd, run.optimizer == "adamw"));
+}
+
+}  // namespace brats
