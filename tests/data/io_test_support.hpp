@@ -14,6 +14,7 @@
 #include <vector>
 
 #include <lightunet/data/case.hpp>
+#include <lightunet/data/labels.hpp>
 
 // Catch2 2.x has no SKIP: print a line ctest recognises (SKIP_REGULAR_EXPRESSION "SKIPPED:"
 // in tests/data/CMakeLists.txt) and leave the test case.
@@ -94,6 +95,21 @@ inline std::vector<char> read_bytes(const fs::path& path) {
 inline void write_bytes(const fs::path& path, const std::vector<char>& bytes) {
     std::ofstream out(path, std::ios::binary | std::ios::trunc);
     out.write(bytes.data(), std::streamsize(bytes.size()));
+}
+
+// Expects `action` to throw a DataError whose message contains `file_part` and `what_part`.
+template <class Action>
+void require_data_error(Action&& action, const std::string& file_part, const std::string& what_part) {
+    try {
+        action();
+    } catch (const data::DataError& error) {
+        const std::string message = error.what();
+        INFO(message);
+        CHECK(message.find(file_part) != std::string::npos);
+        CHECK(message.find(what_part) != std::string::npos);
+        return;
+    }
+    FAIL("no DataError (expected one naming " << file_part << " and '" << what_part << "')");
 }
 
 }  // namespace lightunet::test

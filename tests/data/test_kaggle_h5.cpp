@@ -15,19 +15,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-template <class Action>
-void require_data_error(Action&& action, const std::string& file_part, const std::string& what_part) {
-    try {
-        action();
-    } catch (const data::DataError& error) {
-        const std::string message = error.what();
-        INFO(message);
-        CHECK(message.find(file_part) != std::string::npos);
-        CHECK(message.find(what_part) != std::string::npos);
-        return;
-    }
-    FAIL("no DataError (expected one naming " << file_part << " and '" << what_part << "')");
-}
+using test::require_data_error;
 
 // Storage layout of one dataset as HDF5 reports it.
 struct Layout {

@@ -27,20 +27,7 @@ void require_same_geometry(const data::Geometry& a, const data::Geometry& b) {
     for (int i = 0; i < 3; ++i) REQUIRE(a.qoffset[i] == Approx(b.qoffset[i]).margin(1e-6));
 }
 
-// Expects `action` to throw a DataError whose message contains `file_part` and `what_part`.
-template <class Action>
-void require_data_error(Action&& action, const std::string& file_part, const std::string& what_part) {
-    try {
-        action();
-    } catch (const data::DataError& error) {
-        const std::string message = error.what();
-        INFO(message);
-        CHECK(message.find(file_part) != std::string::npos);
-        CHECK(message.find(what_part) != std::string::npos);
-        return;
-    }
-    FAIL("no DataError (expected one naming " << file_part << " and '" << what_part << "')");
-}
+using test::require_data_error;
 
 }  // namespace
 
