@@ -14,7 +14,6 @@
 
 #include <lightunet/data/case.hpp>
 #include <lightunet/data/labels.hpp>
-#include <lightunet/data/memory_source.hpp>
 #include <lightunet/data/random.hpp>
 #include <lightunet/data/source.hpp>
 #include <lightunet/io/kaggle_h5.hpp>
@@ -154,12 +153,32 @@ struct RunInfo {
     }
 };
 
-// Cases to predict: a folder with one case, or a folder of case folders / files (either
-// NIfTI naming). Images are z-scored inside the brain exactly as the store does.
-inline std::vector<io::CaseFiles> cases_to_predict(const fs::path& input) {
-    std::vector<io::CaseFiles> cases = io::find_cases(input);
-    if (cases.empty()) throw std::runtime_error(input.string() + ": no NIfTI cases found");
-    return cases;
+// What `predict` reads: NIfTI cases (a folder with one case, or a folder of case folders /
+// files, either naming), or the volumes of a folder of Kaggle slices.
+struct PredictInputs {
+    std::vector<io::CaseFiles> nifti;
+    std::map<int, std::map<int, fs::path>> kaggle_volumes;  // volume -> slice -> file
+};
+
+inline bool holds_kaggle_slices(const fs::path& folder) {
+    std::error_code error;
+    if (!fs::is_directory(folder, error)) return false;
+    for (const fs::directory_entry& entry : fs::directory_iterator(folder, error)) {
+        const std::string name = entry.path().filename().string();
+        if (entry.path().extension() == ".h5" && name.rfind("volume_", 0) == 0 && name.find("_slice_") != std::string::npos) return true;
+    }
+    return false;
+}
+
+inline PredictInputs inputs_to_predict(const fs::path& input) {
+    PredictInputs inputs;
+    if (holds_kaggle_slices(input)) {
+        inputs.kaggle_volumes = io::group_kaggle_slices(input);
+        return inputs;
+    }
+    inputs.nifti = io::find_cases(input);
+    if (inputs.nifti.empty()) throw std::runtime_error(input.string() + ": no NIfTI cases and no Kaggle volume_<v>_slice_<s>.h5 files");
+    return inputs;
 }
 
 }  // namespace brats

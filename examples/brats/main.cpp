@@ -82,9 +82,59 @@ std::vector<std::uint8_t> read_segmentation(const io::CaseFiles& files, const fs
     return data::LabelMap::for_edition(files.edition()).apply(v.values.data(), v.values.size(), path.string());
 }
 
-int evaluate_command(const brats_cli::Options& o) {
+void print_metrics(const lightunet::train::CaseMetrics& m) {
+    std::printf("%-28s Dice WT/TC/ET %.3f/%.3f/%.3f  HD95 %.1f/%.1f/%.1f mm\n", m.id.c_str(), m.dice[0], m.dice[1], m.dice[2],
+                m.hd95[0], m.hd95[1], m.hd95[2]);
+}
+
+// Kaggle slices: per volume, the slices the truth folder holds, each against the prediction of
+// the same name, stacked at their slice positions (1 mm apart, as BraTS's grid; slices between
+// them count as empty in both) so that HD95 measures distances in 3D.
+std::vector<lightunet::train::CaseMetrics> evaluate_kaggle(const fs::path& pred_dir, const fs::path& truth_dir, bool allow_missing) {
     namespace train = lightunet::train;
-    const fs::path pred_dir = o.str("pred"), truth_dir = o.str("truth");
+    std::vector<train::CaseMetrics> rows;
+    for (const auto& [volume, slices] : io::group_kaggle_slices(truth_dir)) {
+        const int first = slices.begin()->first, depth = slices.rbegin()->first - first + 1;
+        std::vector<std::uint8_t> truth, pred;
+        int width = 0, height = 0, found = 0;
+        for (const auto& [slice, truth_file] : slices) {
+            const fs::path pred_file = pred_dir / truth_file.filename();
+            if (!fs::exists(pred_file)) {
+                if (allow_missing) continue;
+                throw std::runtime_error(pred_dir.string() + ": no prediction " + truth_file.filename().string() + " for " +
+                                         truth_file.string());
+            }
+            const io::KaggleMask t = io::read_kaggle_mask(truth_file), p = io::read_kaggle_mask(pred_file);
+            if (p.width != t.width || p.height != t.height)
+                throw std::runtime_error(pred_file.string() + ": mask is " + std::to_string(p.width) + "x" + std::to_string(p.height) +
+                                         ", the ground truth's is " + std::to_string(t.width) + "x" + std::to_string(t.height));
+            if (truth.empty()) {
+                width = t.width;
+                height = t.height;
+                truth.assign(std::size_t(width) * height * depth, 0);
+                pred.assign(truth.size(), 0);
+            } else if (t.width != width || t.height != height) {
+                throw std::runtime_error(truth_file.string() + ": slice is " + std::to_string(t.width) + "x" + std::to_string(t.height) +
+                                         ", other slices of volume " + std::to_string(volume) + " are " + std::to_string(width) +
+                                         "x" + std::to_string(height));
+            }
+            const std::size_t offset = std::size_t(slice - first) * t.labels.size();
+            std::copy(t.labels.begin(), t.labels.end(), truth.begin() + std::ptrdiff_t(offset));
+            std::copy(p.labels.begin(), p.labels.end(), pred.begin() + std::ptrdiff_t(offset));
+            ++found;
+        }
+        if (found == 0) {
+            std::fprintf(stderr, "[WARN] no prediction for volume %d in %s\n", volume, pred_dir.c_str());
+            continue;
+        }
+        rows.push_back(train::evaluate_case("volume_" + std::to_string(volume), pred, truth, train::Grid{width, height, depth, {1.0, 1.0, 1.0}}));
+        print_metrics(rows.back());
+    }
+    return rows;
+}
+
+std::vector<lightunet::train::CaseMetrics> evaluate_nifti(const fs::path& pred_dir, const fs::path& truth_dir, bool allow_missing) {
+    namespace train = lightunet::train;
     std::vector<train::CaseMetrics> rows;
     for (const io::CaseFiles& truth : io::find_cases(truth_dir)) {
         if (truth.labels.empty()) continue;
@@ -93,7 +143,7 @@ int evaluate_command(const brats_cli::Options& o) {
         for (const char* ext : {".nii.gz", ".nii"})
             if (fs::exists(pred_dir / (truth.id + suffix + ext))) pred = pred_dir / (truth.id + suffix + ext);
         if (pred.empty()) {
-            if (o.flag_set("allow-missing")) {
+            if (allow_missing) {
                 std::fprintf(stderr, "[WARN] no prediction for %s in %s\n", truth.id.c_str(), pred_dir.c_str());
                 continue;
             }
@@ -109,10 +159,17 @@ int evaluate_command(const brats_cli::Options& o) {
                                      std::to_string(te.y) + "x" + std::to_string(te.z));
         const train::Grid grid{te.x, te.y, te.z, {double(spacing[0]), double(spacing[1]), double(spacing[2])}};
         rows.push_back(train::evaluate_case(truth.id, p, t, grid));
-        const auto& m = rows.back();
-        std::printf("%-28s Dice WT/TC/ET %.3f/%.3f/%.3f  HD95 %.1f/%.1f/%.1f mm\n", m.id.c_str(), m.dice[0], m.dice[1], m.dice[2],
-                    m.hd95[0], m.hd95[1], m.hd95[2]);
+        print_metrics(rows.back());
     }
+    return rows;
+}
+
+int evaluate_command(const brats_cli::Options& o) {
+    namespace train = lightunet::train;
+    const fs::path pred_dir = o.str("pred"), truth_dir = o.str("truth");
+    const bool allow_missing = o.flag_set("allow-missing");
+    const std::vector<train::CaseMetrics> rows = holds_kaggle_slices(truth_dir) ? evaluate_kaggle(pred_dir, truth_dir, allow_missing)
+                                                                                : evaluate_nifti(pred_dir, truth_dir, allow_missing);
     if (rows.empty()) throw std::runtime_error(truth_dir.string() + ": no labelled cases to evaluate");
     const auto mean = train::mean_metrics(rows);
     std::printf("%-28s Dice WT/TC/ET %.3f/%.3f/%.3f  HD95 %.1f/%.1f/%.1f mm  (%zu cases)\n", "mean", mean.dice[0], mean.dice[1],
@@ -199,21 +256,24 @@ brats_cli::Options options_for(const std::string& command) {
             .flag("no-progress", "no progress bar")
             .flag("skip-bad", "skip unreadable cases when converting");
     if (command == "predict")
-        return Options("predict", "Segment every case under --data; writes <id>_seg.nii.gz (or <id>-seg.nii.gz) in the input's "
-                                  "geometry and label convention.")
+        return Options("predict", "Segment every case under --data, cropped to the brain. NIfTI cases: writes "
+                                  "<id>_seg.nii.gz (or <id>-seg.nii.gz) in the input's geometry and label convention. Kaggle "
+                                  "slices: writes volume_<v>_slice_<s>.h5 per input slice with a 'mask' dataset in the "
+                                  "Kaggle layout (X, Y, 3) uint8, and meta_data.csv.")
             .required("run", "training output folder (run.cfg, checkpoints/)")
-            .required("data", "folder of NIfTI cases")
+            .required("data", "folder of NIfTI cases, or of Kaggle volume_<v>_slice_<s>.h5 slices")
             .required("out", "output folder")
             .value("checkpoint", "", "checkpoint file [<run>/checkpoints/best.h5]")
             .value("overlap", "0.5", "sliding-window overlap")
             .value("threads", "2", "compute threads")
             .value("pictures", "3", "cases drawn as overlay PNGs")
-            .flag("tta", "mirror test-time augmentation");
+            .flag("tta", "mirror test-time augmentation")
+            .flag("no-channel-check", "Kaggle slices: do not check the channel order against the intensities");
     if (command == "evaluate")
         return Options("evaluate", "Dice and HD95 (mm) per region. Empty truth and empty prediction: Dice 1, HD95 0; one empty, "
                                    "the other not: Dice 0, HD95 = the volume's diagonal in mm.")
-            .required("pred", "folder of predicted segmentations")
-            .required("truth", "folder of labelled cases")
+            .required("pred", "folder of predicted segmentations (NIfTI, or Kaggle slice masks)")
+            .required("truth", "folder of labelled cases (NIfTI, or Kaggle slices: scored per volume on 1 mm slices)")
             .value("out", "metrics.csv", "CSV to write")
             .value("min-wt-dice", "", "exit with status 4 when the mean whole-tumour Dice is lower")
             .flag("allow-missing", "skip cases without a prediction instead of stopping");

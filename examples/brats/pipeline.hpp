@@ -190,23 +190,49 @@ int Pipeline<C>::predict(const brats_cli::Options& o, const RunInfo& run) {
     const int pictures = int(o.integer("pictures", 0, 100000));
     int done = 0;
     double total_seconds = 0;
-    for (const io::CaseFiles& files : cases_to_predict(o.str("data"))) {
-        data::Case c = io::read_case(files);
-        data::normalize_brain(c);
+    // Predicts one prepared case, reports its latency and draws it while pictures are due.
+    auto segment = [&](const data::Case& prepared) {
         const auto t0 = std::chrono::steady_clock::now();
-        const auto labels = train::predict_case(predictor, c);
+        auto labels = train::predict_case(predictor, prepared);
         const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         total_seconds += seconds;
-        const fs::path written = io::write_prediction(out, c, labels, files.naming);
-        std::fprintf(stderr, "[INFO] %s: %.2f s -> %s\n", c.id.c_str(), seconds, written.c_str());
-        if (done < pictures) {
-            const fs::path png = out / (c.id + ".png");
-            lightunet::io::write_case_overlay(png.string(), c, labels, 3, 2);
-        }
+        if (done < pictures) lightunet::io::write_case_overlay((out / (prepared.id + ".png")).string(), prepared, labels, 3, 2);
         ++done;
+        return std::pair{std::move(labels), seconds};
+    };
+    const fs::path input = o.str("data");
+    const PredictInputs inputs = inputs_to_predict(input);
+    for (const io::CaseFiles& files : inputs.nifti) {
+        const data::Case prepared = io::prepare_for_prediction(io::read_case(files));
+        const auto [labels, seconds] = segment(prepared);
+        const fs::path written = io::write_prediction(out, prepared, labels, files.naming);
+        std::fprintf(stderr, "[INFO] %s: %.2f s (brain crop %dx%dx%d) -> %s\n", prepared.id.c_str(), seconds, prepared.extent.x,
+                     prepared.extent.y, prepared.extent.z, written.c_str());
     }
-    std::fprintf(stderr, "[INFO] Predicted %d cases, %.2f s per case on %d threads\n", done, done ? total_seconds / done : 0.0,
-                 threads);
+    // Kaggle slices: every volume is assembled (absent slices as background, which the brain
+    // crop then skips), and each input slice gets a mask file of the same name, in the Kaggle
+    // mask layout, plus a metadata CSV of the predictions.
+    std::vector<io::KaggleSliceRecord> records;
+    for (const auto& [volume, slices] : inputs.kaggle_volumes) {
+        io::KaggleVolumeOptions read;
+        read.missing = io::MissingSlices::fill_background;
+        read.read.verify_channel_order = !o.flag_set("no-channel-check");
+        const io::KaggleVolume v = io::read_kaggle_volume(input, volume, read);
+        const std::vector<float> background = io::kaggle_slice_background(v.case_data);
+        const data::Case prepared = io::prepare_for_prediction(v.case_data, &background);
+        const auto [labels, seconds] = segment(prepared);
+        const data::VolumeExtent e = v.case_data.extent;
+        const std::vector<std::uint8_t> full = io::uncrop_labels(prepared, labels, e);
+        const std::size_t plane = std::size_t(e.x) * e.y;
+        for (const auto& [slice, file] : slices)
+            records.push_back(io::write_kaggle_mask(out, volume, slice, full.data() + std::size_t(slice) * plane, e.x, e.y));
+        std::fprintf(stderr, "[INFO] %s: %zu slices, %.2f s (brain crop %dx%dx%d) -> %s/volume_%d_slice_*.h5\n",
+                     prepared.id.c_str(), slices.size(), seconds, prepared.extent.x, prepared.extent.y, prepared.extent.z,
+                     out.c_str(), volume);
+    }
+    if (!records.empty()) io::write_kaggle_metadata(out / "meta_data.csv", records);
+    std::fprintf(stderr, "[INFO] Predicted %d %s, %.2f s per %s on %d threads\n", done, inputs.nifti.empty() ? "volumes" : "cases",
+                 done ? total_seconds / done : 0.0, inputs.nifti.empty() ? "volume" : "case", threads);
     return 0;
 }
 

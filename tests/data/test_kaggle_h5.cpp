@@ -268,3 +268,75 @@ TEST_CASE("Kaggle bad input raises a DataError naming the file", "[io][kaggle][b
         require_data_error([&] { io::read_kaggle_metadata(csv); }, "meta.csv:3", "'zero' is not an integer");
     }
 }
+
+TEST_CASE("Kaggle prediction masks: the set's mask layout, read back exactly, in any declared order", "[io][kaggle]") {
+    ScratchDir dir("kaggle-masks");
+    const data::Case c = test::make_test_case("v", {70, 64, 5}, 4);
+    const std::size_t pixels = 70 * 64;
+    const std::uint8_t* slice = c.labels.data() + 2 * pixels;  // the tumour's centre slice: classes 1, 2, 3
+
+    const io::KaggleSliceRecord record = io::write_kaggle_mask(dir / "pred", 7, 88, slice, 70, 64);
+    const fs::path file = dir / "pred" / "volume_7_slice_88.h5";
+    REQUIRE(record.slice_path == file.string());
+    REQUIRE(record.volume == 7);
+    REQUIRE(record.slice == 88);
+    std::array<long long, 4> counts{};
+    for (std::size_t i = 0; i < pixels; ++i) ++counts[slice[i]];
+    REQUIRE(counts[1] > 0);
+    REQUIRE(counts[2] > 0);
+    REQUIRE(counts[3] > 0);
+    REQUIRE(record.label_pixel_counts == std::array<long long, 3>{counts[1], counts[2], counts[3]});
+    REQUIRE(record.target == 1);
+    REQUIRE(record.background_ratio == Approx(double(counts[0]) / pixels));
+    // Exactly the set's 'mask' dataset, and nothing else in the file.
+    REQUIRE(dataset_layout(file, "mask") == Layout{{70, 64, 3}, {60, 60, 2}, "uint8", {H5Z_FILTER_DEFLATE}, {9}, 0});
+    REQUIRE(root_attribute_count(file) == 1);
+
+    const io::KaggleMask back = io::read_kaggle_mask(file);
+    REQUIRE(back.width == 70);
+    REQUIRE(back.height == 64);
+    REQUIRE(std::equal(back.labels.begin(), back.labels.end(), slice));
+    // The [x][y][c] layout of the set: pixel (x, y) of class 3 sets channel 2 (label 4, ET).
+    std::size_t et = 0;
+    while (slice[et] != 3) ++et;
+    {
+        io::detail::H5Lock lock;
+        io::detail::H5Handle h5 = io::detail::open_hdf5_read(file);
+        io::detail::H5Handle mask = io::detail::open_dataset(h5.get(), "mask", file.string());
+        std::vector<std::uint8_t> raw(pixels * 3);
+        io::detail::read_whole(mask.get(), raw, file.string());
+        const std::size_t x = et % 70, y = et / 70;
+        REQUIRE(raw[(x * 64 + y) * 3 + 0] == 0);
+        REQUIRE(raw[(x * 64 + y) * 3 + 1] == 0);
+        REQUIRE(raw[(x * 64 + y) * 3 + 2] == 1);
+    }
+    // A slice file of the set reads as its mask alone, the same labels as read_kaggle_slice gives.
+    io::write_kaggle_volume(dir / "set", c, 3);
+    const io::KaggleMask set_mask = io::read_kaggle_mask(dir / "set" / "volume_3_slice_2.h5");
+    REQUIRE(std::equal(set_mask.labels.begin(), set_mask.labels.end(), slice));
+
+    SECTION("another declared channel order round-trips, and differs on disk") {
+        io::KaggleWriteOptions options;
+        options.channels.mask_classes = {3, 1, 2};
+        io::write_kaggle_mask(dir / "other", 7, 88, slice, 70, 64, options);
+        const io::KaggleMask other = io::read_kaggle_mask(dir / "other" / "volume_7_slice_88.h5", options.channels);
+        REQUIRE(std::equal(other.labels.begin(), other.labels.end(), slice));
+        const io::KaggleMask misread = io::read_kaggle_mask(dir / "other" / "volume_7_slice_88.h5");
+        REQUIRE_FALSE(std::equal(misread.labels.begin(), misread.labels.end(), slice));
+    }
+    SECTION("a label above 3, an empty extent and a mask of the wrong shape raise") {
+        std::vector<std::uint8_t> bad(slice, slice + pixels);
+        bad[5] = 4;
+        require_data_error([&] { io::write_kaggle_mask(dir / "pred", 7, 89, bad.data(), 70, 64); }, "volume_7_slice_89.h5",
+                           "label 4 at (5, 0)");
+        require_data_error([&] { io::write_kaggle_mask(dir / "pred", 7, 90, slice, 0, 64); }, "volume 7 slice 90", "empty extent");
+        const fs::path wrong = dir / "wrong.h5";
+        {
+            io::detail::H5Lock lock;
+            io::detail::H5Handle h5 = io::detail::create_hdf5(wrong);
+            const std::vector<std::uint8_t> two(70 * 64 * 2, 0);
+            io::detail::write_dataset(h5.get(), "mask", {70, 64, 2}, {}, H5T_STD_U8LE, two.data(), false, 0, wrong.string());
+        }
+        require_data_error([&] { io::read_kaggle_mask(wrong); }, "wrong.h5", "'mask' has shape (70, 64, 2), expected (X, Y, 3)");
+    }
+}

@@ -283,6 +283,53 @@ TEST_CASE("Store from a Kaggle slice folder", "[io][store][kaggle]") {
                         volume.labels[(std::size_t(z + 1) * 28 + (y + 3)) * 30 + (x + 2)]);
 }
 
+TEST_CASE("A case prepared for prediction: the store's crop and z-score, labels kept out of the crop, and back",
+          "[io][store][predict]") {
+    data::Case c = test::make_test_case("p", {30, 28, 8}, 6);  // brain x 2..27, y 3..26, z 1..5
+    c.labels[0] = 2;  // a label outside the brain must not widen the crop
+    const data::Case prepared = io::prepare_for_prediction(c);
+    REQUIRE(prepared.crop.begin == std::array<int, 3>{2, 3, 1});
+    REQUIRE(prepared.crop.end == std::array<int, 3>{28, 27, 6});
+    REQUIRE(prepared.extent == data::VolumeExtent{26, 24, 5});
+    // Every prepared voxel is brain here: each modality has mean 0 and std 1 over it.
+    for (int m = 0; m < 4; ++m) {
+        const float* v = prepared.image(m);
+        double sum = 0, squares = 0;
+        for (std::size_t i = 0; i < prepared.extent.voxels(); ++i) sum += v[i], squares += double(v[i]) * v[i];
+        const double mean = sum / double(prepared.extent.voxels());
+        REQUIRE(mean == Approx(0.0).margin(1e-5));
+        REQUIRE(squares / double(prepared.extent.voxels()) - mean * mean == Approx(1.0).epsilon(1e-4));
+    }
+    for (int z = 0; z < 5; ++z)
+        for (int y = 0; y < 24; ++y)
+            for (int x = 0; x < 26; ++x)
+                REQUIRE(prepared.labels[(std::size_t(z) * 24 + y) * 26 + x] == c.labels[(std::size_t(z + 1) * 28 + (y + 3)) * 30 + (x + 2)]);
+    std::vector<std::uint8_t> expected = c.labels;
+    expected[0] = 0;  // outside the crop: background
+    REQUIRE(io::uncrop_labels(prepared, prepared.labels, c.extent) == expected);
+    REQUIRE_THROWS_WITH(io::uncrop_labels(prepared, std::vector<std::uint8_t>(7), c.extent), Catch::Contains("case p has 3120 voxels"));
+    REQUIRE_THROWS_WITH(io::uncrop_labels(prepared, prepared.labels, {20, 28, 8}), Catch::Contains("does not lie in the extent 20x28x8"));
+
+    SECTION("Kaggle slices: the per-slice background, with an absent slice") {
+        ScratchDir dir("prepare-kaggle");
+        io::write_kaggle_volume(dir / "slices", c, 4);
+        fs::remove(dir / "slices" / "volume_4_slice_3.h5");
+        io::KaggleVolumeOptions options;
+        options.depth = 8;
+        options.missing = io::MissingSlices::fill_background;
+        options.read.verify_channel_order = false;
+        const io::KaggleVolume v = io::read_kaggle_volume(dir / "slices", 4, options);
+        const std::vector<float> background = io::kaggle_slice_background(v.case_data);
+        const data::Case from_slices = io::prepare_for_prediction(v.case_data, &background);
+        REQUIRE(from_slices.crop.begin == std::array<int, 3>{2, 3, 1});
+        REQUIRE(from_slices.crop.end == std::array<int, 3>{28, 27, 6});
+        // The absent slice (z = 3, local 2) is background: zero after the z-score.
+        const std::size_t plane = 26 * 24;
+        for (int m = 0; m < 4; ++m)
+            for (std::size_t i = 0; i < plane; ++i) REQUIRE(from_slices.image(m)[2 * plane + i] == 0.0f);
+    }
+}
+
 TEST_CASE("Store from the real BraTS cases keeps their geometry", "[io][store][real]") {
     const fs::path root = test::shared_data_dir();
     if (!fs::is_directory(root / "brats2018")) LIGHTUNET_SKIP("shared data folder absent: " << root.string());

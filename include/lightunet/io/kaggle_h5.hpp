@@ -206,6 +206,72 @@ inline void validate_channels(const KaggleChannels& channels) {
         throw std::invalid_argument("KaggleChannels: mask channels must name classes 1, 2, 3 once each");
 }
 
+// mask (X, Y, 3) {0,1} in the file's channel order -> canonical labels [y][x]; raises for values
+// other than 0/1 and for pixels in more than one channel.
+inline std::vector<std::uint8_t> decode_mask(const std::vector<std::uint8_t>& mask, int width, int height,
+                                             const KaggleChannels& channels, const std::string& name) {
+    std::vector<std::uint8_t> labels(std::size_t(width) * height, 0);
+    std::size_t bad_mask = 0, overlapping = 0;
+    for (int x = 0; x < width; ++x)
+        for (int y = 0; y < height; ++y) {
+            const std::size_t stored = std::size_t(x) * height + y;
+            int set = 0;
+            for (std::size_t k = 0; k < 3; ++k) {
+                const std::uint8_t m = mask[stored * 3 + k];
+                if (m > 1) ++bad_mask;
+                if (m == 1) {
+                    ++set;
+                    labels[std::size_t(y) * width + x] = std::uint8_t(channels.mask_classes[k]);
+                }
+            }
+            if (set > 1) ++overlapping;
+        }
+    if (bad_mask != 0) throw data::DataError(name + ": dataset 'mask' holds " + std::to_string(bad_mask) + " values other than 0/1");
+    if (overlapping != 0)
+        throw data::DataError(name + ": dataset 'mask' marks " + std::to_string(overlapping) +
+                              " pixels in more than one channel (channels must be mutually exclusive)");
+    return labels;
+}
+
+// Canonical labels [y][x] -> mask (X, Y, 3) in the file's channel order; counts the pixels of
+// each mask channel. A label above 3 raises, naming `context`.
+inline std::vector<std::uint8_t> encode_mask(const std::uint8_t* labels, int width, int height, const KaggleChannels& channels,
+                                             std::array<long long, 3>& channel_pixels, const std::string& context) {
+    std::array<int, 4> class_channel{-1, -1, -1, -1};
+    for (std::size_t k = 0; k < 3; ++k) class_channel[std::size_t(channels.mask_classes[k])] = int(k);
+    std::vector<std::uint8_t> mask(std::size_t(width) * height * 3, 0);
+    channel_pixels = {};
+    for (int x = 0; x < width; ++x)
+        for (int y = 0; y < height; ++y) {
+            const std::uint8_t k = labels[std::size_t(y) * width + x];
+            if (k == 0) continue;
+            if (k > 3) throw data::DataError(context + ": label " + std::to_string(k) + " at (" + std::to_string(x) + ", " +
+                                             std::to_string(y) + "), canonical labels are 0..3");
+            const int channel = class_channel[k];
+            mask[(std::size_t(x) * height + y) * 3 + std::size_t(channel)] = 1;
+            ++channel_pixels[std::size_t(channel)];
+        }
+    return mask;
+}
+
+// Opens and checks the 'mask' dataset: (X, Y, 3) integers, X and Y as `expected` when given.
+inline H5Handle open_mask_dataset(hid_t file, const std::string& name, std::vector<hsize_t>& dims,
+                                  const std::vector<hsize_t>* expected_xy = nullptr) {
+    H5Handle mask_set = open_dataset(file, "mask", name);
+    dims = dataset_dims(mask_set.get(), name + ": mask");
+    const StoredType mask_type = dataset_type(mask_set.get(), name + ": mask");
+    const bool shape_ok = expected_xy ? dims.size() == 3 && dims[0] == (*expected_xy)[0] && dims[1] == (*expected_xy)[1] && dims[2] == 3
+                                      : dims.size() == 3 && dims[2] == 3 && dims[0] >= 1 && dims[1] >= 1 && dims[0] <= 4096 &&
+                                            dims[1] <= 4096;
+    if (!shape_ok)
+        throw data::DataError(name + ": dataset 'mask' has shape " + dims_text(dims) + ", expected (" +
+                              (expected_xy ? std::to_string((*expected_xy)[0]) + ", " + std::to_string((*expected_xy)[1]) : "X, Y") +
+                              ", 3)");
+    if (mask_type.type_class != H5T_INTEGER)
+        throw data::DataError(name + ": dataset 'mask' is " + mask_type.describe() + ", expected uint8");
+    return mask_set;
+}
+
 // Stored channels [4][y][x] (file channel order) and canonical labels of one slice file.
 struct StoredSlice {
     int width = 0, height = 0;
@@ -229,14 +295,8 @@ inline StoredSlice read_stored_slice(const fs::path& path, const KaggleChannels&
             throw data::DataError(name + ": dataset 'image' has shape " + dims_text(image_dims) + ", expected (X, Y, 4)");
         if (image_type.type_class != H5T_FLOAT)
             throw data::DataError(name + ": dataset 'image' is " + image_type.describe() + ", expected float64");
-        H5Handle mask_set = open_dataset(file.get(), "mask", name);
-        const std::vector<hsize_t> mask_dims = dataset_dims(mask_set.get(), name + ": mask");
-        const StoredType mask_type = dataset_type(mask_set.get(), name + ": mask");
-        if (mask_dims.size() != 3 || mask_dims[0] != image_dims[0] || mask_dims[1] != image_dims[1] || mask_dims[2] != 3)
-            throw data::DataError(name + ": dataset 'mask' has shape " + dims_text(mask_dims) + ", expected (" +
-                                  std::to_string(image_dims[0]) + ", " + std::to_string(image_dims[1]) + ", 3)");
-        if (mask_type.type_class != H5T_INTEGER)
-            throw data::DataError(name + ": dataset 'mask' is " + mask_type.describe() + ", expected uint8");
+        std::vector<hsize_t> mask_dims;
+        H5Handle mask_set = open_mask_dataset(file.get(), name, mask_dims, &image_dims);
         slice.width = int(image_dims[0]);
         slice.height = int(image_dims[1]);
         image.resize(std::size_t(slice.width) * slice.height * 4);
@@ -246,8 +306,7 @@ inline StoredSlice read_stored_slice(const fs::path& path, const KaggleChannels&
     }
     const std::size_t pixels = std::size_t(slice.width) * slice.height;
     slice.channels.resize(pixels * 4);
-    slice.classes.assign(pixels, 0);
-    std::size_t nonfinite = 0, bad_mask = 0, overlapping = 0;
+    std::size_t nonfinite = 0;
     for (int x = 0; x < slice.width; ++x)
         for (int y = 0; y < slice.height; ++y) {
             const std::size_t stored = std::size_t(x) * slice.height + y;  // [i=x][j=y][c]
@@ -257,22 +316,9 @@ inline StoredSlice read_stored_slice(const fs::path& path, const KaggleChannels&
                 if (!std::isfinite(v)) ++nonfinite;
                 slice.channels[c * pixels + ours] = float(v);
             }
-            int set = 0;
-            for (std::size_t k = 0; k < 3; ++k) {
-                const std::uint8_t m = mask[stored * 3 + k];
-                if (m > 1) ++bad_mask;
-                if (m == 1) {
-                    ++set;
-                    slice.classes[ours] = std::uint8_t(channels.mask_classes[k]);
-                }
-            }
-            if (set > 1) ++overlapping;
         }
     if (nonfinite != 0) throw data::DataError(name + ": dataset 'image' holds " + std::to_string(nonfinite) + " NaN/Inf values");
-    if (bad_mask != 0) throw data::DataError(name + ": dataset 'mask' holds " + std::to_string(bad_mask) + " values other than 0/1");
-    if (overlapping != 0)
-        throw data::DataError(name + ": dataset 'mask' marks " + std::to_string(overlapping) +
-                              " pixels in more than one channel (channels must be mutually exclusive)");
+    slice.classes = decode_mask(mask, slice.width, slice.height, channels, name);
     return slice;
 }
 
@@ -305,6 +351,35 @@ inline KaggleSlice read_kaggle_slice(const fs::path& path, const KaggleReadOptio
     detail::to_canonical_channels(stored.channels, options.channels, pixels, slice.images.data());
     slice.labels = std::move(stored.classes);
     return slice;
+}
+
+// A segmentation of one slice: the 'mask' dataset of a Kaggle slice file, or of a prediction
+// that write_kaggle_mask wrote (which has no 'image').
+struct KaggleMask {
+    fs::path path;
+    int width = 0, height = 0;          // x, y extents
+    std::vector<std::uint8_t> labels;   // [y][x] canonical classes
+};
+
+// Reads only the 'mask' dataset of `path`, with the checks read_kaggle_slice makes of it.
+inline KaggleMask read_kaggle_mask(const fs::path& path, const KaggleChannels& channels = {}) {
+    detail::validate_channels(channels);
+    const std::string name = path.string();
+    KaggleMask result;
+    result.path = path;
+    std::vector<std::uint8_t> mask;
+    {
+        detail::H5Lock lock;
+        detail::H5Handle file = detail::open_hdf5_read(path);
+        std::vector<hsize_t> dims;
+        detail::H5Handle mask_set = detail::open_mask_dataset(file.get(), name, dims);
+        result.width = int(dims[0]);
+        result.height = int(dims[1]);
+        mask.resize(std::size_t(result.width) * result.height * 3);
+        detail::read_whole(mask_set.get(), mask, name + ": mask");
+    }
+    result.labels = detail::decode_mask(mask, result.width, result.height, channels, name);
+    return result;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -489,6 +564,38 @@ struct KaggleWriteOptions {
     std::string slice_path_prefix;    // CSV slice_path = prefix + file name (empty: the full path)
 };
 
+namespace detail {
+
+inline void write_mask_dataset(hid_t file, const std::vector<std::uint8_t>& mask, int width, int height, const std::string& name) {
+    const hsize_t cx = hsize_t(std::min(width, 60)), cy = hsize_t(std::min(height, 60));
+    write_dataset(file, "mask", {hsize_t(width), hsize_t(height), 3}, {cx, cy, 2}, H5T_STD_U8LE, mask.data(), false, 9, name);
+}
+
+inline KaggleSliceRecord slice_record(const fs::path& file, const KaggleWriteOptions& options, int volume, int slice,
+                                      const std::array<long long, 3>& channel_pixels, std::size_t pixels) {
+    KaggleSliceRecord record;
+    const long long labelled = channel_pixels[0] + channel_pixels[1] + channel_pixels[2];
+    record.slice_path = options.slice_path_prefix.empty() ? file.string() : options.slice_path_prefix + file.filename().string();
+    record.target = labelled > 0 ? 1 : 0;
+    record.volume = volume;
+    record.slice = slice;
+    record.label_pixel_counts = channel_pixels;
+    record.background_ratio = double(pixels - std::size_t(labelled)) / double(pixels);
+    return record;
+}
+
+inline fs::path kaggle_slice_file(const fs::path& folder, int volume, int slice) {
+    return folder / ("volume_" + std::to_string(volume) + "_slice_" + std::to_string(slice) + ".h5");
+}
+
+inline void create_folder(const fs::path& folder) {
+    std::error_code error;
+    fs::create_directories(folder, error);
+    if (error) throw data::DataError(folder.string() + ": cannot create folder (" + error.message() + ")");
+}
+
+}  // namespace detail
+
 // Writes `source` (canonical channels, canonical labels; an unlabelled case gets empty masks)
 // as `volume_<volume>_slice_<z>.h5` for every z, in the Kaggle layout exactly: dataset shapes,
 // float64/uint8, chunks (60,60,1)/(60,60,2) (smaller when the slice is), gzip 9, no attributes,
@@ -499,16 +606,12 @@ inline std::vector<KaggleSliceRecord> write_kaggle_volume(const fs::path& folder
     const data::VolumeExtent e = source.extent;
     if (source.images.size() != std::size_t(data::kModalityCount) * e.voxels() || e.voxels() == 0)
         throw data::DataError(folder.string() + ": case " + source.id + " has no images of its extent");
-    std::error_code error;
-    fs::create_directories(folder, error);
-    if (error) throw data::DataError(folder.string() + ": cannot create folder (" + error.message() + ")");
+    detail::create_folder(folder);
     const std::size_t pixels = std::size_t(e.x) * e.y;
     std::vector<KaggleSliceRecord> records;
     std::vector<double> image(pixels * 4);
-    std::vector<std::uint8_t> mask(pixels * 3);
     std::vector<float> plane(pixels);
-    std::array<int, 4> class_channel{-1, -1, -1, -1};
-    for (std::size_t k = 0; k < 3; ++k) class_channel[std::size_t(options.channels.mask_classes[k])] = int(k);
+    const std::vector<std::uint8_t> no_labels(source.has_labels() ? 0 : pixels, 0);
     for (int z = 0; z < e.z; ++z) {
         // [i=x][j=y][c]: the transpose of our x-fastest planes.
         for (std::size_t c = 0; c < 4; ++c) {
@@ -517,38 +620,49 @@ inline std::vector<KaggleSliceRecord> write_kaggle_volume(const fs::path& folder
                 for (int y = 0; y < e.y; ++y) plane[std::size_t(x) * e.y + y] = channel[std::size_t(y) * e.x + x];
             detail::zscore_slice(plane.data(), pixels, image.data() + c, 4);
         }
-        std::fill(mask.begin(), mask.end(), 0);
-        KaggleSliceRecord record;
-        for (int x = 0; x < e.x && source.has_labels(); ++x)
-            for (int y = 0; y < e.y; ++y) {
-                const std::uint8_t k = source.labels[std::size_t(z) * pixels + std::size_t(y) * e.x + x];
-                if (k == 0) continue;
-                if (k > 3) throw data::DataError(folder.string() + ": case " + source.id + " has label " + std::to_string(k));
-                const int channel = class_channel[k];
-                mask[(std::size_t(x) * e.y + y) * 3 + std::size_t(channel)] = 1;
-                ++record.label_pixel_counts[std::size_t(channel)];
-            }
-        const fs::path file = folder / ("volume_" + std::to_string(volume) + "_slice_" + std::to_string(z) + ".h5");
+        const fs::path file = detail::kaggle_slice_file(folder, volume, z);
+        const std::string name = file.string();
+        std::array<long long, 3> channel_pixels{};
+        const std::uint8_t* labels = source.has_labels() ? source.labels.data() + std::size_t(z) * pixels : no_labels.data();
+        const std::vector<std::uint8_t> mask = detail::encode_mask(labels, e.x, e.y, options.channels, channel_pixels,
+                                                                   folder.string() + ": case " + source.id + " slice " + std::to_string(z));
         {
-            const std::string name = file.string();
             detail::H5Lock lock;
             detail::H5Handle h5 = detail::create_hdf5(file);
             const hsize_t cx = hsize_t(std::min(e.x, 60)), cy = hsize_t(std::min(e.y, 60));
             detail::write_dataset(h5.get(), "image", {hsize_t(e.x), hsize_t(e.y), 4}, {cx, cy, 1}, H5T_IEEE_F64LE, image.data(),
                                   false, 9, name);
-            detail::write_dataset(h5.get(), "mask", {hsize_t(e.x), hsize_t(e.y), 3}, {cx, cy, 2}, H5T_STD_U8LE, mask.data(), false,
-                                  9, name);
+            detail::write_mask_dataset(h5.get(), mask, e.x, e.y, name);
             detail::check_hdf5(H5Fflush(h5.get(), H5F_SCOPE_LOCAL), name + ": flush");
         }
-        const long long labelled = record.label_pixel_counts[0] + record.label_pixel_counts[1] + record.label_pixel_counts[2];
-        record.slice_path = options.slice_path_prefix.empty() ? file.string() : options.slice_path_prefix + file.filename().string();
-        record.target = labelled > 0 ? 1 : 0;
-        record.volume = volume;
-        record.slice = z;
-        record.background_ratio = double(std::size_t(pixels) - std::size_t(labelled)) / double(pixels);
-        records.push_back(std::move(record));
+        records.push_back(detail::slice_record(file, options, volume, z, channel_pixels, pixels));
     }
     return records;
+}
+
+// Writes one slice's segmentation (canonical labels [y][x]) as `volume_<volume>_slice_<slice>.h5`
+// in `folder` with the single dataset 'mask' exactly as the Kaggle set stores it: (X, Y, 3)
+// uint8 {0,1} in options.channels' order, chunks (60,60,2), gzip 9. Code that reads the set's
+// masks reads these predictions unchanged; read_kaggle_mask reads them back. Returns the CSV
+// record (write_kaggle_metadata writes a metadata CSV of the predictions).
+inline KaggleSliceRecord write_kaggle_mask(const fs::path& folder, int volume, int slice, const std::uint8_t* labels, int width,
+                                           int height, const KaggleWriteOptions& options = {}) {
+    detail::validate_channels(options.channels);
+    if (width < 1 || height < 1)
+        throw data::DataError(folder.string() + ": volume " + std::to_string(volume) + " slice " + std::to_string(slice) +
+                              " has an empty extent " + std::to_string(width) + "x" + std::to_string(height));
+    detail::create_folder(folder);
+    const fs::path file = detail::kaggle_slice_file(folder, volume, slice);
+    const std::string name = file.string();
+    std::array<long long, 3> channel_pixels{};
+    const std::vector<std::uint8_t> mask = detail::encode_mask(labels, width, height, options.channels, channel_pixels, name);
+    {
+        detail::H5Lock lock;
+        detail::H5Handle h5 = detail::create_hdf5(file);
+        detail::write_mask_dataset(h5.get(), mask, width, height, name);
+        detail::check_hdf5(H5Fflush(h5.get(), H5F_SCOPE_LOCAL), name + ": flush");
+    }
+    return detail::slice_record(file, options, volume, slice, channel_pixels, std::size_t(width) * height);
 }
 
 }  // namespace lightunet::io

@@ -386,7 +386,8 @@ inline void write_case_overlay(const std::string& path, const data::Case& c, std
             flip_lab(prediction.data());
             canvas.image(gap + col++ * (pw + gap), y, flipped.data(), e.x, e.y, lo, hi, zoom, lab.data());
         }
-        canvas.text(gap + 2, y + 2, "z=" + std::to_string(zs[r]), kWhite);
+        // The slice index of the original volume (a cropped case starts at crop.begin[2]).
+        canvas.text(gap + 2, y + 2, "z=" + std::to_string(zs[r] + (c.crop.extent().voxels() ? c.crop.begin[2] : 0)), kWhite);
     }
     // Legend.
     const int ly = canvas.height() - 11;

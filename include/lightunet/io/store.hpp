@@ -6,6 +6,8 @@
 //   convert_to_store(folder, file)   NIfTI case folders (either naming) or Kaggle slice folders
 //   StoreWriter                      add data::Case objects yourself (synthetic data, tests)
 //   StoreSource : data::CaseSource   random access by region, thread-safe
+//   prepare_for_prediction           the same preprocessing for a case to segment (crop to the
+//                                    brain, z-score), uncrop_labels to put its labels back
 //
 // The file is written under `<file>.partial` and renamed when complete, so a crash never
 // leaves a store that looks finished.
@@ -17,6 +19,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -77,6 +80,20 @@ inline std::vector<std::uint8_t> brain_mask(const data::Case& c, const std::vect
 }
 
 }  // namespace detail
+
+// The background of a volume of Kaggle slices, per modality and slice ([modality][z]): each
+// slice was z-scored over all its pixels, so its background is a per-slice constant, the
+// slice's minimum. The brain is what differs from it (preprocess_case's `slice_background`).
+inline std::vector<float> kaggle_slice_background(const data::Case& c) {
+    std::vector<float> background(std::size_t(data::kModalityCount) * c.extent.z);
+    const std::size_t plane = std::size_t(c.extent.x) * c.extent.y;
+    for (int m = 0; m < data::kModalityCount; ++m)
+        for (int z = 0; z < c.extent.z; ++z) {
+            const float* s = c.image(m) + std::size_t(z) * plane;
+            background[std::size_t(m) * c.extent.z + z] = *std::min_element(s, s + plane);
+        }
+    return background;
+}
 
 // Crops `c` to the bounding box of its brain and its labelled voxels (labels may lie outside
 // the brain mask in real data: they are kept) plus `margin`, z-scores each modality over the
@@ -150,6 +167,55 @@ inline data::Case preprocess_case(const data::Case& c, int margin, StoredCaseInf
         if (k >= data::kClassCount) throw data::DataError(c.id + ": label " + std::to_string(int(k)) + " is not a canonical class");
         ++info.class_voxels[k];
     }
+    return out;
+}
+
+// The store's preprocessing for a case to predict: crop to the bounding box of the brain and
+// z-score each modality inside it, so the network sees what it was trained on and no window is
+// spent on empty background. Unlike the store, the labels (kept for the pictures, cropped
+// alike) do not widen the crop: they are not known at prediction time.
+inline data::Case prepare_for_prediction(data::Case c, const std::vector<float>* slice_background = nullptr) {
+    std::vector<std::uint8_t> truth = std::move(c.labels);
+    c.labels.clear();
+    StoredCaseInfo info;
+    data::Case prepared = preprocess_case(c, 0, info, slice_background);
+    if (!truth.empty()) {
+        const data::VolumeExtent full = c.extent, crop = prepared.extent;
+        const std::array<int, 3> input_begin = c.crop.extent().voxels() == 0 ? std::array<int, 3>{0, 0, 0} : c.crop.begin;
+        prepared.labels.resize(crop.voxels());
+        for (int z = 0; z < crop.z; ++z)
+            for (int y = 0; y < crop.y; ++y) {
+                const std::size_t from = (std::size_t(prepared.crop.begin[2] - input_begin[2] + z) * full.y +
+                                          std::size_t(prepared.crop.begin[1] - input_begin[1] + y)) * full.x +
+                                         std::size_t(prepared.crop.begin[0] - input_begin[0]);
+                std::copy_n(truth.begin() + std::ptrdiff_t(from), crop.x,
+                            prepared.labels.begin() + std::ptrdiff_t((std::size_t(z) * crop.y + y) * crop.x));
+            }
+    }
+    return prepared;
+}
+
+// Labels of a prepared (cropped) case placed back into the extent `full` of the uncropped case
+// it was prepared from (background outside the crop). NIfTI output needs none of this:
+// write_prediction places a cropped case into its geometry itself.
+inline std::vector<std::uint8_t> uncrop_labels(const data::Case& prepared, const std::vector<std::uint8_t>& labels,
+                                               data::VolumeExtent full) {
+    const data::VolumeExtent crop = prepared.extent;
+    if (labels.size() != crop.voxels())
+        throw std::invalid_argument("uncrop_labels: case " + prepared.id + " has " + std::to_string(crop.voxels()) +
+                                    " voxels, the labels " + std::to_string(labels.size()));
+    const std::array<int, 3> limits{full.x, full.y, full.z};
+    for (std::size_t d = 0; d < 3; ++d)
+        if (prepared.crop.begin[d] < 0 || prepared.crop.end[d] > limits[d] || prepared.crop.extent().voxels() != crop.voxels())
+            throw std::invalid_argument("uncrop_labels: case " + prepared.id + "'s crop does not lie in the extent " +
+                                        std::to_string(full.x) + "x" + std::to_string(full.y) + "x" + std::to_string(full.z));
+    std::vector<std::uint8_t> out(full.voxels(), 0);
+    for (int z = 0; z < crop.z; ++z)
+        for (int y = 0; y < crop.y; ++y)
+            std::copy_n(labels.begin() + std::ptrdiff_t((std::size_t(z) * crop.y + y) * crop.x), crop.x,
+                        out.begin() + std::ptrdiff_t((std::size_t(prepared.crop.begin[2] + z) * full.y +
+                                                      std::size_t(prepared.crop.begin[1] + y)) * full.x +
+                                                     std::size_t(prepared.crop.begin[0])));
     return out;
 }
 
@@ -355,16 +421,8 @@ inline ConvertReport convert_to_store(const fs::path& input, const fs::path& sto
     for (const auto& [volume, slices] : kaggle_volumes)
         attempt("volume_" + std::to_string(volume), [&, volume = volume, &slices = slices] {
             const KaggleVolume v = read_kaggle_volume(input, volume, options.kaggle);
-            // The Kaggle background is a per-slice constant (each slice was z-scored over all
-            // its pixels): the brain is what differs from it.
             const data::Case& c = v.case_data;
-            std::vector<float> background(std::size_t(data::kModalityCount) * c.extent.z);
-            const std::size_t plane = std::size_t(c.extent.x) * c.extent.y;
-            for (int m = 0; m < data::kModalityCount; ++m)
-                for (int z = 0; z < c.extent.z; ++z) {
-                    const float* s = c.image(m) + std::size_t(z) * plane;
-                    background[std::size_t(m) * c.extent.z + z] = *std::min_element(s, s + plane);
-                }
+            const std::vector<float> background = kaggle_slice_background(c);
             std::vector<std::string> sources;
             for (const auto& [s, path] : slices) sources.push_back(path.filename().string());
             writer.add(c, data::Edition::brats2017_2021, sources, &background);

@@ -187,11 +187,14 @@ inline void fprop_chunk(const T* x, std::ptrdiff_t x_stride, const std::ptrdiff_
     for (int ci = ci_begin; ci < ci_end; ++ci) {
         const T* xc = x + ci * x_stride;
         const T* wc = w + std::ptrdiff_t(ci) * taps * R;
-        for (int t = 0; t < taps; ++t) {
+        // The next chunk's input rows go towards L2 while this chunk computes, once per row of
+        // taps. A countdown, not t % row_taps: the division cost as much as the tap's FMAs.
+        for (int t = 0, row_left = 0; t < taps; ++t, --row_left) {
             const T* xp = xc + tap_offset[t];
-            // The next chunk's input rows, towards L2 while this chunk computes (once per row).
-            if (t % row_taps == 0)
+            if (row_left == 0) {
                 static_for<V + 1>([&](auto v) { __builtin_prefetch(xp + V * L + v * L, 0, 2); });
+                row_left = row_taps;
+            }
             B xv[V];
             static_for<V>([&](auto v) { xv[v] = B::load_unaligned(xp + v * L); });
             const T* wt = wc + t * R;
