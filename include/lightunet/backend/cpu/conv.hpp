@@ -28,8 +28,10 @@ using detail::static_for;
 // TW (input channel, tap) pairs, each accumulator a vector over voxels.
 inline constexpr int fprop_rows = wide_register_file ? 8 : 4;
 inline constexpr int fprop_vectors = 3;
-inline constexpr int wgrad_rows = wide_register_file ? 3 : 1;
-inline constexpr int wgrad_pairs = 9;
+// With 16 registers, 2 x 6 (12 accumulators, 8 loads per 12 FMAs) measured 11-19 % faster
+// backward passes than 1 x 9 (10 loads per 9 FMAs) on a Zen 3 AVX2 host.
+inline constexpr int wgrad_rows = wide_register_file ? 3 : 2;
+inline constexpr int wgrad_pairs = wide_register_file ? 9 : 6;
 inline constexpr std::ptrdiff_t max_chunk = 256;  // >= fprop_vectors * lanes for any T
 
 struct PaddedLayout {
