@@ -2,6 +2,7 @@
 // Normalisation fused with the activation that follows it: y = act(gamma * (z - mean) * invstd
 // + beta). Batch, instance and group norm differ only in which voxels share statistics, so one
 // kernel serves them all through NormGrouping.
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 
@@ -37,27 +38,28 @@ void norm_act_forward(const NormGrouping& g, const Activation& a, const T* z, co
     const int stats = g.stat_count();
     if (stats_from == NormStats::batch) {
         parallel_for(stats, [&](std::ptrdiff_t s) {
-            double sum = 0;
+            // One pass over the members (normalisation is memory-bound): sums of x - K and
+            // (x - K)^2 in double, shifted by one member K so that a large mean does not cancel
+            // the variance.
+            double shift = 0;
+            bool shift_set = false;
+            double sum = 0, sq = 0;
             g.for_each_plane(int(s), [&](int n, int c) {
                 const T* in = z + (std::ptrdiff_t(n) * g.channels + c) * P;
-                double part = 0;
-#pragma omp simd reduction(+ : part)
-                for (std::ptrdiff_t k = 0; k < P; ++k) part += double(in[k]);
+                if (!shift_set) shift = double(in[0]), shift_set = true;
+                double part = 0, part_sq = 0;
+#pragma omp simd reduction(+ : part, part_sq)
+                for (std::ptrdiff_t k = 0; k < P; ++k) {
+                    const double d = double(in[k]) - shift;
+                    part += d;
+                    part_sq += d * d;
+                }
                 sum += part;
+                sq += part_sq;
             });
             const double M = double(g.members(int(s)));
-            const double mu = sum / M;
-            double sq = 0;
-            g.for_each_plane(int(s), [&](int n, int c) {
-                const T* in = z + (std::ptrdiff_t(n) * g.channels + c) * P;
-                double part = 0;
-#pragma omp simd reduction(+ : part)
-                for (std::ptrdiff_t k = 0; k < P; ++k) {
-                    const double d = double(in[k]) - mu;
-                    part += d * d;
-                }
-                sq += part;
-            });
+            const double mu = shift + sum / M;
+            sq = std::max(0.0, sq - sum * sum / M);
             const double var = sq / M;
             mean[s] = T(mu);
             invstd[s] = T(1.0 / std::sqrt(var + eps));
