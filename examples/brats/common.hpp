@@ -37,6 +37,9 @@ public:
     data::VolumeExtent extent(std::size_t i) const override { return all_.extent(indices_.at(i)); }
     bool has_labels(std::size_t i) const override { return all_.has_labels(indices_.at(i)); }
     std::vector<std::array<int, 3>> foreground(std::size_t i) const override { return all_.foreground(indices_.at(i)); }
+    std::optional<std::array<int, 3>> foreground_voxel(std::size_t i, std::uint64_t draw) const override {
+        return all_.foreground_voxel(indices_.at(i), draw);
+    }
     void read(std::size_t i, const data::Box& box, float* images, std::uint8_t* labels) const override {
         all_.read(indices_.at(i), box, images, labels);
     }

@@ -470,5 +470,8 @@ TEST_CASE("MemorySource: checks cases, reads regions, lists foreground per class
             listed[l] = true;
         }
         for (int cls = 1; cls < 4; ++cls) CHECK(listed[std::size_t(cls)] == present[std::size_t(cls)]);
+        for (std::uint64_t draw : {std::uint64_t(0), std::uint64_t(1) << 63, ~std::uint64_t(0)})
+            CHECK(source.foreground_voxel(i, draw) == (foreground.empty() ? std::nullopt
+                                                                            : std::optional(foreground[pick(draw, foreground.size())])));
     }
 }

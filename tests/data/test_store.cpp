@@ -98,6 +98,7 @@ TEST_CASE("Store from NIfTI cases: crop, z-score, labels, geometry, regions, pre
         }
         if (!original.has_labels()) {
             REQUIRE(store.foreground(index).empty());
+            REQUIRE_FALSE(store.foreground_voxel(index, 12345).has_value());
             continue;
         }
         // Labels: the original's, cropped; the prediction written back equals the source seg.
@@ -120,6 +121,14 @@ TEST_CASE("Store from NIfTI cases: crop, z-score, labels, geometry, regions, pre
         for (int k = 1; k < 4; ++k) {
             REQUIRE(per_class[k] > 0);
             REQUIRE(per_class[k] <= 5);
+        }
+        // One voxel by a draw reads one row: the same voxel as picking from the whole list.
+        for (std::uint64_t draw : {std::uint64_t(0), std::uint64_t(1) << 63, ~std::uint64_t(0), std::uint64_t(0x9e3779b97f4a7c15)})
+            REQUIRE(store.foreground_voxel(index, draw) == foreground[data::pick(draw, foreground.size())]);
+        for (std::size_t row = 0; row < foreground.size(); ++row) {
+            // The smallest draw that picks `row`: every row is reachable.
+            const std::uint64_t draw = std::uint64_t((((unsigned __int128)row << 64) + foreground.size() - 1) / foreground.size());
+            REQUIRE(store.foreground_voxel(index, draw) == foreground[row]);
         }
         // Region reads, inside, straddling the border and fully outside.
         std::mt19937 random{unsigned(index)};

@@ -34,6 +34,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                 if (extent.voxels() > (1u << 22)) continue;  // keep each input cheap
                 (void)store.load(i);
                 (void)store.foreground(i);
+                (void)store.foreground_voxel(i, ~std::uint64_t(0));
             }
         }
     } catch (const lightunet::data::DataError&) {

@@ -41,6 +41,7 @@
 #include <string>
 #include <thread>
 #include <utility>
+#include <optional>
 #include <vector>
 
 #include "../tensor/tensor.hpp"
@@ -278,12 +279,10 @@ private:
                 const VolumeExtent e = source_.extent(case_index);
                 const std::array<int, 3> size{e.x, e.y, e.z}, patch{p.w, p.h, p.d};
                 Box box;
-                std::vector<std::array<int, 3>> foreground;
-                if (want_foreground) foreground = source_.foreground(case_index);
-                if (!foreground.empty()) {
-                    const std::array<int, 3> centre = foreground[std::size_t(
-                        (unsigned __int128)foreground_draw * foreground.size() >> 64)];
-                    for (int a = 0; a < 3; ++a) box.begin[a] = centre[a] - patch[a] / 2;
+                const std::optional<std::array<int, 3>> centre =
+                    want_foreground ? source_.foreground_voxel(case_index, foreground_draw) : std::nullopt;
+                if (centre) {
+                    for (int a = 0; a < 3; ++a) box.begin[a] = (*centre)[a] - patch[a] / 2;
                 } else {
                     for (int a = 0; a < 3; ++a)
                         box.begin[a] = size[a] >= patch[a]

@@ -82,6 +82,12 @@ public:
         at(index);
         return foreground_[index];
     }
+    std::optional<std::array<int, 3>> foreground_voxel(std::size_t index, std::uint64_t draw) const override {
+        at(index);
+        const auto& list = foreground_[index];
+        if (list.empty()) return std::nullopt;
+        return list[pick(draw, list.size())];
+    }
 
     void read(std::size_t index, const Box& box, float* images, std::uint8_t* labels) const override {
         const Case& c = at(index);

@@ -495,6 +495,35 @@ public:
         return voxels;
     }
 
+    // Reads one row of the lists instead of all of them: the loader asks once per patch.
+    std::optional<std::array<int, 3>> foreground_voxel(std::size_t index, std::uint64_t draw) const override {
+        const StoredCaseInfo& i = info(index);
+        if (!i.has_labels) return std::nullopt;
+        using namespace detail;
+        const std::string context = file_.string() + ": /cases/" + i.id;
+        H5Lock lock;
+        H5Handle group = open_group(cases_.get(), i.id, context);
+        std::array<H5Handle, data::kClassCount - 1> lists;
+        std::array<hsize_t, data::kClassCount - 1> rows{};
+        hsize_t total = 0;
+        for (int k = 1; k < data::kClassCount; ++k) {
+            lists[std::size_t(k - 1)] = open_dataset(group.get(), "foreground_" + std::to_string(k), context);
+            const std::vector<hsize_t> dims = dataset_dims(lists[std::size_t(k - 1)].get(), context);
+            if (dims.size() != 2 || dims[1] != 3) throw data::DataError(context + ": foreground list has shape " + dims_text(dims));
+            rows[std::size_t(k - 1)] = dims[0];
+            total += dims[0];
+        }
+        if (total == 0) return std::nullopt;
+        hsize_t row = hsize_t(data::pick(draw, std::size_t(total)));
+        std::size_t list = 0;
+        while (row >= rows[list]) row -= rows[list++];
+        std::array<std::int32_t, 3> voxel{};
+        const hsize_t start[2] = {row, 0}, count[2] = {1, 3}, memory_dims[2] = {1, 3}, memory_start[2] = {0, 0};
+        read_region(lists[list].get(), 2, start, count, memory_dims, memory_start, native_type<std::int32_t>(), voxel.data(),
+                    context + "/foreground_" + std::to_string(list + 1));
+        return std::array<int, 3>{voxel[0], voxel[1], voxel[2]};
+    }
+
     void read(std::size_t index, const data::Box& box, float* images, std::uint8_t* labels) const override {
         const StoredCaseInfo& i = info(index);
         const data::VolumeExtent out = box.extent();
