@@ -217,7 +217,7 @@ int Pipeline<C>::predict(const brats_cli::Options& o, const RunInfo& run) {
         io::KaggleVolumeOptions read;
         read.missing = io::MissingSlices::fill_background;
         read.read.verify_channel_order = !o.flag_set("no-channel-check");
-        const io::KaggleVolume v = io::read_kaggle_volume(input, volume, read);
+        const io::KaggleVolume v = io::read_kaggle_volume(input, volume, slices, read);
         const std::vector<float> background = io::kaggle_slice_background(v.case_data);
         const data::Case prepared = io::prepare_for_prediction(v.case_data, &background);
         const auto [labels, seconds] = segment(prepared);

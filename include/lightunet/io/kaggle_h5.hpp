@@ -494,13 +494,13 @@ struct KaggleVolume {
 // Reads every slice of volume `volume` in `folder` into one case. The channel-order check pools
 // all slices. Slices outside 0..depth-1 and differing slice shapes raise; missing slices raise
 // unless options.missing is fill_background (then they are listed in the result).
-inline KaggleVolume read_kaggle_volume(const fs::path& folder, int volume, const KaggleVolumeOptions& options = {}) {
+// `slices` is one volume's entry of group_kaggle_slices (slice -> file): callers that read many
+// volumes list the folder once.
+inline KaggleVolume read_kaggle_volume(const fs::path& folder, int volume, const std::map<int, fs::path>& slices,
+                                       const KaggleVolumeOptions& options = {}) {
     detail::validate_channels(options.read.channels);
-    const auto volumes = group_kaggle_slices(folder);
-    const auto found = volumes.find(volume);
     const std::string context = (folder / ("volume_" + std::to_string(volume) + "_slice_*.h5")).string();
-    if (found == volumes.end()) throw data::DataError(context + ": no slices of volume " + std::to_string(volume));
-    const auto& slices = found->second;
+    if (slices.empty()) throw data::DataError(context + ": no slices of volume " + std::to_string(volume));
     if (slices.rbegin()->first >= options.depth)
         throw data::DataError(slices.rbegin()->second.string() + ": slice " + std::to_string(slices.rbegin()->first) +
                               " beyond the volume depth " + std::to_string(options.depth));
@@ -539,6 +539,12 @@ inline KaggleVolume read_kaggle_volume(const fs::path& folder, int volume, const
     c.crop.begin = {0, 0, 0};
     c.crop.end = {c.extent.x, c.extent.y, c.extent.z};
     return result;
+}
+
+inline KaggleVolume read_kaggle_volume(const fs::path& folder, int volume, const KaggleVolumeOptions& options = {}) {
+    const auto volumes = group_kaggle_slices(folder);
+    const auto found = volumes.find(volume);
+    return read_kaggle_volume(folder, volume, found == volumes.end() ? std::map<int, fs::path>{} : found->second, options);
 }
 
 // ---------------------------------------------------------------------------------------------

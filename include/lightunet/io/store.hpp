@@ -420,7 +420,7 @@ inline ConvertReport convert_to_store(const fs::path& input, const fs::path& sto
         });
     for (const auto& [volume, slices] : kaggle_volumes)
         attempt("volume_" + std::to_string(volume), [&, volume = volume, &slices = slices] {
-            const KaggleVolume v = read_kaggle_volume(input, volume, options.kaggle);
+            const KaggleVolume v = read_kaggle_volume(input, volume, slices, options.kaggle);
             const data::Case& c = v.case_data;
             const std::vector<float> background = kaggle_slice_background(c);
             std::vector<std::string> sources;

@@ -356,9 +356,9 @@ private:
             const double std_dev = gain / std::sqrt(double(fan_in));
             for (std::size_t i = 0; i < c.problem.weight_count(); ++i) p[c.weight + i] = T(std_dev * rng.normal());
         };
-        auto norm = [&](const NormAct& na) {
-            if (C.norm == Norm::none) return;
-            for (int c = 0; c < na.channels; ++c) p[na.gamma + c] = T(1);
+        auto norm = [&]([[maybe_unused]] const NormAct& na) {
+            if constexpr (C.norm != Norm::none)
+                for (int c = 0; c < na.channels; ++c) p[na.gamma + c] = T(1);
         };
         auto block = [&](const Block& b) {
             conv(b.conv1, b.conv1.problem.cin * b.conv1.problem.taps());
