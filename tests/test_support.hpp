@@ -12,20 +12,16 @@
 #include <vector>
 
 #include <lightunet/config/unet_config.hpp>
+#include <lightunet/detail/splitmix64.hpp>
 
 namespace lightunet::testing {
 
 // splitmix64: fixed bits for a fixed seed, whatever the standard library.
 class Rng {
 public:
-    explicit Rng(std::uint64_t seed) : state_(seed) {}
-    std::uint64_t next() {
-        std::uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-        return z ^ (z >> 31);
-    }
-    double uniform() { return double(next() >> 11) * 0x1.0p-53; }  // [0, 1)
+    explicit Rng(std::uint64_t seed) : bits_(seed) {}
+    std::uint64_t next() { return bits_.next(); }
+    double uniform() { return bits_.uniform(); }  // [0, 1)
     double uniform(double lo, double hi) { return lo + (hi - lo) * uniform(); }
     std::size_t index(std::size_t n) { return std::size_t(next() % n); }
     double normal() {  // Box-Muller
@@ -34,7 +30,7 @@ public:
     }
 
 private:
-    std::uint64_t state_;
+    detail::SplitMix64 bits_;
 };
 
 template <class Range>

@@ -6,38 +6,30 @@
 #include <cstdint>
 #include <initializer_list>
 
+#include "../detail/splitmix64.hpp"
+
 namespace lightunet::data {
 
-// splitmix64's finaliser: a bijection on 64-bit words with full avalanche.
-constexpr std::uint64_t mix64(std::uint64_t z) {
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
+using detail::mix64;
 
 // Hashes a key of several words into one seed; order matters, (a, b) != (b, a).
 constexpr std::uint64_t hash_key(std::initializer_list<std::uint64_t> words) {
     std::uint64_t h = 0x6a09e667f3bcc909ULL;
-    for (std::uint64_t w : words) h = mix64(h ^ mix64(w + 0x9e3779b97f4a7c15ULL));
+    for (std::uint64_t w : words) h = mix64(h ^ mix64(w + detail::golden_gamma));
     return h;
 }
 
-// splitmix64 generator: cheap, 2^64 period, good enough for sampling and augmentation.
-class SplitMix64 {
+// splitmix64 with the draws sampling and augmentation need.
+class SplitMix64 : public detail::SplitMix64 {
 public:
-    explicit constexpr SplitMix64(std::uint64_t seed) : state_(seed) {}
-    constexpr std::uint64_t next() { return mix64(state_ += 0x9e3779b97f4a7c15ULL); }
-    // Uniform in [0, 1) with 53 random bits.
-    double uniform() { return double(next() >> 11) * 0x1.0p-53; }
+    using detail::SplitMix64::SplitMix64;
     double uniform(double lo, double hi) { return lo + (hi - lo) * uniform(); }
+    using detail::SplitMix64::uniform;
     // Log-uniform in [lo, hi], lo > 0: scales spread evenly over ratios.
     double log_uniform(double lo, double hi) { return lo * std::exp(std::log(hi / lo) * uniform()); }
     // Uniform integer in [0, n), n > 0 (multiply-shift, bias below 2^-32 for n < 2^32).
     std::uint64_t below(std::uint64_t n) { return std::uint64_t((unsigned __int128)next() * n >> 64); }
     bool bernoulli(double p) { return uniform() < p; }
-
-private:
-    std::uint64_t state_;
 };
 
 // Approximately standard normal from one 64-bit word: the sum of four 16-bit uniforms

@@ -5,18 +5,15 @@
 #include <cstdint>
 #include <numbers>
 
+#include "../detail/splitmix64.hpp"
+
 namespace lightunet {
 
 class InitRng {
 public:
-    explicit InitRng(std::uint64_t seed) : state_(seed) {}
-    std::uint64_t next() {
-        std::uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-        return z ^ (z >> 31);
-    }
-    double uniform() { return double(next() >> 11) * 0x1.0p-53; }  // [0, 1)
+    explicit InitRng(std::uint64_t seed) : bits_(seed) {}
+    std::uint64_t next() { return bits_.next(); }
+    double uniform() { return bits_.uniform(); }  // [0, 1)
     double normal() {
         if (has_spare_) {
             has_spare_ = false;
@@ -28,10 +25,10 @@ public:
         has_spare_ = true;
         return r * std::cos(2.0 * std::numbers::pi * u2);
     }
-    std::uint64_t state() const { return state_; }
+    std::uint64_t state() const { return bits_.state(); }
 
 private:
-    std::uint64_t state_;
+    detail::SplitMix64 bits_;
     double spare_ = 0;
     bool has_spare_ = false;
 };
