@@ -318,6 +318,9 @@ TEST_CASE("A case prepared for prediction: the store's crop and z-score, labels 
     REQUIRE(io::uncrop_labels(prepared, prepared.labels, c.extent) == expected);
     REQUIRE_THROWS_WITH(io::uncrop_labels(prepared, std::vector<std::uint8_t>(7), c.extent), Catch::Contains("case p has 3120 voxels"));
     REQUIRE_THROWS_WITH(io::uncrop_labels(prepared, prepared.labels, {20, 28, 8}), Catch::Contains("does not lie in the extent 20x28x8"));
+    data::Case reshaped = prepared;
+    reshaped.crop.end[0] -= 1;  // a box one column narrower than the prepared labels
+    REQUIRE_THROWS_WITH(io::uncrop_labels(reshaped, prepared.labels, c.extent), Catch::Contains("crop box does not match its extent"));
 
     SECTION("Kaggle slices: the per-slice background, with an absent slice") {
         ScratchDir dir("prepare-kaggle");

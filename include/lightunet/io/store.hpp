@@ -204,9 +204,11 @@ inline std::vector<std::uint8_t> uncrop_labels(const data::Case& prepared, const
     if (labels.size() != crop.voxels())
         throw std::invalid_argument("uncrop_labels: case " + prepared.id + " has " + std::to_string(crop.voxels()) +
                                     " voxels, the labels " + std::to_string(labels.size()));
+    if (prepared.crop.extent() != crop)
+        throw std::invalid_argument("uncrop_labels: case " + prepared.id + "'s crop box does not match its extent");
     const std::array<int, 3> limits{full.x, full.y, full.z};
     for (std::size_t d = 0; d < 3; ++d)
-        if (prepared.crop.begin[d] < 0 || prepared.crop.end[d] > limits[d] || prepared.crop.extent().voxels() != crop.voxels())
+        if (prepared.crop.begin[d] < 0 || prepared.crop.end[d] > limits[d])
             throw std::invalid_argument("uncrop_labels: case " + prepared.id + "'s crop does not lie in the extent " +
                                         std::to_string(full.x) + "x" + std::to_string(full.y) + "x" + std::to_string(full.z));
     std::vector<std::uint8_t> out(full.voxels(), 0);
@@ -480,17 +482,13 @@ public:
         const StoredCaseInfo& i = info(index);
         std::vector<std::array<int, 3>> voxels;
         if (!i.has_labels) return voxels;
-        using namespace detail;
         const std::string context = file_.string() + ": /cases/" + i.id;
-        H5Lock lock;
-        H5Handle group = open_group(cases_.get(), i.id, context);
-        for (int k = 1; k < data::kClassCount; ++k) {
-            H5Handle dataset = open_dataset(group.get(), "foreground_" + std::to_string(k), context);
-            const std::vector<hsize_t> dims = dataset_dims(dataset.get(), context);
-            if (dims.size() != 2 || dims[1] != 3) throw data::DataError(context + ": foreground list has shape " + dims_text(dims));
-            std::vector<std::int32_t> list(dims[0] * 3);
-            if (!list.empty()) read_whole(dataset.get(), list, context + "/foreground_" + std::to_string(k));
-            for (std::size_t v = 0; v < dims[0]; ++v) voxels.push_back({list[3 * v], list[3 * v + 1], list[3 * v + 2]});
+        detail::H5Lock lock;
+        const ForegroundLists lists = open_foreground_lists(i, context);
+        for (std::size_t k = 0; k < lists.datasets.size(); ++k) {
+            std::vector<std::int32_t> list(lists.rows[k] * 3);
+            if (!list.empty()) detail::read_whole(lists.datasets[k].get(), list, context + "/foreground_" + std::to_string(k + 1));
+            for (std::size_t v = 0; v < lists.rows[k]; ++v) voxels.push_back({list[3 * v], list[3 * v + 1], list[3 * v + 2]});
         }
         return voxels;
     }
@@ -499,28 +497,19 @@ public:
     std::optional<std::array<int, 3>> foreground_voxel(std::size_t index, std::uint64_t draw) const override {
         const StoredCaseInfo& i = info(index);
         if (!i.has_labels) return std::nullopt;
-        using namespace detail;
         const std::string context = file_.string() + ": /cases/" + i.id;
-        H5Lock lock;
-        H5Handle group = open_group(cases_.get(), i.id, context);
-        std::array<H5Handle, data::kClassCount - 1> lists;
-        std::array<hsize_t, data::kClassCount - 1> rows{};
+        detail::H5Lock lock;
+        const ForegroundLists lists = open_foreground_lists(i, context);
         hsize_t total = 0;
-        for (int k = 1; k < data::kClassCount; ++k) {
-            lists[std::size_t(k - 1)] = open_dataset(group.get(), "foreground_" + std::to_string(k), context);
-            const std::vector<hsize_t> dims = dataset_dims(lists[std::size_t(k - 1)].get(), context);
-            if (dims.size() != 2 || dims[1] != 3) throw data::DataError(context + ": foreground list has shape " + dims_text(dims));
-            rows[std::size_t(k - 1)] = dims[0];
-            total += dims[0];
-        }
+        for (const hsize_t rows : lists.rows) total += rows;
         if (total == 0) return std::nullopt;
         hsize_t row = hsize_t(data::pick(draw, std::size_t(total)));
         std::size_t list = 0;
-        while (row >= rows[list]) row -= rows[list++];
+        while (row >= lists.rows[list]) row -= lists.rows[list++];
         std::array<std::int32_t, 3> voxel{};
         const hsize_t start[2] = {row, 0}, count[2] = {1, 3}, memory_dims[2] = {1, 3}, memory_start[2] = {0, 0};
-        read_region(lists[list].get(), 2, start, count, memory_dims, memory_start, native_type<std::int32_t>(), voxel.data(),
-                    context + "/foreground_" + std::to_string(list + 1));
+        read_region(lists.datasets[list].get(), 2, start, count, memory_dims, memory_start,
+                    detail::native_type<std::int32_t>(), voxel.data(), context + "/foreground_" + std::to_string(list + 1));
         return std::array<int, 3>{voxel[0], voxel[1], voxel[2]};
     }
 
@@ -581,6 +570,25 @@ public:
     }
 
 private:
+    // The case's foreground_1..3 lists, each checked to be (rows, 3). Caller holds the HDF5 lock.
+    struct ForegroundLists {
+        std::array<detail::H5Handle, data::kClassCount - 1> datasets;
+        std::array<hsize_t, data::kClassCount - 1> rows{};
+    };
+    ForegroundLists open_foreground_lists(const StoredCaseInfo& i, const std::string& context) const {
+        using namespace detail;
+        H5Handle group = open_group(cases_.get(), i.id, context);
+        ForegroundLists lists;
+        for (int k = 1; k < data::kClassCount; ++k) {
+            H5Handle& dataset = lists.datasets[std::size_t(k - 1)];
+            dataset = open_dataset(group.get(), "foreground_" + std::to_string(k), context);
+            const std::vector<hsize_t> dims = dataset_dims(dataset.get(), context);
+            if (dims.size() != 2 || dims[1] != 3) throw data::DataError(context + ": foreground list has shape " + dims_text(dims));
+            lists.rows[std::size_t(k - 1)] = dims[0];
+        }
+        return lists;
+    }
+
     static void read_region(hid_t dataset, int rank, const hsize_t* file_start, const hsize_t* count, const hsize_t* memory_dims,
                             const hsize_t* memory_start, hid_t memory_type, void* out, const std::string& context) {
         using namespace detail;

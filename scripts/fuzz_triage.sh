@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Usage: fuzz_triage.sh SANITIZER_LOG
+# Prints "libhdf5" when the report's faulting frame, and the frame that allocated (or freed) the
+# memory it touched where the report names one, are inside libhdf5: that library's parser trusting
+# its own corrupt metadata. Prints "ours" otherwise: a fault in our code, or inside libhdf5 on a
+# buffer we allocated (a read into a too-small array of ours). Sanitizer runtime and libc
+# memory-copy frames are skipped: they run on behalf of their caller. No report at all is "ours".
+set -euo pipefail
+[[ $# -eq 1 && -r $1 ]] || { echo "usage: fuzz_triage.sh SANITIZER_LOG (a readable file)" >&2; exit 2; }
+awk '
+    /ERROR: AddressSanitizer/ { in_report = 1; section = "fault"; next }
+    !in_report { next }
+    /(allocated|freed) by thread/ { section = "owner"; next }
+    /^    #[0-9]+ / {
+        if ($0 ~ /__interceptor_|__asan|__sanitizer|\/sysdeps\/|libclang_rt| in (malloc|calloc|realloc|free|operator new|operator delete)/) next
+        if (section == "fault" && fault == "") fault = ($0 ~ /libhdf5/) ? "hdf5" : "other"
+        if (section == "owner" && owner == "") owner = ($0 ~ /libhdf5/) ? "hdf5" : "other"
+    }
+    END { print (fault == "hdf5" && owner != "other") ? "libhdf5" : "ours" }' "$1"
