@@ -1,6 +1,7 @@
 // Per-operation convolution throughput, reported as GFLOP/s (counter "GFLOPs").
 #include <benchmark/benchmark.h>
 
+#include <array>
 #include <vector>
 
 #include <lightunet/backend/cpu/conv.hpp>
@@ -15,13 +16,20 @@ ConvProblem problem_from(const benchmark::State& state) {
     return dims == 3 ? ConvProblem{{size, size, size}, k, k, k, cin, cout} : ConvProblem{{1, size, size}, 1, k, k, cin, cout};
 }
 
+// Argument "algo": 0 automatic (Winograd where it applies), 1 direct kernels only. GFLOPs counts
+// the direct convolution's multiply-adds either way, so the two compare as times do.
+cpu_kernels::ConvAlgorithm algorithm_from(const benchmark::State& state) {
+    return state.range(5) == 0 ? cpu_kernels::ConvAlgorithm::automatic : cpu_kernels::ConvAlgorithm::direct;
+}
+
 void conv_forward(benchmark::State& state) {
     const ConvProblem p = problem_from(state);
+    const auto algorithm = algorithm_from(state);
     std::vector<float> x(p.cin * p.extent.size(), 0.5f), y(p.cout * p.extent.size()), w(p.weight_count(), 0.01f), b(p.cout);
-    std::vector<float> ws(cpu_kernels::conv_workspace_size<float>(p));
+    std::vector<float> ws(cpu_kernels::conv_workspace_size<float>(p, algorithm));
     const ChannelSource<float> src{x.data(), p.cin, std::ptrdiff_t(x.size())};
     for (auto _ : state) {
-        cpu_kernels::conv_forward<float>(p, 1, {&src, 1}, w.data(), b.data(), y.data(), 0, ws.data());
+        cpu_kernels::conv_forward<float>(p, 1, {&src, 1}, w.data(), b.data(), y.data(), 0, ws.data(), algorithm);
         benchmark::DoNotOptimize(y.data());
     }
     state.counters["GFLOPs"] = benchmark::Counter(p.flops_per_image() * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
@@ -29,13 +37,14 @@ void conv_forward(benchmark::State& state) {
 
 void conv_backward(benchmark::State& state) {
     const ConvProblem p = problem_from(state);
+    const auto algorithm = algorithm_from(state);
     std::vector<float> x(p.cin * p.extent.size(), 0.5f), g(p.cout * p.extent.size(), 0.1f), dx(x.size());
     std::vector<float> w(p.weight_count(), 0.01f), dw(w.size()), db(p.cout);
-    std::vector<float> ws(cpu_kernels::conv_workspace_size<float>(p));
+    std::vector<float> ws(cpu_kernels::conv_workspace_size<float>(p, algorithm));
     const ChannelSource<float> src{x.data(), p.cin, std::ptrdiff_t(x.size())};
     const ChannelSink<float> sink{dx.data(), p.cin, std::ptrdiff_t(x.size()), false};
     for (auto _ : state) {
-        cpu_kernels::conv_backward<float>(p, 1, {&src, 1}, w.data(), g.data(), 0, {&sink, 1}, dw.data(), db.data(), ws.data());
+        cpu_kernels::conv_backward<float>(p, 1, {&src, 1}, w.data(), g.data(), 0, {&sink, 1}, dw.data(), db.data(), ws.data(), algorithm);
         benchmark::DoNotOptimize(dx.data());
     }
     state.counters["GFLOPs"] = benchmark::Counter(2 * p.flops_per_image() * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
@@ -65,12 +74,15 @@ void fma_peak(benchmark::State& state) {
     state.counters["GFLOPs"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
-// dims, spatial size, cin, cout, kernel
+// dims, spatial size, cin, cout, kernel, algorithm (2D 3x3 shapes: both, back to back)
 void shapes(benchmark::internal::Benchmark* b) {
-    b->ArgNames({"dims", "size", "cin", "cout", "k"});
-    b->Args({2, 240, 4, 32, 3})->Args({2, 240, 32, 32, 3})->Args({2, 240, 64, 32, 3});
-    b->Args({2, 60, 128, 128, 3})->Args({2, 15, 512, 512, 3})->Args({2, 240, 32, 4, 1});
-    b->Args({3, 128, 16, 16, 3})->Args({3, 128, 32, 16, 3})->Args({3, 64, 32, 32, 3})->Args({3, 16, 128, 128, 3});
+    b->ArgNames({"dims", "size", "cin", "cout", "k", "algo"});
+    for (const auto& [size, cin, cout] : {std::array{240, 4, 32}, std::array{240, 32, 32}, std::array{240, 64, 32},
+                                          std::array{120, 64, 64}, std::array{120, 128, 64}, std::array{60, 128, 128},
+                                          std::array{60, 256, 128}, std::array{30, 256, 256}, std::array{15, 512, 512}})
+        for (int algo : {0, 1}) b->Args({2, size, cin, cout, 3, algo});
+    b->Args({2, 240, 32, 4, 1, 0});
+    b->Args({3, 128, 16, 16, 3, 0})->Args({3, 128, 32, 16, 3, 0})->Args({3, 64, 32, 32, 3, 0})->Args({3, 16, 128, 128, 3, 0});
     b->Unit(benchmark::kMillisecond)->UseRealTime();
 }
 

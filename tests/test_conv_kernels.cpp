@@ -75,3 +75,40 @@ TEMPLATE_TEST_CASE("convolution kernels equal the naive reference on odd sizes",
     }
     SECTION("2D 1x1, 36 -> 4 channels, 9x11") { check_conv<TestType>({{1, 9, 11}, 1, 1, 1, 36, 4}, 2, tol); }
 }
+
+// Large enough 2D planes take Winograd F(2x2, 3x3) in float: odd sizes (partial tiles at the
+// right and bottom), several bands of tile rows, output blocks partly past cout, the direct
+// Dgrad when the gradient has too few channels.
+TEST_CASE("Winograd convolution equals the naive reference", "[conv][winograd]") {
+    using cpu_kernels::winograd::applies;
+    const double tol = 2e-4;
+    SECTION("17 -> 20 channels, 33x35, two images") {
+        const ConvProblem p{{1, 33, 35}, 1, 3, 3, 17, 20};
+        REQUIRE(applies<float>(p));
+        REQUIRE(applies<float>(cpu_kernels::dgrad_problem(p)));
+        check_conv<float>(p, 2, tol);
+    }
+    SECTION("64 -> 6 channels, 130x37: three bands, direct Dgrad") {
+        const ConvProblem p{{1, 130, 37}, 1, 3, 3, 64, 6};
+        REQUIRE(applies<float>(p));
+        REQUIRE(cpu_kernels::winograd::plan<float>(p).band_rows < 65);
+        REQUIRE_FALSE(applies<float>(cpu_kernels::dgrad_problem(p)));
+        check_conv<float>(p, 1, tol);
+    }
+    SECTION("5 -> 16 channels, 40x32: direct Fprop, Winograd Dgrad") {
+        const ConvProblem p{{1, 40, 32}, 1, 3, 3, 5, 16};
+        REQUIRE_FALSE(applies<float>(p));
+        REQUIRE(applies<float>(cpu_kernels::dgrad_problem(p)));
+        check_conv<float>(p, 1, tol);
+    }
+    SECTION("16 -> 4 channels, 9x300: rows of tiles wider than one pass") {
+        const ConvProblem p{{1, 9, 300}, 1, 3, 3, 16, 4};
+        REQUIRE(applies<float>(p));
+        check_conv<float>(p, 1, tol);
+    }
+    SECTION("double and 3D stay direct") {
+        REQUIRE_FALSE(applies<double>(ConvProblem{{1, 64, 64}, 1, 3, 3, 32, 32}));
+        REQUIRE_FALSE(applies<float>(ConvProblem{{16, 16, 16}, 3, 3, 3, 32, 32}));
+        REQUIRE_FALSE(applies<float>(ConvProblem{{1, 30, 30}, 1, 3, 3, 32, 32}));  // 225 tiles
+    }
+}

@@ -1,446 +1,11 @@
 #pragma once
-// Stride-1 'same' convolution on the CPU: forward (Fprop), data gradient (Dgrad) and weight
-// gradient (Wgrad), for 2D and 3D through one code path.
-//
-// Each input channel is copied into a zero-bordered plane and flattened. In that layout an
-// output voxel q reads input q + offset(tap) for a fixed list of offsets, so a convolution
-// is a sum of shifted, contiguous vector runs: the kernels stream long runs of lanes, never
-// test borders, and the same micro-kernel serves 3x3, 3x3x3 and 1x1. Outputs are computed on
-// the padded grid too (the few border positions are discarded when copied out).
-#include <algorithm>
-#include <array>
-#include <cstdint>
-#include <cstring>
-#include <span>
-
-#include "../../detail/static_for.hpp"
-#include "../conv_problem.hpp"
-#include "parallel.hpp"
-#include "simd.hpp"
+// Stride-1 'same' convolution on the CPU over a batch: forward (Fprop), data gradient (Dgrad)
+// and weight gradient (Wgrad). Direct kernels (conv_direct.hpp) serve every shape; 2D 3x3
+// Fprop and Dgrad on large enough planes go through Winograd F(2x2, 3x3) (winograd.hpp).
+#include "conv_direct.hpp"
+#include "winograd.hpp"
 
 namespace lightunet::cpu_kernels {
-
-using detail::ceil_div;
-using detail::round_up;
-using detail::static_for;
-
-// Register tiles. Fprop: R output channels x V vectors of voxels. Wgrad: RW output channels x
-// TW (input channel, tap) pairs, each accumulator a vector over voxels.
-inline constexpr int fprop_rows = wide_register_file ? 8 : 4;
-inline constexpr int fprop_vectors = 3;
-// With 16 registers, 2 x 6 (12 accumulators, 8 loads per 12 FMAs) measured 11-19 % faster
-// backward passes than 1 x 9 (10 loads per 9 FMAs) on a Zen 3 AVX2 host.
-inline constexpr int wgrad_rows = wide_register_file ? 3 : 2;
-inline constexpr int wgrad_pairs = wide_register_file ? 9 : 6;
-inline constexpr std::ptrdiff_t max_chunk = 256;  // >= fprop_vectors * lanes for any T
-
-struct PaddedLayout {
-    Extent extent;
-    int pd = 0, ph = 0, pw = 0;
-    std::ptrdiff_t dp = 0, hp = 0, wp = 0;
-    std::ptrdiff_t plane = 0;       // padded voxels per channel
-    std::ptrdiff_t stride = 0;      // distance between channels: plane + read slack
-    std::ptrdiff_t run_begin = 0;   // first interior voxel
-    std::ptrdiff_t run_length = 0;  // through the last interior voxel
-    std::array<std::ptrdiff_t, 27> tap_offset{};
-    int taps = 0;
-};
-
-constexpr PaddedLayout padded_layout(const ConvProblem& p) {
-    PaddedLayout l;
-    l.extent = p.extent;
-    l.pd = p.kd / 2;
-    l.ph = p.kh / 2;
-    l.pw = p.kw / 2;
-    l.dp = p.extent.d + 2 * l.pd;
-    l.hp = p.extent.h + 2 * l.ph;
-    l.wp = p.extent.w + 2 * l.pw;
-    l.plane = l.dp * l.hp * l.wp;
-    const std::ptrdiff_t max_offset = l.pd * l.hp * l.wp + l.ph * l.wp + l.pw;
-    l.run_begin = max_offset;
-    const std::ptrdiff_t last =
-        (l.pd + p.extent.d - 1) * l.hp * l.wp + (l.ph + p.extent.h - 1) * l.wp + (l.pw + p.extent.w - 1);
-    l.run_length = last - l.run_begin + 1;
-    l.stride = round_up(l.plane + max_offset + max_chunk, 16);
-    l.taps = p.taps();
-    int t = 0;
-    for (int z = 0; z < p.kd; ++z)
-        for (int y = 0; y < p.kh; ++y)
-            for (int x = 0; x < p.kw; ++x)
-                l.tap_offset[t++] = (z - l.pd) * l.hp * l.wp + (y - l.ph) * l.wp + (x - l.pw);
-    return l;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Layout conversions
-
-template <class T>
-void pad_channel(const PaddedLayout& l, const T* src, T* dst) {
-    const auto [d, h, w] = l.extent;
-    for (std::ptrdiff_t z = 0; z < l.dp; ++z)
-        for (std::ptrdiff_t y = 0; y < l.hp; ++y) {
-            T* row = dst + (z * l.hp + y) * l.wp;
-            const bool inner = z >= l.pd && z < l.pd + d && y >= l.ph && y < l.ph + h;
-            if (!inner) {
-                std::fill(row, row + l.wp, T(0));
-                continue;
-            }
-            std::fill(row, row + l.pw, T(0));
-            std::memcpy(row + l.pw, src + ((z - l.pd) * h + (y - l.ph)) * w, sizeof(T) * w);
-            std::fill(row + l.pw + w, row + l.wp, T(0));
-        }
-    std::fill(dst + l.plane, dst + l.stride, T(0));
-}
-
-// Copies the interior of a padded channel out, adding `bias`, overwriting or accumulating.
-template <class T>
-void unpad_channel(const PaddedLayout& l, const T* src, T* dst, T bias, bool accumulate) {
-    const auto [d, h, w] = l.extent;
-    for (int z = 0; z < d; ++z)
-        for (int y = 0; y < h; ++y) {
-            const T* in = src + ((z + l.pd) * l.hp + (y + l.ph)) * l.wp + l.pw;
-            T* out = dst + (std::ptrdiff_t(z) * h + y) * w;
-            if (accumulate)
-                for (int x = 0; x < w; ++x) out[x] += in[x] + bias;
-            else
-                for (int x = 0; x < w; ++x) out[x] = in[x] + bias;
-        }
-}
-
-template <class T>
-void pad_sources(const PaddedLayout& l, std::span<const ChannelSource<T>> sources, int image, T* dst) {
-    std::ptrdiff_t channels = 0;
-    for (const auto& s : sources) channels += s.channels;
-    const std::ptrdiff_t plane = std::ptrdiff_t(l.extent.size());
-    parallel_for(channels, [&](std::ptrdiff_t c) {
-        std::ptrdiff_t local = c;
-        for (const auto& s : sources) {
-            if (local < s.channels) {
-                pad_channel(l, s.data + image * s.image_stride + local * plane, dst + c * l.stride);
-                return;
-            }
-            local -= s.channels;
-        }
-    });
-}
-
-// Weights [cout][k] (k = cin * taps + tap) as blocks of R output channels: [block][k][R],
-// zero rows past cout, so the micro-kernel reads R consecutive broadcasts per (k).
-template <class T>
-void pack_fprop_weights(const T* weight, int cout, int k_count, T* packed) {
-    constexpr int R = fprop_rows;
-    const int blocks = int(ceil_div(cout, R));
-    parallel_for(blocks, [&](std::ptrdiff_t b) {
-        T* dst = packed + b * std::ptrdiff_t(k_count) * R;
-        for (int k = 0; k < k_count; ++k)
-            for (int r = 0; r < R; ++r) {
-                const std::ptrdiff_t oc = b * R + r;
-                dst[std::ptrdiff_t(k) * R + r] = oc < cout ? weight[oc * k_count + k] : T(0);
-            }
-    });
-}
-
-// The data gradient is a convolution of the output gradient with the kernel mirrored in space
-// and input/output channels exchanged: W'[ci][oc][t] = W[oc][ci][taps - 1 - t].
-template <class T>
-void pack_dgrad_weights(const T* weight, int cout, int cin, int taps, T* packed) {
-    constexpr int R = fprop_rows;
-    const int blocks = int(ceil_div(cin, R));
-    const int k_count = cout * taps;
-    parallel_for(blocks, [&](std::ptrdiff_t b) {
-        T* dst = packed + b * std::ptrdiff_t(k_count) * R;
-        for (int oc = 0; oc < cout; ++oc)
-            for (int t = 0; t < taps; ++t)
-                for (int r = 0; r < R; ++r) {
-                    const std::ptrdiff_t ci = b * R + r;
-                    dst[(std::ptrdiff_t(oc) * taps + t) * R + r] =
-                        ci < cin ? weight[(std::ptrdiff_t(oc) * cin + ci) * taps + (taps - 1 - t)] : T(0);
-                }
-    });
-}
-
-// ---------------------------------------------------------------------------------------------
-// Micro-kernels
-
-// Where a block of R output channels goes when written straight to unpadded tensors.
-template <class T, int R>
-struct CompactRows {
-    T* base[R];  // channel planes, [d][h][w]
-    T bias[R];
-    bool accumulate[R];
-};
-
-// Output channel block x one chunk of the padded run. Writes either padded rows (y, y_stride),
-// or, with `compact`, the chunk's interior voxels straight into the unpadded planes, adding
-// bias and accumulating as asked.
-template <class T, int R, int V>
-inline void fprop_chunk(const T* x, std::ptrdiff_t x_stride, const std::ptrdiff_t* tap_offset, int taps, int ci_begin,
-                        int ci_end, const T* w, T* y, std::ptrdiff_t y_stride, int rows, bool first, int row_taps,
-                        const CompactRows<T, R>* compact = nullptr, const PaddedLayout* l = nullptr,
-                        std::ptrdiff_t q = 0) {
-    using B = Batch<T>;
-    constexpr int L = lanes<T>;
-    B acc[R][V];
-    static_for<R>([&](auto r) {
-        static_for<V>([&](auto v) {
-            acc[r][v] = (first || r >= rows) ? B(T(0)) : B::load_unaligned(y + r * y_stride + v * L);
-        });
-    });
-    for (int ci = ci_begin; ci < ci_end; ++ci) {
-        const T* xc = x + ci * x_stride;
-        const T* wc = w + std::ptrdiff_t(ci) * taps * R;
-        // The next chunk's input rows go towards L2 while this chunk computes, once per row of
-        // taps. A countdown, not t % row_taps: the division cost as much as the tap's FMAs.
-        for (int t = 0, row_left = 0; t < taps; ++t, --row_left) {
-            const T* xp = xc + tap_offset[t];
-            if (row_left == 0) {
-                static_for<V + 1>([&](auto v) { __builtin_prefetch(xp + V * L + v * L, 0, 2); });
-                row_left = row_taps;
-            }
-            B xv[V];
-            static_for<V>([&](auto v) { xv[v] = B::load_unaligned(xp + v * L); });
-            const T* wt = wc + t * R;
-            static_for<R>([&](auto r) {
-                const B wr(wt[r]);
-                static_for<V>([&](auto v) { acc[r][v] = xsimd::fma(wr, xv[v], acc[r][v]); });
-            });
-        }
-    }
-    if (!compact) {
-        static_for<R>([&](auto r) {
-            if (r < rows) static_for<V>([&](auto v) { acc[r][v].store_unaligned(y + r * y_stride + v * L); });
-        });
-        return;
-    }
-    const auto [d, h, wd] = l->extent;
-    const std::ptrdiff_t slab = l->hp * l->wp;
-    std::ptrdiff_t z = q / slab, rem = q - z * slab, yy = rem / l->wp, xx = rem - yy * l->wp;
-    const bool inner_row = z >= l->pd && z < l->pd + d && yy >= l->ph && yy < l->ph + h;
-    if (inner_row && xx >= l->pw && xx + V * L <= l->pw + wd) {
-        const std::ptrdiff_t at = ((z - l->pd) * h + (yy - l->ph)) * wd + (xx - l->pw);
-        static_for<R>([&](auto r) {
-            if (r >= rows || !compact->base[r]) return;
-            const B b(compact->bias[r]);
-            T* out = compact->base[r] + at;
-            static_for<V>([&](auto v) {
-                B val = acc[r][v] + b;
-                if (compact->accumulate[r]) val += B::load_unaligned(out + v * L);
-                val.store_unaligned(out + v * L);
-            });
-        });
-        return;
-    }
-    // The chunk crosses a border: store it and copy out its interior voxels one by one.
-    alignas(64) T tmp[R][V * L];
-    static_for<R>([&](auto r) { static_for<V>([&](auto v) { acc[r][v].store_aligned(&tmp[r][v * L]); }); });
-    for (int i = 0; i < V * L; ++i, ++xx) {
-        if (xx == l->wp) xx = 0, ++yy;
-        if (yy == l->hp) yy = 0, ++z;
-        if (z < l->pd || z >= l->pd + d || yy < l->ph || yy >= l->ph + h || xx < l->pw || xx >= l->pw + wd) continue;
-        const std::ptrdiff_t at = ((z - l->pd) * h + (yy - l->ph)) * wd + (xx - l->pw);
-        for (int r = 0; r < rows; ++r) {
-            if (!compact->base[r]) continue;
-            const T val = tmp[r][i] + compact->bias[r];
-            compact->base[r][at] = compact->accumulate[r] ? compact->base[r][at] + val : val;
-        }
-    }
-}
-
-// sums[i] = sum of rows[i]'s lanes, for L rows, through xsimd's transposing reduction haddp.
-// xsimd 8.1's AVX-512 float haddp returns the sums in a permuted lane order, so the order is
-// probed once (it is a fixed shuffle network) and undone while storing.
-// GCC 12 also warns, falsely, that the AVX-512 intrinsics behind haddp read an uninitialised
-// value (_mm512_undefined in its own headers).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-template <class T>
-inline const std::array<int, lanes<T>>& haddp_lane_order() {
-    static const std::array<int, lanes<T>> order = [] {
-        constexpr int L = lanes<T>;
-        Batch<T> rows[L];
-        alignas(64) T probe[L];
-        for (int i = 0; i < L; ++i) {
-            for (int j = 0; j < L; ++j) probe[j] = j == 0 ? T(i + 1) : T(0);
-            rows[i] = Batch<T>::load_aligned(probe);
-        }
-        xsimd::haddp(rows).store_aligned(probe);
-        std::array<int, L> o{};
-        for (int j = 0; j < L; ++j) o[j] = int(probe[j]) - 1;
-        return o;
-    }();
-    return order;
-}
-
-template <class T>
-inline void reduce_lanes(const Batch<T>* rows, T* sums) {
-    constexpr int L = lanes<T>;
-    alignas(64) T out[L];
-    xsimd::haddp(rows).store_aligned(out);
-    const auto& order = haddp_lane_order<T>();
-    for (int j = 0; j < L; ++j) sums[order[j]] = out[j];
-}
-#pragma GCC diagnostic pop
-
-// Keeps a loaded vector in a register: without this GCC folds the load into each of the R FMAs
-// that use it, tripling the loads of the weight-gradient loop.
-template <class B>
-inline B in_register(B v) {
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-    auto reg = static_cast<typename B::register_type>(v);
-#ifdef __AVX512F__
-    asm("" : "+v"(reg));  // any of the 32 vector registers
-#else
-    asm("" : "+x"(reg));
-#endif
-    return B(reg);
-#else
-    return v;
-#endif
-}
-
-// Accumulates one tile of voxels into R x P vector accumulators kept in `partial` between tiles
-// (so each tile adds lanes, and the horizontal sums happen once, after the last tile).
-template <class T, int R, int P>
-inline void wgrad_tile(const T* const* g_rows, const T* const* x_pairs, std::ptrdiff_t q_begin, std::ptrdiff_t q_end,
-                       T* partial, bool first, T* sums) {
-    using B = Batch<T>;
-    constexpr int L = lanes<T>;
-    B acc[R][P];
-    static_for<R>([&](auto r) {
-        static_for<P>([&](auto p) { acc[r][p] = first ? B(T(0)) : B::load_aligned(partial + (r * P + p) * L); });
-    });
-    constexpr std::ptrdiff_t ahead = 8 * L;
-    for (std::ptrdiff_t q = q_begin; q < q_end; q += L) {
-        static_for<R>([&](auto r) { __builtin_prefetch(g_rows[r] + q + ahead, 0, 3); });
-        static_for<P / 3>([&](auto p) { __builtin_prefetch(x_pairs[3 * p] + q + ahead, 0, 3); });
-        B g[R];
-        static_for<R>([&](auto r) { g[r] = B::load_unaligned(g_rows[r] + q); });
-        static_for<P>([&](auto p) {
-            const B xv = in_register(B::load_unaligned(x_pairs[p] + q));
-            static_for<R>([&](auto r) { acc[r][p] = xsimd::fma(g[r], xv, acc[r][p]); });
-        });
-    }
-    if (!sums) {
-        static_for<R>([&](auto r) { static_for<P>([&](auto p) { acc[r][p].store_aligned(partial + (r * P + p) * L); }); });
-        return;
-    }
-    // Last tile: horizontal sums, L accumulators at a time through a transposing reduction.
-    constexpr int N = R * P, groups = (N + L - 1) / L;
-    B flat[groups * L];
-    static_for<R>([&](auto r) { static_for<P>([&](auto p) { flat[r * P + p] = acc[r][p]; }); });
-    for (int i = N; i < groups * L; ++i) flat[i] = B(T(0));
-    for (int g = 0; g < groups; ++g) reduce_lanes(flat + g * L, sums + g * L);
-}
-
-// ---------------------------------------------------------------------------------------------
-// Drivers over one image
-
-// Convolution of x_pad (cin channels) with the packed weights of output channels
-// [oc_begin, oc_end); oc_begin is a multiple of fprop_rows. When every input channel fits one
-// pass, writes the unpadded outputs directly through output_of(oc) -> CompactChannel and
-// returns true; otherwise writes padded y_pad channels [0, oc_end - oc_begin), returns false,
-// and the caller copies their interiors out.
-template <class T>
-struct CompactChannel {
-    T* base;
-    T bias;
-    bool accumulate;
-};
-
-template <class T, class OutputOf>
-bool fprop_padded(const PaddedLayout& l, int cin, const T* x_pad, const T* packed_weight, int oc_begin, int oc_end,
-                  T* y_pad, OutputOf&& output_of) {
-    constexpr int R = fprop_rows, V = fprop_vectors, L = lanes<T>;
-    constexpr std::ptrdiff_t chunk = std::ptrdiff_t(V) * L;
-    static_assert(chunk <= max_chunk);
-    const std::ptrdiff_t chunks = ceil_div(l.run_length, chunk);
-    constexpr std::ptrdiff_t tile_chunks = 8;
-    const std::ptrdiff_t tiles = ceil_div(chunks, tile_chunks);
-    const int blocks = int(ceil_div(oc_end - oc_begin, R));
-    const std::ptrdiff_t k_count = std::ptrdiff_t(cin) * l.taps;
-    // Input channels per pass, so the tile's input rows stay in the core's L2 across blocks.
-    const std::ptrdiff_t footprint = std::ptrdiff_t(sizeof(T)) * (2 * l.pd + 1) * (tile_chunks * chunk + 2 * l.wp + 2);
-    const int ci_step = int(std::clamp<std::ptrdiff_t>((256 << 10) / footprint, 1, cin));
-    const bool direct = ci_step >= cin;
-    parallel_for(tiles * blocks, [&](std::ptrdiff_t item) {
-        const std::ptrdiff_t tile = item / blocks;
-        const int block = int(item % blocks);
-        const int oc0 = oc_begin + block * R;
-        const int rows = std::min(R, oc_end - oc0);
-        const T* w = packed_weight + std::ptrdiff_t(oc0 / R) * k_count * R;
-        T* y = y_pad + std::ptrdiff_t(oc0 - oc_begin) * l.stride;
-        const std::ptrdiff_t c_end = std::min(chunks, (tile + 1) * tile_chunks);
-        CompactRows<T, R> compact{};
-        if (direct)
-            for (int r = 0; r < rows; ++r) {
-                const CompactChannel<T> c = output_of(oc0 + r);
-                compact.base[r] = c.base;
-                compact.bias[r] = c.bias;
-                compact.accumulate[r] = c.accumulate;
-            }
-        for (int ci = 0; ci < cin; ci += ci_step) {
-            const int ci_end = std::min(cin, ci + ci_step);
-            for (std::ptrdiff_t c = tile * tile_chunks; c < c_end; ++c) {
-                const std::ptrdiff_t q = l.run_begin + c * chunk;
-                fprop_chunk<T, R, V>(x_pad + q, l.stride, l.tap_offset.data(), l.taps, ci, ci_end, w, y + q, l.stride,
-                                     rows, ci == 0, 2 * l.pw + 1, direct ? &compact : nullptr, &l, q);
-            }
-        }
-    });
-    return direct;
-}
-
-// dweight[oc][ci * taps + t] += sum over interior q of g_pad[oc][q] * x_pad[ci][q + offset(t)].
-// g_pad is zero outside the interior, so the padded run may be summed whole. Work items are
-// (block of R output channels, block of P (channel, tap) pairs); tiles of voxels keep the rows
-// an item reads in cache, and items are ordered so neighbours share the larger of the two.
-template <class T>
-constexpr std::size_t wgrad_partial_size(int cin, int cout, int taps) {
-    return std::size_t(ceil_div(cout, wgrad_rows)) * ceil_div(cin * taps, wgrad_pairs) * wgrad_rows * wgrad_pairs *
-           lanes<T>;
-}
-
-template <class T>
-void wgrad_padded(const PaddedLayout& l, int cin, int cout, const T* x_pad, const T* g_pad, T* dweight, T* partial) {
-    constexpr int R = wgrad_rows, P = wgrad_pairs, L = lanes<T>;
-    const int k_count = cin * l.taps;
-    const int row_blocks = int(ceil_div(cout, R));
-    const int pair_blocks = int(ceil_div(k_count, P));
-    const std::ptrdiff_t run_end = l.run_begin + round_up(l.run_length, L);
-    const std::ptrdiff_t tile = std::max<std::ptrdiff_t>(512, round_up((384 << 10) / (sizeof(T) * (cin + cout)), L));
-    // Items run as (group of G row blocks, pair block, row block in group): a pair's input rows
-    // are read once per group and reused from L1 by the group's row blocks, whose output-gradient
-    // rows stay in L2.
-    constexpr int G = 8;
-    const int row_groups = int(ceil_div(row_blocks, G));
-    const std::ptrdiff_t items = std::ptrdiff_t(row_groups) * pair_blocks * G;
-    parallel_ranges(items, [&](std::ptrdiff_t item_begin, std::ptrdiff_t item_end) {
-        for (std::ptrdiff_t q0 = l.run_begin; q0 < run_end; q0 += tile) {
-            const std::ptrdiff_t q1 = std::min(run_end, q0 + tile);
-            const bool first = q0 == l.run_begin, last = q1 == run_end;
-            for (std::ptrdiff_t item = item_begin; item < item_end; ++item) {
-                const int rb = int(item / (std::ptrdiff_t(pair_blocks) * G)) * G + int(item % G);
-                const int pb = int(item / G % pair_blocks);
-                if (rb >= row_blocks) continue;
-                const T* g_rows[R];
-                const T* x_pairs[P];
-                for (int r = 0; r < R; ++r) g_rows[r] = g_pad + std::min(rb * R + r, cout - 1) * l.stride;
-                for (int p = 0; p < P; ++p) {
-                    const int k = std::min(pb * P + p, k_count - 1);
-                    x_pairs[p] = x_pad + (k / l.taps) * l.stride + l.tap_offset[k % l.taps];
-                }
-                T* acc = partial + (std::ptrdiff_t(rb) * pair_blocks + pb) * R * P * L;
-                T sums[round_up(R * P, L)];
-                wgrad_tile<T, R, P>(g_rows, x_pairs, q0, q1, acc, first, last ? sums : nullptr);
-                if (!last) continue;
-                for (int r = 0; r < R && rb * R + r < cout; ++r)
-                    for (int p = 0; p < P && pb * P + p < k_count; ++p)
-                        dweight[std::ptrdiff_t(rb * R + r) * k_count + pb * P + p] += sums[r * P + p];
-            }
-        }
-    });
-}
 
 // ---------------------------------------------------------------------------------------------
 // Whole operations over a batch
@@ -454,34 +19,80 @@ constexpr int output_group_channels(const PaddedLayout& l, int channels) {
     return int(std::min<std::ptrdiff_t>(group, round_up(channels, fprop_rows)));
 }
 
-// Scratch (in elements of T) that conv_forward and conv_backward need for a problem.
-// Scratch of conv_forward alone (inference).
+// automatic: Winograd where winograd::applies, direct elsewhere. direct: always the direct
+// kernels (benchmarks compare the two in one run). Workspace sizes depend on the choice.
+enum class ConvAlgorithm { automatic, direct };
+
 template <class T>
-constexpr std::size_t conv_forward_workspace_size(const ConvProblem& p) {
+constexpr bool use_winograd(const ConvProblem& p, ConvAlgorithm algorithm) {
+    return algorithm == ConvAlgorithm::automatic && winograd::applies<T>(p);
+}
+
+// The data gradient is the convolution of the output gradient with the mirrored kernel, input
+// and output channels exchanged.
+constexpr ConvProblem dgrad_problem(const ConvProblem& p) { return {p.extent, p.kd, p.kh, p.kw, p.cout, p.cin}; }
+
+// Scratch (in elements of T) that conv_forward needs alone (inference).
+template <class T>
+constexpr std::size_t conv_forward_workspace_size(const ConvProblem& p, ConvAlgorithm algorithm = ConvAlgorithm::automatic) {
+    if (use_winograd<T>(p, algorithm)) return winograd::workspace_size<T>(p);
     const PaddedLayout l = padded_layout(p);
     const std::size_t packed_fprop = std::size_t(round_up(p.cout, fprop_rows)) * p.cin * p.taps();
     const std::size_t out_group = std::size_t(output_group_channels<T>(l, std::max(p.cin, p.cout))) * l.stride;
     return packed_fprop + std::size_t(p.cin) * l.stride + out_group;
 }
 
-// Scratch of conv_forward and conv_backward (training).
+// Scratch of conv_forward and conv_backward (training). Backward: the packed Dgrad kernel, then
+// the weight gradient's padded input and gradient, whose space the Dgrad pass reuses after it.
 template <class T>
-constexpr std::size_t conv_workspace_size(const ConvProblem& p) {
+constexpr std::size_t conv_workspace_size(const ConvProblem& p, ConvAlgorithm algorithm = ConvAlgorithm::automatic) {
     const PaddedLayout l = padded_layout(p);
-    const std::size_t packed_fprop = std::size_t(round_up(p.cout, fprop_rows)) * p.cin * p.taps();
-    const std::size_t packed_dgrad = std::size_t(round_up(p.cin, fprop_rows)) * p.cout * p.taps();
     const std::size_t in_pad = std::size_t(p.cin) * l.stride;
     const std::size_t out_group = std::size_t(output_group_channels<T>(l, std::max(p.cin, p.cout))) * l.stride;
     const std::size_t grad_pad = std::size_t(p.cout) * l.stride;
-    const std::size_t forward = packed_fprop + in_pad + out_group;
     const std::size_t partial = wgrad_partial_size<T>(p.cin, p.cout, p.taps()) + lanes<T>;
-    const std::size_t backward = packed_dgrad + in_pad + grad_pad + std::max(out_group, partial);
-    return std::max(forward, backward);
+    std::size_t backward = 0;
+    const ConvProblem d = dgrad_problem(p);
+    if (use_winograd<T>(d, algorithm)) {
+        const winograd::Plan pl = winograd::plan<T>(d);
+        backward = std::size_t(pl.kernel_size()) + 2 * winograd::alignment_slack +
+                   std::max(in_pad + grad_pad + partial, std::size_t(pl.input_size() + pl.output_size()));
+    } else {
+        const std::size_t packed_dgrad = std::size_t(round_up(p.cin, fprop_rows)) * p.cout * p.taps();
+        backward = packed_dgrad + in_pad + grad_pad + std::max(out_group, partial);
+    }
+    return std::max(conv_forward_workspace_size<T>(p, algorithm), backward);
+}
+
+// Channel c of image n among sources that split the channels between them.
+template <class T>
+const T* channel_plane(const ConvProblem& p, std::span<const ChannelSource<T>> sources, int n, int c) {
+    for (const auto& s : sources) {
+        if (c < s.channels) return s.data + n * s.image_stride + c * std::ptrdiff_t(p.extent.size());
+        c -= s.channels;
+    }
+    return nullptr;
 }
 
 template <class T>
 void conv_forward(const ConvProblem& p, int images, std::span<const ChannelSource<T>> input, const T* weight,
-                  const T* bias, T* output, std::ptrdiff_t output_image_stride, T* workspace) {
+                  const T* bias, T* output, std::ptrdiff_t output_image_stride, T* workspace,
+                  ConvAlgorithm algorithm = ConvAlgorithm::automatic) {
+    if (use_winograd<T>(p, algorithm)) {
+        const winograd::Plan pl = winograd::plan<T>(p);
+        T* u = winograd::align(workspace);
+        T* scratch = winograd::align(u + pl.kernel_size());
+        winograd::transform_kernel(pl, [&](int o, int i, int k) { return weight[(std::ptrdiff_t(o) * p.cin + i) * 9 + k]; }, u);
+        for (int n = 0; n < images; ++n) {
+            auto input_of = [&](int c) { return channel_plane(p, input, n, c); };
+            auto output_of = [&](int oc) {
+                return CompactChannel<T>{output + n * output_image_stride + oc * std::ptrdiff_t(p.extent.size()),
+                                         bias ? bias[oc] : T(0), false};
+            };
+            winograd::convolve_image(pl, u, input_of, output_of, scratch);
+        }
+        return;
+    }
     const PaddedLayout l = padded_layout(p);
     T* packed = workspace;
     T* x_pad = packed + std::size_t(round_up(p.cout, fprop_rows)) * p.cin * p.taps();
@@ -510,20 +121,29 @@ void conv_forward(const ConvProblem& p, int images, std::span<const ChannelSourc
 template <class T>
 void conv_backward(const ConvProblem& p, int images, std::span<const ChannelSource<T>> input, const T* weight,
                    const T* grad_output, std::ptrdiff_t grad_output_image_stride, std::span<const ChannelSink<T>> grad_input,
-                   T* dweight, T* dbias, T* workspace) {
+                   T* dweight, T* dbias, T* workspace, ConvAlgorithm algorithm = ConvAlgorithm::automatic) {
     const PaddedLayout l = padded_layout(p);
-    T* packed = workspace;
-    T* x_pad = packed + std::size_t(round_up(p.cin, fprop_rows)) * p.cout * p.taps();
+    const ConvProblem d = dgrad_problem(p);
+    const bool winograd_dgrad = use_winograd<T>(d, algorithm);
+    const winograd::Plan dgrad_plan = winograd_dgrad ? winograd::plan<T>(d) : winograd::Plan{};
+    T* packed = winograd_dgrad ? winograd::align(workspace) : workspace;
+    T* x_pad = packed + (winograd_dgrad ? std::size_t(dgrad_plan.kernel_size())
+                                        : std::size_t(round_up(p.cin, fprop_rows)) * p.cout * p.taps());
     T* g_pad = x_pad + std::size_t(p.cin) * l.stride;
     T* dx_pad = g_pad + std::size_t(p.cout) * l.stride;
     const int group = output_group_channels<T>(l, std::max(p.cin, p.cout));
     const std::ptrdiff_t plane = std::ptrdiff_t(p.extent.size());
     bool need_input_grad = false;
     for (const auto& s : grad_input) need_input_grad |= s.data != nullptr;
-    if (need_input_grad) pack_dgrad_weights(weight, p.cout, p.cin, p.taps(), packed);
+    if (need_input_grad && winograd_dgrad)
+        winograd::transform_kernel(
+            dgrad_plan, [&](int o, int i, int k) { return weight[(std::ptrdiff_t(i) * p.cin + o) * 9 + (8 - k)]; }, packed);
+    else if (need_input_grad)
+        pack_dgrad_weights(weight, p.cout, p.cin, p.taps(), packed);
     const ChannelSource<T> grad_source{grad_output, p.cout, grad_output_image_stride};
     for (int n = 0; n < images; ++n) {
-        pad_sources(l, std::span<const ChannelSource<T>>(&grad_source, 1), n, g_pad);
+        if (dweight || (need_input_grad && !winograd_dgrad))
+            pad_sources(l, std::span<const ChannelSource<T>>(&grad_source, 1), n, g_pad);
         if (dbias)
             parallel_for(p.cout, [&](std::ptrdiff_t oc) {
                 const T* g = grad_output + n * grad_output_image_stride + oc * plane;
@@ -537,17 +157,22 @@ void conv_backward(const ConvProblem& p, int images, std::span<const ChannelSour
             wgrad_padded(l, p.cin, p.cout, x_pad, g_pad, dweight, partial);
         }
         if (!need_input_grad) continue;
+        auto output_of = [&](int channel) {
+            for (const auto& sink : grad_input) {
+                if (channel < sink.channels)
+                    return CompactChannel<T>{sink.data ? sink.data + n * sink.image_stride + channel * plane : nullptr, T(0),
+                                             sink.accumulate};
+                channel -= sink.channels;
+            }
+            return CompactChannel<T>{nullptr, T(0), false};
+        };
+        if (winograd_dgrad) {
+            auto input_of = [&](int oc) { return grad_output + n * grad_output_image_stride + oc * plane; };
+            winograd::convolve_image(dgrad_plan, packed, input_of, output_of, winograd::align(x_pad));
+            continue;
+        }
         for (int ci0 = 0; ci0 < p.cin; ci0 += group) {
             const int ci1 = std::min(p.cin, ci0 + group);
-            auto output_of = [&](int channel) {
-                for (const auto& sink : grad_input) {
-                    if (channel < sink.channels)
-                        return CompactChannel<T>{sink.data ? sink.data + n * sink.image_stride + channel * plane : nullptr,
-                                                 T(0), sink.accumulate};
-                    channel -= sink.channels;
-                }
-                return CompactChannel<T>{nullptr, T(0), false};
-            };
             if (fprop_padded(l, p.cout, g_pad, packed, ci0, ci1, dx_pad, output_of)) continue;
             parallel_for(ci1 - ci0, [&](std::ptrdiff_t c) {
                 int channel = ci0 + int(c);

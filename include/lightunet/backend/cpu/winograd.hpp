@@ -1,0 +1,348 @@
+#pragma once
+// Winograd F(2x2, 3x3) (Lavin & Gray, 2016) for stride-1 'same' 3x3 convolutions of 2D planes.
+//
+// Each 2x2 block of outputs ("tile") is computed from the 4x4 input window around it: the window
+// is transformed (V = B^T d B), multiplied position by position with the transformed kernel
+// (U = G g G^T) and summed over input channels, and transformed back (Y = A^T M A). The sum over
+// channels is 16 independent matrix products M_e = U_e V_e (one per position e of the 4x4 tile),
+// run by the direct convolution's micro-kernel as a 1x1 convolution over tiles: 16 products
+// per 4 outputs replace 36, 2.25x fewer multiply-adds, for a few adds per tile and channel.
+//
+// The plane is processed in bands of tile rows, sized so that one position's transformed band
+// (V_e, all input channels) stays in L2 while every block of output channels reads it.
+// Arithmetic order does not depend on the thread count. float only: double (the gradient
+// tests' type) keeps the direct kernels, whose rounding is closer to the textbook sum.
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+#include "conv_direct.hpp"
+
+namespace lightunet::cpu_kernels::winograd {
+
+inline constexpr int positions = 16;  // of a transformed 4x4 tile
+// One position's transformed band, all input channels: kept in the core's L2 (512 KiB and up).
+inline constexpr std::ptrdiff_t band_bytes = std::ptrdiff_t(128) << 10;
+// Below these the direct kernels win (measured in bench_conv on a Zen 3 AVX2 host): few input
+// channels leave the products too short to pay for the transforms; on small planes the kernel
+// transform, paid once per call, is a large share of the work.
+inline constexpr int min_input_channels = 16;
+inline constexpr std::ptrdiff_t min_tiles = 256;  // 32x32 plane
+
+template <class T>
+constexpr bool applies(const ConvProblem& p) {
+    if constexpr (!std::is_same_v<T, float>) {
+        return false;
+    } else {
+        const std::ptrdiff_t tiles = std::ptrdiff_t(ceil_div(p.extent.h, 2)) * ceil_div(p.extent.w, 2);
+        return p.extent.d == 1 && p.kd == 1 && p.kh == 3 && p.kw == 3 && p.cin >= min_input_channels && p.cout >= 1 &&
+               tiles >= min_tiles;
+    }
+}
+
+struct Plan {
+    int h = 0, w = 0;
+    int tile_rows = 0, tile_cols = 0;
+    int row_stride = 0;              // tiles per row of tiles, padded to whole vectors
+    int band_rows = 0;               // tile rows per band
+    std::ptrdiff_t band_stride = 0;  // tiles per band, padded to whole micro-kernel chunks
+    int cin = 0, cout = 0, cout_padded = 0;
+    constexpr std::ptrdiff_t kernel_size() const { return std::ptrdiff_t(positions) * cout_padded * cin; }
+    constexpr std::ptrdiff_t input_size() const { return std::ptrdiff_t(positions) * cin * band_stride; }
+    constexpr std::ptrdiff_t output_size() const { return std::ptrdiff_t(positions) * cout_padded * band_stride; }
+};
+
+template <class T>
+constexpr Plan plan(const ConvProblem& p) {
+    constexpr std::ptrdiff_t chunk = std::ptrdiff_t(fprop_vectors) * lanes<T>;
+    Plan pl;
+    pl.h = p.extent.h;
+    pl.w = p.extent.w;
+    pl.tile_rows = int(ceil_div(pl.h, 2));
+    pl.tile_cols = int(ceil_div(pl.w, 2));
+    pl.cin = p.cin;
+    pl.cout = p.cout;
+    pl.cout_padded = int(round_up(p.cout, fprop_rows));
+    pl.row_stride = int(round_up(pl.tile_cols, lanes<T>));
+    auto stride_for = [&](std::ptrdiff_t rows) { return round_up(rows * pl.row_stride, chunk); };
+    std::ptrdiff_t rows = 1;
+    while (rows < pl.tile_rows && std::ptrdiff_t(sizeof(T)) * pl.cin * stride_for(rows + 1) <= band_bytes) ++rows;
+    const std::ptrdiff_t bands = ceil_div(pl.tile_rows, rows);
+    pl.band_rows = int(ceil_div(pl.tile_rows, bands));  // even bands
+    pl.band_stride = stride_for(pl.band_rows);
+    return pl;
+}
+
+// The transformed kernel and the bands start on a cache line (64 bytes) of the workspace.
+inline constexpr std::size_t alignment_slack = 64;  // elements: enough for any T
+template <class T>
+T* align(T* p) {
+    const auto address = reinterpret_cast<std::uintptr_t>(p);
+    return p + (round_up(address, std::uintptr_t(64)) - address) / sizeof(T);
+}
+
+// Scratch (elements of T): transformed kernel, input band and output band, each aligned.
+template <class T>
+constexpr std::size_t workspace_size(const ConvProblem& p) {
+    const Plan pl = plan<T>(p);
+    return std::size_t(pl.kernel_size() + pl.input_size() + pl.output_size()) + 2 * alignment_slack;
+}
+
+// U = G g G^T for every (output, input) channel pair, stored per position as the micro-kernel
+// reads weights: [position][block of R outputs][input][R], zero rows past cout. tap(o, i, k)
+// is the kernel's value at k = 3 * ky + kx.
+template <class T, class Tap>
+void transform_kernel(const Plan& pl, Tap&& tap, T* u) {
+    constexpr int R = fprop_rows;
+    const int blocks = pl.cout_padded / R;
+    const std::ptrdiff_t position_stride = std::ptrdiff_t(blocks) * pl.cin * R;
+    parallel_for(blocks, [&](std::ptrdiff_t block) {
+        for (int i = 0; i < pl.cin; ++i)
+            for (int r = 0; r < R; ++r) {
+                const int o = int(block) * R + r;
+                T g[3][3] = {};
+                if (o < pl.cout)
+                    for (int k = 0; k < 9; ++k) g[k / 3][k % 3] = tap(o, i, k);
+                T t[4][3];  // G g
+                for (int c = 0; c < 3; ++c) {
+                    t[0][c] = g[0][c];
+                    t[1][c] = T(0.5) * (g[0][c] + g[1][c] + g[2][c]);
+                    t[2][c] = T(0.5) * (g[0][c] - g[1][c] + g[2][c]);
+                    t[3][c] = g[2][c];
+                }
+                T* dst = u + (block * pl.cin + i) * R + r;
+                for (int a = 0; a < 4; ++a) {  // (G g) G^T
+                    const T row[4] = {t[a][0], T(0.5) * (t[a][0] + t[a][1] + t[a][2]), T(0.5) * (t[a][0] - t[a][1] + t[a][2]),
+                                      t[a][2]};
+                    for (int b = 0; b < 4; ++b) dst[(a * 4 + b) * position_stride] = row[b];
+                }
+            }
+    });
+}
+
+// Index generators for xsimd's compile-time lane shuffles.
+template <bool odd_first>
+struct SplitEvenOdd {  // evens then odds (or odds then evens)
+    static constexpr unsigned get(unsigned i, unsigned n) { return (i < n / 2) == !odd_first ? 2 * (i % (n / 2)) : 2 * (i % (n / 2)) + 1; }
+};
+struct LowHalf {
+    static constexpr bool get(unsigned i, unsigned n) { return i < n / 2; }
+};
+template <bool high_first>
+struct Spread {  // lane i takes lane i / 2 of its half (low half first, or high half first) in even lanes
+    static constexpr unsigned get(unsigned i, unsigned n) { return ((i % 2 == 0) != high_first) ? i / 2 : n / 2 + i / 2; }
+};
+struct EvenLane {
+    static constexpr bool get(unsigned i, unsigned) { return i % 2 == 0; }
+};
+
+// Splits 2L consecutive values into their even and odd positions.
+template <class T>
+inline void deinterleave(const Batch<T>& first, const Batch<T>& second, Batch<T>& even, Batch<T>& odd) {
+    using Index = xsimd::batch<xsimd::as_unsigned_integer_t<T>, Arch>;
+    constexpr auto evens_first = xsimd::make_batch_constant<Index, SplitEvenOdd<false>>();
+    constexpr auto odds_first = xsimd::make_batch_constant<Index, SplitEvenOdd<true>>();
+    constexpr auto low = xsimd::make_batch_bool_constant<Batch<T>, LowHalf>();
+    even = xsimd::select(low, xsimd::swizzle(first, evens_first), xsimd::swizzle(second, odds_first));
+    odd = xsimd::select(low, xsimd::swizzle(first, odds_first), xsimd::swizzle(second, evens_first));
+}
+
+// The inverse: 2L consecutive values from their even and odd positions.
+template <class T>
+inline void interleave(const Batch<T>& even, const Batch<T>& odd, Batch<T>& first, Batch<T>& second) {
+    using Index = xsimd::batch<xsimd::as_unsigned_integer_t<T>, Arch>;
+    constexpr auto low_in_even = xsimd::make_batch_constant<Index, Spread<false>>();
+    constexpr auto low_in_odd = xsimd::make_batch_constant<Index, Spread<true>>();
+    constexpr auto even_lanes = xsimd::make_batch_bool_constant<Batch<T>, EvenLane>();
+    first = xsimd::select(even_lanes, xsimd::swizzle(even, low_in_even), xsimd::swizzle(odd, low_in_odd));
+    second = xsimd::select(even_lanes, xsimd::swizzle(even, low_in_odd), xsimd::swizzle(odd, low_in_even));
+}
+
+// Where tile t of a band lies in V for one position: panels of `chunk` tiles, each holding every
+// input channel's run of the panel's tiles, so the products read V front to back.
+template <class T>
+constexpr std::ptrdiff_t panel_offset(std::ptrdiff_t t, int channels, int channel) {
+    constexpr std::ptrdiff_t chunk = std::ptrdiff_t(fprop_vectors) * lanes<T>;
+    return (t / chunk) * channels * chunk + std::ptrdiff_t(channel) * chunk + t % chunk;
+}
+
+// V = B^T d B for the tiles of rows [row_begin, row_end) of input channel `channel` (plane null:
+// zeros), into the band's panels v (position e at v + e * position_stride).
+template <class T>
+void transform_input(const Plan& pl, const T* plane, int channel, int row_begin, int row_end, T* v,
+                     std::ptrdiff_t position_stride) {
+    using B = Batch<T>;
+    constexpr int L = lanes<T>;
+    constexpr std::ptrdiff_t chunk = std::ptrdiff_t(fprop_vectors) * L;
+    constexpr int block = 128;  // tiles per pass over a row of tiles
+    // The window of tile j spans columns 2j-1 .. 2j+2: split into even and odd columns, its four
+    // columns are even[j], odd[j], even[j+1], odd[j+1], so lanes hold consecutive tiles.
+    alignas(64) T even[4][block + 2 * L], odd[4][block + 2 * L];
+    const std::ptrdiff_t tiles = std::ptrdiff_t(row_end - row_begin) * pl.row_stride;
+    if (tiles % chunk != 0)  // the last panel's tail is multiplied too: zeros, not stale values
+        for (int e = 0; e < positions; ++e)
+            for (std::ptrdiff_t t = tiles; t < round_up(tiles, chunk); ++t)
+                v[e * position_stride + panel_offset<T>(t, pl.cin, channel)] = T(0);
+    for (int i = row_begin; i < row_end; ++i) {
+        const std::ptrdiff_t row_tile = std::ptrdiff_t(i - row_begin) * pl.row_stride;
+        for (int j0 = 0; j0 < pl.tile_cols; j0 += block) {
+            const int n = std::min(block, pl.tile_cols - j0);
+            const int filled = int(round_up(n, L)) + L;  // read up to round_up(n, L)
+            const int x0 = 2 * j0 - 1;  // column of even[.][0]
+            for (int r = 0; r < 4; ++r) {
+                const int y = 2 * i - 1 + r;
+                const T* row = (plane != nullptr && y >= 0 && y < pl.h) ? plane + std::ptrdiff_t(y) * pl.w : nullptr;
+                int k = 0;
+                if (row != nullptr) {
+                    // Whole vectors where columns x0 + 2k .. x0 + 2k + 2L - 1 lie inside the row.
+                    if (x0 < 0) {
+                        even[r][0] = T(0);
+                        odd[r][0] = row[0];
+                        k = 1;
+                    }
+                    // Lanes past n take real columns too: they only feed tiles a later pass
+                    // or row overwrites, or the row's padding tiles.
+                    for (; k < filled && x0 + 2 * (k + L) <= pl.w; k += L) {
+                        B e, o;
+                        deinterleave(B::load_unaligned(row + x0 + 2 * k), B::load_unaligned(row + x0 + 2 * k + L), e, o);
+                        e.store_unaligned(&even[r][k]);
+                        o.store_unaligned(&odd[r][k]);
+                    }
+                }
+                for (; k < filled; ++k) {
+                    const int x = x0 + 2 * k;
+                    even[r][k] = (row != nullptr && k <= n && x >= 0 && x < pl.w) ? row[x] : T(0);
+                    odd[r][k] = (row != nullptr && k <= n && x + 1 >= 0 && x + 1 < pl.w) ? row[x + 1] : T(0);
+                }
+            }
+            for (int k = 0; k < n; k += L) {
+                B d[4][4];
+                for (int r = 0; r < 4; ++r) {
+                    d[r][0] = B::load_unaligned(&even[r][k]);
+                    d[r][1] = B::load_unaligned(&odd[r][k]);
+                    d[r][2] = B::load_unaligned(&even[r][k + 1]);
+                    d[r][3] = B::load_unaligned(&odd[r][k + 1]);
+                }
+                B t[4][4];
+                for (int c = 0; c < 4; ++c) {
+                    t[0][c] = d[0][c] - d[2][c];
+                    t[1][c] = d[1][c] + d[2][c];
+                    t[2][c] = d[2][c] - d[1][c];
+                    t[3][c] = d[1][c] - d[3][c];
+                }
+                // L tiles from a multiple of L: inside one panel.
+                T* at = v + panel_offset<T>(row_tile + j0 + k, pl.cin, channel);
+                for (int a = 0; a < 4; ++a) {
+                    (t[a][0] - t[a][2]).store_unaligned(at + (a * 4 + 0) * position_stride);
+                    (t[a][1] + t[a][2]).store_unaligned(at + (a * 4 + 1) * position_stride);
+                    (t[a][2] - t[a][1]).store_unaligned(at + (a * 4 + 2) * position_stride);
+                    (t[a][1] - t[a][3]).store_unaligned(at + (a * 4 + 3) * position_stride);
+                }
+            }
+        }
+    }
+}
+
+// Y = A^T M A for the tiles of rows [row_begin, row_end) of one output channel, plus bias,
+// written or added into its plane.
+template <class T>
+void transform_output(const Plan& pl, const T* m, std::ptrdiff_t position_stride, int row_begin, int row_end,
+                      const CompactChannel<T>& out) {
+    using B = Batch<T>;
+    constexpr int L = lanes<T>;
+    alignas(64) T y[2][2][L];
+    const B bias(out.bias);
+    for (int i = row_begin; i < row_end; ++i) {
+        const T* row = m + std::ptrdiff_t(i - row_begin) * pl.row_stride;
+        const int rows_out = std::min(2, pl.h - 2 * i);
+        for (int k = 0; k < pl.tile_cols; k += L) {
+            B s[2][4];
+            for (int b = 0; b < 4; ++b) {
+                const B m0 = B::load_aligned(row + k + (0 * 4 + b) * position_stride);
+                const B m1 = B::load_aligned(row + k + (1 * 4 + b) * position_stride);
+                const B m2 = B::load_aligned(row + k + (2 * 4 + b) * position_stride);
+                const B m3 = B::load_aligned(row + k + (3 * 4 + b) * position_stride);
+                s[0][b] = m0 + m1 + m2;
+                s[1][b] = m1 - m2 - m3;
+            }
+            for (int a = 0; a < rows_out; ++a) {
+                const B left = s[a][0] + s[a][1] + s[a][2] + bias;  // output columns 2j
+                const B right = s[a][1] - s[a][2] - s[a][3] + bias;  // 2j + 1
+                T* dst = out.base + std::ptrdiff_t(2 * i + a) * pl.w + 2 * k;
+                if (2 * (k + L) <= pl.w) {
+                    B first, second;
+                    interleave(left, right, first, second);
+                    if (out.accumulate) {
+                        first += B::load_unaligned(dst);
+                        second += B::load_unaligned(dst + L);
+                    }
+                    first.store_unaligned(dst);
+                    second.store_unaligned(dst + L);
+                    continue;
+                }
+                left.store_aligned(y[a][0]);
+                right.store_aligned(y[a][1]);
+                const int columns = pl.w - 2 * k;
+                for (int x = 0; x < columns; ++x) dst[x] = (out.accumulate ? dst[x] : T(0)) + y[a][x & 1][x >> 1];
+            }
+        }
+    }
+}
+
+// M = U V for one position and one block of R output channels over one panel of tiles: the
+// direct kernel's register tile, reading the panel front to back.
+template <class T, int R, int V>
+inline void multiply_panel(const T* panel, const T* u, int channels, T* m, std::ptrdiff_t m_stride) {
+    using B = Batch<T>;
+    constexpr int L = lanes<T>;
+    constexpr std::ptrdiff_t chunk = std::ptrdiff_t(V) * L;
+    B acc[R][V];
+    static_for<R>([&](auto r) { static_for<V>([&](auto v) { acc[r][v] = B(T(0)); }); });
+    for (int c = 0; c < channels; ++c) {
+        const T* x = panel + c * chunk;
+        B xv[V];
+        static_for<V>([&](auto v) { xv[v] = B::load_aligned(x + v * L); });
+        const T* w = u + c * R;
+        static_for<R>([&](auto r) {
+            const B wr(w[r]);
+            static_for<V>([&](auto v) { acc[r][v] = xsimd::fma(wr, xv[v], acc[r][v]); });
+        });
+    }
+    static_for<R>([&](auto r) { static_for<V>([&](auto v) { acc[r][v].store_aligned(m + r * m_stride + v * L); }); });
+}
+
+// One image: input channel c's plane is input_of(c) (null reads as zeros); output channel o
+// goes to output_of(o) -> CompactChannel (null base: skipped). u holds transform_kernel's
+// result; scratch holds input_size() + output_size() elements; both aligned (align).
+template <class T, class InputOf, class OutputOf>
+void convolve_image(const Plan& pl, const T* u, InputOf&& input_of, OutputOf&& output_of, T* scratch) {
+    constexpr int R = fprop_rows, V = fprop_vectors, L = lanes<T>;
+    constexpr std::ptrdiff_t chunk = std::ptrdiff_t(V) * L;
+    const int blocks = pl.cout_padded / R;
+    const std::ptrdiff_t v_stride = std::ptrdiff_t(pl.cin) * pl.band_stride;          // between positions in V
+    const std::ptrdiff_t m_stride = std::ptrdiff_t(pl.cout_padded) * pl.band_stride;  // between positions in M
+    T* v = scratch;
+    T* m = scratch + pl.input_size();
+    for (int row0 = 0; row0 < pl.tile_rows; row0 += pl.band_rows) {
+        const int row1 = std::min(pl.tile_rows, row0 + pl.band_rows);
+        const std::ptrdiff_t panels = ceil_div(std::ptrdiff_t(row1 - row0) * pl.row_stride, chunk);
+        parallel_for(pl.cin, [&](std::ptrdiff_t c) { transform_input(pl, input_of(int(c)), int(c), row0, row1, v, v_stride); });
+        // Items of the same position run back to back on one thread: its V_e stays in L2.
+        parallel_for(std::ptrdiff_t(positions) * blocks, [&](std::ptrdiff_t item) {
+            const std::ptrdiff_t e = item / blocks, block = item % blocks;
+            const T* ue = u + (e * blocks + block) * pl.cin * R;
+            const T* ve = v + e * v_stride;
+            T* me = m + e * m_stride + block * R * pl.band_stride;
+            for (std::ptrdiff_t c = 0; c < panels; ++c)
+                multiply_panel<T, R, V>(ve + c * pl.cin * chunk, ue, pl.cin, me + c * chunk, pl.band_stride);
+        });
+        parallel_for(pl.cout, [&](std::ptrdiff_t o) {
+            const CompactChannel<T> out = output_of(int(o));
+            if (out.base != nullptr) transform_output(pl, m + o * pl.band_stride, m_stride, row0, row1, out);
+        });
+    }
+    (void)L;
+}
+
+}  // namespace lightunet::cpu_kernels::winograd
