@@ -28,7 +28,7 @@ inline constexpr std::ptrdiff_t band_bytes = std::ptrdiff_t(128) << 10;
 // channels leave the products too short to pay for the transforms; on small planes the kernel
 // transform, paid once per call, is a large share of the work.
 inline constexpr int min_input_channels = 16;
-inline constexpr std::ptrdiff_t min_tiles = 256;  // 32x32 plane
+inline constexpr std::ptrdiff_t min_tiles = 64;  // a 15x15 plane
 
 template <class T>
 constexpr bool applies(const ConvProblem& p) {
@@ -48,9 +48,16 @@ struct Plan {
     int band_rows = 0;               // tile rows per band
     std::ptrdiff_t band_stride = 0;  // tiles per band, padded to whole micro-kernel chunks
     int cin = 0, cout = 0, cout_padded = 0;
-    constexpr std::ptrdiff_t kernel_size() const { return std::ptrdiff_t(positions) * cout_padded * cin; }
-    constexpr std::ptrdiff_t input_size() const { return std::ptrdiff_t(positions) * cin * band_stride; }
-    constexpr std::ptrdiff_t output_size() const { return std::ptrdiff_t(positions) * cout_padded * band_stride; }
+    // Distances between the 16 positions in U, V and M. One cache line more than the data: the
+    // transforms touch all 16 positions at once, and power-of-two distances (U of 512 x 512
+    // channels: 1 MiB) would put them all in one set of the 8-way L1 and L2.
+    constexpr std::ptrdiff_t kernel_stride() const { return std::ptrdiff_t(cout_padded) * cin + skew; }
+    constexpr std::ptrdiff_t input_stride() const { return std::ptrdiff_t(cin) * band_stride + skew; }
+    constexpr std::ptrdiff_t output_stride() const { return std::ptrdiff_t(cout_padded) * band_stride + skew; }
+    constexpr std::ptrdiff_t kernel_size() const { return positions * kernel_stride(); }
+    constexpr std::ptrdiff_t input_size() const { return positions * input_stride(); }
+    constexpr std::ptrdiff_t output_size() const { return positions * output_stride(); }
+    std::ptrdiff_t skew = 0;  // elements in 64 bytes
 };
 
 template <class T>
@@ -64,6 +71,7 @@ constexpr Plan plan(const ConvProblem& p) {
     pl.cin = p.cin;
     pl.cout = p.cout;
     pl.cout_padded = int(round_up(p.cout, fprop_rows));
+    pl.skew = std::ptrdiff_t(64 / sizeof(T));
     pl.row_stride = int(round_up(pl.tile_cols, lanes<T>));
     auto stride_for = [&](std::ptrdiff_t rows) { return round_up(rows * pl.row_stride, chunk); };
     std::ptrdiff_t rows = 1;
@@ -90,15 +98,15 @@ constexpr std::size_t workspace_size(const ConvProblem& p) {
 }
 
 // U = G g G^T for every (output, input) channel pair, stored per position as the micro-kernel
-// reads weights: [position][block of R outputs][input][R], zero rows past cout. tap(o, i, k)
-// is the kernel's value at k = 3 * ky + kx.
+// reads weights: [position][block of R outputs][input][R] (positions kernel_stride() apart),
+// zero rows past cout. tap(o, i, k) is the kernel's value at k = 3 * ky + kx.
 template <class T, class Tap>
 void transform_kernel(const Plan& pl, Tap&& tap, T* u) {
     constexpr int R = fprop_rows;
     const int blocks = pl.cout_padded / R;
-    const std::ptrdiff_t position_stride = std::ptrdiff_t(blocks) * pl.cin * R;
     parallel_for(blocks, [&](std::ptrdiff_t block) {
-        for (int i = 0; i < pl.cin; ++i)
+        for (int i = 0; i < pl.cin; ++i) {
+            T tile[positions][R];  // this input channel's U for the block's R outputs
             for (int r = 0; r < R; ++r) {
                 const int o = int(block) * R + r;
                 T g[3][3] = {};
@@ -111,13 +119,16 @@ void transform_kernel(const Plan& pl, Tap&& tap, T* u) {
                     t[2][c] = T(0.5) * (g[0][c] - g[1][c] + g[2][c]);
                     t[3][c] = g[2][c];
                 }
-                T* dst = u + (block * pl.cin + i) * R + r;
                 for (int a = 0; a < 4; ++a) {  // (G g) G^T
-                    const T row[4] = {t[a][0], T(0.5) * (t[a][0] + t[a][1] + t[a][2]), T(0.5) * (t[a][0] - t[a][1] + t[a][2]),
-                                      t[a][2]};
-                    for (int b = 0; b < 4; ++b) dst[(a * 4 + b) * position_stride] = row[b];
+                    tile[a * 4 + 0][r] = t[a][0];
+                    tile[a * 4 + 1][r] = T(0.5) * (t[a][0] + t[a][1] + t[a][2]);
+                    tile[a * 4 + 2][r] = T(0.5) * (t[a][0] - t[a][1] + t[a][2]);
+                    tile[a * 4 + 3][r] = t[a][2];
                 }
             }
+            T* dst = u + (block * pl.cin + i) * R;
+            for (int e = 0; e < positions; ++e) std::copy_n(tile[e], R, dst + e * pl.kernel_stride());
+        }
     });
 }
 
@@ -320,8 +331,7 @@ void convolve_image(const Plan& pl, const T* u, InputOf&& input_of, OutputOf&& o
     constexpr int R = fprop_rows, V = fprop_vectors, L = lanes<T>;
     constexpr std::ptrdiff_t chunk = std::ptrdiff_t(V) * L;
     const int blocks = pl.cout_padded / R;
-    const std::ptrdiff_t v_stride = std::ptrdiff_t(pl.cin) * pl.band_stride;          // between positions in V
-    const std::ptrdiff_t m_stride = std::ptrdiff_t(pl.cout_padded) * pl.band_stride;  // between positions in M
+    const std::ptrdiff_t v_stride = pl.input_stride(), m_stride = pl.output_stride();
     T* v = scratch;
     T* m = scratch + pl.input_size();
     for (int row0 = 0; row0 < pl.tile_rows; row0 += pl.band_rows) {
@@ -331,7 +341,7 @@ void convolve_image(const Plan& pl, const T* u, InputOf&& input_of, OutputOf&& o
         // Items of the same position run back to back on one thread: its V_e stays in L2.
         parallel_for(std::ptrdiff_t(positions) * blocks, [&](std::ptrdiff_t item) {
             const std::ptrdiff_t e = item / blocks, block = item % blocks;
-            const T* ue = u + (e * blocks + block) * pl.cin * R;
+            const T* ue = u + e * pl.kernel_stride() + block * pl.cin * R;
             const T* ve = v + e * v_stride;
             T* me = m + e * m_stride + block * R * pl.band_stride;
             for (std::ptrdiff_t c = 0; c < panels; ++c)
