@@ -27,7 +27,7 @@ inline constexpr std::ptrdiff_t band_bytes = std::ptrdiff_t(128) << 10;
 // Below these the direct kernels win (measured in bench_conv on a Zen 3 AVX2 host): few input
 // channels leave the products too short to pay for the transforms; on small planes the kernel
 // transform, paid once per call, is a large share of the work.
-inline constexpr int min_input_channels = 16;
+inline constexpr int min_input_channels = 8;
 inline constexpr std::ptrdiff_t min_tiles = 64;  // a 15x15 plane
 
 template <class T>
