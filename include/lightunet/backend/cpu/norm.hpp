@@ -109,9 +109,18 @@ void norm_act_backward(const NormGrouping& g, const Activation& a, const T* z, c
     const std::ptrdiff_t P = g.plane;
     const std::ptrdiff_t planes = std::ptrdiff_t(g.images) * g.channels;
     auto act_grad = [slope](T yv, T dyv) { return yv > T(0) ? dyv : dyv * slope; };
+    using B = Batch<T>;
+    constexpr std::ptrdiff_t L = lanes<T>;
+    const B vslope(slope), zero(T(0));
+    auto act_grad_v = [&](const B& yv, const B& dyv) { return xsimd::select(yv > zero, dyv, dyv * vslope); };
     if (g.norm == Norm::none) {
         parallel_for(planes, [&](std::ptrdiff_t i) {
-            for (std::ptrdiff_t k = 0; k < P; ++k) dz[i * P + k] = act_grad(y[i * P + k], dy[i * P + k]);
+            const T* yi = y + i * P;
+            const T* dyi = dy + i * P;
+            T* dzi = dz + i * P;
+            std::ptrdiff_t k = 0;
+            for (; k + L <= P; k += L) act_grad_v(B::load_unaligned(yi + k), B::load_unaligned(dyi + k)).store_unaligned(dzi + k);
+            for (; k < P; ++k) dzi[k] = act_grad(yi[k], dyi[k]);
         });
         return;
     }
@@ -163,8 +172,14 @@ void norm_act_backward(const NormGrouping& g, const Activation& a, const T* z, c
             const T* dyi = dy + i * P;
             T* dzi = dz + i * P;
             const T tmu = T(mu), tis = T(is);
-#pragma omp simd
-            for (std::ptrdiff_t k = 0; k < P; ++k) {
+            const B vmu(tmu), vis(tis), vgi(gi), vk1(k1), vk2(k2);
+            std::ptrdiff_t k = 0;
+            for (; k + L <= P; k += L) {
+                const B xhat = (B::load_unaligned(zi + k) - vmu) * vis;
+                const B u = act_grad_v(B::load_unaligned(yi + k), B::load_unaligned(dyi + k));
+                (vgi * u - vis * (vk1 + xhat * vk2)).store_unaligned(dzi + k);
+            }
+            for (; k < P; ++k) {
                 const T xhat = (zi[k] - tmu) * tis;
                 const T u = act_grad(yi[k], dyi[k]);
                 dzi[k] = gi * u - tis * (k1 + xhat * k2);
