@@ -76,15 +76,16 @@ TEMPLATE_TEST_CASE("convolution kernels equal the naive reference on odd sizes",
     SECTION("2D 1x1, 36 -> 4 channels, 9x11") { check_conv<TestType>({{1, 9, 11}, 1, 1, 1, 36, 4}, 2, tol); }
 }
 
-// Large enough 2D planes take Winograd F(2x2, 3x3) in float: odd sizes (partial tiles at the
-// right and bottom), several bands of tile rows, output blocks partly past cout, the direct
-// Dgrad when the gradient has too few channels.
+// Large enough 2D planes take Winograd F(2x2, 3x3) in float (Fprop, Dgrad and, on larger
+// planes, Wgrad): odd sizes (partial tiles at the right and bottom), several bands of tile rows,
+// output blocks partly past cout, the direct kernels where a side has too few channels.
 TEST_CASE("Winograd convolution equals the naive reference", "[conv][winograd]") {
     using cpu_kernels::winograd::applies;
     const double tol = 2e-4;
     SECTION("17 -> 20 channels, 33x35, two images") {
         const ConvProblem p{{1, 33, 35}, 1, 3, 3, 17, 20};
         REQUIRE(applies<float>(p));
+        REQUIRE(cpu_kernels::winograd::applies_to_weight_gradient<float>(p));
         REQUIRE(applies<float>(cpu_kernels::dgrad_problem(p)));
         check_conv<float>(p, 2, tol);
     }
@@ -105,6 +106,12 @@ TEST_CASE("Winograd convolution equals the naive reference", "[conv][winograd]")
         const ConvProblem p{{1, 9, 300}, 1, 3, 3, 16, 4};
         REQUIRE(applies<float>(p));
         check_conv<float>(p, 1, tol);
+    }
+    SECTION("12 -> 10 channels, 17x16: Winograd Fprop and Dgrad, direct Wgrad (72 tiles)") {
+        const ConvProblem p{{1, 17, 16}, 1, 3, 3, 12, 10};
+        REQUIRE(applies<float>(p));
+        REQUIRE_FALSE(cpu_kernels::winograd::applies_to_weight_gradient<float>(p));
+        check_conv<float>(p, 2, tol);
     }
     SECTION("double and 3D stay direct") {
         REQUIRE_FALSE(applies<double>(ConvProblem{{1, 64, 64}, 1, 3, 3, 32, 32}));

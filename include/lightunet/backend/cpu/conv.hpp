@@ -27,6 +27,10 @@ template <class T>
 constexpr bool use_winograd(const ConvProblem& p, ConvAlgorithm algorithm) {
     return algorithm == ConvAlgorithm::automatic && winograd::applies<T>(p);
 }
+template <class T>
+constexpr bool use_winograd_weight_gradient(const ConvProblem& p, ConvAlgorithm algorithm) {
+    return algorithm == ConvAlgorithm::automatic && winograd::applies_to_weight_gradient<T>(p);
+}
 
 // The data gradient is the convolution of the output gradient with the mirrored kernel, input
 // and output channels exchanged.
@@ -42,8 +46,9 @@ constexpr std::size_t conv_forward_workspace_size(const ConvProblem& p, ConvAlgo
     return packed_fprop + std::size_t(p.cin) * l.stride + out_group;
 }
 
-// Scratch of conv_forward and conv_backward (training). Backward: the packed Dgrad kernel, then
-// the weight gradient's padded input and gradient, whose space the Dgrad pass reuses after it.
+// Scratch of conv_forward and conv_backward (training). Backward: the Dgrad kernel (packed or
+// transformed), the Winograd weight gradient's dU when it applies, then space that each pass of
+// an image uses in turn (Wgrad, then Dgrad).
 template <class T>
 constexpr std::size_t conv_workspace_size(const ConvProblem& p, ConvAlgorithm algorithm = ConvAlgorithm::automatic) {
     const PaddedLayout l = padded_layout(p);
@@ -51,17 +56,24 @@ constexpr std::size_t conv_workspace_size(const ConvProblem& p, ConvAlgorithm al
     const std::size_t out_group = std::size_t(output_group_channels<T>(l, std::max(p.cin, p.cout))) * l.stride;
     const std::size_t grad_pad = std::size_t(p.cout) * l.stride;
     const std::size_t partial = wgrad_partial_size<T>(p.cin, p.cout, p.taps()) + lanes<T>;
-    std::size_t backward = 0;
     const ConvProblem d = dgrad_problem(p);
+    std::size_t kernels = 2 * winograd::alignment_slack, passes = 0;
+    if (use_winograd_weight_gradient<T>(p, algorithm)) {
+        const winograd::Plan pl = winograd::plan<T>(p);
+        kernels += std::size_t(pl.kernel_size());
+        passes = std::size_t(pl.input_size() + pl.output_size());
+    } else {
+        passes = in_pad + grad_pad + partial;
+    }
     if (use_winograd<T>(d, algorithm)) {
         const winograd::Plan pl = winograd::plan<T>(d);
-        backward = std::size_t(pl.kernel_size()) + 2 * winograd::alignment_slack +
-                   std::max(in_pad + grad_pad + partial, std::size_t(pl.input_size() + pl.output_size()));
+        kernels += std::size_t(pl.kernel_size());
+        passes = std::max(passes, std::size_t(pl.input_size() + pl.output_size()));
     } else {
-        const std::size_t packed_dgrad = std::size_t(round_up(p.cin, fprop_rows)) * p.cout * p.taps();
-        backward = packed_dgrad + in_pad + grad_pad + std::max(out_group, partial);
+        kernels += std::size_t(round_up(p.cin, fprop_rows)) * p.cout * p.taps();
+        passes = std::max(passes, in_pad + grad_pad + out_group);
     }
-    return std::max(conv_forward_workspace_size<T>(p, algorithm), backward);
+    return std::max(conv_forward_workspace_size<T>(p, algorithm), kernels + passes + winograd::alignment_slack);
 }
 
 // Channel c of image n among sources that split the channels between them.
@@ -124,11 +136,14 @@ void conv_backward(const ConvProblem& p, int images, std::span<const ChannelSour
                    T* dweight, T* dbias, T* workspace, ConvAlgorithm algorithm = ConvAlgorithm::automatic) {
     const PaddedLayout l = padded_layout(p);
     const ConvProblem d = dgrad_problem(p);
+    const bool winograd_wgrad = dweight != nullptr && use_winograd_weight_gradient<T>(p, algorithm);
     const bool winograd_dgrad = use_winograd<T>(d, algorithm);
+    const winograd::Plan wgrad_plan = winograd_wgrad ? winograd::plan<T>(p) : winograd::Plan{};
     const winograd::Plan dgrad_plan = winograd_dgrad ? winograd::plan<T>(d) : winograd::Plan{};
-    T* packed = winograd_dgrad ? winograd::align(workspace) : workspace;
-    T* x_pad = packed + (winograd_dgrad ? std::size_t(dgrad_plan.kernel_size())
-                                        : std::size_t(round_up(p.cin, fprop_rows)) * p.cout * p.taps());
+    T* packed = winograd::align(workspace);
+    T* du = winograd::align(packed + (winograd_dgrad ? std::size_t(dgrad_plan.kernel_size())
+                                                     : std::size_t(round_up(p.cin, fprop_rows)) * p.cout * p.taps()));
+    T* x_pad = winograd::align(du + (winograd_wgrad ? wgrad_plan.kernel_size() : 0));
     T* g_pad = x_pad + std::size_t(p.cin) * l.stride;
     T* dx_pad = g_pad + std::size_t(p.cout) * l.stride;
     const int group = output_group_channels<T>(l, std::max(p.cin, p.cout));
@@ -140,10 +155,10 @@ void conv_backward(const ConvProblem& p, int images, std::span<const ChannelSour
             dgrad_plan, [&](int o, int i, int k) { return weight[(std::ptrdiff_t(i) * p.cin + o) * 9 + (8 - k)]; }, packed);
     else if (need_input_grad)
         pack_dgrad_weights(weight, p.cout, p.cin, p.taps(), packed);
+    if (winograd_wgrad) std::fill(du, du + wgrad_plan.kernel_size(), T(0));
     const ChannelSource<T> grad_source{grad_output, p.cout, grad_output_image_stride};
     for (int n = 0; n < images; ++n) {
-        if (dweight || (need_input_grad && !winograd_dgrad))
-            pad_sources(l, std::span<const ChannelSource<T>>(&grad_source, 1), n, g_pad);
+        auto gradient_of = [&](int oc) { return grad_output + n * grad_output_image_stride + oc * plane; };
         if (dbias)
             parallel_for(p.cout, [&](std::ptrdiff_t oc) {
                 const T* g = grad_output + n * grad_output_image_stride + oc * plane;
@@ -151,8 +166,12 @@ void conv_backward(const ConvProblem& p, int images, std::span<const ChannelSour
                 for (std::ptrdiff_t i = 0; i < plane; ++i) s += g[i];
                 dbias[oc] += s;
             });
-        if (dweight) {
+        if (winograd_wgrad) {
+            auto input_of = [&](int c) { return channel_plane(p, input, n, c); };
+            winograd::accumulate_kernel_gradient(wgrad_plan, input_of, gradient_of, du, x_pad);
+        } else if (dweight) {
             pad_sources(l, input, n, x_pad);
+            pad_sources(l, std::span<const ChannelSource<T>>(&grad_source, 1), n, g_pad);
             T* partial = dx_pad + (lanes<T> - (reinterpret_cast<std::uintptr_t>(dx_pad) / sizeof(T)) % lanes<T>) % lanes<T>;
             wgrad_padded(l, p.cin, p.cout, x_pad, g_pad, dweight, partial);
         }
@@ -167,10 +186,10 @@ void conv_backward(const ConvProblem& p, int images, std::span<const ChannelSour
             return CompactChannel<T>{nullptr, T(0), false};
         };
         if (winograd_dgrad) {
-            auto input_of = [&](int oc) { return grad_output + n * grad_output_image_stride + oc * plane; };
-            winograd::convolve_image(dgrad_plan, packed, input_of, output_of, winograd::align(x_pad));
+            winograd::convolve_image(dgrad_plan, packed, gradient_of, output_of, x_pad);
             continue;
         }
+        if (!dweight || winograd_wgrad) pad_sources(l, std::span<const ChannelSource<T>>(&grad_source, 1), n, g_pad);
         for (int ci0 = 0; ci0 < p.cin; ci0 += group) {
             const int ci1 = std::min(p.cin, ci0 + group);
             if (fprop_padded(l, p.cout, g_pad, packed, ci0, ci1, dx_pad, output_of)) continue;
@@ -188,6 +207,7 @@ void conv_backward(const ConvProblem& p, int images, std::span<const ChannelSour
             });
         }
     }
+    if (winograd_wgrad) winograd::add_kernel_gradient(wgrad_plan, du, dweight);
 }
 
 }  // namespace lightunet::cpu_kernels

@@ -41,6 +41,16 @@ constexpr bool applies(const ConvProblem& p) {
     }
 }
 
+// The weight gradient sums each position's products over the tiles and pays a transform of
+// dU per call: below 30x30 planes (225 tiles) the direct Wgrad wins (at 15x15, 512 -> 512 the
+// Winograd one took 1.7x as long).
+inline constexpr std::ptrdiff_t min_weight_gradient_tiles = 225;
+
+template <class T>
+constexpr bool applies_to_weight_gradient(const ConvProblem& p) {
+    return applies<T>(p) && std::ptrdiff_t(ceil_div(p.extent.h, 2)) * ceil_div(p.extent.w, 2) >= min_weight_gradient_tiles;
+}
+
 struct Plan {
     int h = 0, w = 0;
     int tile_rows = 0, tile_cols = 0;
@@ -353,6 +363,141 @@ void convolve_image(const Plan& pl, const T* u, InputOf&& input_of, OutputOf&& o
         });
     }
     (void)L;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Weight gradient. With M = U V per position and Y = A^T M A: dM = A dY A^T per tile,
+// dU_e = sum over tiles of dM_e V_e^T (a product that sums over tiles), and dg = G^T dU G.
+
+// dM = A dY A^T for the tiles of rows [row_begin, row_end) of output-gradient channel `channel`,
+// into panels like V's (channels = cout_padded); outputs past the plane count as zeros.
+template <class T>
+void transform_output_gradient(const Plan& pl, const T* plane, int channel, int row_begin, int row_end, T* dm,
+                               std::ptrdiff_t position_stride) {
+    using B = Batch<T>;
+    constexpr int L = lanes<T>;
+    constexpr std::ptrdiff_t chunk = std::ptrdiff_t(fprop_vectors) * L;
+    constexpr int block = 128;
+    alignas(64) T even[2][block + L], odd[2][block + L];  // columns 2j and 2j + 1 of rows 2i, 2i + 1
+    const std::ptrdiff_t tiles = std::ptrdiff_t(row_end - row_begin) * pl.row_stride;
+    for (int e = 0; e < positions; ++e)
+        for (std::ptrdiff_t t = tiles; t < round_up(tiles, chunk); ++t)
+            dm[e * position_stride + panel_offset<T>(t, pl.cout_padded, channel)] = T(0);
+    for (int i = row_begin; i < row_end; ++i) {
+        const std::ptrdiff_t row_tile = std::ptrdiff_t(i - row_begin) * pl.row_stride;
+        for (int j0 = 0; j0 < pl.tile_cols; j0 += block) {
+            const int n = int(round_up(std::min(block, pl.tile_cols - j0), L));  // zeros up to the row's padding
+            for (int r = 0; r < 2; ++r) {
+                const int y = 2 * i + r;
+                const T* row = y < pl.h ? plane + std::ptrdiff_t(y) * pl.w : nullptr;
+                int k = 0;
+                if (row != nullptr)
+                    for (; k + L <= n && 2 * (j0 + k + L) <= pl.w; k += L) {
+                        B e, o;
+                        deinterleave(B::load_unaligned(row + 2 * (j0 + k)), B::load_unaligned(row + 2 * (j0 + k) + L), e, o);
+                        e.store_aligned(&even[r][k]);
+                        o.store_aligned(&odd[r][k]);
+                    }
+                for (; k < n; ++k) {
+                    const int x = 2 * (j0 + k);
+                    even[r][k] = (row != nullptr && x < pl.w) ? row[x] : T(0);
+                    odd[r][k] = (row != nullptr && x + 1 < pl.w) ? row[x + 1] : T(0);
+                }
+            }
+            for (int k = 0; k < n; k += L) {
+                const B y00 = B::load_aligned(&even[0][k]), y01 = B::load_aligned(&odd[0][k]);
+                const B y10 = B::load_aligned(&even[1][k]), y11 = B::load_aligned(&odd[1][k]);
+                // Rows of A dY: dY0, dY0 + dY1, dY0 - dY1, -dY1 (per column q).
+                const B rows[4][2] = {{y00, y01}, {y00 + y10, y01 + y11}, {y00 - y10, y01 - y11}, {-y10, -y11}};
+                T* at = dm + panel_offset<T>(row_tile + j0 + k, pl.cout_padded, channel);
+                for (int a = 0; a < 4; ++a) {
+                    rows[a][0].store_aligned(at + (a * 4 + 0) * position_stride);
+                    (rows[a][0] + rows[a][1]).store_aligned(at + (a * 4 + 1) * position_stride);
+                    (rows[a][0] - rows[a][1]).store_aligned(at + (a * 4 + 2) * position_stride);
+                    (-rows[a][1]).store_aligned(at + (a * 4 + 3) * position_stride);
+                }
+            }
+        }
+    }
+}
+
+// du[o * cin + i] += sum over the band's tiles of dM_e[o][t] V_e[i][t] for RW outputs from o0
+// and PW inputs from i0 (clamped to the channel counts): vector accumulators over tiles, summed
+// across lanes once per band.
+template <class T, int RW, int PW>
+inline void multiply_gradient_panels(const Plan& pl, const T* dm, const T* v, std::ptrdiff_t panels, int o0, int i0, T* du) {
+    using B = Batch<T>;
+    constexpr int L = lanes<T>;
+    constexpr std::ptrdiff_t chunk = std::ptrdiff_t(fprop_vectors) * L;
+    const int rows = std::min(RW, pl.cout - o0), cols = std::min(PW, pl.cin - i0);
+    std::ptrdiff_t g_at[RW], x_at[PW];
+    for (int r = 0; r < RW; ++r) g_at[r] = std::ptrdiff_t(std::min(o0 + r, pl.cout - 1)) * chunk;
+    for (int c = 0; c < PW; ++c) x_at[c] = std::ptrdiff_t(std::min(i0 + c, pl.cin - 1)) * chunk;
+    B acc[RW][PW];
+    static_for<RW>([&](auto r) { static_for<PW>([&](auto c) { acc[r][c] = B(T(0)); }); });
+    for (std::ptrdiff_t panel = 0; panel < panels; ++panel) {
+        const T* g = dm + panel * pl.cout_padded * chunk;
+        const T* x = v + panel * pl.cin * chunk;
+        for (int q = 0; q < fprop_vectors * L; q += L) {
+            B gv[RW];
+            static_for<RW>([&](auto r) { gv[r] = in_register(B::load_aligned(g + g_at[r] + q)); });
+            static_for<PW>([&](auto c) {
+                const B xv = B::load_aligned(x + x_at[c] + q);
+                static_for<RW>([&](auto r) { acc[r][c] = xsimd::fma(gv[r], xv, acc[r][c]); });
+            });
+        }
+    }
+    for (int r = 0; r < rows; ++r)
+        for (int c = 0; c < cols; ++c) du[std::ptrdiff_t(o0 + r) * pl.cin + i0 + c] += xsimd::hadd(acc[r][c]);
+}
+
+// Adds one image's dU (du[e * kernel_stride() + o * cin + i]) given its input planes (input_of)
+// and output-gradient planes (gradient_of); scratch holds input_size() + output_size().
+template <class T, class InputOf, class GradientOf>
+void accumulate_kernel_gradient(const Plan& pl, InputOf&& input_of, GradientOf&& gradient_of, T* du, T* scratch) {
+    constexpr int RW = wgrad_rows, PW = wgrad_pairs;
+    constexpr std::ptrdiff_t chunk = std::ptrdiff_t(fprop_vectors) * lanes<T>;
+    const std::ptrdiff_t v_stride = pl.input_stride(), m_stride = pl.output_stride();
+    T* v = scratch;
+    T* dm = scratch + pl.input_size();
+    const int row_blocks = int(ceil_div(pl.cout, RW)), col_blocks = int(ceil_div(pl.cin, PW));
+    for (int row0 = 0; row0 < pl.tile_rows; row0 += pl.band_rows) {
+        const int row1 = std::min(pl.tile_rows, row0 + pl.band_rows);
+        const std::ptrdiff_t panels = ceil_div(std::ptrdiff_t(row1 - row0) * pl.row_stride, chunk);
+        parallel_for(pl.cin, [&](std::ptrdiff_t c) { transform_input(pl, input_of(int(c)), int(c), row0, row1, v, v_stride); });
+        parallel_for(pl.cout, [&](std::ptrdiff_t o) {
+            transform_output_gradient(pl, gradient_of(int(o)), int(o), row0, row1, dm, m_stride);
+        });
+        parallel_for(std::ptrdiff_t(positions) * row_blocks * col_blocks, [&](std::ptrdiff_t item) {
+            const std::ptrdiff_t e = item / (row_blocks * col_blocks), rest = item % (row_blocks * col_blocks);
+            const int o0 = int(rest / col_blocks) * RW, i0 = int(rest % col_blocks) * PW;
+            multiply_gradient_panels<T, RW, PW>(pl, dm + e * m_stride, v + e * v_stride, panels, o0, i0,
+                                                du + e * pl.kernel_stride());
+        });
+    }
+}
+
+// dweight[o][i][k] += (G^T dU G)[k] over the 16 positions of du (as accumulate_kernel_gradient).
+template <class T>
+void add_kernel_gradient(const Plan& pl, const T* du, T* dweight) {
+    parallel_for(pl.cout, [&](std::ptrdiff_t o) {
+        for (int i = 0; i < pl.cin; ++i) {
+            T d[4][4];
+            for (int e = 0; e < positions; ++e) d[e / 4][e % 4] = du[e * pl.kernel_stride() + o * pl.cin + i];
+            T s[3][4];  // G^T dU
+            for (int b = 0; b < 4; ++b) {
+                s[0][b] = d[0][b] + T(0.5) * (d[1][b] + d[2][b]);
+                s[1][b] = T(0.5) * (d[1][b] - d[2][b]);
+                s[2][b] = T(0.5) * (d[1][b] + d[2][b]) + d[3][b];
+            }
+            T* dst = dweight + (o * pl.cin + i) * 9;
+            for (int k = 0; k < 3; ++k) {  // (G^T dU) G
+                dst[k * 3 + 0] += s[k][0] + T(0.5) * (s[k][1] + s[k][2]);
+                dst[k * 3 + 1] += T(0.5) * (s[k][1] - s[k][2]);
+                dst[k * 3 + 2] += T(0.5) * (s[k][1] + s[k][2]) + s[k][3];
+            }
+        }
+    });
 }
 
 }  // namespace lightunet::cpu_kernels::winograd
