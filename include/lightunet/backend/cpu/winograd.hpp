@@ -338,8 +338,8 @@ inline void multiply_panel(const T* panel, const T* u, int channels, T* m, std::
 // result; scratch holds input_size() + output_size() elements; both aligned (align).
 template <class T, class InputOf, class OutputOf>
 void convolve_image(const Plan& pl, const T* u, InputOf&& input_of, OutputOf&& output_of, T* scratch) {
-    constexpr int R = fprop_rows, V = fprop_vectors, L = lanes<T>;
-    constexpr std::ptrdiff_t chunk = std::ptrdiff_t(V) * L;
+    constexpr int R = fprop_rows, V = fprop_vectors;
+    constexpr std::ptrdiff_t chunk = std::ptrdiff_t(V) * lanes<T>;
     const int blocks = pl.cout_padded / R;
     const std::ptrdiff_t v_stride = pl.input_stride(), m_stride = pl.output_stride();
     T* v = scratch;
@@ -362,7 +362,6 @@ void convolve_image(const Plan& pl, const T* u, InputOf&& input_of, OutputOf&& o
             if (out.base != nullptr) transform_output(pl, m + o * pl.band_stride, m_stride, row0, row1, out);
         });
     }
-    (void)L;
 }
 
 // ---------------------------------------------------------------------------------------------
