@@ -1,7 +1,9 @@
 // Per-operation convolution throughput, reported as GFLOP/s (counter "GFLOPs").
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <array>
+#include <chrono>
 #include <vector>
 
 #include <lightunet/backend/cpu/conv.hpp>
@@ -50,6 +52,40 @@ void conv_backward(benchmark::State& state) {
     state.counters["GFLOPs"] = benchmark::Counter(2 * p.flops_per_image() * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// Winograd (automatic) and the direct kernels alternately within each iteration: the shared
+// host's speed drifts between two modes for seconds at a time, so two benchmarks run one after
+// the other can disagree by 30 % on identical code. Counters: mean milliseconds per call of
+// each and direct / Winograd.
+void winograd_vs_direct(benchmark::State& state) {
+    const ConvProblem p = problem_from(state);
+    const bool backward = state.range(5) == 1;
+    std::vector<float> x(p.cin * p.extent.size(), 0.5f), y(p.cout * p.extent.size()), w(p.weight_count(), 0.01f), b(p.cout);
+    std::vector<float> g(y.size(), 0.1f), dx(x.size()), dw(w.size()), db(p.cout);
+    std::vector<float> ws(std::max(cpu_kernels::conv_workspace_size<float>(p, cpu_kernels::ConvAlgorithm::direct),
+                                   cpu_kernels::conv_workspace_size<float>(p)));
+    const ChannelSource<float> src{x.data(), p.cin, std::ptrdiff_t(x.size())};
+    const ChannelSink<float> sink{dx.data(), p.cin, std::ptrdiff_t(x.size()), false};
+    auto seconds = [&](cpu_kernels::ConvAlgorithm algorithm) {
+        const auto start = std::chrono::steady_clock::now();
+        if (backward)
+            cpu_kernels::conv_backward<float>(p, 1, {&src, 1}, w.data(), g.data(), 0, {&sink, 1}, dw.data(), db.data(),
+                                              ws.data(), algorithm);
+        else
+            cpu_kernels::conv_forward<float>(p, 1, {&src, 1}, w.data(), b.data(), y.data(), 0, ws.data(), algorithm);
+        benchmark::DoNotOptimize(backward ? dx.data() : y.data());
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    };
+    double winograd = 0, direct = 0;
+    for (auto _ : state) {
+        winograd += seconds(cpu_kernels::ConvAlgorithm::automatic);
+        direct += seconds(cpu_kernels::ConvAlgorithm::direct);
+    }
+    const double calls = double(state.iterations());
+    state.counters["winograd_ms"] = 1e3 * winograd / calls;
+    state.counters["direct_ms"] = 1e3 * direct / calls;
+    state.counters["direct_over_winograd"] = direct / winograd;
+}
+
 // The machine's FP32 FMA peak in this run, for "% of peak": independent accumulator chains per
 // thread, enough to fill two FMA pipes of latency <= 6, and few enough that the chains and the
 // two constants stay in registers (16 with AVX2: 16 chains spilled and halved the figure).
@@ -86,9 +122,22 @@ void shapes(benchmark::internal::Benchmark* b) {
     b->Unit(benchmark::kMillisecond)->UseRealTime();
 }
 
+// 2D U-Net shapes; the last argument: 0 forward, 1 backward (data + weight gradient).
+void winograd_shapes(benchmark::internal::Benchmark* b) {
+    b->ArgNames({"dims", "size", "cin", "cout", "k", "backward"});
+    for (int backward : {0, 1})
+        for (const auto& [size, cin, cout] : {std::array{240, 8, 32}, std::array{240, 32, 32}, std::array{240, 64, 32},
+                                              std::array{120, 64, 64}, std::array{120, 128, 64}, std::array{60, 128, 128},
+                                              std::array{60, 256, 128}, std::array{30, 256, 256}, std::array{30, 512, 256},
+                                              std::array{15, 512, 512}})
+            b->Args({2, size, cin, cout, 3, backward});
+    b->Unit(benchmark::kMillisecond)->UseRealTime();
+}
+
 }  // namespace
 
 BENCHMARK(fma_peak)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(conv_forward)->Apply(shapes);
 BENCHMARK(conv_backward)->Apply(shapes);
+BENCHMARK(winograd_vs_direct)->Apply(winograd_shapes);
 BENCHMARK_MAIN();

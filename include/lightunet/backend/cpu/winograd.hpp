@@ -24,10 +24,11 @@ namespace lightunet::cpu_kernels::winograd {
 inline constexpr int positions = 16;  // of a transformed 4x4 tile
 // One position's transformed band, all input channels: kept in the core's L2 (512 KiB and up).
 inline constexpr std::ptrdiff_t band_bytes = std::ptrdiff_t(128) << 10;
-// Below these the direct kernels win (measured in bench_conv on a Zen 3 AVX2 host): few input
-// channels leave the products too short to pay for the transforms; on small planes the kernel
-// transform, paid once per call, is a large share of the work.
-inline constexpr int min_input_channels = 8;
+// Below these the direct kernels win or tie (bench_conv winograd_vs_direct, Zen 3 AVX2 host): few
+// input channels leave the products too short to pay for the transforms (240^2, 4 -> 32: 0.76x;
+// 8 -> 32: 1.00-1.15x forward, 0.72x backward); on small planes the kernel transform, paid once
+// per call, is a large share of the work.
+inline constexpr int min_input_channels = 16;
 inline constexpr std::ptrdiff_t min_tiles = 64;  // a 15x15 plane
 
 template <class T>
