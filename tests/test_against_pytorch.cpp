@@ -11,11 +11,14 @@
 
 #include <lightunet/lightunet.hpp>
 
+#include "test_paths.hpp"
+
 using namespace lightunet;
 
 namespace {
 
-const std::string fixture_dir = std::string(LIGHTUNET_SOURCE_DIR) + "/tests/fixtures/";
+// Read at run time (tests/test_paths.hpp), so called from the test cases, not at static init.
+std::string fixture_dir() { return (lightunet_test::source_dir() / "tests" / "fixtures").string() + "/"; }
 
 template <class T>
 std::vector<T> read_raw(const std::string& path) {
@@ -61,7 +64,7 @@ void check_close(const Span& got, const std::vector<double>& want, double tol, c
 
 template <UNetConfig C>
 void run_fixture(const std::string& name, const DiceLoss& loss) {
-    const std::string dir = fixture_dir + name + "/";
+    const std::string dir = fixture_dir() + name + "/";
     auto kv = read_config(dir + "config.txt");
     REQUIRE(std::stoi(kv["dims"]) == C.dims);
     REQUIRE(std::stoi(kv["in_channels"]) == C.in_channels);

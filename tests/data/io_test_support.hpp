@@ -16,6 +16,8 @@
 #include <lightunet/data/case.hpp>
 #include <lightunet/data/labels.hpp>
 
+#include "../test_paths.hpp"
+
 // Catch2 2.x has no SKIP: print a line ctest recognises (SKIP_REGULAR_EXPRESSION "SKIPPED:"
 // in tests/data/CMakeLists.txt) and leave the test case.
 #define LIGHTUNET_SKIP(message)                                  \
@@ -51,7 +53,8 @@ private:
     fs::path path_;
 };
 
-inline fs::path shared_data_dir() { return fs::path(LIGHTUNET_SHARED_DATA_DIR); }
+// The shared real-data folder, from the environment at run time (tests/test_paths.hpp).
+inline fs::path shared_data_dir() { return lightunet_test::shared_data_dir(); }
 
 // A small case with integral intensities (exact in int16 and, below 256, in uint8), a
 // "brain" box of nonzero voxels and a tumour with all three classes, with BraTS-like geometry.
