@@ -16,8 +16,19 @@ if ! command -v clang++ >/dev/null 2>&1; then
     exit 0
 fi
 
+# Compiled through ccache when present, with the settings of scripts/test.sh (which calls this
+# one): paths hashed relative to the checkout, build folder not hashed. With -g a hit from another
+# checkout keeps that checkout's build folder as the debug info's compilation folder; the stack
+# traces' functions, files (relative) and lines are the same.
+launcher=()
+if command -v ccache >/dev/null 2>&1; then
+    export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$root}
+    export CCACHE_NOHASHDIR=${CCACHE_NOHASHDIR:-1}
+    launcher+=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+fi
+
 cmake -S "$root/tests/fuzz" -B "$build_root/fuzz" -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-    -DLIGHTUNET_FUZZ=ON >/dev/null
+    -DLIGHTUNET_FUZZ=ON "${launcher[@]}" >/dev/null
 cmake --build "$build_root/fuzz" -j "$jobs"
 
 status=0

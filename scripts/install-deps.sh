@@ -6,6 +6,7 @@ set -euo pipefail
 packages=(
     build-essential
     cmake
+    ccache
     libeigen3-dev
     libxtensor-dev
     xtl-dev

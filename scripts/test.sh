@@ -9,9 +9,26 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 jobs=${LIGHTUNET_JOBS:-2}
 build_root=${LIGHTUNET_BUILD_ROOT:-$root/build}
 
+# ccache: every compile below goes through it (C++ and CUDA; the fuzz build, and the builds the
+# compile-fail and consumer tests start, too). Hits do not depend on where the checkout lies:
+# paths under the repository are hashed relative to it (CCACHE_BASEDIR, exported so the nested
+# builds see it), the build folder is not hashed (CCACHE_NOHASHDIR), and no absolute path of the
+# checkout is on a compile line (tests/test_paths.hpp). So a CI run in a fresh clone reuses what
+# an earlier run on the same machine compiled. The cache stays in ccache's default folder
+# (CCACHE_DIR overrides it), capped at CCACHE_MAXSIZE (default 5G); its statistics for this run
+# are printed at the end.
 common=()
+cuda_launcher=()
 if command -v ccache >/dev/null 2>&1; then
+    export CCACHE_BASEDIR=$root
+    export CCACHE_NOHASHDIR=1
+    export CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-5G}
     common+=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+    cuda_launcher+=(-DCMAKE_CUDA_COMPILER_LAUNCHER=ccache)
+    ccache --zero-stats >/dev/null
+    trap 'printf "\n=== ccache (this run) ===\n"; ccache --show-stats' EXIT
+else
+    echo "test.sh: ccache not found, nothing is cached (scripts/install-deps.sh installs it)"
 fi
 
 step() { printf '\n=== %s ===\n' "$*"; }
@@ -21,7 +38,7 @@ step() { printf '\n=== %s ===\n' "$*"; }
 # library's default is 75;80;86;89;90.
 cuda=()
 if command -v nvcc >/dev/null 2>&1 || [[ -x /usr/local/cuda/bin/nvcc ]]; then
-    cuda+=(-DLIGHTUNET_CUDA=ON "-DCMAKE_CUDA_ARCHITECTURES=${LIGHTUNET_CUDA_ARCHS:-75;90}")
+    cuda+=(-DLIGHTUNET_CUDA=ON "-DCMAKE_CUDA_ARCHITECTURES=${LIGHTUNET_CUDA_ARCHS:-75;90}" "${cuda_launcher[@]}")
 fi
 
 step "release: configure"
