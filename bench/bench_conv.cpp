@@ -12,26 +12,27 @@ using namespace lightunet;
 
 namespace {
 
+// Argument "algo": 0 automatic (Winograd where it applies), 1 direct kernels only. GFLOPs counts
+// the direct convolution's multiply-adds either way, so the two compare as times do.
 ConvProblem problem_from(const benchmark::State& state) {
     const int dims = int(state.range(0)), size = int(state.range(1)), cin = int(state.range(2)), cout = int(state.range(3));
     const int k = int(state.range(4));
-    return dims == 3 ? ConvProblem{{size, size, size}, k, k, k, cin, cout} : ConvProblem{{1, size, size}, 1, k, k, cin, cout};
+    const ConvAlgorithm a = state.range(5) == 0 ? ConvAlgorithm::automatic : ConvAlgorithm::direct;
+    return dims == 3 ? ConvProblem{{size, size, size}, k, k, k, cin, cout, a} : ConvProblem{{1, size, size}, 1, k, k, cin, cout, a};
 }
 
-// Argument "algo": 0 automatic (Winograd where it applies), 1 direct kernels only. GFLOPs counts
-// the direct convolution's multiply-adds either way, so the two compare as times do.
-cpu_kernels::ConvAlgorithm algorithm_from(const benchmark::State& state) {
-    return state.range(5) == 0 ? cpu_kernels::ConvAlgorithm::automatic : cpu_kernels::ConvAlgorithm::direct;
+ConvProblem with_algorithm(ConvProblem p, ConvAlgorithm a) {
+    p.algorithm = a;
+    return p;
 }
 
 void conv_forward(benchmark::State& state) {
     const ConvProblem p = problem_from(state);
-    const auto algorithm = algorithm_from(state);
     std::vector<float> x(p.cin * p.extent.size(), 0.5f), y(p.cout * p.extent.size()), w(p.weight_count(), 0.01f), b(p.cout);
-    std::vector<float> ws(cpu_kernels::conv_workspace_size<float>(p, algorithm));
+    std::vector<float> ws(cpu_kernels::conv_workspace_size<float>(p));
     const ChannelSource<float> src{x.data(), p.cin, std::ptrdiff_t(x.size())};
     for (auto _ : state) {
-        cpu_kernels::conv_forward<float>(p, 1, {&src, 1}, w.data(), b.data(), y.data(), 0, ws.data(), algorithm);
+        cpu_kernels::conv_forward<float>(p, 1, {&src, 1}, w.data(), b.data(), y.data(), 0, ws.data());
         benchmark::DoNotOptimize(y.data());
     }
     state.counters["GFLOPs"] = benchmark::Counter(p.flops_per_image() * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
@@ -39,14 +40,13 @@ void conv_forward(benchmark::State& state) {
 
 void conv_backward(benchmark::State& state) {
     const ConvProblem p = problem_from(state);
-    const auto algorithm = algorithm_from(state);
     std::vector<float> x(p.cin * p.extent.size(), 0.5f), g(p.cout * p.extent.size(), 0.1f), dx(x.size());
     std::vector<float> w(p.weight_count(), 0.01f), dw(w.size()), db(p.cout);
-    std::vector<float> ws(cpu_kernels::conv_workspace_size<float>(p, algorithm));
+    std::vector<float> ws(cpu_kernels::conv_workspace_size<float>(p));
     const ChannelSource<float> src{x.data(), p.cin, std::ptrdiff_t(x.size())};
     const ChannelSink<float> sink{dx.data(), p.cin, std::ptrdiff_t(x.size()), false};
     for (auto _ : state) {
-        cpu_kernels::conv_backward<float>(p, 1, {&src, 1}, w.data(), g.data(), 0, {&sink, 1}, dw.data(), db.data(), ws.data(), algorithm);
+        cpu_kernels::conv_backward<float>(p, 1, {&src, 1}, w.data(), g.data(), 0, {&sink, 1}, dw.data(), db.data(), ws.data());
         benchmark::DoNotOptimize(dx.data());
     }
     state.counters["GFLOPs"] = benchmark::Counter(2 * p.flops_per_image() * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
@@ -57,28 +57,28 @@ void conv_backward(benchmark::State& state) {
 // the other can disagree by 30 % on identical code. Counters: mean milliseconds per call of
 // each and direct / Winograd.
 void winograd_vs_direct(benchmark::State& state) {
-    const ConvProblem p = problem_from(state);
+    const ConvProblem p = with_algorithm(problem_from(state), ConvAlgorithm::automatic);
     const bool backward = state.range(5) == 1;
     std::vector<float> x(p.cin * p.extent.size(), 0.5f), y(p.cout * p.extent.size()), w(p.weight_count(), 0.01f), b(p.cout);
     std::vector<float> g(y.size(), 0.1f), dx(x.size()), dw(w.size()), db(p.cout);
-    std::vector<float> ws(std::max(cpu_kernels::conv_workspace_size<float>(p, cpu_kernels::ConvAlgorithm::direct),
+    std::vector<float> ws(std::max(cpu_kernels::conv_workspace_size<float>(with_algorithm(p, ConvAlgorithm::direct)),
                                    cpu_kernels::conv_workspace_size<float>(p)));
     const ChannelSource<float> src{x.data(), p.cin, std::ptrdiff_t(x.size())};
     const ChannelSink<float> sink{dx.data(), p.cin, std::ptrdiff_t(x.size()), false};
-    auto seconds = [&](cpu_kernels::ConvAlgorithm algorithm) {
+    auto seconds = [&](ConvAlgorithm algorithm) {
+        const ConvProblem q = with_algorithm(p, algorithm);
         const auto start = std::chrono::steady_clock::now();
         if (backward)
-            cpu_kernels::conv_backward<float>(p, 1, {&src, 1}, w.data(), g.data(), 0, {&sink, 1}, dw.data(), db.data(),
-                                              ws.data(), algorithm);
+            cpu_kernels::conv_backward<float>(q, 1, {&src, 1}, w.data(), g.data(), 0, {&sink, 1}, dw.data(), db.data(), ws.data());
         else
-            cpu_kernels::conv_forward<float>(p, 1, {&src, 1}, w.data(), b.data(), y.data(), 0, ws.data(), algorithm);
+            cpu_kernels::conv_forward<float>(q, 1, {&src, 1}, w.data(), b.data(), y.data(), 0, ws.data());
         benchmark::DoNotOptimize(backward ? dx.data() : y.data());
         return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     };
     double winograd = 0, direct = 0;
     for (auto _ : state) {
-        winograd += seconds(cpu_kernels::ConvAlgorithm::automatic);
-        direct += seconds(cpu_kernels::ConvAlgorithm::direct);
+        winograd += seconds(ConvAlgorithm::automatic);
+        direct += seconds(ConvAlgorithm::direct);
     }
     const double calls = double(state.iterations());
     state.counters["winograd_ms"] = 1e3 * winograd / calls;

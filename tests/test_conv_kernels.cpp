@@ -6,6 +6,7 @@
 #include <lightunet/backend/cpu/conv.hpp>
 
 #include "reference_ops.hpp"
+#include "test_support.hpp"
 
 using namespace lightunet;
 
@@ -117,5 +118,112 @@ TEST_CASE("Winograd convolution equals the naive reference", "[conv][winograd]")
         REQUIRE_FALSE(applies<double>(ConvProblem{{1, 64, 64}, 1, 3, 3, 32, 32}));
         REQUIRE_FALSE(applies<float>(ConvProblem{{16, 16, 16}, 3, 3, 3, 32, 32}));
         REQUIRE_FALSE(applies<float>(ConvProblem{{1, 13, 13}, 1, 3, 3, 32, 32}));  // 49 tiles
+    }
+}
+
+// Forcing an algorithm runs it on shapes the automatic choice gives to the other one.
+TEST_CASE("a forced convolution algorithm equals the naive reference", "[conv][winograd]") {
+    using cpu_kernels::winograd::applies;
+    const double tol = 2e-4;
+    SECTION("Winograd forced: 4 -> 32 channels, 9x11 (too few channels and tiles for automatic)") {
+        const ConvProblem p{{1, 9, 11}, 1, 3, 3, 4, 32, ConvAlgorithm::winograd};
+        REQUIRE_FALSE(applies<float>(p));
+        REQUIRE(cpu_kernels::use_winograd<float>(p));
+        REQUIRE(cpu_kernels::use_winograd_weight_gradient<float>(p));
+        REQUIRE(cpu_kernels::use_winograd<float>(cpu_kernels::dgrad_problem(p)));
+        check_conv<float>(p, 3, tol);
+    }
+    SECTION("Winograd forced: 1x1 and 3D problems stay direct") {
+        REQUIRE_FALSE(cpu_kernels::use_winograd<float>(ConvProblem{{1, 64, 64}, 1, 1, 1, 32, 32, ConvAlgorithm::winograd}));
+        REQUIRE_FALSE(cpu_kernels::use_winograd<float>(ConvProblem{{8, 8, 8}, 3, 3, 3, 32, 32, ConvAlgorithm::winograd}));
+        REQUIRE_FALSE(cpu_kernels::use_winograd<double>(ConvProblem{{1, 64, 64}, 1, 3, 3, 32, 32, ConvAlgorithm::winograd}));
+        check_conv<float>({{3, 4, 5}, 3, 3, 3, 6, 7, ConvAlgorithm::winograd}, 2, tol);
+    }
+    SECTION("direct forced: 32 -> 24 channels, 40x36 (Winograd under automatic)") {
+        const ConvProblem p{{1, 40, 36}, 1, 3, 3, 32, 24, ConvAlgorithm::direct};
+        REQUIRE(applies<float>(p));
+        REQUIRE_FALSE(cpu_kernels::use_winograd<float>(p));
+        REQUIRE_FALSE(cpu_kernels::use_winograd_weight_gradient<float>(p));
+        check_conv<float>(p, 2, tol);
+    }
+}
+
+// docs: ConvProblem's memory contract. A convolution never works in place: Winograd reads each
+// band's halo rows after the band above has written its outputs, so an input-gradient sink
+// sharing memory with the output gradient got wrong values at every band boundary (10-50 %
+// wrong weight gradients in 2D networks at 64x64 and up). Every algorithm refuses overlap, on
+// shapes with several bands, images and sinks; disjoint interleaved buffers pass.
+TEST_CASE("convolutions refuse outputs that overlap their inputs, on every algorithm", "[conv][contract]") {
+    using lightunet::testing::thrown_message;
+    const int images = 2;
+    const ConvAlgorithm algorithm = GENERATE(ConvAlgorithm::automatic, ConvAlgorithm::direct, ConvAlgorithm::winograd);
+    {
+        // 130 rows of 64 -> 64 channels: several Winograd bands per image.
+        const ConvProblem p{{1, 130, 40}, 1, 3, 3, 64, 64, algorithm};
+        INFO("algorithm " << to_string(algorithm));
+        REQUIRE(cpu_kernels::winograd::plan<float>(p).band_rows < cpu_kernels::winograd::plan<float>(p).tile_rows);
+        const std::size_t S = p.extent.size(), image = std::size_t(p.cin) * S;
+        auto x = random_vector<float>(images * image, 1);
+        auto w = random_vector<float>(p.weight_count(), 2);
+        std::vector<float> g = random_vector<float>(images * image, 3), dw(w.size()), db(p.cout), y(images * image);
+        std::vector<float> ws(cpu_kernels::conv_workspace_size<float>(p));
+        const ChannelSource<float> src{x.data(), p.cin, std::ptrdiff_t(image)};
+        auto backward = [&](std::span<const ChannelSink<float>> sinks, const float* grad) {
+            cpu_kernels::conv_backward<float>(p, images, {&src, 1}, w.data(), grad, std::ptrdiff_t(image), sinks, dw.data(),
+                                              db.data(), ws.data());
+        };
+        const int half = p.cin / 2;
+        SECTION("the input gradient written over the output gradient") {
+            const ChannelSink<float> sink{g.data(), p.cin, std::ptrdiff_t(image), false};
+            const std::string m = thrown_message<std::invalid_argument>([&] { backward({&sink, 1}, g.data()); });
+            CHECK_THAT(m, Catch::Contains("conv_backward") && Catch::Contains("input-gradient sink 0 overlaps the output gradient") &&
+                              Catch::Contains("64 -> 64 channels") && Catch::Contains("(1, 1, 1, 130, 40)"));
+        }
+        SECTION("the second of two sinks shares the output gradient's memory (the decoder's up-sampling half)") {
+            std::vector<float> skip(images * half * S);
+            const ChannelSink<float> sinks[2] = {{skip.data(), half, std::ptrdiff_t(half * S), false},
+                                                 {g.data(), p.cin - half, std::ptrdiff_t(image), false}};
+            CHECK_THAT(thrown_message<std::invalid_argument>([&] { backward(sinks, g.data()); }),
+                       Catch::Contains("input-gradient sink 1 overlaps the output gradient"));
+        }
+        SECTION("a sink that overlaps only the last channel of the second image") {
+            std::vector<float> big(3 * images * image);
+            const float* grad = big.data();
+            const ChannelSink<float> sink{big.data() + (2 * image - S), p.cin, std::ptrdiff_t(image), false};
+            CHECK_THAT(thrown_message<std::invalid_argument>([&] { backward({&sink, 1}, grad); }),
+                       Catch::Contains("overlaps the output gradient"));
+        }
+        SECTION("a sink over the input, and two sinks over each other") {
+            const ChannelSink<float> over_input{x.data(), p.cin, std::ptrdiff_t(image), false};
+            CHECK_THAT(thrown_message<std::invalid_argument>([&] { backward({&over_input, 1}, g.data()); }),
+                       Catch::Contains("input-gradient sink 0 overlaps input source 0"));
+            std::vector<float> dx(images * image);
+            const ChannelSink<float> twice[2] = {{dx.data(), half, std::ptrdiff_t(image), false},
+                                                 {dx.data() + S, p.cin - half, std::ptrdiff_t(image), false}};
+            CHECK_THAT(thrown_message<std::invalid_argument>([&] { backward(twice, g.data()); }),
+                       Catch::Contains("input-gradient sink 1 overlaps input-gradient sink 0"));
+        }
+        SECTION("the forward output written over its input") {
+            std::vector<float> room((images + 1) * image);
+            const ChannelSource<float> in{room.data(), p.cin, std::ptrdiff_t(image)};
+            CHECK_THAT(thrown_message<std::invalid_argument>([&] {
+                           cpu_kernels::conv_forward<float>(p, images, {&in, 1}, w.data(), nullptr, room.data() + S,
+                                                            std::ptrdiff_t(image), ws.data());
+                       }),
+                       Catch::Contains("conv_forward: the output overlaps input source 0"));
+        }
+        SECTION("buffers that touch without overlapping, and sinks interleaved in one tensor, are accepted") {
+            std::vector<float> both(2 * images * image);
+            std::copy(g.begin(), g.end(), both.begin());
+            const ChannelSink<float> after{both.data() + images * image, p.cin, std::ptrdiff_t(image), false};
+            CHECK_NOTHROW(backward({&after, 1}, both.data()));
+            std::vector<float> dx(images * image);
+            const ChannelSink<float> split[2] = {{dx.data(), half, std::ptrdiff_t(image), false},
+                                                 {dx.data() + half * S, p.cin - half, std::ptrdiff_t(image), false}};
+            CHECK_NOTHROW(backward(split, g.data()));
+            for (std::size_t i = 0; i < dx.size(); ++i) REQUIRE(dx[i] == both[images * image + i]);
+            CHECK_NOTHROW(cpu_kernels::conv_forward<float>(p, images, {&src, 1}, w.data(), nullptr, y.data(),
+                                                           std::ptrdiff_t(image), ws.data()));
+        }
     }
 }

@@ -72,8 +72,8 @@ public:
 
     // Bytes of activations, gradients and scratch a step at this input shape holds (parameters,
     // gradients and optimiser state not included).
-    static constexpr std::size_t workspace_bytes(const Shape& s, Mode mode) {
-        const Plan p = make_plan(s, mode);
+    static constexpr std::size_t workspace_bytes(const Shape& s, Mode mode, ConvAlgorithm algorithm = ConvAlgorithm::automatic) {
+        const Plan p = make_plan(s, mode, algorithm);
         return p.tensors * sizeof(T) + p.loss_sums * sizeof(double);
     }
     // What the tensors planned so far hold (equals workspace_bytes after one pass in one mode).
@@ -87,8 +87,8 @@ public:
         }
         for (const auto& d : down_) add(d.out);
         for (const auto& u : up_) add(u.out);
-        for (const auto& g : grad_a_) add(g);
-        for (const auto& g : grad_skip_) add(g);
+        for (const auto& g : grad_y_) add(g);
+        for (const auto& g : grad_mid_) add(g);
         for (const auto& g : grad_down_) add(g);
         for (const auto* t : {&eval_conv_, &inner_act_, &logits_, &probs_, &grad_logits_, &workspace_, &resample_,
                               &transposed_, &transposed_grad_})
@@ -176,6 +176,16 @@ public:
     const Tensor<T, Backend>& probabilities() const { return probs_; }
     void set_threads(int n) { Kernels<Backend>::set_threads(n); }
 
+    // The algorithm every convolution of the model runs (ConvAlgorithm::automatic unless set):
+    // direct or winograd force one path through the whole network, for tests and benchmarks.
+    // Workspace sizes depend on it, so the next pass plans its buffers again.
+    void set_conv_algorithm(ConvAlgorithm algorithm) {
+        for_each_conv([&](Conv& c) { c.problem.algorithm = algorithm; });
+        algorithm_ = algorithm;
+        planned_training_ = planned_eval_ = false;
+    }
+    ConvAlgorithm conv_algorithm() const { return algorithm_; }
+
 private:
     static void to_host(std::span<T> out, const Tensor<T, Backend>& t, std::size_t count, const char* what) {
         if (out.size() != count)
@@ -209,14 +219,22 @@ private:
     static constexpr Extent level_extent(const Shape& s, int l) {
         return {C.dims == 3 ? s.d >> l : 1, s.h >> l, s.w >> l};
     }
+    template <class F>
+    void for_each_conv(F&& f) {
+        for (Block& b : enc_) f(b.conv1), f(b.conv2);
+        for (Block& b : dec_) f(b.conv1), f(b.conv2);
+        for (Down& d : down_) f(d.conv);
+        for (Up& u : up_) f(u.conv);
+        f(head_);
+    }
     static constexpr std::size_t conv_scratch(const ConvProblem& p, bool training) {
         return training ? Kernels<Backend>::template conv_workspace_size<T>(p)
                         : Kernels<Backend>::template conv_forward_workspace_size<T>(p);
     }
-    static constexpr ConvProblem conv3(Extent e, int cin, int cout) {
-        return {e, C.kernel_depth(), 3, 3, cin, cout};
+    static constexpr ConvProblem conv3(Extent e, int cin, int cout, ConvAlgorithm a) {
+        return {e, C.kernel_depth(), 3, 3, cin, cout, a};
     }
-    static constexpr ConvProblem conv1(Extent e, int cin, int cout) { return {e, 1, 1, 1, cin, cout}; }
+    static constexpr ConvProblem conv1(Extent e, int cin, int cout, ConvAlgorithm a) { return {e, 1, 1, 1, cin, cout, a}; }
 
     // Everything a forward (and, in training, backward) pass at one input shape holds besides
     // the parameters, in elements. plan() sizes the tensors from it, so it is exact.
@@ -233,7 +251,7 @@ private:
             default: return 1;
         }
     }
-    static constexpr Plan make_plan(const Shape& s, Mode mode) {
+    static constexpr Plan make_plan(const Shape& s, Mode mode, ConvAlgorithm a) {
         Plan p;
         const bool training = mode == Mode::train;
         const std::size_t n = std::size_t(s.n);
@@ -245,7 +263,7 @@ private:
             else p.eval_size = std::max(p.eval_size, out);
             p.act_size = std::max(p.act_size, out);
             p.tensors += 2 * (2 * stat_count(C.norm, s.n, w) + 2 * n * w);  // two norms: mean, invstd, scratch
-            p.scratch = std::max({p.scratch, conv_scratch(conv3(e, cin, w), training), conv_scratch(conv3(e, w, w), training)});
+            p.scratch = std::max({p.scratch, conv_scratch(conv3(e, cin, w, a), training), conv_scratch(conv3(e, w, w, a), training)});
         };
         for (int l = 0; l < depth; ++l) {
             const Extent e = level_extent(s, l);
@@ -256,8 +274,8 @@ private:
                 block(out, e, 2 * w, w, true);
                 if (training) p.tensors += out;  // up-sampled (inference: in the inner-activation buffer)
                 const Extent below = level_extent(s, l + 1);
-                const ConvProblem up = C.up == lightunet::Up::transposed_conv ? conv1(below, C.widths[l + 1], w * C.sub_voxels())
-                                                                              : conv1(below, C.widths[l + 1], w);
+                const ConvProblem up = C.up == lightunet::Up::transposed_conv ? conv1(below, C.widths[l + 1], w * C.sub_voxels(), a)
+                                                                              : conv1(below, C.widths[l + 1], w, a);
                 p.scratch = std::max(p.scratch, conv_scratch(up, training));
                 p.transposed = std::max(p.transposed, up.weight_count());
                 if (training) p.rearranged = std::max(p.rearranged, out);
@@ -267,7 +285,7 @@ private:
                 const int above = C.widths[l - 1];
                 p.tensors += n * above * e.size();  // down-sampled
                 if (C.down == lightunet::Down::strided_conv) {
-                    p.scratch = std::max(p.scratch, conv_scratch(conv1(e, above * C.sub_voxels(), above), training));
+                    p.scratch = std::max(p.scratch, conv_scratch(conv1(e, above * C.sub_voxels(), above, a), training));
                     const std::size_t rearranged = n * above * e.size() * C.sub_voxels();
                     if (training) p.rearranged = std::max(p.rearranged, 2 * rearranged);
                     else p.eval_size = std::max(p.eval_size, rearranged);
@@ -276,7 +294,7 @@ private:
             if (training) p.tensors += 2 * out + (l > 0 ? n * C.widths[l - 1] * e.size() : 0);  // gradients
         }
         const std::size_t head = n * C.classes * level_extent(s, 0).size();
-        p.scratch = std::max(p.scratch, conv_scratch(conv1(level_extent(s, 0), C.widths[0], C.classes), training));
+        p.scratch = std::max(p.scratch, conv_scratch(conv1(level_extent(s, 0), C.widths[0], C.classes, a), training));
         if (training) {
             p.tensors += 3 * head + p.transposed;  // logits, probabilities, their gradients; transposed weight gradient
             p.loss_sums = 3 * n * C.classes;
@@ -389,7 +407,7 @@ private:
         const bool training = mode == Mode::train;
         if (s != planned_shape_) planned_training_ = planned_eval_ = false;
         if (training ? planned_training_ : planned_eval_) return;
-        const Plan p = make_plan(s, mode);
+        const Plan p = make_plan(s, mode, algorithm_);
         auto vec = [](std::size_t n) { return Shape{1, 1, 1, 1, int(n)}; };
         auto block_plan = [&](Block& b, const Shape& out, bool decoder) {
             if (training || !decoder) b.y2.resize(out);
@@ -413,8 +431,8 @@ private:
                 down_[l - 1].conv.problem.extent = e;
             }
             if (training) {
-                grad_a_[l].resize(out);
-                grad_skip_[l].resize(out);
+                grad_y_[l].resize(out);
+                grad_mid_[l].resize(out);
                 if (l > 0) grad_down_[l - 1].resize({s.n, C.widths[l - 1], e.d, e.h, e.w});
             }
         }
@@ -468,21 +486,22 @@ private:
         b.norm2.forward(shape, z2, out, params_.data(), buffers_.data(), training);
     }
 
-    // grad holds d loss / d y2 and is used in place for the block's inner gradients: a
-    // convolution's backward packs image n's output gradient before it writes image n's input
-    // gradient, so the two may share a buffer.
-    void block_backward(Block& b, std::span<const ChannelSource<T>> in, Tensor<T, Backend>& grad,
+    // d loss / d y2 arrives in grad; mid is a free buffer of the same shape. No convolution runs
+    // in place (ConvProblem's memory contract): norm2 turns grad into d z2 in place, conv2 writes
+    // d y1 into mid, norm1 turns it into d z1 there, and conv1 reads mid and writes the sinks
+    // (grad is free again by then and may be one of them).
+    void block_backward(Block& b, std::span<const ChannelSource<T>> in, Tensor<T, Backend>& grad, Tensor<T, Backend>& mid,
                         std::span<const ChannelSink<T>> grad_in) {
         const int n = planned_shape_.n;
         const Shape& shape = b.y2.shape();
         b.norm2.backward(shape, b.z2.data(), b.y2.data(), grad.data(), params_.data(), grads_.data());
         T* y1 = inner_act_.data();
         b.norm1.recompute(shape, b.z1.data(), y1, params_.data(), buffers_.data());
-        const ChannelSource<T> mid{y1, shape.c, std::ptrdiff_t(shape.c * shape.spatial())};
-        const ChannelSink<T> mid_sink = sink(grad, false);
-        b.conv2.backward(n, {&mid, 1}, params_.data(), grad.data(), {&mid_sink, 1}, grads_.data(), workspace_.data());
-        b.norm1.backward(shape, b.z1.data(), y1, grad.data(), params_.data(), grads_.data());
-        b.conv1.backward(n, in, params_.data(), grad.data(), grad_in, grads_.data(), workspace_.data());
+        const ChannelSource<T> y1_source{y1, shape.c, std::ptrdiff_t(shape.c * shape.spatial())};
+        const ChannelSink<T> mid_sink = sink(mid, false);
+        b.conv2.backward(n, {&y1_source, 1}, params_.data(), grad.data(), {&mid_sink, 1}, grads_.data(), workspace_.data());
+        b.norm1.backward(shape, b.z1.data(), y1, mid.data(), params_.data(), grads_.data());
+        b.conv1.backward(n, in, params_.data(), mid.data(), grad_in, grads_.data(), workspace_.data());
     }
 
     void run_forward(const Tensor<T, Backend>& x, bool training) {
@@ -581,38 +600,44 @@ private:
         }
     }
 
+    // Per level, grad_y_ holds d loss / d (a block's output) and grad_mid_ a block's inner
+    // gradients. A decoder block leaves d loss / d skip in grad_y_ (the encoder block's output
+    // gradient, to which the level below adds its pooling gradient) and d loss / d up-sampled in
+    // inner_act_ (free once the block's inner activation is no longer needed).
     void run_backward(const Tensor<T, Backend>& x, Tensor<T, Backend>* input_grad) {
         using K = Kernels<Backend>;
         const int n = planned_shape_.n;
         const ChannelSource<T> top = source(dec_[0].y2);
-        const ChannelSink<T> top_sink = sink(grad_a_[0], false);
+        const ChannelSink<T> top_sink = sink(grad_y_[0], false);
         head_.backward(n, {&top, 1}, params_.data(), grad_logits_.data(), {&top_sink, 1}, grads_.data(), workspace_.data());
         for (int l = 0; l <= depth - 2; ++l) {
             const ChannelSource<T> in[2] = {source(enc_[l].y2), source(up_[l].out)};
-            const ChannelSink<T> sinks[2] = {sink(grad_skip_[l], false), sink(grad_a_[l], false)};
-            block_backward(dec_[l], in, grad_a_[l], sinks);
+            const Shape& shape = grad_y_[l].shape();
+            T* grad_up = inner_act_.data();
+            const ChannelSink<T> sinks[2] = {sink(grad_y_[l], false),
+                                             {grad_up, shape.c, std::ptrdiff_t(shape.c * shape.spatial()), false}};
+            block_backward(dec_[l], in, grad_y_[l], grad_mid_[l], sinks);
             const Tensor<T, Backend>& below = l == depth - 2 ? enc_[depth - 1].y2 : dec_[l + 1].y2;
-            up_backward(l, below, grad_a_[l].data(), grad_a_[l + 1].data());
+            up_backward(l, below, grad_up, grad_y_[l + 1].data());
         }
         for (int l = depth - 1; l >= 0; --l) {
-            Tensor<T, Backend>& grad = l == depth - 1 ? grad_a_[l] : grad_skip_[l];
             if (l == 0) {
                 const ChannelSource<T> in = source(x);
                 ChannelSink<T> s{};
                 if (input_grad) s = sink(*input_grad, false);
-                block_backward(enc_[0], {&in, 1}, grad, {&s, 1});
+                block_backward(enc_[0], {&in, 1}, grad_y_[0], grad_mid_[0], {&s, 1});
                 continue;
             }
             Down& d = down_[l - 1];
             const ChannelSource<T> in = source(d.out);
             const ChannelSink<T> s = sink(grad_down_[l - 1], false);
-            block_backward(enc_[l], {&in, 1}, grad, {&s, 1});
+            block_backward(enc_[l], {&in, 1}, grad_y_[l], grad_mid_[l], {&s, 1});
             // Route the down-sampled input's gradient back to the skip tensor above.
             const Tensor<T, Backend>& above = enc_[l - 1].y2;
             const std::ptrdiff_t planes = std::ptrdiff_t(n) * C.widths[l - 1];
             if constexpr (C.down == lightunet::Down::max_pool) {
                 K::max_pool_backward(cells(l), planes, above.data(), static_cast<const T*>(grad_down_[l - 1].data()),
-                                     grad_skip_[l - 1].data(), true);
+                                     grad_y_[l - 1].data(), true);
             } else {
                 T* rearranged = resample_.data();
                 T* rearranged_grad = resample_.data() + std::ptrdiff_t(planes) * d.conv.problem.extent.size() * C.sub_voxels();
@@ -621,7 +646,7 @@ private:
                 const ChannelSink<T> rs{rearranged_grad, d.conv.problem.cin, rin.image_stride, false};
                 d.conv.backward(n, {&rin, 1}, params_.data(), grad_down_[l - 1].data(), {&rs, 1}, grads_.data(), workspace_.data());
                 K::depth_to_space(cells(l), planes, C.widths[l - 1], static_cast<const T*>(rearranged_grad),
-                                  static_cast<const T*>(nullptr), grad_skip_[l - 1].data(), true);
+                                  static_cast<const T*>(nullptr), grad_y_[l - 1].data(), true);
             }
         }
     }
@@ -652,9 +677,10 @@ private:
     Tensor<T, Backend> inner_act_;  // a block's inner activation, shared by all blocks
     Tensor<T, Backend> logits_, probs_, grad_logits_, workspace_, resample_, transposed_, transposed_grad_;
     Tensor<double, Backend> loss_sums_;
-    std::array<Tensor<T, Backend>, depth> grad_a_, grad_skip_;
+    std::array<Tensor<T, Backend>, depth> grad_y_, grad_mid_;
     std::array<Tensor<T, Backend>, depth - 1> grad_down_;
     Shape planned_shape_{};
+    ConvAlgorithm algorithm_ = ConvAlgorithm::automatic;
     bool planned_training_ = false, planned_eval_ = false;
 };
 

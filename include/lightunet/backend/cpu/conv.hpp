@@ -19,27 +19,32 @@ constexpr int output_group_channels(const PaddedLayout& l, int channels) {
     return int(std::min<std::ptrdiff_t>(group, round_up(channels, fprop_rows)));
 }
 
-// automatic: Winograd where winograd::applies, direct elsewhere. direct: always the direct
-// kernels (benchmarks compare the two in one run). Workspace sizes depend on the choice.
-enum class ConvAlgorithm { automatic, direct };
-
+// The problem's ConvAlgorithm picks the kernels; workspace sizes depend on the choice.
 template <class T>
-constexpr bool use_winograd(const ConvProblem& p, ConvAlgorithm algorithm) {
-    return algorithm == ConvAlgorithm::automatic && winograd::applies<T>(p);
+constexpr bool use_winograd(const ConvProblem& p) {
+    switch (p.algorithm) {
+        case ConvAlgorithm::direct: return false;
+        case ConvAlgorithm::winograd: return winograd::computes<T>(p);
+        default: return winograd::applies<T>(p);
+    }
 }
 template <class T>
-constexpr bool use_winograd_weight_gradient(const ConvProblem& p, ConvAlgorithm algorithm) {
-    return algorithm == ConvAlgorithm::automatic && winograd::applies_to_weight_gradient<T>(p);
+constexpr bool use_winograd_weight_gradient(const ConvProblem& p) {
+    switch (p.algorithm) {
+        case ConvAlgorithm::direct: return false;
+        case ConvAlgorithm::winograd: return winograd::computes<T>(p);
+        default: return winograd::applies_to_weight_gradient<T>(p);
+    }
 }
 
 // The data gradient is the convolution of the output gradient with the mirrored kernel, input
 // and output channels exchanged.
-constexpr ConvProblem dgrad_problem(const ConvProblem& p) { return {p.extent, p.kd, p.kh, p.kw, p.cout, p.cin}; }
+constexpr ConvProblem dgrad_problem(const ConvProblem& p) { return {p.extent, p.kd, p.kh, p.kw, p.cout, p.cin, p.algorithm}; }
 
 // Scratch (in elements of T) that conv_forward needs alone (inference).
 template <class T>
-constexpr std::size_t conv_forward_workspace_size(const ConvProblem& p, ConvAlgorithm algorithm = ConvAlgorithm::automatic) {
-    if (use_winograd<T>(p, algorithm)) return winograd::workspace_size<T>(p);
+constexpr std::size_t conv_forward_workspace_size(const ConvProblem& p) {
+    if (use_winograd<T>(p)) return winograd::workspace_size<T>(p);
     const PaddedLayout l = padded_layout(p);
     const std::size_t packed_fprop = std::size_t(round_up(p.cout, fprop_rows)) * p.cin * p.taps();
     const std::size_t out_group = std::size_t(output_group_channels<T>(l, std::max(p.cin, p.cout))) * l.stride;
@@ -50,7 +55,7 @@ constexpr std::size_t conv_forward_workspace_size(const ConvProblem& p, ConvAlgo
 // transformed), the Winograd weight gradient's dU when it applies, then space that each pass of
 // an image uses in turn (Wgrad, then Dgrad).
 template <class T>
-constexpr std::size_t conv_workspace_size(const ConvProblem& p, ConvAlgorithm algorithm = ConvAlgorithm::automatic) {
+constexpr std::size_t conv_workspace_size(const ConvProblem& p) {
     const PaddedLayout l = padded_layout(p);
     const std::size_t in_pad = std::size_t(p.cin) * l.stride;
     const std::size_t out_group = std::size_t(output_group_channels<T>(l, std::max(p.cin, p.cout))) * l.stride;
@@ -58,14 +63,14 @@ constexpr std::size_t conv_workspace_size(const ConvProblem& p, ConvAlgorithm al
     const std::size_t partial = wgrad_partial_size<T>(p.cin, p.cout, p.taps()) + lanes<T>;
     const ConvProblem d = dgrad_problem(p);
     std::size_t kernels = 2 * winograd::alignment_slack, passes = 0;
-    if (use_winograd_weight_gradient<T>(p, algorithm)) {
+    if (use_winograd_weight_gradient<T>(p)) {
         const winograd::Plan pl = winograd::plan<T>(p);
         kernels += std::size_t(pl.kernel_size());
         passes = std::size_t(pl.input_size() + pl.output_size());
     } else {
         passes = in_pad + grad_pad + partial;
     }
-    if (use_winograd<T>(d, algorithm)) {
+    if (use_winograd<T>(d)) {
         const winograd::Plan pl = winograd::plan<T>(d);
         kernels += std::size_t(pl.kernel_size());
         passes = std::max(passes, std::size_t(pl.input_size() + pl.output_size()));
@@ -73,7 +78,7 @@ constexpr std::size_t conv_workspace_size(const ConvProblem& p, ConvAlgorithm al
         kernels += std::size_t(round_up(p.cin, fprop_rows)) * p.cout * p.taps();
         passes = std::max(passes, in_pad + grad_pad + out_group);
     }
-    return std::max(conv_forward_workspace_size<T>(p, algorithm), kernels + passes + winograd::alignment_slack);
+    return std::max(conv_forward_workspace_size<T>(p), kernels + passes + winograd::alignment_slack);
 }
 
 // Channel c of image n among sources that split the channels between them.
@@ -88,9 +93,9 @@ const T* channel_plane(const ConvProblem& p, std::span<const ChannelSource<T>> s
 
 template <class T>
 void conv_forward(const ConvProblem& p, int images, std::span<const ChannelSource<T>> input, const T* weight,
-                  const T* bias, T* output, std::ptrdiff_t output_image_stride, T* workspace,
-                  ConvAlgorithm algorithm = ConvAlgorithm::automatic) {
-    if (use_winograd<T>(p, algorithm)) {
+                  const T* bias, T* output, std::ptrdiff_t output_image_stride, T* workspace) {
+    check_conv_forward_memory(p, images, input, static_cast<const T*>(output), output_image_stride);
+    if (use_winograd<T>(p)) {
         const winograd::Plan pl = winograd::plan<T>(p);
         T* u = winograd::align(workspace);
         T* scratch = winograd::align(u + pl.kernel_size());
@@ -133,11 +138,12 @@ void conv_forward(const ConvProblem& p, int images, std::span<const ChannelSourc
 template <class T>
 void conv_backward(const ConvProblem& p, int images, std::span<const ChannelSource<T>> input, const T* weight,
                    const T* grad_output, std::ptrdiff_t grad_output_image_stride, std::span<const ChannelSink<T>> grad_input,
-                   T* dweight, T* dbias, T* workspace, ConvAlgorithm algorithm = ConvAlgorithm::automatic) {
+                   T* dweight, T* dbias, T* workspace) {
+    check_conv_backward_memory(p, images, input, grad_output, grad_output_image_stride, grad_input);
     const PaddedLayout l = padded_layout(p);
     const ConvProblem d = dgrad_problem(p);
-    const bool winograd_wgrad = dweight != nullptr && use_winograd_weight_gradient<T>(p, algorithm);
-    const bool winograd_dgrad = use_winograd<T>(d, algorithm);
+    const bool winograd_wgrad = dweight != nullptr && use_winograd_weight_gradient<T>(p);
+    const bool winograd_dgrad = use_winograd<T>(d);
     const winograd::Plan wgrad_plan = winograd_wgrad ? winograd::plan<T>(p) : winograd::Plan{};
     const winograd::Plan dgrad_plan = winograd_dgrad ? winograd::plan<T>(d) : winograd::Plan{};
     T* packed = winograd::align(workspace);

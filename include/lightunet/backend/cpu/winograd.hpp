@@ -31,15 +31,17 @@ inline constexpr std::ptrdiff_t band_bytes = std::ptrdiff_t(128) << 10;
 inline constexpr int min_input_channels = 16;
 inline constexpr std::ptrdiff_t min_tiles = 64;  // a 15x15 plane
 
+// What F(2x2, 3x3) can compute at all: float 2D 3x3 'same' convolutions.
+template <class T>
+constexpr bool computes(const ConvProblem& p) {
+    return std::is_same_v<T, float> && p.extent.d == 1 && p.kd == 1 && p.kh == 3 && p.kw == 3 && p.cin >= 1 && p.cout >= 1;
+}
+
+// Where it is faster than the direct kernels (ConvAlgorithm::automatic).
 template <class T>
 constexpr bool applies(const ConvProblem& p) {
-    if constexpr (!std::is_same_v<T, float>) {
-        return false;
-    } else {
-        const std::ptrdiff_t tiles = std::ptrdiff_t(ceil_div(p.extent.h, 2)) * ceil_div(p.extent.w, 2);
-        return p.extent.d == 1 && p.kd == 1 && p.kh == 3 && p.kw == 3 && p.cin >= min_input_channels && p.cout >= 1 &&
-               tiles >= min_tiles;
-    }
+    const std::ptrdiff_t tiles = std::ptrdiff_t(ceil_div(p.extent.h, 2)) * ceil_div(p.extent.w, 2);
+    return computes<T>(p) && p.cin >= min_input_channels && tiles >= min_tiles;
 }
 
 // The weight gradient sums each position's products over the tiles and pays a transform of

@@ -439,9 +439,17 @@ void launch_gemm(const T* A, int M, int K, const Sources<T>& src, const Sinks<T>
     else go.template operator()<128>();
 }
 
+// Implicit GEMM is the only algorithm here: direct and automatic name it; Winograd is refused.
+inline void check_algorithm(const ConvProblem& p, const char* call) {
+    if (p.algorithm == ConvAlgorithm::winograd)
+        throw std::invalid_argument(std::string(call) + ": the CUDA backend has no Winograd convolution; use ConvAlgorithm::automatic or direct");
+}
+
 template <class T>
 void conv_forward(const ConvProblem& p, int images, std::span<const ChannelSource<T>> input, const T* weight, const T* bias,
                   T* output, std::ptrdiff_t output_image_stride, T* /*workspace*/) {
+    check_algorithm(p, "conv_forward");
+    check_conv_forward_memory(p, images, input, static_cast<const T*>(output), output_image_stride);
     if (images <= 0 || p.cout == 0) return;
     const Sources<T> src = sources_of(input, "conv_forward");
     Sinks<T> dst;
@@ -455,14 +463,11 @@ void conv_forward(const ConvProblem& p, int images, std::span<const ChannelSourc
 }
 
 template <class T>
-bool overlaps(const T* a, std::ptrdiff_t a_count, const T* b, std::ptrdiff_t b_count) {
-    return a && b && a < b + b_count && b < a + a_count;
-}
-
-template <class T>
 void conv_backward(const ConvProblem& p, int images, std::span<const ChannelSource<T>> input, const T* weight, const T* grad_output,
                    std::ptrdiff_t grad_output_image_stride, std::span<const ChannelSink<T>> grad_input, T* dweight, T* dbias,
                    T* workspace) {
+    check_algorithm(p, "conv_backward");
+    check_conv_backward_memory(p, images, input, grad_output, grad_output_image_stride, grad_input);
     if (images <= 0) return;
     const Sources<T> src = sources_of(input, "conv_backward");
     const Geometry g = geometry_of(p);
@@ -487,37 +492,23 @@ void conv_backward(const ConvProblem& p, int images, std::span<const ChannelSour
     }
     if (grad_input.size() > 2) throw std::invalid_argument("conv_backward: at most two input-gradient sinks");
     Sinks<T> dst;
-    bool any = false, aliased = false;
+    bool any = false;
     for (std::size_t i = 0; i < grad_input.size(); ++i) {
         dst.data[i] = grad_input[i].data;
         dst.channels[i] = grad_input[i].channels;
         dst.stride[i] = grad_input[i].image_stride;
         dst.accumulate[i] = grad_input[i].accumulate;
         any |= grad_input[i].data != nullptr;
-        aliased |= overlaps<T>(grad_input[i].data, images * grad_input[i].image_stride, grad_output,
-                               images * grad_output_image_stride);
     }
     if (!any) return;
     T* packed = workspace;
     pack_dgrad_kernel<<<grid_for(std::ptrdiff_t(p.weight_count())), block_threads, 0, cuda::stream()>>>(weight, p.cout, p.cin,
                                                                                                       p.taps(), packed);
     LIGHTUNET_CUDA_LAUNCHED("pack_dgrad_kernel");
-    // The model computes some input gradients in place of the output gradient: read a copy.
-    const T* gsrc = grad_output;
-    std::ptrdiff_t gstride = grad_output_image_stride;
-    if (aliased) {
-        const std::size_t image_bytes = std::size_t(p.cout) * g.plane * sizeof(T);
-        T* copy = static_cast<T*>(cuda::scratch(std::size_t(images) * image_bytes));
-        for (int n = 0; n < images; ++n)
-            LIGHTUNET_CUDA_CHECK(cudaMemcpyAsync(copy + std::ptrdiff_t(n) * p.cout * g.plane, grad_output + n * grad_output_image_stride,
-                                                 image_bytes, cudaMemcpyDeviceToDevice, cuda::stream()));
-        gsrc = copy;
-        gstride = std::ptrdiff_t(p.cout) * g.plane;
-    }
     Sources<T> gs;
-    gs.data[0] = gsrc;
+    gs.data[0] = grad_output;
     gs.channels[0] = p.cout;
-    gs.stride[0] = gstride;
+    gs.stride[0] = grad_output_image_stride;
     dispatch_kernel_shape(p, "conv_backward", [&]<int KD, int KH>() {
         launch_gemm<T, KD, KH>(packed, p.cin, p.cout * p.taps(), gs, dst, static_cast<const T*>(nullptr), N, g);
     });
