@@ -15,6 +15,7 @@
 #include "lightunet/model/unet.hpp"
 #include "lightunet/optim/optimizers.hpp"
 #include "lightunet/train/checkpoint.hpp"
+#include "../system_python.hpp"
 #include "train_test_support.hpp"
 
 using namespace lightunet;
@@ -194,10 +195,7 @@ TEST_CASE("Loading names what differs: configuration, optimiser, corrupt or trun
 }
 
 TEST_CASE("Checkpoints read with h5py as docs/checkpoint.md describes", "[checkpoint]") {
-    if (std::system("/usr/bin/python3 -c 'import h5py' >/dev/null 2>&1") != 0) {
-        WARN("h5py not available: skipped");
-        return;
-    }
+    LIGHTUNET_REQUIRE_H5PY();  // fails, with what to install, when /usr/bin/python3 has no h5py
     test::ScratchDir dir("ckpt_h5py");
     Net net(5);
     Adam<float> opt(1e-3);
@@ -222,7 +220,7 @@ TEST_CASE("Checkpoints read with h5py as docs/checkpoint.md describes", "[checkp
                              "lines = f['model'].attrs['parameter_layout'].strip().split('\\n')\n"
                              "assert lines[0].startswith('encoder.0.conv1.weight [8,1,3,3] 0'), lines[0]\n"
                              "assert 'widths=8,16' in f.attrs['config']\n";
-    CHECK(std::system(("/usr/bin/python3 " + script + " " + path).c_str()) == 0);
+    CHECK(std::system((std::string(test::system_python()) + " " + script + " " + path).c_str()) == 0);
 }
 
 TEST_CASE("CheckpointManager keeps the last K and finds the newest", "[checkpoint]") {
