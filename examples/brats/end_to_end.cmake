@@ -6,6 +6,17 @@ function(run)
         message(FATAL_ERROR "failed (${rc}): ${ARGN}")
     endif()
 endfunction()
+# run() that also fails unless stdout + stderr match `regex`.
+function(run_expecting regex)
+    execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+    message("${out}${err}")
+    if(NOT rc EQUAL 0)
+        message(FATAL_ERROR "failed (${rc}): ${ARGN}")
+    endif()
+    if(NOT "${out}${err}" MATCHES "${regex}")
+        message(FATAL_ERROR "the output of ${ARGN} does not match '${regex}'")
+    endif()
+endfunction()
 # Fails unless `file` has `expected` lines (`what` says which).
 function(expect_lines file expected what)
     file(STRINGS "${file}" lines)
@@ -23,9 +34,12 @@ foreach(f run.cfg metrics.csv metrics.json curves.png checkpoints/best.h5 pictur
         message(FATAL_ERROR "train wrote no ${f}")
     endif()
 endforeach()
-# A third epoch resumed from the latest checkpoint.
-run("${BRATS}" train --data "${WORK}/run/store.h5" --out "${WORK}/run" --patch 64x64 --batch 2 --epochs 3
+expect_lines("${WORK}/run/metrics.csv" 3 "header + 2 epochs")
+# A third epoch resumed from the latest checkpoint (not a fresh run of three epochs).
+run_expecting("Resumed from [^\n]*checkpoints/[^\n]* at epoch 3"
+    "${BRATS}" train --data "${WORK}/run/store.h5" --out "${WORK}/run" --patch 64x64 --batch 2 --epochs 3
     --steps-per-epoch 2 --val-batches 1 --pictures 0 --no-progress --resume latest)
+expect_lines("${WORK}/run/metrics.csv" 4 "header + 3 epochs")
 run("${BRATS}" predict --run "${WORK}/run" --data "${WORK}/test" --out "${WORK}/pred" --pictures 1)
 file(GLOB written "${WORK}/pred/*-seg.nii.gz")
 list(LENGTH written count)
