@@ -111,6 +111,8 @@ TEST_CASE("Checkpoint round trip restores every piece of state", "[checkpoint]")
         Adam<float> fresh_opt(5e-3);
         TrainState loaded;
         REQUIRE_FALSE(same_bytes<float>(net.parameters(), fresh.parameters()));
+        REQUIRE(opt.m.size() == Net::parameter_count);  // moments to compare, not two empty tensors
+        REQUIRE(fresh_opt.m.size() == 0);
         load_checkpoint(dir.file("a.h5"), fresh, fresh_opt, loaded);
         CHECK(same_bytes<float>(net.parameters(), fresh.parameters()));
         CHECK(same_bytes<float>(net.buffers(), fresh.buffers()));
@@ -134,6 +136,7 @@ TEST_CASE("Checkpoint round trip restores every piece of state", "[checkpoint]")
         CHECK(o2.velocity.size() == 0);
         CHECK(o2.steps == 0);
         net.train_step(x, y, DiceLoss{}, opt);
+        REQUIRE(opt.velocity.size() == Net::parameter_count);
         save_checkpoint(dir.file("s1.h5"), net, opt, state);
         load_checkpoint(dir.file("s1.h5"), fresh, o2, loaded);
         CHECK(same_bytes(opt.velocity, o2.velocity));
