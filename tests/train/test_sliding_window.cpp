@@ -254,7 +254,7 @@ TEST_CASE("Overlapping windows and mirroring reproduce a per-voxel model exactly
         for (std::size_t i = 0; i < vol.size(); ++i) {
             float p[3];
             VoxelModel<3>::apply(img[i], img[vol.size() + i], p);
-            REQUIRE(probs[i] == Approx(p[0]).margin(1e-6));
+            for (int c = 0; c < 3; ++c) REQUIRE(probs[c * vol.size() + i] == Approx(p[c]).margin(1e-6));
         }
     }
     SECTION("a window that is not a multiple of size_multiple is refused") {
