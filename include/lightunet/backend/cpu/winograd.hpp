@@ -19,6 +19,14 @@
 
 #include "conv_direct.hpp"
 
+// GCC 12 flags _mm512_undefined_ps (the self-initialised pass-through operand of the AVX-512
+// permutes behind xsimd::swizzle) as maybe uninitialised once inlined here; fixed in GCC 13.
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#define LIGHTUNET_WINOGRAD_DIAGNOSTICS_PUSHED
+#endif
+
 namespace lightunet::cpu_kernels::winograd {
 
 inline constexpr int positions = 16;  // of a transformed 4x4 tile
@@ -503,3 +511,8 @@ void add_kernel_gradient(const Plan& pl, const T* du, T* dweight) {
 }
 
 }  // namespace lightunet::cpu_kernels::winograd
+
+#ifdef LIGHTUNET_WINOGRAD_DIAGNOSTICS_PUSHED
+#pragma GCC diagnostic pop
+#undef LIGHTUNET_WINOGRAD_DIAGNOSTICS_PUSHED
+#endif
