@@ -172,7 +172,7 @@ TEST_CASE("a CUDA training step allocates no device memory once the shape has be
 }
 
 TEST_CASE("checkpoints move between the CPU and CUDA backends", "[cuda][model][checkpoint]") {
-    constexpr UNetConfig C = config_2d(Norm::batch, Head::softmax);
+    [[maybe_unused]] constexpr UNetConfig C = config_2d(Norm::batch, Head::softmax);  // nvcc: "set but not used"
     Rng rng(9);
     const Shape s{1, 2, 1, 8, 8};
     const auto x = random_input<UNet<C, cpu>>(s, rng);

@@ -19,11 +19,13 @@
 
 #include "conv_direct.hpp"
 
-// GCC 12 flags _mm512_undefined_ps (the self-initialised pass-through operand of the AVX-512
-// permutes behind xsimd::swizzle) as maybe uninitialised once inlined here; fixed in GCC 13.
+// GCC 12 flags _mm512_undefined_ps/_pd (the self-initialised pass-through operand of the
+// AVX-512 permutes behind xsimd::swizzle) as (maybe) uninitialised once inlined here; fixed in
+// GCC 13.
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #define LIGHTUNET_WINOGRAD_DIAGNOSTICS_PUSHED
 #endif
 
