@@ -2,6 +2,7 @@
 // What every BraTS command shares: where the cases come from, the training/validation split,
 // and the run description (run.cfg) that `predict` reads back.
 #include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -119,16 +120,36 @@ inline Split split_cases(const data::CaseSource& all, double fraction, const std
 }
 
 // The run description: which compiled model a checkpoint belongs to and how it was trained.
+// run.cfg: the network `predict` rebuilds (model, labels, optimizer, patch) and every other
+// option that shapes a training run (train.<option>=<value>), which `--resume` must repeat.
 struct RunInfo {
     std::string model = "2d", labels = "regions", optimizer = "adam";
     std::vector<int> patch;  // D, H, W
+    std::map<std::string, std::string> settings;  // option name -> value as given (flags: on/off)
 
+    // Appends rather than `"x" + to_string(...)`, which GCC 12 misreports (-Wrestrict, PR 105651).
+    std::string patch_text(std::size_t first = 0) const {  // DxHxW, as run.cfg keeps it
+        std::string t;
+        for (std::size_t i = first; i < patch.size(); ++i) {
+            if (i > first) t.append("x");
+            t.append(std::to_string(patch[i]));
+        }
+        return t;
+    }
+    std::string patch_option() const {  // as --patch takes it: HxW for the 2D model
+        return patch_text(model == "2d" && patch.size() == 3 ? 1 : 0);
+    }
+    // Written to a temporary file and renamed over run.cfg, so a failed write keeps the old one.
     void write(const fs::path& file) const {
-        std::ofstream f(file);
-        f << "model=" << model << "\nlabels=" << labels << "\noptimizer=" << optimizer << "\npatch=";
-        for (std::size_t i = 0; i < patch.size(); ++i) f << (i ? "x" : "") << patch[i];
-        f << "\n";
-        if (!f) throw std::runtime_error(file.string() + ": cannot write the run description");
+        const fs::path temporary = file.string() + ".tmp";
+        {
+            std::ofstream f(temporary);
+            f << "model=" << model << "\nlabels=" << labels << "\noptimizer=" << optimizer << "\npatch=" << patch_text() << "\n";
+            for (const auto& [name, value] : settings) f << "train." << name << "=" << value << "\n";
+            f.flush();
+            if (!f) throw std::runtime_error(temporary.string() + ": cannot write the run description");
+        }
+        fs::rename(temporary, file);
     }
     static RunInfo read(const fs::path& file) {
         std::ifstream f(file);
@@ -152,9 +173,44 @@ struct RunInfo {
         if (r.patch.size() != 3) throw std::runtime_error(file.string() + ": patch must be DxHxW, not '" + kv["patch"] + "'");
         if ((r.model != "2d" && r.model != "3d") || (r.labels != "regions" && r.labels != "classes"))
             throw std::runtime_error(file.string() + ": unknown model '" + r.model + "' or labels '" + r.labels + "'");
+        for (const auto& [key, value] : kv)
+            if (key.rfind("train.", 0) == 0) r.settings[key.substr(6)] = value;
         return r;
     }
 };
+
+// Two option values mean the same when their texts are equal or both are the same number
+// (--lr 0.001 and --lr 1e-3).
+inline bool same_setting(const std::string& a, const std::string& b) {
+    if (a == b) return true;
+    char* end_a = nullptr;
+    char* end_b = nullptr;
+    const double x = std::strtod(a.c_str(), &end_a), y = std::strtod(b.c_str(), &end_b);
+    return !a.empty() && !b.empty() && *end_a == '\0' && *end_b == '\0' && x == y;
+}
+
+// `--resume` continues a run only with the options it was started with: another --epochs
+// silently changes the learning-rate schedule, another --patch or --model the network. Returns
+// the differences ("--epochs 4 (the run has 3)"), empty when there are none; options an older
+// run.cfg does not record are listed in `unrecorded`.
+inline std::vector<std::string> resume_differences(const RunInfo& recorded, const RunInfo& now,
+                                                   std::vector<std::string>& unrecorded) {
+    std::vector<std::string> differences;
+    auto differ = [&](const std::string& name, const std::string& given, const std::string& was) {
+        differences.push_back("--" + name + " " + (given.empty() ? "''" : given) + " (the run has " +
+                              (was.empty() ? "''" : was) + ")");
+    };
+    if (recorded.model != now.model) differ("model", now.model, recorded.model);
+    if (recorded.labels != now.labels) differ("labels", now.labels, recorded.labels);
+    if (recorded.optimizer != now.optimizer) differ("optimizer", now.optimizer, recorded.optimizer);
+    if (recorded.patch != now.patch) differ("patch", now.patch_option(), recorded.patch_option());
+    for (const auto& [name, value] : now.settings) {
+        const auto it = recorded.settings.find(name);
+        if (it == recorded.settings.end()) unrecorded.push_back("--" + name);
+        else if (!same_setting(value, it->second)) differ(name, value, it->second);
+    }
+    return differences;
+}
 
 // What `predict` reads: NIfTI cases (a folder with one case, or a folder of case folders /
 // files, either naming), or the volumes of a folder of Kaggle slices.

@@ -27,19 +27,46 @@ function(expect_lines file expected what)
 endfunction()
 run("${BRATS}" synth --out "${WORK}/train" --cases 4 --extent 64x64x32 --seed 3)
 run("${BRATS}" synth --out "${WORK}/test" --cases 2 --extent 64x64x32 --seed 99 --layout nifti2023 --prefix BraTS-GLI)
-run("${BRATS}" train --data "${WORK}/train" --out "${WORK}/run" --patch 64x64 --batch 2 --epochs 2 --steps-per-epoch 2
-    --val-batches 1 --pictures 1 --no-progress)
-foreach(f run.cfg metrics.csv metrics.json curves.png checkpoints/best.h5 pictures)
+# A run of 3 epochs stopped after 2 (--stop-after-steps), as a killed or interrupted one would be.
+run_expecting("Stopped after 4 steps as asked"
+    "${BRATS}" train --data "${WORK}/train" --out "${WORK}/run" --patch 64x64 --batch 2 --epochs 3 --steps-per-epoch 2
+    --val-batches 1 --pictures 1 --no-progress --stop-after-steps 4)
+foreach(f run.cfg metrics.csv metrics.json curves.png checkpoints/best.h5)
     if(NOT EXISTS "${WORK}/run/${f}")
         message(FATAL_ERROR "train wrote no ${f}")
     endif()
 endforeach()
 expect_lines("${WORK}/run/metrics.csv" 3 "header + 2 epochs")
-# A third epoch resumed from the latest checkpoint (not a fresh run of three epochs).
+# The run is never clobbered: a fresh start into it, or a resume with options that would change
+# what it learns, is refused (status 2, naming the options) and leaves run.cfg as it was.
+file(READ "${WORK}/run/run.cfg" recorded)
+function(run_refused regex)
+    execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+    if(NOT rc EQUAL 2 OR NOT "${out}${err}" MATCHES "${regex}")
+        message(FATAL_ERROR "expected status 2 and '${regex}' from ${ARGN}, got ${rc}:\n${out}${err}")
+    endif()
+    file(READ "${WORK}/run/run.cfg" now)
+    if(NOT now STREQUAL recorded)
+        message(FATAL_ERROR "${ARGN} changed run.cfg:\n${now}")
+    endif()
+endfunction()
+set(same --data "${WORK}/run/store.h5" --out "${WORK}/run" --batch 2 --steps-per-epoch 2 --val-batches 1 --no-progress)
+run_refused("--out [^\n]*run already holds a run [^\n]*continue it with --resume latest"
+    "${BRATS}" train ${same} --patch 64x64 --epochs 3)
+run_refused("--resume: --epochs 4 .the run has 3. differ from the run"
+    "${BRATS}" train ${same} --patch 64x64 --epochs 4 --resume latest)
+run_refused("--resume: --patch 32x32 .the run has 64x64., --seed 9 .the run has 1. differ"
+    "${BRATS}" train ${same} --patch 32x32 --epochs 3 --seed 9 --resume latest)
+run_refused("--resume: --loss dice .the run has dice_ce., --no-augment on .the run has off. differ"
+    "${BRATS}" train ${same} --patch 64x64 --epochs 3 --loss dice --no-augment --resume latest)
+# The third epoch, resumed from the latest checkpoint with the run's options (--lr 1e-3 is the
+# default 0.001; --data may move: the store instead of the folder).
 run_expecting("Resumed from [^\n]*checkpoints/[^\n]* at epoch 3"
-    "${BRATS}" train --data "${WORK}/run/store.h5" --out "${WORK}/run" --patch 64x64 --batch 2 --epochs 3
-    --steps-per-epoch 2 --val-batches 1 --pictures 0 --no-progress --resume latest)
+    "${BRATS}" train ${same} --patch 64x64 --epochs 3 --lr 1e-3 --pictures 1 --resume latest)
 expect_lines("${WORK}/run/metrics.csv" 4 "header + 3 epochs")
+if(NOT EXISTS "${WORK}/run/pictures")
+    message(FATAL_ERROR "the finished run drew no pictures")
+endif()
 run("${BRATS}" predict --run "${WORK}/run" --data "${WORK}/test" --out "${WORK}/pred" --pictures 1)
 file(GLOB written "${WORK}/pred/*-seg.nii.gz")
 list(LENGTH written count)

@@ -183,8 +183,19 @@ int evaluate_command(const brats_cli::Options& o) {
     return 0;
 }
 
+// The options that shape a training run besides model, labels, optimizer and patch: the data a
+// step sees, the loss, the optimiser and the schedule. run.cfg records them; --resume must
+// repeat them. (Threads, workers, checkpoint cadence, pictures and the watchdog do not change
+// what is learnt, and --data may move.)
+const std::vector<std::string> shaping_values = {"epochs", "steps-per-epoch", "batch", "lr", "schedule", "weight-decay",
+                                                 "clip", "loss", "foreground", "val-split", "val-cases", "val-batches",
+                                                 "seed"};
+const std::vector<std::string> shaping_flags = {"sample-dice", "no-augment"};
+
 RunInfo run_info_for_training(const brats_cli::Options& o) {
     RunInfo run;
+    for (const auto& name : shaping_values) run.settings[name] = o.str(name);
+    for (const auto& name : shaping_flags) run.settings[name] = o.flag_set(name) ? "on" : "off";
     run.model = o.str("model");
     run.labels = o.str("labels");
     run.optimizer = o.str("optimizer");
@@ -247,7 +258,8 @@ brats_cli::Options options_for(const std::string& command) {
             .value("workers", "1", "loader threads")
             .value("keep", "3", "rolling checkpoints kept")
             .value("autosave", "300", "seconds between time-based checkpoints (0: off)")
-            .value("resume", "", "checkpoint to resume from, or 'latest'")
+            .value("resume", "", "checkpoint to resume from, or 'latest'; the options that shape the run must be the run's own")
+            .value("stop-after-steps", "", "stop with a checkpoint once this many steps are done in all (continue with --resume latest)")
             .value("pictures", "3", "validation cases drawn as overlays at the end")
             .value("watchdog-seconds", "5", "watchdog poll interval")
             .value("max-temp", "95", "watchdog CPU temperature limit (degrees C)")
@@ -286,8 +298,28 @@ int dispatch(const std::string& command, const brats_cli::Options& o) {
     if (command == "evaluate") return evaluate_command(o);
     if (command == "train") {
         const RunInfo run = run_info_for_training(o);
-        fs::create_directories(o.str("out"));
-        run.write(fs::path(o.str("out")) / "run.cfg");
+        // An existing run is continued only with --resume and its own options; run.cfg is
+        // (re)written by the pipeline once the data and the checkpoint are accepted.
+        const fs::path recorded_file = fs::path(o.str("out")) / "run.cfg";
+        if (fs::exists(recorded_file)) {
+            if (!o.given("resume"))
+                throw brats_cli::UsageError("--out " + o.str("out") + " already holds a run (" + recorded_file.string() +
+                                            "): continue it with --resume latest, or train into a new --out");
+            std::vector<std::string> unrecorded;
+            const auto differences = resume_differences(RunInfo::read(recorded_file), run, unrecorded);
+            if (!differences.empty()) {
+                std::string list;
+                for (const auto& d : differences) list += (list.empty() ? "" : ", ") + d;
+                throw brats_cli::UsageError("--resume: " + list + " differ from the run in " + o.str("out") + " (" +
+                                            recorded_file.string() + "); resume with the run's options, or train into a new --out");
+            }
+            if (!unrecorded.empty()) {
+                std::string list;
+                for (const auto& u : unrecorded) list += (list.empty() ? "" : ", ") + u;
+                std::fprintf(stderr, "[WARN] %s predates recorded training options: %s not checked\n", recorded_file.c_str(),
+                             list.c_str());
+            }
+        }
         return run.model == "2d" ? train_2d(o, run) : train_3d(o, run);
     }
     const RunInfo run = RunInfo::read(fs::path(o.str("run")) / "run.cfg");

@@ -125,6 +125,7 @@ int Pipeline<C>::train(const brats_cli::Options& o, const RunInfo& run, Optimize
         if (it == s.end() || it->second.size() != 1 || it->second[0] != seed)
             throw std::runtime_error("--resume: the checkpoint was trained with another --seed");
     };
+    if (o.given("stop-after-steps")) to.stop_after_steps = o.integer("stop-after-steps", 1);
     optimizer.clip_norm = o.real("clip", 0.0);
     train::Trainer<Model, Optimizer> trainer(model, optimizer, to);
     if (o.given("resume")) {
@@ -135,10 +136,17 @@ int Pipeline<C>::train(const brats_cli::Options& o, const RunInfo& run, Optimize
             trainer.resume(from);
         }
     }
+    // The data opened, the checkpoint (if any) matched: this run is accepted.
+    run.write(out / "run.cfg");
     const auto result = trainer.fit(train_loader.provider<Model>(), val_x.empty() ? nullptr : &validation);
     if (result.interrupted) {
         std::fprintf(stderr, "[INFO] Interrupted; resume with --resume latest (last checkpoint %s)\n", result.last_checkpoint.c_str());
         return 130;
+    }
+    if (!result.completed) {
+        std::fprintf(stderr, "[INFO] Stopped after %ld steps as asked; continue with --resume latest (last checkpoint %s)\n",
+                     result.global_step, result.last_checkpoint.c_str());
+        return 0;
     }
 
     // Overlay pictures of a few validation cases, predicted whole.
