@@ -5,6 +5,10 @@
 # its own corrupt metadata. Prints "ours" otherwise: a fault in our code, or inside libhdf5 on a
 # buffer we allocated (a read into a too-small array of ours). Sanitizer runtime and libc
 # memory-copy frames are skipped: they run on behalf of their caller. No report at all is "ours".
+# The owner is the first frame of the allocation stack that is libhdf5, our code (lightunet::,
+# the fuzz targets) or libFuzzer's own machinery (fuzzer::), C++ library frames skipped. A wild
+# libhdf5 read that lands next to a chunk of libFuzzer's corpus bookkeeping (ASan names the
+# nearest chunk) is libhdf5's: the targets hand libhdf5 a file, never a libFuzzer buffer.
 set -euo pipefail
 [[ $# -eq 1 && -r $1 ]] || { echo "usage: fuzz_triage.sh SANITIZER_LOG (a readable file)" >&2; exit 2; }
 awk '
@@ -14,6 +18,14 @@ awk '
     /^    #[0-9]+ / {
         if ($0 ~ /__interceptor_|__asan|__sanitizer|\/sysdeps\/|libclang_rt| in (malloc|calloc|realloc|free|operator new|operator delete)/) next
         if (section == "fault" && fault == "") fault = ($0 ~ /libhdf5/) ? "hdf5" : "other"
-        if (section == "owner" && owner == "") owner = ($0 ~ /libhdf5/) ? "hdf5" : "other"
+        if (section == "owner" && owner == "") {
+            if ($0 ~ /libhdf5/) owner = "hdf5"
+            else if ($0 ~ / in fuzzer::/) owner = "libfuzzer"
+            else if ($0 ~ / in std::/) library_frames = 1  # decided by the frames below it
+            else owner = "other"
+        }
     }
-    END { print (fault == "hdf5" && owner != "other") ? "libhdf5" : "ours" }' "$1"
+    END {
+        if (owner == "" && library_frames) owner = "other"  # only C++ library frames: not provably libhdf5
+        print (fault == "hdf5" && owner != "other") ? "libhdf5" : "ours"
+    }' "$1"
