@@ -61,8 +61,9 @@ for target in nifti hdf5; do
         # The rule is scripts/fuzz_triage.sh, checked on saved reports by the fuzz_triage test.
         if [[ $("$root/scripts/fuzz_triage.sh" "$build_root/fuzz/$target.log") == libhdf5 ]]; then
             echo "fuzz: $target stopped on a fault inside libhdf5 on its own memory (not failing; input $build_root/fuzz/crash-$target-*):"
-            grep -m1 "ERROR: AddressSanitizer" "$build_root/fuzz/$target.log" | cut -c1-120
-            grep -E "^    #[0-9]+ .* in H5" "$build_root/fuzz/$target.log" | head -3
+            # A libhdf5 out-of-memory report has no AddressSanitizer line and no named H5 frames.
+            { grep -m1 -E "ERROR: (AddressSanitizer|libFuzzer)" "$build_root/fuzz/$target.log" | cut -c1-120; } || true
+            { grep -E "^    #[0-9]+ .* (in H5|libhdf5)" "$build_root/fuzz/$target.log" | head -3; } || true
         else
             echo "fuzz: $target FAILED, see $build_root/fuzz/$target.log; the input is $build_root/fuzz/crash-$target-*"
             sed -n "/ERROR: /,/SUMMARY/p" "$build_root/fuzz/$target.log" | head -60
