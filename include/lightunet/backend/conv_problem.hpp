@@ -118,6 +118,15 @@ inline bool overlap(const MemoryRange& a, const MemoryRange& b) {
     return false;
 }
 
+template <class T>
+MemoryRange source_range(const ChannelSource<T>& s, int images, std::size_t plane, int index) {
+    return memory_range(s.data, images, s.channels, s.image_stride, plane, "input source", index);
+}
+template <class T>
+MemoryRange sink_range(const ChannelSink<T>& s, int images, std::size_t plane, int index) {
+    return memory_range(static_cast<const T*>(s.data), images, s.channels, s.image_stride, plane, "input-gradient sink", index);
+}
+
 }  // namespace detail
 
 // Throws std::invalid_argument when the output overlaps an input source.
@@ -127,8 +136,7 @@ void check_conv_forward_memory(const ConvProblem& p, int images, std::span<const
     const std::size_t plane = p.extent.size();
     const auto out = detail::memory_range(output, images, p.cout, output_image_stride, plane, "the output", -1);
     for (std::size_t i = 0; i < input.size(); ++i) {
-        const auto in = detail::memory_range(input[i].data, images, input[i].channels, input[i].image_stride, plane,
-                                             "input source", int(i));
+        const auto in = detail::source_range(input[i], images, plane, int(i));
         if (detail::overlap(out, in)) detail::throw_overlap("conv_forward", p, out, in);
     }
 }
@@ -142,17 +150,14 @@ void check_conv_backward_memory(const ConvProblem& p, int images, std::span<cons
     const std::size_t plane = p.extent.size();
     const auto grad = detail::memory_range(grad_output, images, p.cout, grad_output_image_stride, plane, "the output gradient", -1);
     for (std::size_t i = 0; i < grad_input.size(); ++i) {
-        const auto sink = detail::memory_range(static_cast<const T*>(grad_input[i].data), images, grad_input[i].channels,
-                                               grad_input[i].image_stride, plane, "input-gradient sink", int(i));
+        const auto sink = detail::sink_range(grad_input[i], images, plane, int(i));
         if (detail::overlap(sink, grad)) detail::throw_overlap("conv_backward", p, sink, grad);
         for (std::size_t j = 0; j < input.size(); ++j) {
-            const auto in = detail::memory_range(input[j].data, images, input[j].channels, input[j].image_stride, plane,
-                                                 "input source", int(j));
+            const auto in = detail::source_range(input[j], images, plane, int(j));
             if (detail::overlap(sink, in)) detail::throw_overlap("conv_backward", p, sink, in);
         }
         for (std::size_t j = 0; j < i; ++j) {
-            const auto other = detail::memory_range(static_cast<const T*>(grad_input[j].data), images, grad_input[j].channels,
-                                                    grad_input[j].image_stride, plane, "input-gradient sink", int(j));
+            const auto other = detail::sink_range(grad_input[j], images, plane, int(j));
             if (detail::overlap(sink, other)) detail::throw_overlap("conv_backward", p, sink, other);
         }
     }

@@ -181,10 +181,9 @@ public:
     // Workspace sizes depend on it, so the next pass plans its buffers again.
     void set_conv_algorithm(ConvAlgorithm algorithm) {
         for_each_conv([&](Conv& c) { c.problem.algorithm = algorithm; });
-        algorithm_ = algorithm;
         planned_training_ = planned_eval_ = false;
     }
-    ConvAlgorithm conv_algorithm() const { return algorithm_; }
+    ConvAlgorithm conv_algorithm() const { return head_.problem.algorithm; }
 
 private:
     static void to_host(std::span<T> out, const Tensor<T, Backend>& t, std::size_t count, const char* what) {
@@ -407,7 +406,7 @@ private:
         const bool training = mode == Mode::train;
         if (s != planned_shape_) planned_training_ = planned_eval_ = false;
         if (training ? planned_training_ : planned_eval_) return;
-        const Plan p = make_plan(s, mode, algorithm_);
+        const Plan p = make_plan(s, mode, conv_algorithm());
         auto vec = [](std::size_t n) { return Shape{1, 1, 1, 1, int(n)}; };
         auto block_plan = [&](Block& b, const Shape& out, bool decoder) {
             if (training || !decoder) b.y2.resize(out);
@@ -680,7 +679,6 @@ private:
     std::array<Tensor<T, Backend>, depth> grad_y_, grad_mid_;
     std::array<Tensor<T, Backend>, depth - 1> grad_down_;
     Shape planned_shape_{};
-    ConvAlgorithm algorithm_ = ConvAlgorithm::automatic;
     bool planned_training_ = false, planned_eval_ = false;
 };
 

@@ -20,21 +20,22 @@ constexpr int output_group_channels(const PaddedLayout& l, int channels) {
 }
 
 // The problem's ConvAlgorithm picks the kernels; workspace sizes depend on the choice.
+// `fast_enough`: automatic's speed threshold for this pass (Fprop/Dgrad or Wgrad).
 template <class T>
-constexpr bool use_winograd(const ConvProblem& p) {
+constexpr bool choose_winograd(const ConvProblem& p, bool fast_enough) {
     switch (p.algorithm) {
         case ConvAlgorithm::direct: return false;
         case ConvAlgorithm::winograd: return winograd::computes<T>(p);
-        default: return winograd::applies<T>(p);
+        default: return fast_enough;
     }
 }
 template <class T>
+constexpr bool use_winograd(const ConvProblem& p) {
+    return choose_winograd<T>(p, winograd::applies<T>(p));
+}
+template <class T>
 constexpr bool use_winograd_weight_gradient(const ConvProblem& p) {
-    switch (p.algorithm) {
-        case ConvAlgorithm::direct: return false;
-        case ConvAlgorithm::winograd: return winograd::computes<T>(p);
-        default: return winograd::applies_to_weight_gradient<T>(p);
-    }
+    return choose_winograd<T>(p, winograd::applies_to_weight_gradient<T>(p));
 }
 
 // The data gradient is the convolution of the output gradient with the mirrored kernel, input
