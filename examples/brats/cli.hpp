@@ -16,6 +16,13 @@ struct UsageError : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
+// "a, b, c"
+inline std::string join(const std::vector<std::string>& v) {
+    std::string s;
+    for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
+    return s;
+}
+
 class Options {
 public:
     Options(std::string command, std::string summary) : command_(std::move(command)), summary_(std::move(summary)) {}
@@ -137,11 +144,6 @@ private:
         auto it = specs_.find(name);
         if (it == specs_.end()) throw std::logic_error("option --" + name + " was never declared");
         return it->second;
-    }
-    static std::string join(const std::vector<std::string>& v) {
-        std::string s;
-        for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
-        return s;
     }
     std::string command_, summary_;
     std::map<std::string, Spec> specs_;

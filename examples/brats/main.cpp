@@ -308,17 +308,12 @@ int dispatch(const std::string& command, const brats_cli::Options& o) {
             std::vector<std::string> unrecorded;
             const auto differences = resume_differences(RunInfo::read(recorded_file), run, unrecorded);
             if (!differences.empty()) {
-                std::string list;
-                for (const auto& d : differences) list += (list.empty() ? "" : ", ") + d;
-                throw brats_cli::UsageError("--resume: " + list + " differ from the run in " + o.str("out") + " (" +
+                throw brats_cli::UsageError("--resume: " + brats_cli::join(differences) + " differ from the run in " + o.str("out") + " (" +
                                             recorded_file.string() + "); resume with the run's options, or train into a new --out");
             }
-            if (!unrecorded.empty()) {
-                std::string list;
-                for (const auto& u : unrecorded) list += (list.empty() ? "" : ", ") + u;
+            if (!unrecorded.empty())
                 std::fprintf(stderr, "[WARN] %s predates recorded training options: %s not checked\n", recorded_file.c_str(),
-                             list.c_str());
-            }
+                             brats_cli::join(unrecorded).c_str());
         }
         return run.model == "2d" ? train_2d(o, run) : train_3d(o, run);
     }
