@@ -12,24 +12,16 @@
 #include <lightunet/lightunet.hpp>
 
 #include "test_paths.hpp"
+#include "test_support.hpp"
 
 using namespace lightunet;
+using lightunet::testing::read_raw;
 
 namespace {
 
 // Read at run time (tests/test_paths.hpp), so called from the test cases, not at static init.
 std::string fixture_dir() { return (lightunet_test::source_dir() / "tests" / "fixtures").string() + "/"; }
 
-template <class T>
-std::vector<T> read_raw(const std::string& path) {
-    std::ifstream f(path, std::ios::binary);
-    REQUIRE(f.good());
-    std::vector<char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-    REQUIRE(bytes.size() % sizeof(T) == 0);
-    std::vector<T> v(bytes.size() / sizeof(T));
-    std::memcpy(v.data(), bytes.data(), bytes.size());
-    return v;
-}
 
 std::map<std::string, std::string> read_config(const std::string& path) {
     std::ifstream f(path);

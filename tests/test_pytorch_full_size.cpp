@@ -181,16 +181,6 @@ std::map<std::string, std::string> read_key_values(const std::string& path, char
     return kv;
 }
 
-std::vector<double> read_f64(const std::string& path) {
-    std::ifstream f(path, std::ios::binary);
-    INFO("reading " << path);
-    REQUIRE(f.good());
-    std::vector<char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-    REQUIRE(bytes.size() % sizeof(double) == 0);
-    std::vector<double> v(bytes.size() / sizeof(double));
-    std::memcpy(v.data(), bytes.data(), bytes.size());
-    return v;
-}
 
 struct ParamTensor {
     std::string name, kind;
@@ -443,8 +433,8 @@ Case load_case() {
         }
     }
     REQUIRE(c.refs.size() == 2 + c.params_txt.size());
-    c.samples = read_f64(dir + "samples.f64");
-    c.projections_ref = read_f64(dir + "projections.f64");
+    c.samples = lightunet::testing::read_raw<double>(dir + "samples.f64");
+    c.projections_ref = lightunet::testing::read_raw<double>(dir + "projections.f64");
     std::size_t total_samples = 0;
     for (const auto& r : c.refs) total_samples += r.samples;
     REQUIRE(c.samples.size() == total_samples);
@@ -518,126 +508,122 @@ TEST_CASE("2D regions U-Net at 240 x 240, widths 32..512, float: forward and gra
     const auto& proj = c.projections_ref;
     using Net = UNet<full_size_cfg, cpu, float>;
 
-    // Our network.
+    // Our network, through every convolution path: the library's own choice per convolution,
+    // and direct or Winograd forced through the whole network. Training-mode passes leave the
+    // parameters as they are, so one network serves all three.
     auto net = std::make_unique<Net>(1);
-    // The library's own choice per convolution; LIGHTUNET_CONV_ALGORITHM=direct|winograd forces one
-    // path through the whole network (README.md's table has all three).
-    ConvAlgorithm algorithm = ConvAlgorithm::automatic;
-    if (const char* a = std::getenv("LIGHTUNET_CONV_ALGORITHM")) {
-        const std::string name = a;
-        REQUIRE((name == "automatic" || name == "direct" || name == "winograd"));
-        algorithm = name == "direct" ? ConvAlgorithm::direct : name == "winograd" ? ConvAlgorithm::winograd : ConvAlgorithm::automatic;
-    }
-    net->set_conv_algorithm(algorithm);
     std::copy(c.params.begin(), c.params.end(), net->parameters().begin());
     Tensor<float> x(shape);
     std::copy(c.input.begin(), c.input.end(), x.begin());
     Net::Labels y(Shape{shape.n, full_size_cfg.classes, 1, shape.h, shape.w});
     REQUIRE(y.size() == c.labels.size());
     std::copy(c.labels.begin(), c.labels.end(), y.begin());
+    for (const ConvAlgorithm algorithm : {ConvAlgorithm::automatic, ConvAlgorithm::direct, ConvAlgorithm::winograd}) {
+        INFO("convolutions: " << to_string(algorithm));
+        net->set_conv_algorithm(algorithm);
+        const auto& probs = net->forward(x, Mode::train);
+        const std::vector<float> output(probs.data(), probs.data() + probs.size());
+        Tensor<float> input_grad;
+        const double loss = net->backward(x, y, full_size_loss, &input_grad);
+        const auto grads = net->gradients();
 
-    const auto& probs = net->forward(x, Mode::train);
-    const std::vector<float> output(probs.data(), probs.data() + probs.size());
-    Tensor<float> input_grad;
-    const double loss = net->backward(x, y, full_size_loss, &input_grad);
-    const auto grads = net->gradients();
+        // Compare.
+        const double loss_err = std::abs(loss - want_loss) / std::abs(want_loss);
+        std::printf("full-size fp32 (%s convolutions) vs PyTorch fp64: loss %.9g (reference %.9g), relative error %.2e "
+                    "(PyTorch fp32 %.2e)\n",
+                    to_string(algorithm), loss, want_loss, loss_err, std::abs(torch_f32_loss - want_loss) / std::abs(want_loss));
+        CHECK(loss_err < loss_tolerance);
 
-    // Compare.
-    const double loss_err = std::abs(loss - want_loss) / std::abs(want_loss);
-    std::printf("full-size fp32 (%s convolutions) vs PyTorch fp64: loss %.9g (reference %.9g), relative error %.2e "
-                "(PyTorch fp32 %.2e)\n",
-                to_string(algorithm), loss, want_loss, loss_err, std::abs(torch_f32_loss - want_loss) / std::abs(want_loss));
-    CHECK(loss_err < loss_tolerance);
-
-    // One row per tensor: output, input gradient, then the parameter gradients.
-    struct Row {
-        std::string name;
-        double error = 0, tolerance = 0, torch = 0;  // cancelled biases: |grad| / (|dW| / sqrt(fan_in))
-        Errors e;
-        bool cancelled = false;
-    };
-    std::vector<Row> rows;
-    std::size_t sample_at = 0;
-    for (std::size_t t = 0; t < refs.size(); ++t) {
-        const Reference& r = refs[t];
-        const double* ref_samples = samples.data() + sample_at;
-        const double* ref_proj = proj.data() + t * std::size_t(projections);
-        sample_at += r.samples;
-        std::span<const float> got;
-        if (t == 0) got = {output.data(), output.size()};
-        else if (t == 1) got = {input_grad.data(), input_grad.size()};
-        else {
-            const ParamTensor& p = params_txt[t - 2];
-            REQUIRE(p.name == r.name);
-            got = {grads.data() + p.offset, p.count};
+        // One row per tensor: output, input gradient, then the parameter gradients.
+        struct Row {
+            std::string name;
+            double error = 0, tolerance = 0, torch = 0;  // cancelled biases: |grad| / (|dW| / sqrt(fan_in))
+            Errors e;
+            bool cancelled = false;
+        };
+        std::vector<Row> rows;
+        std::size_t sample_at = 0;
+        for (std::size_t t = 0; t < refs.size(); ++t) {
+            const Reference& r = refs[t];
+            const double* ref_samples = samples.data() + sample_at;
+            const double* ref_proj = proj.data() + t * std::size_t(projections);
+            sample_at += r.samples;
+            std::span<const float> got;
+            if (t == 0) got = {output.data(), output.size()};
+            else if (t == 1) got = {input_grad.data(), input_grad.size()};
+            else {
+                const ParamTensor& p = params_txt[t - 2];
+                REQUIRE(p.name == r.name);
+                got = {grads.data() + p.offset, p.count};
+            }
+            Row row;
+            row.name = r.name;
+            INFO("tensor " << t << " " << r.name << " (" << r.count << " values, reference L2 norm " << r.norm << ")");
+            // A conv bias followed by batch norm (not the transposed convs' biases: their outputs go
+            // through a zero-padded 3x3 conv first, so only the interior cancels): d bias = 0 in exact
+            // arithmetic, checked against the same conv's weight gradient (see cancelled_bias_tolerance).
+            row.cancelled = t >= 2 && full_size_cfg.norm == Norm::batch && r.name.ends_with(".bias") &&
+                            r.name.find(".conv") != std::string::npos && !r.name.starts_with("ups.");
+            if (row.cancelled) {
+                const ParamTensor& weight = params_txt[t - 3];
+                REQUIRE(weight.name == r.name.substr(0, r.name.size() - 5) + ".weight");
+                const std::size_t fan_in = weight.count / std::size_t(weight.shape[0]);
+                const double scale = refs[t - 1].norm / std::sqrt(double(fan_in));
+                double sq = 0;
+                for (float v : got) sq += double(v) * double(v);
+                row.error = std::sqrt(sq) / scale;
+                row.torch = r.torch_f32_err * r.norm / scale;  // PyTorch float32's |grad|, as the reference is ~0
+                row.tolerance = cancelled_bias_tolerance;
+                INFO("batch norm cancels this bias: |grad| " << std::sqrt(sq) << " is " << row.error << " of |dW| / sqrt(fan_in) = "
+                                                             << scale << ", tolerance " << row.tolerance << " (PyTorch float32 "
+                                                             << row.torch << ", float64 " << r.norm / scale << ")");
+                CHECK(r.norm / scale < 1e-10);  // the float64 reference is rounding noise too
+                CHECK(row.error < row.tolerance);
+            } else {
+                row.e = compare<float>(got, r, ref_samples, ref_proj, seed, t, projections);
+                row.error = row.e.worst();
+                row.torch = r.torch_f32_err;
+                row.tolerance = std::clamp(tolerance_factor * r.torch_f32_err, tolerance_floor, tolerance_cap);
+                INFO("relative errors: projection " << row.e.projection << ", sample " << row.e.sample << ", norm " << row.e.norm
+                                                    << ", sum " << row.e.sum << "; tolerance " << row.tolerance
+                                                    << " (PyTorch float32: " << r.torch_f32_err << ")");
+                CHECK(row.error < row.tolerance);
+            }
+            rows.push_back(row);
         }
-        Row row;
-        row.name = r.name;
-        INFO("tensor " << t << " " << r.name << " (" << r.count << " values, reference L2 norm " << r.norm << ")");
-        // A conv bias followed by batch norm (not the transposed convs' biases: their outputs go
-        // through a zero-padded 3x3 conv first, so only the interior cancels): d bias = 0 in exact
-        // arithmetic, checked against the same conv's weight gradient (see cancelled_bias_tolerance).
-        row.cancelled = t >= 2 && full_size_cfg.norm == Norm::batch && r.name.ends_with(".bias") &&
-                        r.name.find(".conv") != std::string::npos && !r.name.starts_with("ups.");
-        if (row.cancelled) {
-            const ParamTensor& weight = params_txt[t - 3];
-            REQUIRE(weight.name == r.name.substr(0, r.name.size() - 5) + ".weight");
-            const std::size_t fan_in = weight.count / std::size_t(weight.shape[0]);
-            const double scale = refs[t - 1].norm / std::sqrt(double(fan_in));
-            double sq = 0;
-            for (float v : got) sq += double(v) * double(v);
-            row.error = std::sqrt(sq) / scale;
-            row.torch = r.torch_f32_err * r.norm / scale;  // PyTorch float32's |grad|, as the reference is ~0
-            row.tolerance = cancelled_bias_tolerance;
-            INFO("batch norm cancels this bias: |grad| " << std::sqrt(sq) << " is " << row.error << " of |dW| / sqrt(fan_in) = "
-                                                         << scale << ", tolerance " << row.tolerance << " (PyTorch float32 "
-                                                         << row.torch << ", float64 " << r.norm / scale << ")");
-            CHECK(r.norm / scale < 1e-10);  // the float64 reference is rounding noise too
-            CHECK(row.error < row.tolerance);
-        } else {
-            row.e = compare<float>(got, r, ref_samples, ref_proj, seed, t, projections);
-            row.error = row.e.worst();
-            row.torch = r.torch_f32_err;
-            row.tolerance = std::clamp(tolerance_factor * r.torch_f32_err, tolerance_floor, tolerance_cap);
-            INFO("relative errors: projection " << row.e.projection << ", sample " << row.e.sample << ", norm " << row.e.norm
-                                                << ", sum " << row.e.sum << "; tolerance " << row.tolerance
-                                                << " (PyTorch float32: " << r.torch_f32_err << ")");
-            CHECK(row.error < row.tolerance);
-        }
-        rows.push_back(row);
-    }
 
-    // Summary; every tensor when something failed or LIGHTUNET_FULL_SIZE_TABLE is set.
-    auto worst = [&](bool cancelled, std::size_t from, std::size_t to, auto key) {
-        const Row* w = nullptr;
-        for (std::size_t i = from; i < std::min(to, rows.size()); ++i)
-            if (rows[i].cancelled == cancelled && (!w || key(rows[i]) > key(*w))) w = &rows[i];
-        return w;
-    };
-    const auto error = [](const Row& r) { return r.error; };
-    const auto ratio = [](const Row& r) { return r.error / r.torch; };
-    const auto margin = [](const Row& r) { return r.error / r.tolerance; };
-    std::printf("  probabilities: relative L2 error %.2e (PyTorch float32 %.2e); input gradient %.2e (PyTorch float32 %.2e)\n",
-                rows[0].error, rows[0].torch, rows[1].error, rows[1].torch);
-    if (const Row* w = worst(false, 2, rows.size(), error))
-        std::printf("  parameter gradients: worst relative error %.2e (%s, PyTorch float32 %.2e)\n", w->error, w->name.c_str(),
-                    w->torch);
-    if (const Row* w = worst(false, 2, rows.size(), ratio))
-        std::printf("  parameter gradients: worst ratio to PyTorch float32's error %.1f (%s: %.2e vs %.2e)\n", ratio(*w),
-                    w->name.c_str(), w->error, w->torch);
-    if (const Row* w = worst(true, 2, rows.size(), error))
-        std::printf("  conv biases before batch norm: worst |grad| %.2e of |dW|/sqrt(fan_in) (%s, PyTorch float32 %.2e)\n",
-                    w->error, w->name.c_str(), w->torch);
-    const Row* closest = worst(false, 0, rows.size(), margin);
-    const Row* closest_bias = worst(true, 0, rows.size(), margin);
-    if (closest && closest_bias && margin(*closest_bias) > margin(*closest)) closest = closest_bias;
-    if (closest)
-        std::printf("  closest to its tolerance: %s at %.2f of it\n", closest->name.c_str(), margin(*closest));
-    if (std::getenv("LIGHTUNET_FULL_SIZE_TABLE") || std::any_of(rows.begin(), rows.end(), [](const Row& r) { return !(r.error < r.tolerance); })) {
-        std::printf("  %-20s %10s %10s %10s %10s %10s %10s %10s\n", "tensor", "projection", "sample", "norm", "sum", "error",
-                    "tolerance", "torch f32");
-        for (const Row& r : rows)
-            std::printf("  %-20s %10.2e %10.2e %10.2e %10.2e %10.2e %10.2e %10.2e%s\n", r.name.c_str(), r.e.projection,
-                        r.e.sample, r.e.norm, r.e.sum, r.error, r.tolerance, r.torch, r.error < r.tolerance ? "" : "  FAILED");
+        // Summary; every tensor when something failed or LIGHTUNET_FULL_SIZE_TABLE is set.
+        auto worst = [&](bool cancelled, std::size_t from, std::size_t to, auto key) {
+            const Row* w = nullptr;
+            for (std::size_t i = from; i < std::min(to, rows.size()); ++i)
+                if (rows[i].cancelled == cancelled && (!w || key(rows[i]) > key(*w))) w = &rows[i];
+            return w;
+        };
+        const auto error = [](const Row& r) { return r.error; };
+        const auto ratio = [](const Row& r) { return r.error / r.torch; };
+        const auto margin = [](const Row& r) { return r.error / r.tolerance; };
+        std::printf("  probabilities: relative L2 error %.2e (PyTorch float32 %.2e); input gradient %.2e (PyTorch float32 %.2e)\n",
+                    rows[0].error, rows[0].torch, rows[1].error, rows[1].torch);
+        if (const Row* w = worst(false, 2, rows.size(), error))
+            std::printf("  parameter gradients: worst relative error %.2e (%s, PyTorch float32 %.2e)\n", w->error, w->name.c_str(),
+                        w->torch);
+        if (const Row* w = worst(false, 2, rows.size(), ratio))
+            std::printf("  parameter gradients: worst ratio to PyTorch float32's error %.1f (%s: %.2e vs %.2e)\n", ratio(*w),
+                        w->name.c_str(), w->error, w->torch);
+        if (const Row* w = worst(true, 2, rows.size(), error))
+            std::printf("  conv biases before batch norm: worst |grad| %.2e of |dW|/sqrt(fan_in) (%s, PyTorch float32 %.2e)\n",
+                        w->error, w->name.c_str(), w->torch);
+        const Row* closest = worst(false, 0, rows.size(), margin);
+        const Row* closest_bias = worst(true, 0, rows.size(), margin);
+        if (closest && closest_bias && margin(*closest_bias) > margin(*closest)) closest = closest_bias;
+        if (closest)
+            std::printf("  closest to its tolerance: %s at %.2f of it\n", closest->name.c_str(), margin(*closest));
+        if (std::getenv("LIGHTUNET_FULL_SIZE_TABLE") || std::any_of(rows.begin(), rows.end(), [](const Row& r) { return !(r.error < r.tolerance); })) {
+            std::printf("  %-20s %10s %10s %10s %10s %10s %10s %10s\n", "tensor", "projection", "sample", "norm", "sum", "error",
+                        "tolerance", "torch f32");
+            for (const Row& r : rows)
+                std::printf("  %-20s %10.2e %10.2e %10.2e %10.2e %10.2e %10.2e %10.2e%s\n", r.name.c_str(), r.e.projection,
+                            r.e.sample, r.e.norm, r.e.sum, r.error, r.tolerance, r.torch, r.error < r.tolerance ? "" : "  FAILED");
+        }
     }
 }

@@ -5,7 +5,9 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <exception>
+#include <fstream>
 #include <iterator>
 #include <string>
 #include <type_traits>
@@ -32,6 +34,19 @@ public:
 private:
     detail::SplitMix64 bits_;
 };
+
+// A fixture file of raw values of T (native byte order), whole.
+template <class T>
+std::vector<T> read_raw(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    INFO("reading " << path);
+    REQUIRE(f.good());
+    std::vector<char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    REQUIRE(bytes.size() % sizeof(T) == 0);
+    std::vector<T> v(bytes.size() / sizeof(T));
+    std::memcpy(v.data(), bytes.data(), bytes.size());
+    return v;
+}
 
 template <class Range>
 void fill_uniform(Range& r, Rng& rng, double lo = -1.0, double hi = 1.0) {
