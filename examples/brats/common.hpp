@@ -52,13 +52,21 @@ private:
 };
 
 // --data is a store file, or a folder of NIfTI cases / Kaggle slices that is converted into
-// `<run>/store.h5` first (streaming, so a large dataset is never held in memory).
+// `<run>/store.h5` first (streaming, so a large dataset is never held in memory). A store left
+// there by an earlier start of the run is reused while the folder is unchanged (same files,
+// sizes and modification times, same conversion settings).
 inline std::unique_ptr<io::StoreSource> open_training_data(const fs::path& data_path, const fs::path& run_dir, bool skip_bad) {
     if (fs::is_regular_file(data_path)) return std::make_unique<io::StoreSource>(data_path);
     if (!fs::is_directory(data_path)) throw std::runtime_error(data_path.string() + ": no such file or folder");
     const fs::path store = run_dir / "store.h5";
     io::ConvertOptions options;
     options.skip_bad_cases = skip_bad;
+    const std::string problem = io::store_reuse_problem(store, data_path, options);
+    if (problem.empty()) {
+        std::fprintf(stderr, "[INFO] Reusing %s: %s is unchanged since it was converted\n", store.c_str(), data_path.c_str());
+        return std::make_unique<io::StoreSource>(store);
+    }
+    if (fs::exists(store)) std::fprintf(stderr, "[INFO] Converting %s again: %s\n", data_path.c_str(), problem.c_str());
     options.progress = [](const std::string& id, std::size_t done, std::size_t total) {
         std::fprintf(stderr, "\r[INFO] Converting %zu/%zu %-40s", done, total, id.c_str());
         if (done == total) std::fprintf(stderr, "\n");

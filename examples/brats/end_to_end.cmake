@@ -60,9 +60,10 @@ run_refused("--resume: --patch 32x32 .the run has 64x64., --seed 9 .the run has 
 run_refused("--resume: --loss dice .the run has dice_ce., --no-augment on .the run has off. differ"
     "${BRATS}" train ${same} --patch 64x64 --epochs 3 --loss dice --no-augment --resume latest)
 # The third epoch, resumed from the latest checkpoint with the run's options (--lr 1e-3 is the
-# default 0.001; --data may move: the store instead of the folder).
-run_expecting("Resumed from [^\n]*checkpoints/[^\n]* at epoch 3"
-    "${BRATS}" train ${same} --patch 64x64 --epochs 3 --lr 1e-3 --pictures 1 --resume latest)
+# default 0.001), from the folder again: its store in the run is reused, not converted again.
+run_expecting("Reusing [^\n]*run/store.h5[^\n]* unchanged since it was converted.*Resumed from [^\n]*checkpoints/[^\n]* at epoch 3"
+    "${BRATS}" train --data "${WORK}/train" --out "${WORK}/run" --batch 2 --steps-per-epoch 2 --val-batches 1 --no-progress
+    --patch 64x64 --epochs 3 --lr 1e-3 --pictures 1 --resume latest)
 expect_lines("${WORK}/run/metrics.csv" 4 "header + 3 epochs")
 if(NOT EXISTS "${WORK}/run/pictures")
     message(FATAL_ERROR "the finished run drew no pictures")

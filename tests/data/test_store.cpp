@@ -377,3 +377,49 @@ TEST_CASE("Store from the real BraTS cases keeps their geometry", "[io][store][r
         }
     }
 }
+
+TEST_CASE("A converted store is reused only while its folder and settings are unchanged", "[io][store][reuse]") {
+    ScratchDir dir("store-reuse");
+    const data::Case a = test::make_test_case("Brats18_A_1", {16, 14, 10}, 11);
+    const data::Case b = test::make_test_case("Brats18_B_1", {16, 14, 10}, 12);
+    const io::CaseFiles a_files = io::write_case(dir / "in" / a.id, a, io::Naming::brats2018);
+    const fs::path store = dir / "store.h5";
+    io::ConvertOptions options;
+    CHECK_THAT(io::store_reuse_problem(store, dir / "in", options), Catch::Contains("no store"));
+    io::convert_to_store(dir / "in", store, options);
+    CHECK(io::store_reuse_problem(store, dir / "in", options).empty());
+    // The manifest names every input file with its size.
+    const std::string manifest = io::StoreSource(store).source_manifest();
+    CHECK_THAT(manifest, Catch::Contains("Brats18_A_1/Brats18_A_1_flair.nii.gz\t" + std::to_string(fs::file_size(a_files.images[3]))));
+    CHECK_THAT(manifest, Catch::Contains("Brats18_A_1/Brats18_A_1_seg.nii.gz"));
+
+    io::ConvertOptions other = options;
+    other.skip_bad_cases = true;
+    CHECK_THAT(io::store_reuse_problem(store, dir / "in", other), Catch::Contains("conversion settings differ") && Catch::Contains("skip_bad=1"));
+    other = options;
+    other.store.margin = 2;
+    CHECK_THAT(io::store_reuse_problem(store, dir / "in", other), Catch::Contains("margin=2"));
+
+    // A rewritten file: same size, only its modification time moves.
+    fs::last_write_time(a_files.labels, fs::last_write_time(a_files.labels) + std::chrono::seconds(3));
+    CHECK_THAT(io::store_reuse_problem(store, dir / "in", options), Catch::Equals("1 file rewritten (Brats18_A_1/Brats18_A_1_seg.nii.gz)"));
+    io::convert_to_store(dir / "in", store, options);
+    CHECK(io::store_reuse_problem(store, dir / "in", options).empty());
+
+    io::write_case(dir / "in" / b.id, b, io::Naming::brats2018);
+    CHECK_THAT(io::store_reuse_problem(store, dir / "in", options), Catch::StartsWith("5 files added (Brats18_B_1/"));
+    io::convert_to_store(dir / "in", store, options);
+    CHECK(io::store_reuse_problem(store, dir / "in", options).empty());
+    fs::remove_all(dir / "in" / b.id);
+    CHECK_THAT(io::store_reuse_problem(store, dir / "in", options), Catch::StartsWith("5 files removed (Brats18_B_1/"));
+
+    // A store written case by case records no folder, and an unreadable one is not reused.
+    {
+        io::StoreWriter writer(dir / "by_hand.h5");
+        writer.add(a, data::Edition::brats2017_2021, {});
+        writer.finish();
+    }
+    CHECK_THAT(io::store_reuse_problem(dir / "by_hand.h5", dir / "in", options), Catch::Contains("no source manifest"));
+    test::write_bytes(dir / "torn.h5", std::vector<char>(64, 't'));
+    CHECK_THAT(io::store_reuse_problem(dir / "torn.h5", dir / "in", options), Catch::Contains("unreadable") && Catch::Contains("torn.h5"));
+}

@@ -19,6 +19,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -30,6 +31,7 @@
 #include "hdf5_support.hpp"
 #include "kaggle_h5.hpp"
 #include "nifti.hpp"
+#include "source_manifest.hpp"
 
 namespace lightunet::io {
 
@@ -262,6 +264,14 @@ public:
         write_case(stored, info);
     }
 
+    // Keeps the manifest of the folder the cases came from (source_manifest.hpp), so a later run
+    // can tell whether the store still matches the folder.
+    void record_source_manifest(const std::string& manifest) {
+        detail::H5Lock lock;
+        detail::write_dataset(h5_.get(), "source_manifest", {hsize_t(manifest.size())}, {}, H5T_STD_U8LE,
+                              reinterpret_cast<const std::uint8_t*>(manifest.data()), false, 0, partial_.string());
+    }
+
     // Records the cases left out (id or path, and why) and makes the file final.
     void finish(const std::vector<std::string>& skipped = {}) {
         using namespace detail;
@@ -369,6 +379,24 @@ struct ConvertOptions {
     KaggleVolumeOptions kaggle;      // channel order (checked), depth, missing slices
     bool skip_bad_cases = false;     // convert the rest and report the bad ones
     std::function<void(const std::string& id, std::size_t done, std::size_t total)> progress;
+
+    // Every setting that changes what a conversion writes, on one line (the store's manifest
+    // records it, so a store converted otherwise is not reused).
+    std::string settings_text() const {
+        std::ostringstream text;
+        text << "store_version=" << kStoreVersion << " chunk=" << store.chunk[0] << ',' << store.chunk[1] << ',' << store.chunk[2]
+             << " gzip=" << store.gzip_level << " shuffle=" << store.shuffle << " margin=" << store.margin
+             << " max_foreground=" << store.max_foreground_per_class
+             << " label_map=" << (nifti.label_map ? nifti.label_map->describe() : std::string("edition"))
+             << " require_labels=" << nifti.require_labels << " affine_tolerance_mm=" << nifti.affine_tolerance_mm
+             << " kaggle_channels=";
+        for (const data::Modality m : kaggle.read.channels.image) text << int(m);
+        text << " kaggle_mask_classes=";
+        for (const int k : kaggle.read.channels.mask_classes) text << k;
+        text << " channel_check=" << kaggle.read.verify_channel_order << " depth=" << kaggle.depth
+             << " missing=" << int(kaggle.missing) << " skip_bad=" << skip_bad_cases;
+        return text.str();
+    }
 };
 
 struct ConvertReport {
@@ -379,25 +407,13 @@ struct ConvertReport {
 // Converts a folder of NIfTI cases (any mix of both namings, found recursively) or of Kaggle
 // `volume_<v>_slice_<s>.h5` files into one store file. A bad case raises DataError (naming its
 // file) unless skip_bad_cases, in which case it is left out, listed in the report and in the
-// store's `skipped_cases` attribute. A folder holding neither layout, or both, raises.
+// store's `skipped_cases` attribute. A folder holding neither layout, or both, raises. The store
+// records the folder's manifest (source_manifest.hpp) as it was before reading.
 inline ConvertReport convert_to_store(const fs::path& input, const fs::path& store_file, const ConvertOptions& options = {}) {
-    std::error_code error;
-    if (!fs::is_directory(input, error)) throw data::DataError(input.string() + ": not a folder");
-    std::vector<CaseFiles> nifti_cases;
-    try {
-        nifti_cases = find_cases(input);
-    } catch (const data::DataError& problem) {
-        if (std::string(problem.what()).find("no BraTS case files") == std::string::npos) throw;
-    }
-    std::map<int, std::map<int, fs::path>> kaggle_volumes;
-    bool has_kaggle = false;
-    for (const fs::directory_entry& entry : fs::directory_iterator(input, error))
-        if (entry.path().extension() == ".h5" && entry.path().filename().string().rfind("volume_", 0) == 0) has_kaggle = true;
-    if (has_kaggle) kaggle_volumes = group_kaggle_slices(input);
-    if (nifti_cases.empty() && kaggle_volumes.empty())
-        throw data::DataError(input.string() + ": no BraTS NIfTI cases and no Kaggle volume_<v>_slice_<s>.h5 files");
-    if (!nifti_cases.empty() && !kaggle_volumes.empty())
-        throw data::DataError(input.string() + ": holds both NIfTI cases and Kaggle slices; convert them separately");
+    const ConvertInputs inputs = find_convert_inputs(input);
+    const std::string manifest = source_manifest(input, inputs, options.settings_text());
+    const std::vector<CaseFiles>& nifti_cases = inputs.nifti;
+    const std::map<int, std::map<int, fs::path>>& kaggle_volumes = inputs.kaggle;
 
     ConvertReport report;
     StoreWriter writer(store_file, options.store);
@@ -434,6 +450,7 @@ inline ConvertReport convert_to_store(const fs::path& input, const fs::path& sto
                               (report.skipped.empty() ? std::string("none") : report.skipped.front().second) + ")");
     std::vector<std::string> skipped;
     for (const auto& [label, reason] : report.skipped) skipped.push_back(label + ": " + reason);
+    writer.record_source_manifest(manifest);
     writer.finish(skipped);
     return report;
 }
@@ -474,6 +491,26 @@ public:
             throw std::out_of_range(file_.string() + ": case index " + std::to_string(index) + " of " + std::to_string(infos_.size()));
         return infos_[index];
     }
+    // The manifest of the folder the store was converted from; empty for a store written case by
+    // case (StoreWriter::add) or by an older version.
+    std::string source_manifest() const {
+        using namespace detail;
+        const std::string context = file_.string() + ": /source_manifest";
+        H5Lock lock;
+        if (H5Lexists(h5_.get(), "source_manifest", H5P_DEFAULT) <= 0) {
+            H5Eclear2(H5E_DEFAULT);
+            return {};
+        }
+        H5Handle dataset = open_dataset(h5_.get(), "source_manifest", file_.string());
+        const std::vector<hsize_t> dims = dataset_dims(dataset.get(), context);
+        const StoredType type = dataset_type(dataset.get(), context);
+        if (dims.size() != 1 || dims[0] > (hsize_t(1) << 30) || type.type_class != H5T_INTEGER || type.bytes != 1)
+            throw data::DataError(context + ": expected a 1-D uint8 dataset, found " + type.describe() + " " + dims_text(dims));
+        std::vector<std::uint8_t> bytes(dims[0]);
+        if (!bytes.empty()) read_whole(dataset.get(), bytes, context);
+        return std::string(bytes.begin(), bytes.end());
+    }
+
     // Cases the converter left out, "id: reason".
     const std::vector<std::string>& skipped_cases() const { return skipped_; }
     const fs::path& file() const { return file_; }
@@ -656,5 +693,21 @@ private:
     std::vector<StoredCaseInfo> infos_;
     std::vector<std::string> skipped_;
 };
+
+// Why `store_file` cannot stand for a conversion of `input` with `options` now ("" when it can):
+// no store, an unreadable one, one without a manifest, or a folder or settings that changed.
+inline std::string store_reuse_problem(const fs::path& store_file, const fs::path& input, const ConvertOptions& options = {}) {
+    std::error_code error;
+    if (!fs::is_regular_file(store_file, error)) return "no store " + store_file.string() + " yet";
+    std::string recorded;
+    try {
+        recorded = StoreSource(store_file).source_manifest();
+    } catch (const data::DataError& problem) {
+        return std::string("the store is unreadable (") + problem.what() + ")";
+    }
+    if (recorded.empty()) return "the store records no source manifest (written by an older version, or case by case)";
+    const std::string current = source_manifest(input, find_convert_inputs(input), options.settings_text());
+    return manifest_difference(recorded, current);
+}
 
 }  // namespace lightunet::io
