@@ -27,6 +27,16 @@ function(expect_lines file expected what)
 endfunction()
 run("${BRATS}" synth --out "${WORK}/train" --cases 4 --extent 64x64x32 --seed 3)
 run("${BRATS}" synth --out "${WORK}/test" --cases 2 --extent 64x64x32 --seed 99 --layout nifti2023 --prefix BraTS-GLI)
+# convert: a case without its FLAIR stops the conversion (status 1, naming the case), unless
+# --skip-bad, which asked for exactly this: status 0, the case listed.
+file(COPY "${WORK}/train/Synth_001" "${WORK}/train/Synth_002" DESTINATION "${WORK}/with_bad")
+file(REMOVE "${WORK}/with_bad/Synth_002/Synth_002_flair.nii.gz")
+execute_process(COMMAND "${BRATS}" convert --data "${WORK}/with_bad" --out "${WORK}/with_bad.h5" RESULT_VARIABLE rc ERROR_VARIABLE err)
+if(NOT rc EQUAL 1 OR NOT err MATCHES "Synth_002_flair")
+    message(FATAL_ERROR "convert of a case without FLAIR: expected status 1 naming Synth_002_flair, got ${rc}:\n${err}")
+endif()
+run_expecting("Converted 1 cases into [^\n]*with_bad.h5 .1 skipped.\n\\[WARN\\] skipped Synth_002: [^\n]*missing modality flair"
+    "${BRATS}" convert --data "${WORK}/with_bad" --out "${WORK}/with_bad.h5" --skip-bad)
 # A run of 3 epochs stopped after 2 (--stop-after-steps), as a killed or interrupted one would be.
 run_expecting("Stopped after 4 steps as asked"
     "${BRATS}" train --data "${WORK}/train" --out "${WORK}/run" --patch 64x64 --batch 2 --epochs 3 --steps-per-epoch 2

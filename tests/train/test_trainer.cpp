@@ -1,6 +1,8 @@
 #include <catch2/catch.hpp>
 
 #include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -241,6 +243,81 @@ TEST_CASE("Signals and autosave write checkpoints at step boundaries", "[trainer
     struct sigaction now {};
     sigaction(SIGTERM, nullptr, &now);
     CHECK(now.sa_handler == before.sa_handler);  // the previous handler is back
+}
+
+TEST_CASE("A stop during validation saves the epoch's steps and validates on resume", "[trainer]") {
+    test::ScratchDir dir("trainer_stop_validation");
+    const auto train = blobs(1, 3, 2);
+    const auto val = blobs(999, 4, 2);
+    Captured log;
+    TrainerOptions o = quiet_options(log.f);
+    o.epochs = 2;
+    o.checkpoint_dir = dir.str();
+
+    Net reference_net(5);
+    Adam<float> reference_opt(1e-3);
+    Trainer reference(reference_net, reference_opt, o);
+    REQUIRE(reference.fit(train, &val).completed);
+
+    Net net(5);
+    Adam<float> opt(1e-3);
+    Trainer<Net, Adam<float>>* self = nullptr;
+    long validation_batches = 0;
+    const BatchProvider<Net> stopping_val{val.batches, [&](long epoch, long index, Net::Input& x, Net::Labels& y) {
+                                              ++validation_batches;
+                                              if (epoch == 0 && index == 1) self->request_stop();
+                                              val.fill(epoch, index, x, y);
+                                          }};
+    Trainer<Net, Adam<float>> stopped(net, opt, o);
+    self = &stopped;
+    const auto r = stopped.fit(train, &stopping_val);
+    CHECK(r.interrupted);
+    CHECK(validation_batches == 2);  // given up after the batch in flight, not all 4
+    CHECK(stopped.history().empty());
+    const TrainState saved = read_checkpoint_info(r.last_checkpoint).state;
+    CHECK(saved.epoch == 0);
+    CHECK(saved.step == 3);  // every step of the epoch done, its validation not
+    CHECK(saved.history.empty());
+
+    Net resumed_net(77);
+    Adam<float> resumed_opt(1e-3);
+    Trainer<Net, Adam<float>> resumed(resumed_net, resumed_opt, o);
+    resumed.resume(r.last_checkpoint);
+    REQUIRE(resumed.fit(train, &val).completed);
+    REQUIRE(resumed.history().size() == 2);
+    for (std::size_t e = 0; e < 2; ++e) {
+        CHECK(resumed.history()[e].val_loss == reference.history()[e].val_loss);
+        CHECK(resumed.history()[e].dice == reference.history()[e].dice);
+    }
+    CHECK(std::equal(resumed_net.parameters().begin(), resumed_net.parameters().end(), reference_net.parameters().begin()));
+}
+
+TEST_CASE("A second SIGINT ends a stopping run at once", "[trainer]") {
+    test::ScratchDir dir("trainer_second_sigint");
+    const pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+        Net net(3);
+        net.set_threads(1);  // libgomp's pool of the parent does not survive fork()
+        Adam<float> opt(1e-3);
+        TrainerOptions o = quiet_options(nullptr);
+        o.epochs = 1;
+        o.checkpoint_dir = dir.str();
+        o.handle_signals = true;
+        o.before_step = [](long step) {
+            if (step == 2) {
+                ::raise(SIGINT);  // the first: a clean stop after this step
+                ::raise(SIGINT);  // the second: now
+            }
+        };
+        Trainer t(net, opt, o);
+        t.fit(blobs(1, 5, 2));
+        ::_exit(0);  // reached only if the second SIGINT was swallowed
+    }
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    REQUIRE(WIFSIGNALED(status));
+    CHECK(WTERMSIG(status) == SIGINT);
 }
 
 TEST_CASE("Watchdog rolls back to the last good state on an injected NaN", "[trainer][watchdog]") {

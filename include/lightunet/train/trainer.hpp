@@ -13,6 +13,7 @@
 // final weights bit-identical to an uninterrupted run with the same seed and thread count.
 // Watchdog rollbacks change the trajectory (by design); runs without anomalies are unaffected.
 #include <signal.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -143,7 +144,18 @@ std::string model_summary() {
 
 namespace detail {
 inline std::atomic<int> g_stop_signal{0};
-extern "C" inline void trainer_signal_handler(int signum) { g_stop_signal.store(signum); }
+// The first SIGINT / SIGTERM asks for a clean stop (checkpoint at the next step boundary, or as
+// soon as a validation batch is done); a second one ends the process at once, as if no handler
+// were there: checkpoints are written atomically, so the last one is intact either way.
+extern "C" inline void trainer_signal_handler(int signum) {
+    if (g_stop_signal.exchange(signum) != 0) {
+        ::signal(signum, SIG_DFL);
+        ::raise(signum);
+        return;
+    }
+    static constexpr char note[] = "\n[INFO] Stopping at the next step with a checkpoint; a second Ctrl-C (or signal) quits at once\n";
+    [[maybe_unused]] const auto written = ::write(STDERR_FILENO, note, sizeof note - 1);  // async-signal-safe
+}
 
 // Installs SIGINT / SIGTERM handlers that set a flag; restores the previous ones on exit.
 class SignalGuard {
@@ -249,16 +261,19 @@ public:
             if (o_.show_progress && o_.out)
                 bar.emplace("Epoch " + std::to_string(epoch + 1) + "/" + std::to_string(o_.epochs), n, o_.out, o_.progress,
                             state_.step);
+            // A stop request: a checkpoint of where training stands (mid-epoch, or with the
+            // epoch's steps done and its validation still to run), then return.
+            auto stop = [&] {
+                state_.epoch_seconds = epoch_seconds();
+                if (bar) bar->close();
+                result.last_checkpoint = save();
+                info(std::string("Stopping on ") + stop_reason() +
+                     (result.last_checkpoint.empty() ? "" : "; saved " + result.last_checkpoint));
+                return finish(false, true);
+            };
             for (long k = state_.step; k < n; ++k) {
                 // Step boundary: stop requests first.
-                if (const int sig = detail::g_stop_signal.load(); (o_.handle_signals && sig) || stop_requested_.load()) {
-                    state_.epoch_seconds = epoch_seconds();
-                    if (bar) bar->close();
-                    result.last_checkpoint = save();
-                    info(std::string("Stopping on ") + (sig ? (sig == SIGINT ? "SIGINT" : "SIGTERM") : "request") +
-                         (result.last_checkpoint.empty() ? "" : "; saved " + result.last_checkpoint));
-                    return finish(false, true);
-                }
+                if (stop_reason() != nullptr) return stop();
                 if (o_.stop_after_steps >= 0 && state_.global_step >= o_.stop_after_steps) {
                     state_.epoch_seconds = epoch_seconds();
                     if (bar) bar->close();
@@ -309,9 +324,10 @@ public:
             rec.lr = opt_.lr;
             rec.rollbacks = state_.epoch_rollbacks;
             if (validation) {
-                const auto [vloss, dice] = validate(*validation, epoch);
-                rec.val_loss = vloss;
-                rec.dice = dice;
+                const auto scores = validate_unless_stopped(*validation, epoch);
+                if (!scores) return stop();
+                rec.val_loss = scores->first;
+                rec.dice = scores->second;
             }
             rec.seconds = epoch_seconds();
             state_.elapsed_seconds += rec.seconds;
@@ -337,12 +353,28 @@ public:
 
     // Validation loss (mean over samples) and Dice WT/TC/ET pooled over every validation voxel.
     std::pair<double, std::array<double, kRegions>> validate(const BatchProvider<Model>& val, long epoch) {
+        return *validate_unless_stopped(val, epoch, false);
+    }
+
+private:
+    using Scores = std::pair<double, std::array<double, kRegions>>;
+
+    // "SIGINT", "SIGTERM" or "request" while a stop is pending, else null.
+    const char* stop_reason() const {
+        if (const int sig = detail::g_stop_signal.load(); o_.handle_signals && sig) return sig == SIGINT ? "SIGINT" : "SIGTERM";
+        return stop_requested_.load() ? "request" : nullptr;
+    }
+
+    // validate(), given up between two batches when a stop is pending (validation of a large
+    // set takes minutes; the checkpoint then holds the epoch's steps done and no scores).
+    std::optional<Scores> validate_unless_stopped(const BatchProvider<Model>& val, long epoch, bool interruptible = true) {
         constexpr UNetConfig C = Model::config;
         std::array<DiceCounts, kRegions> counts{};
         double loss_sum = 0;
         long samples = 0;
         const long n = val.batches(epoch);
         for (long k = 0; k < n; ++k) {
+            if (interruptible && stop_reason() != nullptr) return std::nullopt;
             val.fill(epoch, k, vx_, vy_);
             const auto& probs = model_.forward(vx_, Mode::eval);
             const Shape s = probs.shape();
@@ -361,10 +393,9 @@ public:
         }
         std::array<double, kRegions> dice{};
         for (int r = 0; r < kRegions; ++r) dice[r] = counts[r].dice();
-        return {samples ? loss_sum / double(samples) : std::numeric_limits<double>::quiet_NaN(), dice};
+        return Scores{samples ? loss_sum / double(samples) : std::numeric_limits<double>::quiet_NaN(), dice};
     }
 
-private:
     // One optimiser step; a non-finite loss (the model refuses to step on it) comes back as NaN
     // when the watchdog is on, and is rethrown otherwise.
     double step() {
@@ -401,7 +432,7 @@ private:
         if (anomaly == Anomaly::over_temperature && watchdog_ && watchdog_->options().pause_when_hot) {
             log_line("[WATCHDOG] pausing until the temperature is below " + std::to_string(watchdog_->options().resume_temperature) + " C");
             const double waited = watchdog_->wait_until_cool(
-                [this] { return stop_requested_.load() || (o_.handle_signals && detail::g_stop_signal.load() != 0); });
+                [this] { return stop_reason() != nullptr; });
             char buf[96];
             std::snprintf(buf, sizeof buf, "[WATCHDOG] resumed after %.1f s (%s)", waited, watchdog_->summary().c_str());
             log_line(buf);
