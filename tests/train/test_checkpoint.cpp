@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -256,8 +257,10 @@ TEST_CASE("A kill during save leaves a loadable checkpoint", "[checkpoint]") {
     test::make_blobs(1, 0, 1, 16, x, y);
     net.train_step(x, y, DiceLoss{}, opt);  // moments exist
     std::mt19937 gen(123);
-    int checked = 0;
-    for (int round = 0; round < 6; ++round) {
+    int checked = 0, torn = 0;
+    // LIGHTUNET_KILL_ROUNDS=300 for the reliability table of docs/reliability.md.
+    const int rounds = std::getenv("LIGHTUNET_KILL_ROUNDS") ? std::atoi(std::getenv("LIGHTUNET_KILL_ROUNDS")) : 6;
+    for (int round = 0; round < rounds; ++round) {
         {
             CheckpointManager first(dir.str(), 2);  // first save happens before any kill
             TrainState s;
@@ -287,6 +290,8 @@ TEST_CASE("A kill during save leaves a loadable checkpoint", "[checkpoint]") {
         int status = 0;
         ::waitpid(child, &status, 0);
         REQUIRE(WIFSIGNALED(status));
+        for (const auto& entry : std::filesystem::directory_iterator(dir.str()))
+            torn += entry.path().filename().string().find(".tmp-") != std::string::npos;  // killed mid-save
         CheckpointManager mgr(dir.str(), 2);
         const auto latest = mgr.latest();
         REQUIRE(latest);
@@ -301,5 +306,7 @@ TEST_CASE("A kill during save leaves a loadable checkpoint", "[checkpoint]") {
         for (const auto& f : mgr.rolling()) CHECK_NOTHROW(load_checkpoint(f, fresh, o, s));
         ++checked;
     }
-    CHECK(checked == 6);
+    CHECK(checked == rounds);
+    std::printf("kills during saves: %d, of which mid-write (a temporary file left): %d; every one left a loadable checkpoint\n",
+                checked, torn);
 }
