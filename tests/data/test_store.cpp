@@ -423,3 +423,33 @@ TEST_CASE("A converted store is reused only while its folder and settings are un
     test::write_bytes(dir / "torn.h5", std::vector<char>(64, 't'));
     CHECK_THAT(io::store_reuse_problem(dir / "torn.h5", dir / "in", options), Catch::Contains("unreadable") && Catch::Contains("torn.h5"));
 }
+
+TEST_CASE("A truncated store is refused or reads exactly what was stored, never something else", "[io][store][bad]") {
+    ScratchDir dir("store-truncated");
+    const data::Case a = test::make_test_case("Brats18_A_1", {24, 20, 16}, 21);
+    io::write_case(dir / "in" / a.id, a, io::Naming::brats2018);
+    io::convert_to_store(dir / "in", dir / "store.h5");
+    const data::Case whole = io::StoreSource(dir / "store.h5").load(0);
+    const std::uintmax_t size = fs::file_size(dir / "store.h5");
+    int refused = 0, intact = 0;
+    for (int step = 0; step < 40; ++step) {
+        const std::uintmax_t cut = step == 0 ? 0 : size * std::uintmax_t(step) / 40;
+        const fs::path file = dir / ("cut_" + std::to_string(cut) + ".h5");
+        fs::copy_file(dir / "store.h5", file);
+        fs::resize_file(file, cut);
+        INFO("truncated to " << cut << " of " << size << " bytes");
+        try {
+            const io::StoreSource store(file);
+            const data::Case loaded = store.load(0);
+            (void)store.source_manifest();
+            CHECK(loaded.images == whole.images);
+            CHECK(loaded.labels == whole.labels);
+            ++intact;
+        } catch (const data::DataError& error) {
+            CHECK_THAT(error.what(), Catch::Contains(file.filename().string()));
+            ++refused;
+        }
+    }
+    CHECK(refused + intact == 40);
+    CHECK(refused >= 39);  // only the whole file (and a cut in trailing free space) reads
+}

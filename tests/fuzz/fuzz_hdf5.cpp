@@ -29,6 +29,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             (void)slice;
         } else {
             const lightunet::io::StoreSource store(file);
+            (void)store.source_manifest();
             for (std::size_t i = 0; i < store.size() && i < 4; ++i) {
                 const auto extent = store.extent(i);
                 if (extent.voxels() > (1u << 22)) continue;  // keep each input cheap
