@@ -12,6 +12,7 @@
 #include <array>
 #include <cstdint>
 #include <filesystem>
+#include <iterator>
 #include <mutex>
 #include <string>
 #include <type_traits>
@@ -37,22 +38,31 @@ private:
     std::lock_guard<std::recursive_mutex> lock_;
 };
 
-// The innermost descriptions of HDF5's error stack, then clears it.
+// The outermost descriptions of HDF5's error stack, and the operating system's message where
+// one is on it (a full disk: "No space left on device"); then clears the stack.
 inline std::string hdf5_error_text() {
-    std::string text;
+    struct Found {
+        std::string text, system;
+    } found;
     H5Ewalk2(
         H5E_DEFAULT, H5E_WALK_DOWNWARD,
         [](unsigned depth, const H5E_error2_t* entry, void* data) -> herr_t {
-            auto* out = static_cast<std::string*>(data);
-            if (depth < 3 && entry->desc != nullptr && *entry->desc != '\0') {
-                if (!out->empty()) *out += "; ";
-                *out += entry->desc;
+            auto* out = static_cast<Found*>(data);
+            if (entry->desc == nullptr || *entry->desc == '\0') return 0;
+            const std::string description = entry->desc;
+            static constexpr const char* kSystemMessage = "error message = '";
+            if (const auto at = description.find(kSystemMessage); at != std::string::npos && out->system.empty()) {
+                const auto begin = at + std::char_traits<char>::length(kSystemMessage);
+                out->system = description.substr(begin, description.find('\'', begin) - begin);
             }
+            if (depth < 3) out->text += (out->text.empty() ? "" : "; ") + description;
             return 0;
         },
-        &text);
+        &found);
     H5Eclear2(H5E_DEFAULT);
-    return text.empty() ? std::string("HDF5 error") : text;
+    std::string text = found.text.empty() ? std::string("HDF5 error") : found.text;
+    if (!found.system.empty() && text.find(found.system) == std::string::npos) text = found.system + ": " + text;
+    return text;
 }
 
 [[noreturn]] inline void throw_hdf5(const std::string& context) {
@@ -89,6 +99,14 @@ public:
             closer_(id_);
         }
         id_ = -1;
+    }
+    // Closes now and raises if that fails: closing a written file flushes what HDF5 still
+    // caches, and a full disk may only show there.
+    void close(const std::string& context) {
+        if (id_ < 0 || closer_ == nullptr) return;
+        H5Lock lock;
+        const herr_t status = closer_(std::exchange(id_, -1));
+        check_hdf5(status, context);
     }
     hid_t get() const { return id_; }
     bool valid() const { return id_ >= 0; }
@@ -129,6 +147,29 @@ inline H5Handle open_group(hid_t location, const std::string& name, const std::s
     return {H5Gopen2(location, name.c_str(), H5P_DEFAULT), H5Gclose, context + ": cannot open group '" + name + "'"};
 }
 
+inline H5Handle create_group(hid_t location, const std::string& name, const std::string& context) {
+    return {H5Gcreate2(location, name.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose,
+            context + ": cannot create group '" + name + "'"};
+}
+
+// The names of a group's members, at most `max_count` (a corrupt file may claim millions).
+inline std::vector<std::string> group_members(hid_t group, const std::string& context, std::size_t max_count = 1u << 20) {
+    H5G_info_t info{};
+    check_hdf5(H5Gget_info(group, &info), context + ": cannot list the group");
+    if (info.nlinks > max_count)
+        throw data::DataError(context + ": group has " + std::to_string(info.nlinks) + " members, at most " + std::to_string(max_count) +
+                              " expected");
+    std::vector<std::string> names;
+    check_hdf5(H5Literate(group, H5_INDEX_NAME, H5_ITER_INC, nullptr,
+                          [](hid_t, const char* member, const H5L_info_t*, void* data) -> herr_t {
+                              static_cast<std::vector<std::string>*>(data)->emplace_back(member);
+                              return 0;
+                          },
+                          &names),
+               context + ": cannot list the group");
+    return names;
+}
+
 inline std::vector<hsize_t> dataset_dims(hid_t dataset, const std::string& context) {
     H5Handle space(H5Dget_space(dataset), H5Sclose, context + ": no dataspace");
     const int rank = H5Sget_simple_extent_ndims(space.get());
@@ -149,8 +190,12 @@ struct StoredType {
     std::size_t bytes = 0;
     bool is_signed = false;
     std::string describe() const {
-        const char* kind = type_class == H5T_FLOAT ? "float" : type_class == H5T_INTEGER ? (is_signed ? "int" : "uint") : "non-numeric";
-        return std::string(kind) + std::to_string(8 * bytes);
+        if (type_class == H5T_FLOAT) return "float" + std::to_string(8 * bytes);
+        if (type_class == H5T_INTEGER) return (is_signed ? "int" : "uint") + std::to_string(8 * bytes);
+        constexpr const char* names[] = {"integer", "float", "time", "string", "bitfield", "opaque", "compound", "reference", "enum",
+                                         "variable-length", "array"};
+        return type_class >= 0 && type_class < int(std::size(names)) ? std::string("a ") + names[type_class] + " type"
+                                                                       : std::string("an unknown type");
     }
 };
 
@@ -170,7 +215,20 @@ hid_t native_type() {
     else if constexpr (std::is_same_v<T, std::uint8_t>) return H5T_NATIVE_UINT8;
     else if constexpr (std::is_same_v<T, std::int32_t>) return H5T_NATIVE_INT32;
     else if constexpr (std::is_same_v<T, std::int64_t>) return H5T_NATIVE_INT64;
+    else if constexpr (std::is_same_v<T, std::uint64_t>) return H5T_NATIVE_UINT64;
     else static_assert(!sizeof(T), "no HDF5 native type for this element type");
+}
+
+// A stored numeric type HDF5 converts to T without surprises: the same class (integer or
+// float) and at most 8 bytes. Anything else (strings, variable-length, compound, references)
+// is refused before HDF5 reads a byte of it: libhdf5 1.10 parses a variable-length element's
+// heap on read and trusts a corrupt one.
+template <class T>
+void check_numeric_type(const StoredType& stored, const std::string& what, const std::string& context) {
+    const H5T_class_t wanted = std::is_floating_point_v<T> ? H5T_FLOAT : H5T_INTEGER;
+    if (stored.type_class != wanted || stored.bytes == 0 || stored.bytes > 8)
+        throw data::DataError(context + ": " + what + " is " + stored.describe() + ", expected " +
+                              (wanted == H5T_FLOAT ? "a float" : "an integer") + " type");
 }
 
 // Rejects storage layouts that disagree with the dataspace before any read: libhdf5 1.10 trusts
@@ -226,6 +284,28 @@ template <class T>
 void read_whole(hid_t dataset, std::vector<T>& out, const std::string& context) {
     check_storage(dataset, context);
     check_hdf5(H5Dread(dataset, native_type<T>(), H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()), context + ": read failed");
+}
+
+// A whole numeric dataset of at most `max_elements` elements, after checking its type and
+// storage; `dims` receives its shape.
+template <class T>
+std::vector<T> read_dataset(hid_t location, const std::string& name, std::vector<hsize_t>& dims, std::size_t max_elements,
+                            const std::string& context) {
+    const std::string where = context + ": dataset '" + name + "'";
+    H5Handle dataset = open_dataset(location, name, context);
+    dims = dataset_dims(dataset.get(), where);
+    hsize_t elements = 1;
+    for (const hsize_t d : dims) {
+        if (d != 0 && elements > hsize_t(max_elements) / d)
+            throw data::DataError(where + " has shape " + dims_text(dims) + ", more than " + std::to_string(max_elements) + " elements");
+        elements *= d;
+    }
+    if (elements > max_elements)
+        throw data::DataError(where + " has shape " + dims_text(dims) + ", more than " + std::to_string(max_elements) + " elements");
+    check_numeric_type<T>(dataset_type(dataset.get(), where), "its type", where);
+    std::vector<T> values(elements);
+    if (elements > 0) read_whole(dataset.get(), values, where);
+    return values;
 }
 
 // Creates a chunked, compressed dataset and writes `values` (row-major over `dims`).
@@ -289,14 +369,38 @@ inline H5Handle open_attribute(hid_t location, const std::string& name, const st
     return {H5Aopen(location, name.c_str(), H5P_DEFAULT), H5Aclose, context + ": cannot open attribute '" + name + "'"};
 }
 
+// The number of elements of an attribute's dataspace (scalar: 1, null: 0), refusing counts over
+// `max_count`.
+inline std::size_t attribute_count(hid_t attribute, const std::string& name, std::size_t max_count, const std::string& context) {
+    H5Handle space(H5Aget_space(attribute), H5Sclose, context + ": attribute '" + name + "' has no dataspace");
+    const H5S_class_t space_class = H5Sget_simple_extent_type(space.get());
+    if (space_class == H5S_NULL) return 0;
+    if (space_class != H5S_SCALAR && space_class != H5S_SIMPLE)
+        throw data::DataError(context + ": attribute '" + name + "' has a corrupt dataspace");
+    const hssize_t count = H5Sget_simple_extent_npoints(space.get());
+    if (count < 0 || std::size_t(count) > max_count)
+        throw data::DataError(context + ": attribute '" + name + "' holds " + std::to_string(count) + " values, at most " +
+                              std::to_string(max_count) + " expected");
+    return std::size_t(count);
+}
+
+inline StoredType attribute_type(hid_t attribute, const std::string& context) {
+    H5Handle type(H5Aget_type(attribute), H5Tclose, context + ": no datatype");
+    StoredType stored;
+    stored.type_class = H5Tget_class(type.get());
+    stored.bytes = H5Tget_size(type.get());
+    if (stored.type_class == H5T_INTEGER) stored.is_signed = H5Tget_sign(type.get()) == H5T_SGN_2;
+    return stored;
+}
+
 template <class T>
 std::vector<T> read_attribute(hid_t location, const std::string& name, std::size_t expected_count, const std::string& context) {
     H5Handle attribute = open_attribute(location, name, context);
-    H5Handle space(H5Aget_space(attribute.get()), H5Sclose, context + ": attribute space");
-    const hssize_t count = H5Sget_simple_extent_npoints(space.get());
-    if (count < 0 || std::size_t(count) != expected_count)
+    const std::size_t count = attribute_count(attribute.get(), name, std::size_t(1) << 20, context);
+    if (count != expected_count)
         throw data::DataError(context + ": attribute '" + name + "' holds " + std::to_string(count) + " values, expected " +
                               std::to_string(expected_count));
+    check_numeric_type<T>(attribute_type(attribute.get(), context + ": attribute '" + name + "'"), "attribute '" + name + "'", context);
     std::vector<T> values(expected_count);
     check_hdf5(H5Aread(attribute.get(), native_type<T>(), values.data()), context + ": cannot read attribute '" + name + "'");
     return values;
@@ -307,11 +411,9 @@ inline std::vector<std::string> read_string_attribute(hid_t location, const std:
     H5Handle stored_type(H5Aget_type(attribute.get()), H5Tclose, context + ": attribute type");
     if (H5Tget_class(stored_type.get()) != H5T_STRING || H5Tis_variable_str(stored_type.get()) <= 0)
         throw data::DataError(context + ": attribute '" + name + "' is not a variable-length string");
-    H5Handle space(H5Aget_space(attribute.get()), H5Sclose, context + ": attribute space");
-    const hssize_t count = H5Sget_simple_extent_npoints(space.get());
-    if (count < 0 || count > (1 << 20)) throw data::DataError(context + ": attribute '" + name + "' has a bad size");
+    const std::size_t count = attribute_count(attribute.get(), name, std::size_t(1) << 20, context);
     if (count == 0) return {};
-    std::vector<char*> pointers(std::size_t(count), nullptr);
+    std::vector<char*> pointers(count, nullptr);
     H5Handle type = utf8_string_type(context);
     check_hdf5(H5Aread(attribute.get(), type.get(), pointers.data()), context + ": cannot read attribute '" + name + "'");
     std::vector<std::string> values;
@@ -320,6 +422,14 @@ inline std::vector<std::string> read_string_attribute(hid_t location, const std:
                           context + ": space");
     H5Dvlen_reclaim(type.get(), memory_space.get(), H5P_DEFAULT, pointers.data());
     return values;
+}
+
+// A string attribute that must hold exactly one string.
+inline std::string read_single_string_attribute(hid_t location, const std::string& name, const std::string& context) {
+    std::vector<std::string> values = read_string_attribute(location, name, context);
+    if (values.size() != 1)
+        throw data::DataError(context + ": attribute '" + name + "' holds " + std::to_string(values.size()) + " strings, expected 1");
+    return std::move(values[0]);
 }
 
 }  // namespace detail

@@ -471,15 +471,7 @@ public:
             throw data::DataError(name + ": store version " + std::to_string(version) + ", this reader knows " + std::to_string(kStoreVersion));
         skipped_ = read_string_attribute(h5_.get(), "skipped_cases", name);
         cases_ = open_group(h5_.get(), "cases", name);
-        std::vector<std::string> ids;
-        check_hdf5(H5Literate(cases_.get(), H5_INDEX_NAME, H5_ITER_INC, nullptr,
-                              [](hid_t, const char* member, const H5L_info_t*, void* data) -> herr_t {
-                                  static_cast<std::vector<std::string>*>(data)->emplace_back(member);
-                                  return 0;
-                              },
-                              &ids),
-                   name + ": cannot list /cases");
-        for (const std::string& id : ids) infos_.push_back(read_info(id));
+        for (const std::string& id : group_members(cases_.get(), name + ": /cases")) infos_.push_back(read_info(id));
     }
 
     std::size_t size() const override { return infos_.size(); }

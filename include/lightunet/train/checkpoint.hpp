@@ -9,12 +9,15 @@
 // last K rolling checkpoints plus the best by validation Dice.
 //
 // Loading checks the configuration fingerprint (naming the fields that differ), the optimiser
-// type and every dataset's shape, reads everything before changing anything, and throws
-// CheckpointError naming the file and what is wrong.
+// type, every attribute's type and size before reading it, every dataset's type, shape and
+// storage, reads everything before changing anything, and throws CheckpointError naming the
+// file and what is wrong. All HDF5 calls hold io's process-wide HDF5 lock.
 #include <dirent.h>
 #include <fcntl.h>
 #include <hdf5.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -32,6 +35,7 @@
 #include <vector>
 
 #include "../config/unet_config.hpp"
+#include "../io/hdf5_support.hpp"
 #include "../optim/optimizers.hpp"
 #include "progress.hpp"
 
@@ -202,191 +206,69 @@ inline std::string layout_string(const std::vector<TensorInfo>& tensors) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// HDF5 plumbing.
+// HDF5: the wrappers of io/hdf5_support.hpp, under its process-wide lock (libhdf5 1.10 is not
+// thread-safe, and the data loader's threads read the store while a checkpoint is saved).
 
 namespace detail {
 
-// Owns an HDF5 identifier.
-class H5Id {
-public:
-    H5Id() = default;
-    H5Id(hid_t id, herr_t (*close)(hid_t)) : id_(id), close_(close) {}
-    H5Id(const H5Id&) = delete;
-    H5Id& operator=(const H5Id&) = delete;
-    H5Id(H5Id&& o) noexcept : id_(o.id_), close_(o.close_) { o.id_ = -1; }
-    H5Id& operator=(H5Id&& o) noexcept {
-        std::swap(id_, o.id_);
-        std::swap(close_, o.close_);
-        return *this;
-    }
-    ~H5Id() { reset(); }
-    void reset() {
-        if (id_ >= 0 && close_) close_(id_);
-        id_ = -1;
-    }
-    hid_t get() const { return id_; }
-    bool valid() const { return id_ >= 0; }
+namespace h5 = io::detail;
 
-private:
-    hid_t id_ = -1;
-    herr_t (*close_)(hid_t) = nullptr;
-};
-
-// Silences HDF5's printed error stack while alive (errors become exceptions instead).
-class H5Quiet {
-public:
-    H5Quiet() {
-        H5Eget_auto2(H5E_DEFAULT, &func_, &data_);
-        H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-    }
-    ~H5Quiet() { H5Eset_auto2(H5E_DEFAULT, func_, data_); }
-    H5Quiet(const H5Quiet&) = delete;
-    H5Quiet& operator=(const H5Quiet&) = delete;
-
-private:
-    H5E_auto2_t func_ = nullptr;
-    void* data_ = nullptr;
-};
-
-template <class T>
-hid_t mem_type() {
-    if constexpr (std::is_same_v<T, float>) return H5T_NATIVE_FLOAT;
-    else if constexpr (std::is_same_v<T, double>) return H5T_NATIVE_DOUBLE;
-    else if constexpr (std::is_same_v<T, std::int64_t> || std::is_same_v<T, long>) return H5T_NATIVE_INT64;
-    else if constexpr (std::is_same_v<T, std::uint64_t>) return H5T_NATIVE_UINT64;
-    else static_assert(sizeof(T) == 0, "unsupported HDF5 element type");
-}
 template <class T>
 hid_t file_type() {
     if constexpr (std::is_same_v<T, float>) return H5T_IEEE_F32LE;
     else if constexpr (std::is_same_v<T, double>) return H5T_IEEE_F64LE;
-    else if constexpr (std::is_same_v<T, std::int64_t> || std::is_same_v<T, long>) return H5T_STD_I64LE;
+    else if constexpr (std::is_same_v<T, std::int64_t>) return H5T_STD_I64LE;
     else if constexpr (std::is_same_v<T, std::uint64_t>) return H5T_STD_U64LE;
-    else static_assert(sizeof(T) == 0, "unsupported HDF5 element type");
+    else static_assert(sizeof(T) == 0, "unsupported checkpoint element type");
 }
 
-inline std::string dims_str(const std::vector<hsize_t>& d) {
-    std::string s = "[";
-    for (std::size_t i = 0; i < d.size(); ++i) s += (i ? ", " : "") + std::to_string(d[i]);
-    return s + "]";
+// Runs `body`, turning the io layer's DataError into a CheckpointError (its message already
+// names the checkpoint file).
+template <class F>
+decltype(auto) as_checkpoint_error(F&& body) {
+    try {
+        return body();
+    } catch (const data::DataError& e) {
+        throw CheckpointError(e.what());
+    }
 }
 
-class H5Writer {
-public:
-    explicit H5Writer(std::string path) : path_(std::move(path)) {}
-    void check(herr_t status, const std::string& what) const {
-        if (status < 0) throw CheckpointError("checkpoint " + path_ + ": writing " + what + " failed");
-    }
-    H5Id check(hid_t id, herr_t (*close)(hid_t), const std::string& what) const {
-        if (id < 0) throw CheckpointError("checkpoint " + path_ + ": writing " + what + " failed");
-        return H5Id(id, close);
-    }
-    H5Id group(hid_t parent, const std::string& name) const {
-        return check(H5Gcreate2(parent, name.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose, "group " + name);
-    }
-    template <class T>
-    void dataset(hid_t loc, const std::string& name, std::vector<hsize_t> dims, const T* data) const {
-        hsize_t n = 1;
-        for (auto d : dims) n *= d;
-        H5Id space = check(H5Screate_simple(int(dims.size()), dims.data(), nullptr), H5Sclose, name);
-        H5Id set = check(H5Dcreate2(loc, name.c_str(), file_type<T>(), space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
-                         H5Dclose, "dataset " + name);
-        if (n) check(H5Dwrite(set.get(), mem_type<T>(), H5S_ALL, H5S_ALL, H5P_DEFAULT, data), "dataset " + name);
-    }
-    template <class T>
-    void attr(hid_t loc, const std::string& name, T value) const {
-        H5Id space = check(H5Screate(H5S_SCALAR), H5Sclose, name);
-        H5Id a = check(H5Acreate2(loc, name.c_str(), file_type<T>(), space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose,
-                       "attribute " + name);
-        check(H5Awrite(a.get(), mem_type<T>(), &value), "attribute " + name);
-    }
-    void attr(hid_t loc, const std::string& name, const std::string& value) const {
-        H5Id type = check(H5Tcopy(H5T_C_S1), H5Tclose, name);
-        check(H5Tset_size(type.get(), H5T_VARIABLE), name);
-        check(H5Tset_cset(type.get(), H5T_CSET_UTF8), name);
-        H5Id space = check(H5Screate(H5S_SCALAR), H5Sclose, name);
-        H5Id a = check(H5Acreate2(loc, name.c_str(), type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose,
-                       "attribute " + name);
-        const char* p = value.c_str();
-        check(H5Awrite(a.get(), type.get(), &p), "attribute " + name);
-    }
+inline std::string context_for(const std::string& path) { return "checkpoint " + path; }
 
-private:
-    std::string path_;
-};
+template <class T>
+void write_vector(hid_t location, const std::string& name, const std::vector<hsize_t>& dims, const T* values, const std::string& context) {
+    h5::write_dataset(location, name, dims, {}, file_type<T>(), values, false, 0, context);
+}
+template <class T>
+void write_scalar(hid_t location, const std::string& name, T value, const std::string& context) {
+    h5::write_attribute<T>(location, name, {value}, context);
+}
+inline void write_text(hid_t location, const std::string& name, const std::string& value, const std::string& context) {
+    h5::write_string_attribute(location, name, {value}, context, true);
+}
+template <class T>
+T read_scalar(hid_t location, const std::string& name, const std::string& context) {
+    return h5::read_attribute<T>(location, name, 1, context)[0];
+}
 
-class H5Reader {
-public:
-    explicit H5Reader(std::string path) : path_(std::move(path)) {}
-    [[noreturn]] void fail(const std::string& what) const { throw CheckpointError("checkpoint " + path_ + ": " + what); }
-    bool exists(hid_t loc, const std::string& name) const { return H5Lexists(loc, name.c_str(), H5P_DEFAULT) > 0; }
-    H5Id group(hid_t loc, const std::string& name) const {
-        const hid_t g = H5Gopen2(loc, name.c_str(), H5P_DEFAULT);
-        if (g < 0) fail("group " + name + " is missing or unreadable");
-        return H5Id(g, H5Gclose);
-    }
-    // A dataset of any shape; `expected` (if given) must match exactly.
-    template <class T>
-    std::vector<T> dataset(hid_t loc, const std::string& name, std::vector<hsize_t>* dims_out = nullptr,
-                           const std::optional<std::vector<hsize_t>>& expected = std::nullopt) const {
-        const hid_t id = H5Dopen2(loc, name.c_str(), H5P_DEFAULT);
-        if (id < 0) fail("dataset " + name + " is missing or unreadable");
-        H5Id set(id, H5Dclose);
-        H5Id space(H5Dget_space(set.get()), H5Sclose);
-        if (!space.valid()) fail("dataset " + name + ": unreadable shape");
-        const int rank = H5Sget_simple_extent_ndims(space.get());
-        if (rank < 0) fail("dataset " + name + ": unreadable shape");
-        std::vector<hsize_t> dims(static_cast<std::size_t>(rank));
-        H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
-        if (expected && dims != *expected)
-            fail("dataset " + name + " has shape " + dims_str(dims) + ", expected " + dims_str(*expected));
-        hsize_t n = 1;
-        for (auto d : dims) n *= d;
-        std::vector<T> out(n);
-        if (n && H5Dread(set.get(), mem_type<T>(), H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()) < 0)
-            fail("dataset " + name + ": reading its " + std::to_string(n) + " values failed (truncated or corrupt file?)");
-        if (dims_out) *dims_out = dims;
-        return out;
-    }
-    template <class T>
-    T attr(hid_t loc, const std::string& name) const {
-        const hid_t id = H5Aopen(loc, name.c_str(), H5P_DEFAULT);
-        if (id < 0) fail("attribute " + name + " is missing or unreadable");
-        H5Id a(id, H5Aclose);
-        T value{};
-        if (H5Aread(a.get(), mem_type<T>(), &value) < 0) fail("attribute " + name + " is unreadable");
-        return value;
-    }
-    std::string string_attr(hid_t loc, const std::string& name) const {
-        const hid_t id = H5Aopen(loc, name.c_str(), H5P_DEFAULT);
-        if (id < 0) fail("attribute " + name + " is missing or unreadable");
-        H5Id a(id, H5Aclose);
-        H5Id type(H5Tcopy(H5T_C_S1), H5Tclose);
-        H5Tset_size(type.get(), H5T_VARIABLE);
-        H5Tset_cset(type.get(), H5T_CSET_UTF8);
-        char* p = nullptr;
-        if (H5Aread(a.get(), type.get(), &p) < 0) fail("attribute " + name + " is not a readable string");
-        std::string s = p ? p : "";
-        H5free_memory(p);
-        return s;
-    }
-    std::vector<std::string> children(hid_t group) const {
-        H5G_info_t info{};
-        if (H5Gget_info(group, &info) < 0) fail("cannot list a group");
-        std::vector<std::string> names;
-        for (hsize_t i = 0; i < info.nlinks; ++i) {
-            const ssize_t len = H5Lget_name_by_idx(group, ".", H5_INDEX_NAME, H5_ITER_INC, i, nullptr, 0, H5P_DEFAULT);
-            if (len < 0) fail("cannot list a group");
-            std::string name(std::size_t(len), '\0');
-            H5Lget_name_by_idx(group, ".", H5_INDEX_NAME, H5_ITER_INC, i, name.data(), std::size_t(len) + 1, H5P_DEFAULT);
-            names.push_back(name);
-        }
-        return names;
-    }
+// Sizes a checkpoint may claim (a corrupt file may claim anything): the history of a run of a
+// million epochs, an RNG state of a million words, a thousand named states.
+inline constexpr std::size_t kMaxHistory = std::size_t(1) << 20;
+inline constexpr std::size_t kMaxRngWords = std::size_t(1) << 20;
+inline constexpr std::size_t kMaxRngStates = 1024;
 
-private:
-    std::string path_;
-};
+// A 1-D dataset, or one of exactly `expected` dims.
+template <class T>
+std::vector<T> read_vector(hid_t location, const std::string& name, const std::vector<hsize_t>& expected, std::size_t max_elements,
+                           const std::string& context, std::vector<hsize_t>* dims_out = nullptr) {
+    std::vector<hsize_t> dims;
+    std::vector<T> values = h5::read_dataset<T>(location, name, dims, max_elements, context);
+    if (!expected.empty() && dims != expected)
+        throw CheckpointError(context + ": dataset '" + name + "' has shape " + h5::dims_text(dims) + ", expected " +
+                              h5::dims_text(expected));
+    if (dims_out) *dims_out = dims;
+    return values;
+}
 
 // The optimiser's state tensors by name.
 template <class Opt>
@@ -423,67 +305,86 @@ inline void fsync_path(const std::string& path, bool directory) {
         throw CheckpointError("checkpoint " + path + ": fsync failed: " + std::strerror(err));
 }
 
+// "; 12 KB free in <dir>" when the folder's file system is (nearly) full: the likely cause of a
+// failed write, said plainly.
+inline std::string free_space_note(const std::string& dir) {
+    struct statvfs fs {};
+    if (::statvfs(dir.c_str(), &fs) != 0) return "";
+    const unsigned long long free_bytes = static_cast<unsigned long long>(fs.f_bavail) * fs.f_frsize;
+    if (free_bytes >= (1ull << 30)) return "";
+    return "; " + std::to_string(free_bytes / 1024) + " KB free in " + dir;
+}
+
+// The writer's temporary file: `<dir>/.<name>.tmp-<pid>` (CheckpointManager removes those of
+// dead writers).
+inline std::string temporary_path(const std::string& path) {
+    return parent_dir(path) + "/." + base_name(path) + ".tmp-" + std::to_string(::getpid());
+}
+
 }  // namespace detail
 
 inline constexpr const char* kCheckpointFormat = "lightunet-checkpoint";
 inline constexpr long kCheckpointVersion = 1;
 
-// Writes the checkpoint crash-safely (temporary file, flush, fsync, rename, fsync of the folder).
+// Writes the checkpoint crash-safely (temporary file, flush, close, fsync, rename, fsync of the
+// folder). On any failure (a full disk included) the temporary file is removed, the file at
+// `path` is left as it was, and CheckpointError names `path` and the cause.
 template <class Model, class Optimizer>
 void save_checkpoint(const std::string& path, const Model& model, const Optimizer& optimizer, const TrainState& state) {
     using T = typename Model::scalar;
+    namespace h5 = io::detail;
     const std::string dir = detail::parent_dir(path);
-    const std::string tmp = dir + "/." + detail::base_name(path) + ".tmp-" + std::to_string(::getpid());
-    detail::H5Quiet quiet;
+    const std::string tmp = detail::temporary_path(path);
+    const std::string context = detail::context_for(tmp);
     try {
-        {
-            const detail::H5Writer w(tmp);
-            detail::H5Id file = w.check(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose, "the file");
+        detail::as_checkpoint_error([&] {
+            h5::H5Lock lock;
+            h5::H5Handle file = h5::create_hdf5(tmp);
             const hid_t root = file.get();
             const std::string config = config_string<Model>();
-            w.attr(root, "format", std::string(kCheckpointFormat));
-            w.attr(root, "version", std::int64_t(kCheckpointVersion));
-            w.attr(root, "config", config);
-            w.attr(root, "config_fingerprint", fingerprint(config));
+            detail::write_text(root, "format", kCheckpointFormat, context);
+            detail::write_scalar(root, "version", std::int64_t(kCheckpointVersion), context);
+            detail::write_text(root, "config", config, context);
+            detail::write_scalar(root, "config_fingerprint", fingerprint(config), context);
             {
-                detail::H5Id g = w.group(root, "model");
+                h5::H5Handle g = h5::create_group(root, "model", context);
                 const auto [params, buffers] = parameter_layout(Model::config);
-                w.attr(g.get(), "parameter_layout", layout_string(params));
-                w.attr(g.get(), "buffer_layout", layout_string(buffers));
-                w.dataset(g.get(), "parameters", {hsize_t(Model::parameter_count)}, model.parameters().data());
-                w.dataset(g.get(), "buffers", {hsize_t(Model::buffer_count)}, model.buffers().data());
+                detail::write_text(g.get(), "parameter_layout", layout_string(params), context);
+                detail::write_text(g.get(), "buffer_layout", layout_string(buffers), context);
+                detail::write_vector(g.get(), "parameters", {hsize_t(Model::parameter_count)}, model.parameters().data(), context);
+                detail::write_vector(g.get(), "buffers", {hsize_t(Model::buffer_count)}, model.buffers().data(), context);
             }
             {
-                detail::H5Id g = w.group(root, "optimizer");
+                h5::H5Handle g = h5::create_group(root, "optimizer", context);
                 auto& opt = const_cast<Optimizer&>(optimizer);
-                w.attr(g.get(), "type", std::string(detail::optimizer_name<Optimizer>()));
-                w.attr(g.get(), "steps", std::int64_t(opt.steps));
-                w.attr(g.get(), "lr", opt.lr);
-                w.attr(g.get(), "weight_decay", opt.weight_decay);
-                w.attr(g.get(), "clip_norm", opt.clip_norm);
-                w.attr(g.get(), "last_grad_norm", opt.last_grad_norm);
+                detail::write_text(g.get(), "type", detail::optimizer_name<Optimizer>(), context);
+                detail::write_scalar(g.get(), "steps", std::int64_t(opt.steps), context);
+                detail::write_scalar(g.get(), "lr", double(opt.lr), context);
+                detail::write_scalar(g.get(), "weight_decay", double(opt.weight_decay), context);
+                detail::write_scalar(g.get(), "clip_norm", double(opt.clip_norm), context);
+                detail::write_scalar(g.get(), "last_grad_norm", double(opt.last_grad_norm), context);
                 for (auto& [name, t] : detail::optimizer_tensors(opt))
-                    w.dataset(g.get(), name, {hsize_t(t->size())}, static_cast<const T*>(t->data()));
+                    detail::write_vector(g.get(), name, {hsize_t(t->size())}, static_cast<const T*>(t->data()), context);
             }
             {
-                detail::H5Id g = w.group(root, "progress");
-                w.attr(g.get(), "epoch", std::int64_t(state.epoch));
-                w.attr(g.get(), "step", std::int64_t(state.step));
-                w.attr(g.get(), "global_step", std::int64_t(state.global_step));
-                w.attr(g.get(), "lr_scale", state.lr_scale);
-                w.attr(g.get(), "epoch_loss_sum", state.epoch_loss_sum);
-                w.attr(g.get(), "epoch_loss_count", std::int64_t(state.epoch_loss_count));
-                w.attr(g.get(), "epoch_rollbacks", std::int64_t(state.epoch_rollbacks));
-                w.attr(g.get(), "epoch_seconds", state.epoch_seconds);
-                w.attr(g.get(), "best_dice", state.best_dice);
-                w.attr(g.get(), "elapsed_seconds", state.elapsed_seconds);
+                h5::H5Handle g = h5::create_group(root, "progress", context);
+                detail::write_scalar(g.get(), "epoch", std::int64_t(state.epoch), context);
+                detail::write_scalar(g.get(), "step", std::int64_t(state.step), context);
+                detail::write_scalar(g.get(), "global_step", std::int64_t(state.global_step), context);
+                detail::write_scalar(g.get(), "lr_scale", state.lr_scale, context);
+                detail::write_scalar(g.get(), "epoch_loss_sum", state.epoch_loss_sum, context);
+                detail::write_scalar(g.get(), "epoch_loss_count", std::int64_t(state.epoch_loss_count), context);
+                detail::write_scalar(g.get(), "epoch_rollbacks", std::int64_t(state.epoch_rollbacks), context);
+                detail::write_scalar(g.get(), "epoch_seconds", state.epoch_seconds, context);
+                detail::write_scalar(g.get(), "best_dice", state.best_dice, context);
+                detail::write_scalar(g.get(), "elapsed_seconds", state.elapsed_seconds, context);
             }
             {
-                detail::H5Id g = w.group(root, "rng");
-                for (const auto& [name, words] : state.rng) w.dataset(g.get(), name, {hsize_t(words.size())}, words.data());
+                h5::H5Handle g = h5::create_group(root, "rng", context);
+                for (const auto& [name, words] : state.rng) detail::write_vector(g.get(), name, {hsize_t(words.size())}, words.data(), context);
             }
             {
-                detail::H5Id g = w.group(root, "history");
+                h5::H5Handle g = h5::create_group(root, "history", context);
                 const std::size_t e = state.history.size();
                 std::vector<std::int64_t> epoch(e), rollbacks(e);
                 std::vector<double> train(e), val(e), dice(e * kRegions), lr(e), seconds(e);
@@ -493,20 +394,25 @@ void save_checkpoint(const std::string& path, const Model& model, const Optimize
                     train[i] = r.train_loss, val[i] = r.val_loss, lr[i] = r.lr, seconds[i] = r.seconds;
                     for (int k = 0; k < kRegions; ++k) dice[i * kRegions + k] = r.dice[k];
                 }
-                w.dataset(g.get(), "epoch", {hsize_t(e)}, epoch.data());
-                w.dataset(g.get(), "train_loss", {hsize_t(e)}, train.data());
-                w.dataset(g.get(), "val_loss", {hsize_t(e)}, val.data());
-                w.dataset(g.get(), "dice", {hsize_t(e), hsize_t(kRegions)}, dice.data());
-                w.dataset(g.get(), "lr", {hsize_t(e)}, lr.data());
-                w.dataset(g.get(), "seconds", {hsize_t(e)}, seconds.data());
-                w.dataset(g.get(), "rollbacks", {hsize_t(e)}, rollbacks.data());
+                detail::write_vector(g.get(), "epoch", {hsize_t(e)}, epoch.data(), context);
+                detail::write_vector(g.get(), "train_loss", {hsize_t(e)}, train.data(), context);
+                detail::write_vector(g.get(), "val_loss", {hsize_t(e)}, val.data(), context);
+                detail::write_vector(g.get(), "dice", {hsize_t(e), hsize_t(kRegions)}, dice.data(), context);
+                detail::write_vector(g.get(), "lr", {hsize_t(e)}, lr.data(), context);
+                detail::write_vector(g.get(), "seconds", {hsize_t(e)}, seconds.data(), context);
+                detail::write_vector(g.get(), "rollbacks", {hsize_t(e)}, rollbacks.data(), context);
             }
-            w.check(H5Fflush(root, H5F_SCOPE_GLOBAL), "(flush)");
-        }
+            h5::check_hdf5(H5Fflush(root, H5F_SCOPE_GLOBAL), context + ": flush");
+            file.close(context + ": close");
+        });
         detail::fsync_path(tmp, false);
         if (std::rename(tmp.c_str(), path.c_str()) != 0)
             throw CheckpointError("checkpoint " + path + ": rename from " + tmp + " failed: " + std::strerror(errno));
         detail::fsync_path(dir, true);
+    } catch (const CheckpointError& e) {
+        std::remove(tmp.c_str());
+        throw CheckpointError("saving checkpoint " + path + " failed, the previous file (if any) is intact: " + e.what() +
+                              detail::free_space_note(dir));
     } catch (...) {
         std::remove(tmp.c_str());
         throw;
@@ -523,53 +429,62 @@ struct CheckpointInfo {
 };
 
 namespace detail {
-inline H5Id open_checkpoint(const std::string& path) {
+
+// Opens a checkpoint and checks its format and version. Caller holds the HDF5 lock.
+inline h5::H5Handle open_checkpoint(const std::string& path) {
+    const std::string context = context_for(path);
     struct stat st {};
-    if (::stat(path.c_str(), &st) != 0) throw CheckpointError("checkpoint " + path + ": " + std::strerror(errno));
-    const hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (f < 0)
-        throw CheckpointError("checkpoint " + path + ": not a readable HDF5 file (" + std::to_string(st.st_size) +
-                              " bytes; truncated or corrupt?)");
-    H5Id file(f, H5Fclose);
-    const H5Reader r(path);
-    if (H5Aexists(f, "format") <= 0 || r.string_attr(f, "format") != kCheckpointFormat)
-        r.fail("not a lightunet checkpoint (no format attribute \"" + std::string(kCheckpointFormat) + "\")");
-    const auto version = r.attr<std::int64_t>(f, "version");
+    if (::stat(path.c_str(), &st) != 0) throw CheckpointError(context + ": " + std::strerror(errno));
+    h5::H5Handle file;
+    try {
+        file = h5::open_hdf5_read(path);
+    } catch (const data::DataError&) {
+        throw CheckpointError(context + ": not a readable HDF5 file (" + std::to_string(st.st_size) + " bytes; truncated or corrupt?)");
+    }
+    const hid_t root = file.get();
+    if (H5Aexists(root, "format") <= 0 || h5::read_single_string_attribute(root, "format", context) != kCheckpointFormat) {
+        H5Eclear2(H5E_DEFAULT);
+        throw CheckpointError(context + ": not a lightunet checkpoint (no format attribute \"" + std::string(kCheckpointFormat) + "\")");
+    }
+    const auto version = read_scalar<std::int64_t>(root, "version", context);
     if (version != kCheckpointVersion)
-        r.fail("format version " + std::to_string(version) + ", this build reads version " + std::to_string(kCheckpointVersion));
+        throw CheckpointError(context + ": format version " + std::to_string(version) + ", this build reads version " +
+                              std::to_string(kCheckpointVersion));
     return file;
 }
 
-inline void read_state(const H5Reader& r, hid_t root, TrainState& s) {
+inline void read_state(hid_t root, TrainState& s, const std::string& context) {
     {
-        H5Id g = r.group(root, "progress");
-        s.epoch = long(r.attr<std::int64_t>(g.get(), "epoch"));
-        s.step = long(r.attr<std::int64_t>(g.get(), "step"));
-        s.global_step = long(r.attr<std::int64_t>(g.get(), "global_step"));
-        s.lr_scale = r.attr<double>(g.get(), "lr_scale");
-        s.epoch_loss_sum = r.attr<double>(g.get(), "epoch_loss_sum");
-        s.epoch_loss_count = long(r.attr<std::int64_t>(g.get(), "epoch_loss_count"));
-        s.epoch_rollbacks = long(r.attr<std::int64_t>(g.get(), "epoch_rollbacks"));
-        s.epoch_seconds = r.attr<double>(g.get(), "epoch_seconds");
-        s.best_dice = r.attr<double>(g.get(), "best_dice");
-        s.elapsed_seconds = r.attr<double>(g.get(), "elapsed_seconds");
+        h5::H5Handle g = h5::open_group(root, "progress", context);
+        s.epoch = long(read_scalar<std::int64_t>(g.get(), "epoch", context));
+        s.step = long(read_scalar<std::int64_t>(g.get(), "step", context));
+        s.global_step = long(read_scalar<std::int64_t>(g.get(), "global_step", context));
+        s.lr_scale = read_scalar<double>(g.get(), "lr_scale", context);
+        s.epoch_loss_sum = read_scalar<double>(g.get(), "epoch_loss_sum", context);
+        s.epoch_loss_count = long(read_scalar<std::int64_t>(g.get(), "epoch_loss_count", context));
+        s.epoch_rollbacks = long(read_scalar<std::int64_t>(g.get(), "epoch_rollbacks", context));
+        s.epoch_seconds = read_scalar<double>(g.get(), "epoch_seconds", context);
+        s.best_dice = read_scalar<double>(g.get(), "best_dice", context);
+        s.elapsed_seconds = read_scalar<double>(g.get(), "elapsed_seconds", context);
     }
     {
-        H5Id g = r.group(root, "rng");
+        h5::H5Handle g = h5::open_group(root, "rng", context);
         s.rng.clear();
-        for (const auto& name : r.children(g.get())) s.rng[name] = r.dataset<std::uint64_t>(g.get(), name);
+        for (const auto& name : h5::group_members(g.get(), context + ": /rng", kMaxRngStates))
+            s.rng[name] = read_vector<std::uint64_t>(g.get(), name, {}, kMaxRngWords, context + ": /rng");
     }
     {
-        H5Id g = r.group(root, "history");
+        h5::H5Handle g = h5::open_group(root, "history", context);
+        const std::string where = context + ": /history";
         std::vector<hsize_t> dims;
-        const auto epoch = r.dataset<std::int64_t>(g.get(), "epoch", &dims);
-        const std::vector<hsize_t> e = dims;
-        const auto train = r.dataset<double>(g.get(), "train_loss", nullptr, e);
-        const auto val = r.dataset<double>(g.get(), "val_loss", nullptr, e);
-        const auto dice = r.dataset<double>(g.get(), "dice", nullptr, std::vector<hsize_t>{e.at(0), hsize_t(kRegions)});
-        const auto lr = r.dataset<double>(g.get(), "lr", nullptr, e);
-        const auto seconds = r.dataset<double>(g.get(), "seconds", nullptr, e);
-        const auto rollbacks = r.dataset<std::int64_t>(g.get(), "rollbacks", nullptr, e);
+        const auto epoch = read_vector<std::int64_t>(g.get(), "epoch", {}, kMaxHistory, where, &dims);
+        if (dims.size() != 1) throw CheckpointError(where + ": dataset 'epoch' has shape " + h5::dims_text(dims) + ", expected one axis");
+        const auto train = read_vector<double>(g.get(), "train_loss", dims, kMaxHistory, where);
+        const auto val = read_vector<double>(g.get(), "val_loss", dims, kMaxHistory, where);
+        const auto dice = read_vector<double>(g.get(), "dice", {dims[0], hsize_t(kRegions)}, kMaxHistory * kRegions, where);
+        const auto lr = read_vector<double>(g.get(), "lr", dims, kMaxHistory, where);
+        const auto seconds = read_vector<double>(g.get(), "seconds", dims, kMaxHistory, where);
+        const auto rollbacks = read_vector<std::int64_t>(g.get(), "rollbacks", dims, kMaxHistory, where);
         s.history.resize(epoch.size());
         for (std::size_t i = 0; i < epoch.size(); ++i) {
             auto& rec = s.history[i];
@@ -582,17 +497,20 @@ inline void read_state(const H5Reader& r, hid_t root, TrainState& s) {
 }  // namespace detail
 
 inline CheckpointInfo read_checkpoint_info(const std::string& path) {
-    detail::H5Quiet quiet;
-    detail::H5Id file = detail::open_checkpoint(path);
-    const detail::H5Reader r(path);
-    CheckpointInfo info;
-    info.config = r.string_attr(file.get(), "config");
-    info.fingerprint = r.attr<std::uint64_t>(file.get(), "config_fingerprint");
-    detail::read_state(r, file.get(), info.state);
-    detail::H5Id g = r.group(file.get(), "optimizer");
-    info.optimizer = r.string_attr(g.get(), "type");
-    info.optimizer_steps = long(r.attr<std::int64_t>(g.get(), "steps"));
-    return info;
+    namespace h5 = io::detail;
+    const std::string context = detail::context_for(path);
+    return detail::as_checkpoint_error([&] {
+        h5::H5Lock lock;
+        h5::H5Handle file = detail::open_checkpoint(path);
+        CheckpointInfo info;
+        info.config = h5::read_single_string_attribute(file.get(), "config", context);
+        info.fingerprint = detail::read_scalar<std::uint64_t>(file.get(), "config_fingerprint", context);
+        detail::read_state(file.get(), info.state, context);
+        h5::H5Handle g = h5::open_group(file.get(), "optimizer", context);
+        info.optimizer = h5::read_single_string_attribute(g.get(), "type", context + ": /optimizer");
+        info.optimizer_steps = long(detail::read_scalar<std::int64_t>(g.get(), "steps", context + ": /optimizer"));
+        return info;
+    });
 }
 
 // Restores model weights and buffers, the optimiser's moments, step count and learning rate
@@ -601,42 +519,57 @@ inline CheckpointInfo read_checkpoint_info(const std::string& path) {
 template <class Model, class Optimizer>
 void load_checkpoint(const std::string& path, Model& model, Optimizer& optimizer, TrainState& state) {
     using T = typename Model::scalar;
-    detail::H5Quiet quiet;
-    detail::H5Id file = detail::open_checkpoint(path);
-    const detail::H5Reader r(path);
-    const hid_t root = file.get();
-    const std::string stored = r.string_attr(root, "config"), current = config_string<Model>();
-    const auto stored_fp = r.attr<std::uint64_t>(root, "config_fingerprint");
-    if (stored != current || stored_fp != fingerprint(current)) {
-        const std::string diff = config_difference(stored, current);
-        r.fail("written for another configuration (" + (diff.empty() ? "fingerprint differs" : diff) + ")");
-    }
-    detail::H5Id mg = r.group(root, "model");
-    const auto params = r.dataset<T>(mg.get(), "parameters", nullptr, std::vector<hsize_t>{hsize_t(Model::parameter_count)});
-    const auto buffers = r.dataset<T>(mg.get(), "buffers", nullptr, std::vector<hsize_t>{hsize_t(Model::buffer_count)});
-    detail::H5Id og = r.group(root, "optimizer");
-    const std::string type = r.string_attr(og.get(), "type");
-    if (type != detail::optimizer_name<Optimizer>())
-        r.fail("holds the state of optimiser \"" + type + "\", this run uses \"" + detail::optimizer_name<Optimizer>() + "\"");
-    const long steps = long(r.attr<std::int64_t>(og.get(), "steps"));
-    const double lr = r.attr<double>(og.get(), "lr");
-    const double last_norm = r.attr<double>(og.get(), "last_grad_norm");
-    std::vector<std::vector<T>> moments;
-    for (auto& [name, t] : detail::optimizer_tensors(optimizer)) {
-        std::vector<hsize_t> dims;
-        moments.push_back(r.dataset<T>(og.get(), name, &dims));
-        if (dims.size() != 1 || (dims[0] != 0 && dims[0] != Model::parameter_count))
-            r.fail("dataset optimizer/" + name + " has shape " + detail::dims_str(dims) + ", expected [0] or [" +
-                   std::to_string(Model::parameter_count) + "]");
-    }
-    TrainState loaded;
-    detail::read_state(r, root, loaded);
+    namespace h5 = io::detail;
+    const std::string context = detail::context_for(path);
+    struct Loaded {
+        std::vector<T> params, buffers;
+        std::vector<std::vector<T>> moments;
+        long steps = 0;
+        double lr = 0, last_norm = 0;
+        TrainState state;
+    };
+    Loaded loaded = detail::as_checkpoint_error([&] {
+        h5::H5Lock lock;
+        h5::H5Handle file = detail::open_checkpoint(path);
+        const hid_t root = file.get();
+        const std::string stored = h5::read_single_string_attribute(root, "config", context), current = config_string<Model>();
+        const auto stored_fp = detail::read_scalar<std::uint64_t>(root, "config_fingerprint", context);
+        if (stored != current || stored_fp != fingerprint(current)) {
+            const std::string diff = config_difference(stored, current);
+            throw CheckpointError(context + ": written for another configuration (" + (diff.empty() ? "fingerprint differs" : diff) + ")");
+        }
+        Loaded l;
+        {
+            h5::H5Handle g = h5::open_group(root, "model", context);
+            const std::string where = context + ": /model";
+            l.params = detail::read_vector<T>(g.get(), "parameters", {hsize_t(Model::parameter_count)}, Model::parameter_count, where);
+            l.buffers = detail::read_vector<T>(g.get(), "buffers", {hsize_t(Model::buffer_count)}, Model::buffer_count, where);
+        }
+        h5::H5Handle g = h5::open_group(root, "optimizer", context);
+        const std::string where = context + ": /optimizer";
+        const std::string type = h5::read_single_string_attribute(g.get(), "type", where);
+        if (type != detail::optimizer_name<Optimizer>())
+            throw CheckpointError(context + ": holds the state of optimiser \"" + type + "\", this run uses \"" +
+                                  detail::optimizer_name<Optimizer>() + "\"");
+        l.steps = long(detail::read_scalar<std::int64_t>(g.get(), "steps", where));
+        l.lr = detail::read_scalar<double>(g.get(), "lr", where);
+        l.last_norm = detail::read_scalar<double>(g.get(), "last_grad_norm", where);
+        for (auto& [name, t] : detail::optimizer_tensors(optimizer)) {
+            std::vector<hsize_t> dims;
+            l.moments.push_back(detail::read_vector<T>(g.get(), name, {}, Model::parameter_count, where, &dims));
+            if (dims.size() != 1 || (dims[0] != 0 && dims[0] != Model::parameter_count))
+                throw CheckpointError(where + ": dataset '" + name + "' has shape " + h5::dims_text(dims) + ", expected (0) or (" +
+                                      std::to_string(Model::parameter_count) + ")");
+        }
+        detail::read_state(root, l.state, context);
+        return l;
+    });
     // Everything read and checked: commit.
-    std::copy(params.begin(), params.end(), model.parameters().begin());
-    std::copy(buffers.begin(), buffers.end(), model.buffers().begin());
+    std::copy(loaded.params.begin(), loaded.params.end(), model.parameters().begin());
+    std::copy(loaded.buffers.begin(), loaded.buffers.end(), model.buffers().begin());
     std::size_t i = 0;
     for (auto& [name, t] : detail::optimizer_tensors(optimizer)) {
-        const auto& m = moments[i++];
+        const auto& m = loaded.moments[i++];
         if (m.empty()) {
             *t = std::remove_reference_t<decltype(*t)>();
         } else {
@@ -644,10 +577,10 @@ void load_checkpoint(const std::string& path, Model& model, Optimizer& optimizer
             std::copy(m.begin(), m.end(), t->data());
         }
     }
-    optimizer.steps = steps;
-    optimizer.lr = lr;
-    optimizer.last_grad_norm = last_norm;
-    state = std::move(loaded);
+    optimizer.steps = loaded.steps;
+    optimizer.lr = loaded.lr;
+    optimizer.last_grad_norm = loaded.last_norm;
+    state = std::move(loaded.state);
 }
 
 // Rolling checkpoints `checkpoint-<global step>.h5` (the newest `keep_last` kept) and `best.h5`
@@ -658,9 +591,11 @@ public:
         if (dir_.empty()) throw std::invalid_argument("CheckpointManager: empty folder name");
         if (::mkdir(dir_.c_str(), 0755) != 0 && errno != EEXIST)
             throw CheckpointError("checkpoint folder " + dir_ + ": cannot create: " + std::strerror(errno));
-        // Temporary files of writers that died (ours are removed on every error path).
+        // Temporary files of writers that died (a writer removes its own on every error path);
+        // those of a live writer, another process saving into this folder now, stay.
         for (const auto& name : entries())
-            if (name.rfind(".checkpoint-", 0) == 0 || name.rfind(".best.h5.tmp-", 0) == 0) std::remove((dir_ + "/" + name).c_str());
+            if (const auto writer = temporary_file_writer(name); writer && ::kill(*writer, 0) != 0 && errno == ESRCH)
+                std::remove((dir_ + "/" + name).c_str());
     }
     const std::string& dir() const { return dir_; }
     std::string path_for(long global_step) const {
@@ -702,6 +637,17 @@ public:
             }
         }
         return std::nullopt;
+    }
+
+    // The pid in `.<checkpoint name>.tmp-<pid>`, the name save_checkpoint writes first.
+    static std::optional<pid_t> temporary_file_writer(const std::string& name) {
+        if (name.rfind(".checkpoint-", 0) != 0 && name.rfind(".best.h5", 0) != 0) return std::nullopt;
+        const auto tag = name.rfind(".tmp-");
+        if (tag == std::string::npos || tag + 5 >= name.size()) return std::nullopt;
+        const std::string digits = name.substr(tag + 5);
+        if (digits.size() > 9 || digits.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
+        const long pid = std::stol(digits);
+        return pid > 0 ? std::optional<pid_t>(pid_t(pid)) : std::nullopt;
     }
 
 private:
