@@ -198,6 +198,94 @@ TEST_CASE("Loading names what differs: configuration, optimiser, corrupt or trun
     }
 }
 
+TEST_CASE("Hostile checkpoints are refused before libhdf5 reads what we did not expect", "[checkpoint]") {
+    LIGHTUNET_REQUIRE_H5PY();
+    test::ScratchDir dir("ckpt_hostile");
+    Net net(1);
+    Adam<float> opt(1e-3);
+    const std::string path = dir.file("good.h5");
+    save_checkpoint(path, net, opt, sample_state());
+    // Each variant changes one object of a good checkpoint the way a corrupt or hostile file could.
+    const std::string script = dir.file("hostile.py");
+    std::ofstream(script) << R"(import h5py, numpy as np, shutil, sys
+src, out = sys.argv[1], sys.argv[2]
+def variant(name, edit):
+    target = out + "/" + name + ".h5"
+    shutil.copy(src, target)
+    with h5py.File(target, "r+") as f:
+        edit(f)
+def replace_attr(obj, key, value, dtype=None):
+    del obj.attrs[key]
+    obj.attrs.create(key, value, dtype=dtype)
+variant("version_string", lambda f: replace_attr(f, "version", "1"))
+variant("config_fixed", lambda f: replace_attr(f, "config", np.bytes_(f.attrs["config"].encode())))
+variant("epoch_array", lambda f: replace_attr(f["progress"], "epoch", np.array([1, 2, 3], dtype=np.int64)))
+variant("fingerprint_float", lambda f: replace_attr(f, "config_fingerprint", 1.5))
+vlen = h5py.vlen_dtype(np.float64)
+def lr_vlen(f):
+    del f["optimizer"].attrs["lr"]
+    value = np.empty(1, dtype=object)
+    value[0] = np.array([1.0, 2.0])
+    f["optimizer"].attrs.create("lr", value, dtype=vlen)
+variant("lr_vlen", lr_vlen)
+def params_int(f):
+    n = f["model/parameters"].shape[0]
+    del f["model/parameters"]
+    f["model"].create_dataset("parameters", data=np.zeros(n, dtype=np.int32))
+variant("params_int", params_int)
+def history_huge(f):
+    del f["history/epoch"]
+    f["history"].create_dataset("epoch", shape=(2**40,), dtype=np.int64, chunks=(1024,))
+variant("history_huge", history_huge)
+def rng_many(f):
+    for i in range(1100):
+        f["rng"].create_dataset("s%d" % i, data=np.zeros(1, dtype=np.uint64))
+variant("rng_many", rng_many)
+)";
+    REQUIRE(std::system((std::string(test::system_python()) + " " + script + " " + path + " " + dir.str()).c_str()) == 0);
+    const std::vector<std::pair<std::string, std::string>> expected{
+        {"version_string", "attribute 'version' is a string type, expected an integer type"},
+        {"config_fixed", "attribute 'config' is not a variable-length string"},
+        {"epoch_array", "attribute 'epoch' holds 3 values, expected 1"},
+        {"fingerprint_float", "attribute 'config_fingerprint' is float64, expected an integer type"},
+        {"lr_vlen", "attribute 'lr' is a variable-length type, expected a float type"},
+        {"params_int", "dataset 'parameters': its type is int32, expected a float type"},
+        {"history_huge", "dataset 'epoch' has shape (1099511627776), more than 1048576 elements"},
+        {"rng_many", "/rng: group has 1103 members, at most 1024 expected"},  // 3 states + 1,100
+    };
+    for (const auto& [name, message] : expected) {
+        INFO(name);
+        const std::string file = dir.file(name + ".h5");
+        Net fresh(2);
+        Adam<float> o(1e-3);
+        TrainState st;
+        const std::vector<float> before(fresh.parameters().begin(), fresh.parameters().end());
+        CHECK_THROWS_WITH(load_checkpoint(file, fresh, o, st), Catch::Contains(file) && Catch::Contains(message));
+        CHECK(std::equal(before.begin(), before.end(), fresh.parameters().begin()));  // nothing changed
+        if (name != "params_int" && name != "lr_vlen")  // what the info does not read
+            CHECK_THROWS_WITH(read_checkpoint_info(file), Catch::Contains(message));
+    }
+}
+
+TEST_CASE("CheckpointManager removes only the temporary files of dead writers", "[checkpoint]") {
+    test::ScratchDir dir("ckpt_temporaries");
+    // A writer that is alive (this process) and one that is gone (a child that has exited).
+    const pid_t dead = ::fork();
+    REQUIRE(dead >= 0);
+    if (dead == 0) ::_exit(0);
+    REQUIRE(::waitpid(dead, nullptr, 0) == dead);
+    const std::string live_file = dir.file(".checkpoint-000000007.h5.tmp-" + std::to_string(::getpid()));
+    const std::string dead_file = dir.file(".checkpoint-000000007.h5.tmp-" + std::to_string(dead));
+    const std::string dead_best = dir.file(".best.h5.tmp-" + std::to_string(dead));
+    const std::string other = dir.file(".notes.tmp-" + std::to_string(dead));  // not ours
+    for (const auto& f : {live_file, dead_file, dead_best, other}) std::ofstream(f) << "partial";
+    CheckpointManager manager(dir.str(), 2);
+    CHECK(std::filesystem::exists(live_file));
+    CHECK_FALSE(std::filesystem::exists(dead_file));
+    CHECK_FALSE(std::filesystem::exists(dead_best));
+    CHECK(std::filesystem::exists(other));
+}
+
 TEST_CASE("Checkpoints read with h5py as docs/checkpoint.md describes", "[checkpoint]") {
     LIGHTUNET_REQUIRE_H5PY();  // fails, with what to install, when /usr/bin/python3 has no h5py
     test::ScratchDir dir("ckpt_h5py");
