@@ -190,10 +190,32 @@ TEST_CASE("Loading names what differs: configuration, optimiser, corrupt or trun
         CHECK_THROWS_AS(load_checkpoint(dir.file("t.h5"), net, opt, st), CheckpointError);
         CHECK_THROWS_WITH(load_checkpoint(dir.file("t.h5"), net, opt, st), Catch::Contains(dir.file("t.h5")));
     }
+    SECTION("the integrity record: one flipped bit, a truncation, an older file without a record") {
+        std::vector<char> bytes;
+        {
+            std::ifstream in(path, std::ios::binary);
+            bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+        }
+        std::vector<char> flipped = bytes;
+        flipped[flipped.size() / 2] ^= 0x10;
+        std::ofstream(dir.file("flip.h5"), std::ios::binary).write(flipped.data(), std::streamsize(flipped.size()));
+        CHECK_THROWS_WITH(load_checkpoint(dir.file("flip.h5"), net, opt, st), Catch::Contains(dir.file("flip.h5")) && Catch::Contains("corrupt: CRC-32"));
+        std::ofstream(dir.file("cut.h5"), std::ios::binary).write(bytes.data(), std::streamsize(bytes.size() - 1));
+        CHECK_THROWS_WITH(read_checkpoint_info(dir.file("cut.h5")),
+                          Catch::Contains("truncated or extended: " + std::to_string(bytes.size() - 513) + " bytes after the integrity record, " +
+                                          std::to_string(bytes.size() - 512) + " written"));
+        // A checkpoint of before the record: the HDF5 file without its user block still loads.
+        std::ofstream(dir.file("old.h5"), std::ios::binary).write(bytes.data() + 512, std::streamsize(bytes.size() - 512));
+        Net fresh(9);
+        Adam<float> o(1e-3);
+        TrainState old_state;
+        CHECK_NOTHROW(load_checkpoint(dir.file("old.h5"), fresh, o, old_state));
+        CHECK(std::equal(fresh.parameters().begin(), fresh.parameters().end(), net.parameters().begin()));
+    }
     SECTION("not HDF5, missing") {
         std::ofstream(dir.file("g.h5")) << "garbage that is not HDF5";
         CHECK_THROWS_WITH(load_checkpoint(dir.file("g.h5"), net, opt, st),
-                          Catch::Contains(dir.file("g.h5")) && Catch::Contains("not a readable HDF5 file"));
+                          Catch::Contains(dir.file("g.h5")) && Catch::Contains("no integrity record"));
         CHECK_THROWS_WITH(load_checkpoint(dir.file("none.h5"), net, opt, st), Catch::Contains("none.h5"));
     }
 }
@@ -207,13 +229,20 @@ TEST_CASE("Hostile checkpoints are refused before libhdf5 reads what we did not 
     save_checkpoint(path, net, opt, sample_state());
     // Each variant changes one object of a good checkpoint the way a corrupt or hostile file could.
     const std::string script = dir.file("hostile.py");
-    std::ofstream(script) << R"(import h5py, numpy as np, shutil, sys
+    std::ofstream(script) << R"(import h5py, numpy as np, shutil, sys, zlib
 src, out = sys.argv[1], sys.argv[2]
 def variant(name, edit):
     target = out + "/" + name + ".h5"
     shutil.copy(src, target)
     with h5py.File(target, "r+") as f:
         edit(f)
+    if name != "unsealed":
+        seal(target)
+def seal(target):  # a crafted file carries a valid integrity record, as save_checkpoint writes it
+    data = open(target, "rb").read()
+    body = data[512:]
+    record = ("lightunet-checkpoint-integrity bytes=%d crc32=%08x\n" % (len(body), zlib.crc32(body))).encode()
+    open(target, "wb").write(record.ljust(512, b"\0") + body)
 def replace_attr(obj, key, value, dtype=None):
     del obj.attrs[key]
     obj.attrs.create(key, value, dtype=dtype)
@@ -241,6 +270,7 @@ def rng_many(f):
     for i in range(1100):
         f["rng"].create_dataset("s%d" % i, data=np.zeros(1, dtype=np.uint64))
 variant("rng_many", rng_many)
+variant("unsealed", lambda f: replace_attr(f["progress"], "epoch", np.array([1, 2, 3], dtype=np.int64)))
 )";
     REQUIRE(std::system((std::string(test::system_python()) + " " + script + " " + path + " " + dir.str()).c_str()) == 0);
     const std::vector<std::pair<std::string, std::string>> expected{
@@ -252,6 +282,7 @@ variant("rng_many", rng_many)
         {"params_int", "dataset 'parameters': its type is int32, expected a float type"},
         {"history_huge", "dataset 'epoch' has shape (1099511627776), more than 1048576 elements"},
         {"rng_many", "/rng: group has 1103 members, at most 1024 expected"},  // 3 states + 1,100
+        {"unsealed", "truncated or extended"},  // changed after save_checkpoint sealed it
     };
     for (const auto& [name, message] : expected) {
         INFO(name);

@@ -126,8 +126,12 @@ inline H5Handle open_hdf5_read(const std::filesystem::path& path) {
     return {H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose, path.string() + ": cannot open as HDF5"};
 }
 
-inline H5Handle create_hdf5(const std::filesystem::path& path) {
-    return {H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose,
+// `userblock` bytes (0, or a power of two >= 512) at the start of the file are left to the
+// caller: HDF5 neither reads nor writes them.
+inline H5Handle create_hdf5(const std::filesystem::path& path, hsize_t userblock = 0) {
+    H5Handle properties(H5Pcreate(H5P_FILE_CREATE), H5Pclose, path.string() + ": file creation properties");
+    if (userblock > 0) check_hdf5(H5Pset_userblock(properties.get(), userblock), path.string() + ": user block");
+    return {H5Fcreate(path.c_str(), H5F_ACC_TRUNC, properties.get(), H5P_DEFAULT), H5Fclose,
             path.string() + ": cannot create HDF5 file"};
 }
 

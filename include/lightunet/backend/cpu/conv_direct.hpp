@@ -254,7 +254,9 @@ inline void fprop_chunk(const T* x, std::ptrdiff_t x_stride, const std::ptrdiff_
 // value (_mm512_undefined in its own headers).
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"
+#ifndef __clang__  // a GCC-only warning, which clang would warn is unknown
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 template <class T>
 inline const std::array<int, lanes<T>>& haddp_lane_order() {
     static const std::array<int, lanes<T>> order = [] {
