@@ -86,6 +86,24 @@ if(NOT count EQUAL 2)
 endif()
 run("${BRATS}" evaluate --pred "${WORK}/pred" --truth "${WORK}/test" --out "${WORK}/metrics.csv")
 expect_lines("${WORK}/metrics.csv" 4 "header + 2 cases + mean")
+# A full disk (a private 60 MB tmpfs, where namespaces allow one): the first checkpoint (52 MB)
+# fits, best.h5 does not; train stops with status 1 saying so, and the checkpoint it kept
+# predicts.
+find_program(UNSHARE unshare)
+if(UNSHARE)
+    file(MAKE_DIRECTORY "${WORK}/full")
+    execute_process(COMMAND "${UNSHARE}" -rm sh -c "mount -t tmpfs -o size=60m tmpfs '${WORK}/full' || exit 77
+'${BRATS}' train --data '${WORK}/run/store.h5' --out '${WORK}/full/run' --patch 64x64 --batch 2 --epochs 2 --steps-per-epoch 2 --val-batches 1 --no-progress --pictures 0
+echo \"train exited with \$?\"
+'${BRATS}' predict --run '${WORK}/full/run' --checkpoint '${WORK}/full/run/checkpoints/checkpoint-000000002.h5' --data '${WORK}/test' --out '${WORK}/full/pred' --pictures 0 && echo predicted"
+        RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+    if(rc EQUAL 77 OR "${err}" MATCHES "unshare: ")
+        message("disk-full check skipped: no private tmpfs here (${err})")
+    elseif(NOT out MATCHES "train exited with 1.*predicted" OR
+           NOT err MATCHES "saving checkpoint [^\n]*best.h5 failed, the previous file .if any. is intact: [^\n]*No space left on device")
+        message(FATAL_ERROR "train on a full disk: expected status 1 naming the full disk, and the kept checkpoint to predict, got ${rc}:\n${out}${err}")
+    endif()
+endif()
 # Kaggle slices: predict writes a mask file per input slice (absent slices stay absent) and a
 # metadata CSV; evaluate scores per volume.
 run("${BRATS}" synth --out "${WORK}/kaggle" --cases 2 --extent 64x64x24 --seed 7 --layout kaggle)

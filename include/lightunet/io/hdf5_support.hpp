@@ -100,14 +100,6 @@ public:
         }
         id_ = -1;
     }
-    // Closes now and raises if that fails: closing a written file flushes what HDF5 still
-    // caches, and a full disk may only show there.
-    void close(const std::string& context) {
-        if (id_ < 0 || closer_ == nullptr) return;
-        H5Lock lock;
-        const herr_t status = closer_(std::exchange(id_, -1));
-        check_hdf5(status, context);
-    }
     hid_t get() const { return id_; }
     bool valid() const { return id_ >= 0; }
 
@@ -126,13 +118,30 @@ inline H5Handle open_hdf5_read(const std::filesystem::path& path) {
     return {H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose, path.string() + ": cannot open as HDF5"};
 }
 
-// `userblock` bytes (0, or a power of two >= 512) at the start of the file are left to the
-// caller: HDF5 neither reads nor writes them.
-inline H5Handle create_hdf5(const std::filesystem::path& path, hsize_t userblock = 0) {
-    H5Handle properties(H5Pcreate(H5P_FILE_CREATE), H5Pclose, path.string() + ": file creation properties");
-    if (userblock > 0) check_hdf5(H5Pset_userblock(properties.get(), userblock), path.string() + ": user block");
-    return {H5Fcreate(path.c_str(), H5F_ACC_TRUNC, properties.get(), H5P_DEFAULT), H5Fclose,
+inline H5Handle create_hdf5(const std::filesystem::path& path) {
+    return {H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose,
             path.string() + ": cannot create HDF5 file"};
+}
+
+// An HDF5 file built in memory (the core driver, no backing file): nothing touches the disk
+// until the caller writes file_image() itself, so a full disk or an I/O error is the caller's to
+// see and handle, never a half-closed file inside libhdf5. `name` only names it in errors.
+// A user block can be put before the image when it is written (HDF5 finds its signature at
+// 512, 1024, ... bytes and reads the file from there, as after h5jam).
+inline H5Handle create_hdf5_in_memory(const std::string& name) {
+    H5Handle access(H5Pcreate(H5P_FILE_ACCESS), H5Pclose, name + ": file access properties");
+    check_hdf5(H5Pset_fapl_core(access.get(), std::size_t(1) << 20, false), name + ": in-memory driver");
+    return {H5Fcreate(name.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, access.get()), H5Fclose, name + ": cannot create HDF5 file in memory"};
+}
+
+// The bytes of an open file (flushed first).
+inline std::vector<unsigned char> file_image(hid_t file, const std::string& context) {
+    check_hdf5(H5Fflush(file, H5F_SCOPE_GLOBAL), context + ": flush");
+    const ssize_t size = H5Fget_file_image(file, nullptr, 0);
+    if (size < 0) throw_hdf5(context + ": file image");
+    std::vector<unsigned char> image(static_cast<std::size_t>(size));
+    if (H5Fget_file_image(file, image.data(), image.size()) != size) throw_hdf5(context + ": file image");
+    return image;
 }
 
 inline H5Handle open_dataset(hid_t location, const std::string& name, const std::string& context) {

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
@@ -330,6 +331,14 @@ inline std::string temporary_path(const std::string& path) {
 inline constexpr hsize_t kIntegrityBytes = 512;
 inline constexpr const char* kIntegrityMagic = "lightunet-checkpoint-integrity ";
 
+// The record for `body`, the bytes that follow it.
+inline std::array<char, kIntegrityBytes> integrity_record(const unsigned char* body, std::size_t bytes) {
+    std::array<char, kIntegrityBytes> record{};
+    const auto crc = unsigned(crc32(crc32(0L, Z_NULL, 0), body, uInt(bytes)));
+    std::snprintf(record.data(), record.size(), "%sbytes=%zu crc32=%08x\n", kIntegrityMagic, bytes, crc);
+    return record;
+}
+
 inline std::uint32_t crc_of_file_after(std::FILE* file, long offset, std::uintmax_t& bytes) {
     std::vector<unsigned char> buffer(std::size_t(1) << 20);
     uLong crc = crc32(0L, Z_NULL, 0);
@@ -339,18 +348,42 @@ inline std::uint32_t crc_of_file_after(std::FILE* file, long offset, std::uintma
     return std::uint32_t(crc);
 }
 
-// Writes the record into the user block of a closed checkpoint file.
+// Writes `bytes` to a new file at `path` and fsyncs it; any error (ENOSPC: the disk is full)
+// raises, naming the path and the operating system's message.
+inline void write_file_durably(const std::string& path, const std::vector<std::span<const unsigned char>>& parts) {
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) throw CheckpointError("checkpoint " + path + ": cannot create: " + std::strerror(errno));
+    auto fail = [&](const char* what) {
+        const int err = errno;
+        ::close(fd);
+        throw CheckpointError("checkpoint " + path + ": " + what + ": " + std::strerror(err));
+    };
+    for (const auto part : parts)
+        for (std::size_t done = 0; done < part.size();) {
+            const ssize_t n = ::write(fd, part.data() + done, part.size() - done);
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) fail("write failed");
+            done += std::size_t(n);
+        }
+    if (::fsync(fd) != 0) fail("fsync failed");
+    if (::close(fd) != 0) throw CheckpointError("checkpoint " + path + ": close failed: " + std::strerror(errno));
+}
+
+// Puts the record before an existing HDF5 file (tests and the fuzz target use this to seal a
+// file they changed).
 inline void write_integrity_record(const std::string& path) {
-    std::FILE* file = std::fopen(path.c_str(), "r+b");
-    if (file == nullptr) throw CheckpointError("checkpoint " + path + ": cannot reopen to seal: " + std::strerror(errno));
-    std::uintmax_t bytes = 0;
-    const std::uint32_t crc = crc_of_file_after(file, long(kIntegrityBytes), bytes);
-    char record[kIntegrityBytes] = {};
-    std::snprintf(record, sizeof record, "%sbytes=%ju crc32=%08x\n", kIntegrityMagic, bytes, unsigned(crc));
-    const bool written = std::fseek(file, 0, SEEK_SET) == 0 && std::fwrite(record, 1, sizeof record, file) == sizeof record;
-    const int err = errno;
-    if (std::fclose(file) != 0 || !written)
-        throw CheckpointError("checkpoint " + path + ": cannot seal: " + std::strerror(written ? errno : err));
+    std::vector<unsigned char> body;
+    {
+        std::FILE* file = std::fopen(path.c_str(), "rb");
+        if (file == nullptr) throw CheckpointError("checkpoint " + path + ": " + std::strerror(errno));
+        unsigned char buffer[1 << 16];
+        for (std::size_t n; (n = std::fread(buffer, 1, sizeof buffer, file)) > 0;) body.insert(body.end(), buffer, buffer + n);
+        std::fclose(file);
+    }
+    if (body.size() >= kIntegrityBytes && std::memcmp(body.data(), kIntegrityMagic, std::strlen(kIntegrityMagic)) == 0)
+        body.erase(body.begin(), body.begin() + std::ptrdiff_t(kIntegrityBytes));  // replace an old record
+    const auto record = integrity_record(body.data(), body.size());
+    write_file_durably(path, {std::span(reinterpret_cast<const unsigned char*>(record.data()), record.size()), std::span(body)});
 }
 
 // Refuses a file whose record does not match what follows it (truncated, or changed after it
@@ -393,8 +426,9 @@ inline void check_integrity_record(const std::string& path) {
 inline constexpr const char* kCheckpointFormat = "lightunet-checkpoint";
 inline constexpr long kCheckpointVersion = 1;
 
-// Writes the checkpoint crash-safely (temporary file, flush, close, fsync, rename, fsync of the
-// folder). On any failure (a full disk included) the temporary file is removed, the file at
+// Writes the checkpoint crash-safely: built in memory by HDF5 (under the HDF5 lock), then the
+// integrity record and the image written to a temporary file, fsync, rename, fsync of the
+// folder. On any failure (a full disk included) the temporary file is removed, the file at
 // `path` is left as it was, and CheckpointError names `path` and the cause.
 template <class Model, class Optimizer>
 void save_checkpoint(const std::string& path, const Model& model, const Optimizer& optimizer, const TrainState& state) {
@@ -404,9 +438,9 @@ void save_checkpoint(const std::string& path, const Model& model, const Optimize
     const std::string tmp = detail::temporary_path(path);
     const std::string context = detail::context_for(tmp);
     try {
-        detail::as_checkpoint_error([&] {
+        const std::vector<unsigned char> image = detail::as_checkpoint_error([&] {
             h5::H5Lock lock;
-            h5::H5Handle file = h5::create_hdf5(tmp, detail::kIntegrityBytes);
+            h5::H5Handle file = h5::create_hdf5_in_memory(tmp);
             const hid_t root = file.get();
             const std::string config = config_string<Model>();
             detail::write_text(root, "format", kCheckpointFormat, context);
@@ -469,11 +503,11 @@ void save_checkpoint(const std::string& path, const Model& model, const Optimize
                 detail::write_vector(g.get(), "seconds", {hsize_t(e)}, seconds.data(), context);
                 detail::write_vector(g.get(), "rollbacks", {hsize_t(e)}, rollbacks.data(), context);
             }
-            h5::check_hdf5(H5Fflush(root, H5F_SCOPE_GLOBAL), context + ": flush");
-            file.close(context + ": close");
+            return h5::file_image(root, context);
         });
-        detail::write_integrity_record(tmp);
-        detail::fsync_path(tmp, false);
+        // Outside the HDF5 lock: the loader's threads read the store meanwhile.
+        const auto record = detail::integrity_record(image.data(), image.size());
+        detail::write_file_durably(tmp, {std::span(reinterpret_cast<const unsigned char*>(record.data()), record.size()), std::span(image)});
         if (std::rename(tmp.c_str(), path.c_str()) != 0)
             throw CheckpointError("checkpoint " + path + ": rename from " + tmp + " failed: " + std::strerror(errno));
         detail::fsync_path(dir, true);
