@@ -37,6 +37,7 @@ public:
     std::string id(std::size_t i) const override { return all_.id(indices_.at(i)); }
     data::VolumeExtent extent(std::size_t i) const override { return all_.extent(indices_.at(i)); }
     bool has_labels(std::size_t i) const override { return all_.has_labels(indices_.at(i)); }
+    std::vector<data::SliceRange> present_slices(std::size_t i) const override { return all_.present_slices(indices_.at(i)); }
     std::vector<std::array<int, 3>> foreground(std::size_t i) const override { return all_.foreground(indices_.at(i)); }
     std::optional<std::array<int, 3>> foreground_voxel(std::size_t i, std::uint64_t draw) const override {
         return all_.foreground_voxel(indices_.at(i), draw);
@@ -50,6 +51,24 @@ private:
     const data::CaseSource& all_;
     std::vector<std::size_t> indices_;
 };
+
+inline void print_conversion_warning(const std::string& text) {
+    std::fprintf(stderr, "\n[WARN] %s\n", text.c_str());
+}
+
+// What a conversion of Kaggle slices found: partial volumes and the channel-order votes.
+inline void print_conversion_summary(const io::ConvertReport& report) {
+    if (!report.partial.empty()) {
+        std::fprintf(stderr, "[INFO] %zu of %zu volumes hold only some slices; stored with the slices they have (2D training "
+                             "samples only those, 3D patches only runs of contiguous slices):\n",
+                     report.partial.size(), report.converted.size());
+        for (std::size_t i = 0; i < report.partial.size() && i < 10; ++i) std::fprintf(stderr, "  - %s\n", report.partial[i].c_str());
+        if (report.partial.size() > 10) std::fprintf(stderr, "  - ... (%zu more)\n", report.partial.size() - 10);
+    }
+    if (!report.channel_votes.empty())
+        std::fprintf(stderr, "[INFO] Channel order checked per volume: %s%s\n", report.channel_votes.c_str(),
+                     report.warnings.empty() ? "" : " (the volumes against it are warned about above)");
+}
 
 // --data is a store file, or a folder of NIfTI cases / Kaggle slices that is converted into
 // `<run>/store.h5` first (streaming, so a large dataset is never held in memory). A store left
@@ -71,6 +90,7 @@ inline std::unique_ptr<io::StoreSource> open_training_data(const fs::path& data_
         std::fprintf(stderr, "\r[INFO] Converting %zu/%zu %-40s", done, total, id.c_str());
         if (done == total) std::fprintf(stderr, "\n");
     };
+    options.warning = print_conversion_warning;
     std::fprintf(stderr, "[INFO] Converting %s into %s\n", data_path.c_str(), store.c_str());
     const io::ConvertReport report = io::convert_to_store(data_path, store, options);
     std::fprintf(stderr, "[INFO] Store: %zu cases", report.converted.size());
@@ -80,6 +100,7 @@ inline std::unique_ptr<io::StoreSource> open_training_data(const fs::path& data_
     } else {
         std::fprintf(stderr, "\n");
     }
+    print_conversion_summary(report);
     return std::make_unique<io::StoreSource>(store);
 }
 

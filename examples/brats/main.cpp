@@ -86,14 +86,17 @@ int synth_command(const brats_cli::Options& o) {
 int convert_command(const brats_cli::Options& o) {
     io::ConvertOptions options;
     options.skip_bad_cases = o.flag_set("skip-bad");
+    options.kaggle.read.verify_channel_order = !o.flag_set("no-channel-check");
     options.progress = [](const std::string& id, std::size_t done, std::size_t total) {
         std::fprintf(stderr, "\r[INFO] %zu/%zu %-40s", done, total, id.c_str());
     };
+    options.warning = brats::print_conversion_warning;
     const io::ConvertReport report = io::convert_to_store(o.str("data"), o.str("out"), options);
     std::fprintf(stderr, "\n[INFO] Converted %zu cases into %s (%zu skipped)\n", report.converted.size(), o.str("out").c_str(),
                  report.skipped.size());
     // Skipping is what --skip-bad asked for: warned about, not a failure.
     for (const auto& [what, why] : report.skipped) std::fprintf(stderr, "[WARN] skipped %s: %s\n", what.c_str(), why.c_str());
+    brats::print_conversion_summary(report);
     return 0;
 }
 
@@ -250,10 +253,12 @@ brats_cli::Options options_for(const std::string& command) {
             .value("prefix", "Synth", "case id prefix");
     if (command == "convert")
         return Options("convert", "Convert a folder of NIfTI cases (BraTS 2018-2021 or 2023+ naming) or Kaggle HDF5 slices "
-                                  "into a preprocessed store (docs/store.md).")
+                                  "into a preprocessed store (docs/store.md). A Kaggle volume missing slices is stored with "
+                                  "the slices it has.")
             .required("data", "input folder")
             .required("out", "store file to write (.h5)")
-            .flag("skip-bad", "skip unreadable cases and list them instead of stopping");
+            .flag("skip-bad", "skip unreadable cases and list them instead of stopping")
+            .flag("no-channel-check", "Kaggle slices: do not judge the declared channel order against the intensities");
     if (command == "train")
         return Options("train", "Train a U-Net; writes checkpoints/, metrics.csv, metrics.json, curves.png, pictures/ and "
                                 "run.cfg into --out.")
@@ -304,7 +309,8 @@ brats_cli::Options options_for(const std::string& command) {
             .value("threads", "2", "compute threads")
             .value("pictures", "3", "cases drawn as overlay PNGs")
             .flag("tta", "mirror test-time augmentation")
-            .flag("no-channel-check", "Kaggle slices: do not check the channel order against the intensities");
+            .flag("no-channel-check", "Kaggle slices: do not judge the declared channel order against the intensities (it is "
+                                      "judged per volume; only a set that contradicts it stops the run)");
     if (command == "evaluate")
         return Options("evaluate", "Dice and HD95 (mm) per region. Empty truth and empty prediction: Dice 1, HD95 0; one empty, "
                                    "the other not: Dice 0, HD95 = the volume's diagonal in mm.")

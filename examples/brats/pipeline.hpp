@@ -220,12 +220,18 @@ int Pipeline<C>::predict(const brats_cli::Options& o, const RunInfo& run) {
     // Kaggle slices: every volume is assembled (absent slices as background, which the brain
     // crop then skips), and each input slice gets a mask file of the same name, in the Kaggle
     // mask layout, plus a metadata CSV of the predictions.
+    // The declared channel order is judged per volume: a volume against it is a warning with its
+    // evidence, only a set of volumes against it stops (io::ChannelOrderTally).
     std::vector<io::KaggleSliceRecord> records;
+    io::KaggleVolumeOptions read;
+    read.missing = io::MissingSlices::fill_background;
+    read.read.verify_channel_order = !o.flag_set("no-channel-check");
+    io::ChannelOrderTally channel_order(read.read.channels, input.string());
     for (const auto& [volume, slices] : inputs.kaggle_volumes) {
-        io::KaggleVolumeOptions read;
-        read.missing = io::MissingSlices::fill_background;
-        read.read.verify_channel_order = !o.flag_set("no-channel-check");
         const io::KaggleVolume v = io::read_kaggle_volume(input, volume, slices, read);
+        if (read.read.verify_channel_order)
+            if (const std::string warning = channel_order.add(v.case_data.id, v.channel_check); !warning.empty())
+                std::fprintf(stderr, "[WARN] %s\n", warning.c_str());
         const std::vector<float> background = io::kaggle_slice_background(v.case_data);
         const data::Case prepared = io::prepare_for_prediction(v.case_data, &background);
         const auto [labels, seconds] = segment(prepared);
@@ -239,6 +245,8 @@ int Pipeline<C>::predict(const brats_cli::Options& o, const RunInfo& run) {
                      out.c_str(), volume);
     }
     if (!records.empty()) io::write_kaggle_metadata(out / "meta_data.csv", records);
+    if (!inputs.kaggle_volumes.empty() && read.read.verify_channel_order)
+        std::fprintf(stderr, "[INFO] Channel order checked per volume: %s\n", channel_order.votes().c_str());
     std::fprintf(stderr, "[INFO] Predicted %d %s, %.2f s per %s on %d threads\n", done, inputs.nifti.empty() ? "volumes" : "cases",
                  done ? total_seconds / done : 0.0, inputs.nifti.empty() ? "volume" : "case", threads);
     return 0;

@@ -370,6 +370,130 @@ TEST_CASE("loader: validation yields centre patches and whole cases in order", "
     }
 }
 
+// A 12x12x16 case holding slices 2-4, 7 and 10-14 only (as a Kaggle folder keeping part of a
+// volume): present voxels describe themselves (self_describing_case), missing slices hold a
+// value no present voxel has, and background labels.
+Case partial_case(const std::string& id = "partial") {
+    Case c = self_describing_case({12, 12, 16}, id);
+    c.present_slices = {{2, 5}, {7, 8}, {10, 15}};
+    const std::size_t plane = 12 * 12;
+    for (int z = 0; z < 16; ++z) {
+        const bool present = std::any_of(c.present_slices.begin(), c.present_slices.end(),
+                                         [&](const SliceRange& r) { return z >= r.begin && z < r.end; });
+        if (present) continue;
+        for (std::size_t i = 0; i < plane; ++i) {
+            c.labels[std::size_t(z) * plane + i] = 0;
+            for (int m = 0; m < kModalityCount; ++m) c.image(m)[std::size_t(z) * plane + i] = -7777.0f;
+        }
+    }
+    return c;
+}
+
+// The slices (z) the voxels of item `item` came from, -1 for a missing slice's voxel (padding
+// in x and y, 0, is left out: voxel 0 lies in missing slice 0).
+std::set<int> item_slices(const Batch& b, int item) {
+    std::set<int> slices;
+    const float* v = b.images.channel(item, 0);
+    for (std::size_t i = 0, n = b.images.shape().spatial(); i < n; ++i)
+        if (v[i] != 0.0f) slices.insert(v[i] == -7777.0f ? -1 : voxel_id(v[i], 0) / (12 * 12));
+    return slices;
+}
+
+TEST_CASE("loader: partial cases give patches only from present slices, 3D only from contiguous runs", "[data][loader][partial]") {
+    const MemorySource source(std::vector<Case>{partial_case()});
+    REQUIRE(source.present_slices(0) == std::vector<SliceRange>{{2, 5}, {7, 8}, {10, 15}});
+    LoaderConfig config;
+    config.batch = 4;
+    config.workers = 0;
+    config.foreground_fraction = 0.5;  // foreground centres in slice 7 must move or fall back in 3D
+    config.augmentation = {true, true, 0.0f, 0.0f, 0.0f, {1.0f, 1.0f}};  // voxels move, values stay readable
+
+    SECTION("2D: every present slice is drawn, no missing one") {
+        config.patch = {1, 8, 8};
+        PatchLoader loader(source, config);
+        REQUIRE(loader.left_out().empty());
+        std::set<int> seen;
+        Batch b;
+        for (int k = 0; k < 40; ++k) {
+            loader.next(b);
+            for (int item = 0; item < 4; ++item) {
+                const std::set<int> slices = item_slices(b, item);
+                REQUIRE(slices.size() == 1);
+                REQUIRE(*slices.begin() >= 0);
+                REQUIRE(b.boxes[std::size_t(item)].begin[2] == *slices.begin());
+                seen.insert(*slices.begin());
+            }
+        }
+        CHECK(seen == std::set<int>{2, 3, 4, 7, 10, 11, 12, 13, 14});
+    }
+    SECTION("3D: a patch lies inside one run at least as deep as the patch") {
+        config.patch = {3, 8, 8};
+        PatchLoader loader(source, config);
+        std::set<int> first_slices;
+        Batch b;
+        for (int k = 0; k < 40; ++k) {
+            loader.next(b);
+            for (int item = 0; item < 4; ++item) {
+                const std::set<int> slices = item_slices(b, item);
+                const int z0 = b.boxes[std::size_t(item)].begin[2];
+                REQUIRE(slices == std::set<int>{z0, z0 + 1, z0 + 2});
+                REQUIRE(((z0 == 2) || (z0 >= 10 && z0 <= 12)));  // runs 2-4 and 10-14; 7 is too short
+                first_slices.insert(z0);
+            }
+        }
+        CHECK(first_slices == std::set<int>{2, 10, 11, 12});
+    }
+    SECTION("a case without a run as deep as the patch is left out, and named; none at all is refused") {
+        config.patch = {6, 8, 8};
+        Case whole = self_describing_case({12, 12, 16}, "whole");
+        const MemorySource mixed(std::vector<Case>{partial_case(), whole});
+        PatchLoader loader(mixed, config);
+        REQUIRE(loader.left_out().size() == 1);
+        CHECK(loader.left_out()[0].first == 0);
+        CHECK_THAT(loader.left_out()[0].second, Catch::Contains("'partial' holds slices 2-4, 7, 10-14, no run of 6 contiguous"));
+        Batch b;
+        for (int k = 0; k < 10; ++k) {
+            loader.next(b);
+            for (std::size_t c : b.cases) REQUIRE(c == 1);
+        }
+        REQUIRE_THROWS_WITH(PatchLoader(source, config), Catch::Contains("no case holds 6 contiguous slices") &&
+                                                             Catch::Contains("'partial' holds slices 2-4, 7, 10-14"));
+    }
+    SECTION("validation: the centre patch on the present slice nearest the middle, whole cases of present slices") {
+        config.patch = {1, 8, 8};
+        config.mode = LoaderMode::validate_center;
+        {
+            PatchLoader loader(source, config);
+            Batch b;
+            loader.next(b);
+            CHECK(item_slices(b, 0) == std::set<int>{7});  // middle 8: 7 is nearer than 10
+        }
+        config.patch = {3, 8, 8};
+        {
+            PatchLoader loader(source, config);
+            Batch b;
+            loader.next(b);
+            CHECK(item_slices(b, 0) == std::set<int>{10, 11, 12});  // the nearest run deep enough
+        }
+        config.patch = {1, 8, 8};
+        config.mode = LoaderMode::validate_whole;
+        PatchLoader loader(source, config);
+        Batch b;
+        loader.next(b);
+        REQUIRE(b.slices == std::vector<int>{2, 3, 4, 7, 10, 11, 12, 13, 14});
+        REQUIRE(b.images.shape().n == 9);
+        for (int item = 0; item < 9; ++item) CHECK(item_slices(b, item) == std::set<int>{b.slices[std::size_t(item)]});
+    }
+    SECTION("MemorySource refuses runs that overlap, touch or leave the case") {
+        for (const std::vector<SliceRange>& bad : {std::vector<SliceRange>{{2, 5}, {4, 8}}, std::vector<SliceRange>{{2, 5}, {5, 8}},
+                                                   std::vector<SliceRange>{{10, 17}}, std::vector<SliceRange>{{3, 3}}}) {
+            Case c = partial_case();
+            c.present_slices = bad;
+            REQUIRE_THROWS_WITH(MemorySource(std::vector<Case>{c}), Catch::Contains("case 'partial': present_slices: slice run"));
+        }
+    }
+}
+
 TEST_CASE("loader: a worker's error reaches the consumer with the case id, in order", "[data][loader]") {
     const FailingSource source(synthetic_source(), 2);
     LoaderConfig config;

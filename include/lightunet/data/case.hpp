@@ -49,6 +49,13 @@ struct CropBox {
     VolumeExtent extent() const { return {end[0] - begin[0], end[1] - begin[1], end[2] - begin[2]}; }
 };
 
+// Half-open run [begin, end) of axial slices (z).
+struct SliceRange {
+    int begin = 0, end = 0;
+    int size() const { return end - begin; }
+    bool operator==(const SliceRange&) const = default;
+};
+
 struct Case {
     std::string id;
     VolumeExtent extent;         // of the arrays below (after a crop, if any)
@@ -56,9 +63,46 @@ struct Case {
     std::vector<std::uint8_t> labels;  // [z][y][x] canonical classes; empty when unlabelled
     Geometry geometry;
     CropBox crop;                // where `extent` lies in geometry.extent
+    // The runs of slices (z of `extent`, ascending, disjoint) that hold data, when only some do
+    // (a folder of Kaggle slices that keeps part of a volume): the other slices are zero images
+    // and background labels, not anatomy. Empty: every slice holds data.
+    std::vector<SliceRange> present_slices;
     bool has_labels() const { return !labels.empty(); }
     float* image(int modality) { return images.data() + std::size_t(modality) * extent.voxels(); }
     const float* image(int modality) const { return images.data() + std::size_t(modality) * extent.voxels(); }
 };
+
+// The runs of consecutive values in `slices` (ascending, no repeats).
+inline std::vector<SliceRange> slice_runs(const std::vector<int>& slices) {
+    std::vector<SliceRange> runs;
+    for (const int z : slices) {
+        if (!runs.empty() && runs.back().end == z) ++runs.back().end;
+        else runs.push_back({z, z + 1});
+    }
+    return runs;
+}
+
+// Why `runs` cannot be the present slices of a case `depth` slices deep ("" when they can):
+// each run non-empty and inside [0, depth), ascending, disjoint and not touching.
+inline std::string slice_runs_problem(const std::vector<SliceRange>& runs, int depth) {
+    for (std::size_t i = 0; i < runs.size(); ++i) {
+        const SliceRange& r = runs[i];
+        const std::string run = "slice run [" + std::to_string(r.begin) + ", " + std::to_string(r.end) + ")";
+        if (r.begin < 0 || r.end > depth || r.begin >= r.end) return run + " is empty or outside the " + std::to_string(depth) + " slices";
+        if (i > 0 && r.begin <= runs[i - 1].end) return run + " does not follow the run before it with a gap";
+    }
+    return {};
+}
+
+// "3-5, 9, 12-14" (inclusive slice numbers), for messages.
+inline std::string describe_slice_runs(const std::vector<SliceRange>& runs) {
+    std::string text;
+    for (const SliceRange& r : runs) {
+        if (!text.empty()) text += ", ";
+        text += std::to_string(r.begin);
+        if (r.size() > 1) text += "-" + std::to_string(r.end - 1);
+    }
+    return text;
+}
 
 }  // namespace lightunet::data

@@ -17,6 +17,12 @@
 //   than the patch). Augmentation: flips per axis, k * 90 degree rotations in the axial plane
 //   (square patches), per-channel intensity scale/shift and gamma; labels undergo exactly the
 //   same voxel permutation as the images.
+// - Partial cases (CaseSource::present_slices: some slices missing, as in Kaggle folders that
+//   keep part of each volume): a patch's z range lies inside one run of present slices (2D: a
+//   present slice; a foreground patch is moved along z into its voxel's run); a case with no run
+//   as deep as the patch is not drawn (left_out() says which). Validation's centre patch sits on
+//   the present slice nearest the middle; validate_whole's 2D batch holds only present slices
+//   (Batch::slices gives their z). Cases with every slice behave exactly as before.
 // - Validation: LoaderMode::validate_center gives the centre patch of every case in order
 //   (batches of up to B, the last one may be smaller); LoaderMode::validate_whole gives one whole
 //   case per batch, [1][4][Z][Y][X] for 3D patches, or its slices [Z][4][1][Y][X] when the patch
@@ -88,12 +94,14 @@ struct Batch {
     bool labelled = true;          // false when a validation case has no labels
     std::vector<std::size_t> cases;  // source index of each item (whole-case 2D: one entry)
     std::vector<Box> boxes;          // region each item was read from, in the case's voxels
+    std::vector<int> slices;         // whole-case 2D: the z of each item (present slices only)
 };
 
 class PatchLoader {
 public:
     PatchLoader(const CaseSource& source, LoaderConfig config) : source_(source), config_(config) {
         validate();
+        find_present_slices();
         if (config_.mode == LoaderMode::train) batches_per_epoch_ = config_.batches_per_epoch;
         else if (config_.mode == LoaderMode::validate_center)
             batches_per_epoch_ = (source_.size() + std::size_t(config_.batch) - 1) / std::size_t(config_.batch);
@@ -115,6 +123,9 @@ public:
     PatchLoader& operator=(const PatchLoader&) = delete;
 
     std::size_t batches_per_epoch() const { return batches_per_epoch_; }
+    // Training: cases that hold only some slices and no run of patch-depth contiguous ones (3D
+    // patches never span a missing slice), with why; they are not drawn.
+    const std::vector<std::pair<std::size_t, std::string>>& left_out() const { return left_out_; }
     const LoaderConfig& config() const { return config_; }
 
     // The next batch in order; its buffers are swapped with `batch`'s (reuse one Batch object).
@@ -164,6 +175,55 @@ private:
         std::swap(a.labelled, b.labelled);
         a.cases.swap(b.cases);
         a.boxes.swap(b.boxes);
+        a.slices.swap(b.slices);
+    }
+
+    // Runs of present slices per case (once: the sources answer from their index), and in
+    // training the cases a patch can be cut from.
+    void find_present_slices() {
+        const int depth = config_.patch.d;
+        runs_.resize(source_.size());
+        partial_.assign(source_.size(), false);
+        for (std::size_t i = 0; i < source_.size(); ++i) {
+            runs_[i] = source_.present_slices(i);
+            const int z = source_.extent(i).z;
+            if (const std::string problem = slice_runs_problem(runs_[i], z); !problem.empty() || runs_[i].empty())
+                throw std::invalid_argument("PatchLoader: case '" + source_.id(i) + "': present slices: " +
+                                            (problem.empty() ? std::string("none") : problem));
+            partial_[i] = !(runs_[i].size() == 1 && runs_[i][0] == SliceRange{0, z});
+            if (config_.mode != LoaderMode::train) continue;
+            int longest = 0;
+            for (const SliceRange& r : runs_[i]) longest = std::max(longest, r.size());
+            if (partial_[i] && longest < depth)
+                left_out_.emplace_back(i, "case '" + source_.id(i) + "' holds slices " + describe_slice_runs(runs_[i]) +
+                                              ", no run of " + std::to_string(depth) + " contiguous slices for a patch");
+            else
+                drawable_.push_back(i);
+        }
+        if (config_.mode == LoaderMode::train && drawable_.empty())
+            throw std::invalid_argument("PatchLoader: no case holds " + std::to_string(depth) + " contiguous slices for a patch (" +
+                                        left_out_.front().second + "): 3D patches never span a missing slice; train 2D");
+    }
+
+    // First z of a patch `depth` deep in a partial case: around `centre` inside its run when the
+    // run is deep enough, else at a uniform position (`draw`) among all positions inside runs.
+    int partial_patch_z(std::size_t case_index, std::optional<int> centre, std::uint64_t draw, int depth) const {
+        const std::vector<SliceRange>& runs = runs_[case_index];
+        if (centre)
+            for (const SliceRange& r : runs)
+                if (*centre >= r.begin && *centre < r.end && r.size() >= depth)
+                    return std::clamp(*centre - depth / 2, r.begin, r.end - depth);
+        std::uint64_t positions = 0;
+        for (const SliceRange& r : runs)
+            if (r.size() >= depth) positions += std::uint64_t(r.size() - depth + 1);
+        std::uint64_t chosen = std::uint64_t((unsigned __int128)draw * positions >> 64);
+        for (const SliceRange& r : runs) {
+            if (r.size() < depth) continue;
+            const std::uint64_t here = std::uint64_t(r.size() - depth + 1);
+            if (chosen < here) return r.begin + int(chosen);
+            chosen -= here;
+        }
+        throw std::logic_error("PatchLoader: no run for a patch");  // drawable_ holds only cases with one
     }
 
     void validate() const {
@@ -225,6 +285,7 @@ private:
         batch.labelled = true;
         batch.cases.clear();
         batch.boxes.clear();
+        batch.slices.clear();
         switch (config_.mode) {
         case LoaderMode::train: fill_train(batch, scratch); break;
         case LoaderMode::validate_center: fill_center(batch, scratch); break;
@@ -266,7 +327,7 @@ private:
         const Augmentation& aug = config_.augmentation;
         for (int item = 0; item < n; ++item) {
             SplitMix64 rng(hash_key({config_.seed, batch.epoch, batch.index, std::uint64_t(item)}));
-            const std::size_t case_index = std::size_t(rng.below(source_.size()));
+            const std::size_t case_index = drawable_[std::size_t(rng.below(drawable_.size()))];
             try {
                 // Every draw happens whatever the branches, so one choice never shifts another.
                 const bool want_foreground = rng.bernoulli(config_.foreground_fraction);
@@ -289,6 +350,9 @@ private:
                                            ? int((unsigned __int128)position_draw[a] * std::uint64_t(size[a] - patch[a] + 1) >> 64)
                                            : -((patch[a] - size[a]) / 2);
                 }
+                if (partial_[case_index])  // z inside a run of present slices
+                    box.begin[2] = partial_patch_z(case_index, centre ? std::optional<int>((*centre)[2]) : std::nullopt,
+                                                   position_draw[2], p.d);
                 for (int a = 0; a < 3; ++a) box.end[a] = box.begin[a] + patch[a];
                 read_box(case_index, box, scratch);
 
@@ -317,10 +381,9 @@ private:
                 const VolumeExtent e = source_.extent(case_index);
                 const std::array<int, 3> size{e.x, e.y, e.z}, patch{p.w, p.h, p.d};
                 Box box;
-                for (int a = 0; a < 3; ++a) {
-                    box.begin[a] = size[a] / 2 - patch[a] / 2;  // floor of the centre for even sizes
-                    box.end[a] = box.begin[a] + patch[a];
-                }
+                for (int a = 0; a < 3; ++a) box.begin[a] = size[a] / 2 - patch[a] / 2;  // floor of the centre for even sizes
+                if (partial_[case_index]) box.begin[2] = centre_patch_z(case_index, p.d);
+                for (int a = 0; a < 3; ++a) box.end[a] = box.begin[a] + patch[a];
                 read_box(case_index, box, scratch);
                 batch.labelled = batch.labelled && source_.has_labels(case_index);
                 emit(scratch.images.data(), p.size(), scratch.labels.data(), p, transform(p, false, false, false, 0), batch, item);
@@ -342,14 +405,18 @@ private:
             batch.labelled = source_.has_labels(case_index);
             batch.cases.push_back(case_index);
             batch.boxes.push_back(box);
-            if (config_.patch.d == 1) {  // slices as the batch: [Z][4][1][Y][X]
+            if (config_.patch.d == 1) {  // present slices as the batch: [Z][4][1][Y][X]
                 const Extent slice{1, e.y, e.x};
-                batch.images.resize({e.z, kModalityCount, 1, e.y, e.x});
-                batch.labels.resize({e.z, label_channels(), 1, e.y, e.x});
-                for (int z = 0; z < e.z; ++z)
-                    emit(scratch.images.data() + std::size_t(z) * slice.size(), e.voxels(),
-                         scratch.labels.data() + std::size_t(z) * slice.size(), slice, transform(slice, false, false, false, 0),
-                         batch, z);
+                for (const SliceRange& r : runs_[case_index])
+                    for (int z = r.begin; z < r.end; ++z) batch.slices.push_back(z);
+                const int count = int(batch.slices.size());
+                batch.images.resize({count, kModalityCount, 1, e.y, e.x});
+                batch.labels.resize({count, label_channels(), 1, e.y, e.x});
+                for (int item = 0; item < count; ++item) {
+                    const std::size_t z = std::size_t(batch.slices[std::size_t(item)]);
+                    emit(scratch.images.data() + z * slice.size(), e.voxels(), scratch.labels.data() + z * slice.size(), slice,
+                         transform(slice, false, false, false, 0), batch, item);
+                }
             } else {
                 const Extent whole{e.z, e.y, e.x};
                 batch.images.resize({1, kModalityCount, e.z, e.y, e.x});
@@ -441,9 +508,29 @@ private:
         }
     }
 
+    // Validation's centre patch of a partial case: around the present slice nearest the middle,
+    // inside its run when the run is deep enough.
+    int centre_patch_z(std::size_t case_index, int depth) const {
+        const int middle = source_.extent(case_index).z / 2;
+        const SliceRange* best = nullptr;
+        int best_z = 0;
+        for (const SliceRange& r : runs_[case_index]) {
+            const int z = std::clamp(middle, r.begin, r.end - 1);
+            const bool deep_enough = r.size() >= depth, best_deep = best && best->size() >= depth;
+            if (!best || (deep_enough && !best_deep) || (deep_enough == best_deep && std::abs(z - middle) < std::abs(best_z - middle)))
+                best = &r, best_z = z;
+        }
+        return best->size() >= depth ? std::clamp(best_z - depth / 2, best->begin, best->end - depth)
+                                     : best->begin + best->size() / 2 - depth / 2;
+    }
+
     const CaseSource& source_;
     const LoaderConfig config_;
     std::size_t batches_per_epoch_ = 0;
+    std::vector<std::vector<SliceRange>> runs_;
+    std::vector<bool> partial_;                // some slices missing
+    std::vector<std::size_t> drawable_;        // training: cases a patch can be cut from
+    std::vector<std::pair<std::size_t, std::string>> left_out_;
 
     std::mutex mutex_;
     std::condition_variable work_cv_, ready_cv_;

@@ -78,6 +78,10 @@ public:
     std::string id(std::size_t index) const override { return at(index).id; }
     VolumeExtent extent(std::size_t index) const override { return at(index).extent; }
     bool has_labels(std::size_t index) const override { return at(index).has_labels(); }
+    std::vector<SliceRange> present_slices(std::size_t index) const override {
+        const Case& c = at(index);
+        return c.present_slices.empty() ? std::vector<SliceRange>{{0, c.extent.z}} : c.present_slices;
+    }
     std::vector<std::array<int, 3>> foreground(std::size_t index) const override {
         at(index);
         return foreground_[index];
@@ -150,6 +154,8 @@ private:
         if (c.has_labels() && c.labels.size() != volume)
             throw std::invalid_argument("MemorySource: case '" + c.id + "' has " + std::to_string(c.labels.size()) +
                                         " labels, expected " + std::to_string(volume));
+        if (const std::string problem = slice_runs_problem(c.present_slices, c.extent.z); !problem.empty())
+            throw std::invalid_argument("MemorySource: case '" + c.id + "': present_slices: " + problem);
         for (std::size_t v = 0; v < c.labels.size(); ++v)
             if (c.labels[v] >= kClassCount)
                 throw std::invalid_argument("MemorySource: case '" + c.id + "' has label " + std::to_string(int(c.labels[v])) +

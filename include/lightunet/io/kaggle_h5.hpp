@@ -60,9 +60,24 @@ struct KaggleSlice {
     std::vector<std::uint8_t> labels;
 };
 
-// Which intensity checks the data allowed, and the statistics behind them.
+// One intensity test of a declared channel order: which stored channel shows the statistic
+// most, against the one the declared order says.
+struct ChannelOrderTest {
+    const char* name = "";     // what the statistic is
+    bool made = false;         // enough pixels of the kinds it compares
+    bool agrees = true;        // (when made) the largest value is on the expected channel
+    std::size_t observed = 0;  // stored channel with the largest value
+    std::size_t expected = 0;  // stored channel the declared order expects
+    std::array<double, 4> values{};  // per stored channel
+};
+
+// Which intensity checks the data allowed, and what they found.
 struct ChannelOrderCheck {
     bool checked_t2 = false, checked_t1ce = false, checked_flair = false;
+    std::array<ChannelOrderTest, 3> tests{};  // T2 (CSF), T1ce (enhancing minus edema), FLAIR (edema)
+    bool contradicts() const {
+        return std::any_of(tests.begin(), tests.end(), [](const ChannelOrderTest& t) { return t.made && !t.agrees; });
+    }
 };
 
 namespace detail {
@@ -134,54 +149,86 @@ public:
         }
     }
 
-    // Raises DataError naming `source` when the data contradicts `channels`.
-    ChannelOrderCheck verify(const KaggleChannels& channels, const std::string& source) const {
+    // Pools another set of slices (another volume) into this one.
+    void merge(const ChannelOrderEvidence& other) {
+        for (std::size_t c = 0; c < 4; ++c) bright_tail_[c] += other.bright_tail_[c];
+        healthy_brain_ += other.healthy_brain_;
+        for (std::size_t k = 0; k < 4; ++k) {
+            class_count_[k] += other.class_count_[k];
+            for (std::size_t c = 0; c < 4; ++c) class_sum_[k][c] += other.class_sum_[k][c];
+        }
+    }
+
+    // The tests the pooled pixels allow, judged against `channels`.
+    ChannelOrderCheck judge(const KaggleChannels& channels) const {
         ChannelOrderCheck result;
         auto stored_channel_of = [&](data::Modality modality) {
             return std::size_t(std::find(channels.image.begin(), channels.image.end(), modality) - channels.image.begin());
         };
-        auto contradiction = [&](const std::string& what, std::size_t observed, data::Modality expected,
-                                 const std::array<double, 4>& values) {
-            std::ostringstream text;
-            text << source << ": declared channel order " << declared_order_text(channels)
-                 << " contradicts the intensities: " << what << " is largest on stored channel " << observed << " (declared "
-                 << modality_label(channels.image[observed]) << "), expected on " << modality_label(expected)
-                 << " (per channel:";
-            for (double v : values) text << ' ' << v;
-            text << ')';
-            throw data::DataError(text.str());
-        };
-        auto argmax = [](const std::array<double, 4>& values) {
-            return std::size_t(std::max_element(values.begin(), values.end()) - values.begin());
+        auto judged = [&](const char* name, data::Modality expected, const std::array<double, 4>& values) {
+            ChannelOrderTest test;
+            test.name = name;
+            test.made = true;
+            test.values = values;
+            test.observed = std::size_t(std::max_element(values.begin(), values.end()) - values.begin());
+            test.expected = stored_channel_of(expected);
+            test.agrees = test.observed == test.expected;
+            return test;
         };
         // T2: CSF makes the largest share of very bright healthy-brain pixels.
+        result.tests[0].name = kTestNames[0];
         if (healthy_brain_ >= 2000) {
             std::array<double, 4> share{};
             for (std::size_t c = 0; c < 4; ++c) share[c] = double(bright_tail_[c]) / double(healthy_brain_);
-            if (argmax(share) != stored_channel_of(data::Modality::t2))
-                contradiction("the share of bright healthy-brain pixels (CSF)", argmax(share), data::Modality::t2, share);
+            result.tests[0] = judged(kTestNames[0], data::Modality::t2, share);
             result.checked_t2 = true;
         }
         const auto class_mean = [&](int k, std::size_t c) { return class_sum_[std::size_t(k)][c] / double(class_count_[std::size_t(k)]); };
         constexpr int ed = 2, et = 3;  // canonical classes: the slice labels are already mapped
         // T1ce: enhancing tumour minus edema.
+        result.tests[1].name = kTestNames[1];
         if (class_count_[std::size_t(et)] >= 20 && class_count_[std::size_t(ed)] >= 50) {
             std::array<double, 4> contrast{};
             for (std::size_t c = 0; c < 4; ++c) contrast[c] = class_mean(et, c) - class_mean(ed, c);
-            if (argmax(contrast) != stored_channel_of(data::Modality::t1ce))
-                contradiction("enhancing tumour minus edema", argmax(contrast), data::Modality::t1ce, contrast);
+            result.tests[1] = judged(kTestNames[1], data::Modality::t1ce, contrast);
             result.checked_t1ce = true;
         }
         // FLAIR: edema is brightest on it.
+        result.tests[2].name = kTestNames[2];
         if (class_count_[std::size_t(ed)] >= 50) {
             std::array<double, 4> edema{};
             for (std::size_t c = 0; c < 4; ++c) edema[c] = class_mean(ed, c);
-            if (argmax(edema) != stored_channel_of(data::Modality::flair))
-                contradiction("the mean intensity in edema", argmax(edema), data::Modality::flair, edema);
+            result.tests[2] = judged(kTestNames[2], data::Modality::flair, edema);
             result.checked_flair = true;
         }
         return result;
     }
+
+    // Raises DataError naming `source` when the data contradicts `channels` (one slice read on
+    // its own; sets of volumes are judged by ChannelOrderTally).
+    ChannelOrderCheck verify(const KaggleChannels& channels, const std::string& source) const {
+        const ChannelOrderCheck result = judge(channels);
+        for (const ChannelOrderTest& test : result.tests)
+            if (test.made && !test.agrees)
+                throw data::DataError(source + ": declared channel order " + declared_order_text(channels) +
+                                      " contradicts the intensities: " + describe(test, channels));
+        return result;
+    }
+
+    // "the mean intensity in edema is largest on stored channel 3 (declared T2), expected on
+    // FLAIR (per channel: ...)"
+    static std::string describe(const ChannelOrderTest& test, const KaggleChannels& channels) {
+        std::ostringstream text;
+        text << test.name << " is largest on stored channel " << test.observed << " (declared "
+             << modality_label(channels.image[test.observed]) << "), expected on " << modality_label(channels.image[test.expected])
+             << " (per channel:";
+        for (double v : test.values) text << ' ' << v;
+        text << ')';
+        return text.str();
+    }
+
+    static constexpr std::array<const char*, 3> kTestNames{"the share of bright healthy-brain pixels (CSF)",
+                                                          "enhancing tumour minus edema", "the mean intensity in edema"};
 
 private:
     static double normalised(float v, double mean, double stdev) { return stdev > 0 ? (v - mean) / stdev : 0.0; }
@@ -486,14 +533,17 @@ struct KaggleVolumeOptions {
 };
 
 struct KaggleVolume {
-    data::Case case_data;             // id "volume_<v>", extent {X, Y, depth}, canonical channels
+    data::Case case_data;             // id "volume_<v>", extent {X, Y, depth}, canonical channels;
+                                      // present_slices set when some are missing
     std::vector<int> missing_slices;  // filled with background (only with fill_background)
-    ChannelOrderCheck channel_check;
+    ChannelOrderCheck channel_check;  // the volume's own verdict (judged, never raised here)
 };
 
-// Reads every slice of volume `volume` in `folder` into one case. The channel-order check pools
-// all slices. Slices outside 0..depth-1 and differing slice shapes raise; missing slices raise
-// unless options.missing is fill_background (then they are listed in the result).
+// Reads every slice of volume `volume` in `folder` into one case. Slices outside 0..depth-1 and
+// differing slice shapes raise; missing slices raise unless options.missing is fill_background
+// (then they are listed in the result and the case's present_slices name the others). With
+// verify_channel_order the declared order is judged on all the volume's slices pooled, and the
+// verdict returned: one volume's intensities do not decide for a set (ChannelOrderTally does).
 // `slices` is one volume's entry of group_kaggle_slices (slice -> file): callers that read many
 // volumes list the folder once.
 inline KaggleVolume read_kaggle_volume(const fs::path& folder, int volume, const std::map<int, fs::path>& slices,
@@ -534,7 +584,12 @@ inline KaggleVolume read_kaggle_volume(const fs::path& folder, int volume, const
                         c.image(int(options.read.channels.image[channel])) + std::size_t(s) * pixels);
         std::copy(stored.classes.begin(), stored.classes.end(), c.labels.begin() + std::ptrdiff_t(std::size_t(s) * pixels));
     }
-    if (options.read.verify_channel_order) result.channel_check = evidence.verify(options.read.channels, context);
+    if (options.read.verify_channel_order) result.channel_check = evidence.judge(options.read.channels);
+    if (!result.missing_slices.empty()) {
+        std::vector<int> present;
+        for (const auto& entry : slices) present.push_back(entry.first);
+        c.present_slices = data::slice_runs(present);
+    }
     c.geometry.extent = c.extent;  // the slices carry no geometry: 1 mm, orientation unknown (codes 0)
     c.crop.begin = {0, 0, 0};
     c.crop.end = {c.extent.x, c.extent.y, c.extent.z};
@@ -546,6 +601,74 @@ inline KaggleVolume read_kaggle_volume(const fs::path& folder, int volume, const
     const auto found = volumes.find(volume);
     return read_kaggle_volume(folder, volume, found == volumes.end() ? std::map<int, fs::path>{} : found->second, options);
 }
+
+// Judges a declared channel order over a set of volumes, a vote per volume and test, so that no
+// single volume (a slice or two with unusual contrast) ends a run over a whole set: a volume
+// whose intensities contradict the declared order is a warning with its evidence; the set
+// contradicts it when some test, made on at least kMinVolumes volumes, went against it on more
+// than two thirds of them, and then add() raises (a wrong declared order is contradicted by
+// nearly every volume the test can judge).
+// A set of volumes whose intensities contradict the declared channel order.
+struct ChannelOrderError : data::DataError {
+    using data::DataError::DataError;
+};
+
+class ChannelOrderTally {
+public:
+    static constexpr int kMinVolumes = 3;
+
+    ChannelOrderTally(KaggleChannels declared, std::string set_name) : declared_(declared), set_name_(std::move(set_name)) {
+        detail::validate_channels(declared_);
+    }
+
+    // Counts one volume's verdict. Returns a warning naming the volume and its evidence when the
+    // volume contradicts the declared order (empty otherwise); raises ChannelOrderError naming the set,
+    // the votes and the evidence once the set contradicts it.
+    std::string add(const std::string& volume, const ChannelOrderCheck& check) {
+        std::string warning;
+        for (std::size_t t = 0; t < check.tests.size(); ++t) {
+            const ChannelOrderTest& test = check.tests[t];
+            if (!test.made) continue;
+            ++made_[t];
+            if (test.agrees) continue;
+            ++against_[t];
+            const std::string evidence = volume + ": " + detail::ChannelOrderEvidence::describe(test, declared_);
+            if (examples_[t].size() < 3) examples_[t].push_back(evidence);
+            warning += (warning.empty() ? "" : "; ") + detail::ChannelOrderEvidence::describe(test, declared_);
+        }
+        for (std::size_t t = 0; t < check.tests.size(); ++t)
+            if (made_[t] >= kMinVolumes && 3 * against_[t] > 2 * made_[t]) {
+                std::string text = set_name_ + ": declared channel order " + detail::declared_order_text(declared_) +
+                                   " contradicts the intensities of " + std::to_string(against_[t]) + " of " +
+                                   std::to_string(made_[t]) + " volumes judged by " + check.tests[t].name + " (";
+                for (std::size_t e = 0; e < examples_[t].size(); ++e) text += (e ? "; " : "") + examples_[t][e];
+                throw ChannelOrderError(text + "): the files store the modalities in another order");
+            }
+        if (warning.empty()) return {};
+        ++doubtful_;
+        return volume + ": the intensities of this volume contradict the declared channel order " +
+               detail::declared_order_text(declared_) + ": " + warning + "; the set as a whole does not (" + votes() + ")";
+    }
+
+    // "CSF test: 22 of 22 volumes agree, ..." for the end of a run.
+    std::string votes() const {
+        static constexpr std::array<const char*, 3> short_names{"T2/CSF", "T1ce/enhancing", "FLAIR/edema"};
+        std::string text;
+        for (std::size_t t = 0; t < made_.size(); ++t)
+            text += (t ? ", " : "") + std::string(short_names[t]) + " test " + std::to_string(made_[t] - against_[t]) + " of " +
+                    std::to_string(made_[t]) + " volumes agree";
+        return text;
+    }
+    // Volumes whose own intensities contradicted the declared order (each was a warning).
+    int doubtful_volumes() const { return doubtful_; }
+
+private:
+    KaggleChannels declared_;
+    std::string set_name_;
+    std::array<int, 3> made_{}, against_{};
+    int doubtful_ = 0;
+    std::array<std::vector<std::string>, 3> examples_;
+};
 
 // ---------------------------------------------------------------------------------------------
 // Writer

@@ -59,6 +59,9 @@ struct StoredCaseInfo {
     std::array<float, data::kModalityCount> brain_mean{}, brain_std{};  // of the source intensities
     std::array<std::int64_t, data::kClassCount> class_voxels{};
     bool has_labels = false;
+    // Runs of stored slices that hold data, when the source volume had only some (Kaggle
+    // slice folders); empty: every slice. Stored as the attribute `present_slices`.
+    std::vector<data::SliceRange> present_slices;
 };
 
 namespace detail {
@@ -135,6 +138,15 @@ inline data::Case preprocess_case(const data::Case& c, int margin, StoredCaseInf
         out.crop.end[d] = input_crop.begin[d] + local.end[d];
     }
     out.extent = local.extent();
+    if (!c.present_slices.empty()) {
+        if (const std::string problem = data::slice_runs_problem(c.present_slices, e.z); !problem.empty())
+            throw data::DataError(c.id + ": present slices: " + problem);
+        for (const data::SliceRange& run : c.present_slices) {
+            const int begin = std::max(run.begin, local.begin[2]) - local.begin[2], end = std::min(run.end, local.end[2]) - local.begin[2];
+            if (begin < end) out.present_slices.push_back({begin, end});
+        }
+        if (out.present_slices == std::vector<data::SliceRange>{{0, out.extent.z}}) out.present_slices.clear();
+    }
     out.images.assign(std::size_t(data::kModalityCount) * out.extent.voxels(), 0.0f);
     if (c.has_labels()) out.labels.assign(out.extent.voxels(), 0);
     for (int m = 0; m < data::kModalityCount; ++m) {
@@ -164,6 +176,7 @@ inline data::Case preprocess_case(const data::Case& c, int margin, StoredCaseInf
     info.geometry = out.geometry;
     info.crop = out.crop;
     info.has_labels = out.has_labels();
+    info.present_slices = out.present_slices;
     info.class_voxels = {};
     for (std::uint8_t k : out.labels) {
         if (k >= data::kClassCount) throw data::DataError(c.id + ": label " + std::to_string(int(k)) + " is not a canonical class");
@@ -363,6 +376,13 @@ private:
         write_attribute<float>(group.get(), "brain_mean", {info.brain_mean.begin(), info.brain_mean.end()}, context);
         write_attribute<float>(group.get(), "brain_std", {info.brain_std.begin(), info.brain_std.end()}, context);
         write_attribute<std::int64_t>(group.get(), "class_voxels", {info.class_voxels.begin(), info.class_voxels.end()}, context);
+        if (!info.present_slices.empty()) {
+            // In the original volume's slice numbers (the file names' <s>), as a user reads them.
+            std::vector<std::int32_t> runs;
+            for (const data::SliceRange& run : info.present_slices)
+                runs.insert(runs.end(), {run.begin + info.crop.begin[2], run.end + info.crop.begin[2]});
+            write_attribute<std::int32_t>(group.get(), "present_slices", runs, context, {hsize_t(runs.size() / 2), 2});
+        }
         ++case_count_;
     }
 
@@ -376,9 +396,12 @@ private:
 struct ConvertOptions {
     StoreOptions store;
     ReadOptions nifti;               // label map, tolerances
-    KaggleVolumeOptions kaggle;      // channel order (checked), depth, missing slices
+    // Channel order (judged over the set), depth; a volume missing slices is stored with the
+    // slices it has (the case's present_slices): people keep part of each volume.
+    KaggleVolumeOptions kaggle{KaggleReadOptions{}, 155, MissingSlices::fill_background};
     bool skip_bad_cases = false;     // convert the rest and report the bad ones
     std::function<void(const std::string& id, std::size_t done, std::size_t total)> progress;
+    std::function<void(const std::string& text)> warning;  // as they arise (also in the report)
 
     // Every setting that changes what a conversion writes, on one line (the store's manifest
     // records it, so a store converted otherwise is not reused).
@@ -402,6 +425,9 @@ struct ConvertOptions {
 struct ConvertReport {
     std::vector<std::string> converted;                       // case ids
     std::vector<std::pair<std::string, std::string>> skipped;  // case (id or path), reason
+    std::vector<std::string> partial;   // "volume_47: slices 71, 124 of 155" (Kaggle volumes with slices missing)
+    std::vector<std::string> warnings;  // volumes whose intensities doubt the declared channel order
+    std::string channel_votes;          // the channel-order tally of a Kaggle folder
 };
 
 // Converts a folder of NIfTI cases (any mix of both namings, found recursively) or of Kaggle
@@ -422,6 +448,8 @@ inline ConvertReport convert_to_store(const fs::path& input, const fs::path& sto
         try {
             convert_one();
             report.converted.push_back(label);
+        } catch (const ChannelOrderError&) {
+            throw;
         } catch (const data::DataError& problem) {
             if (!options.skip_bad_cases) throw;
             report.skipped.emplace_back(label, problem.what());
@@ -436,10 +464,23 @@ inline ConvertReport convert_to_store(const fs::path& input, const fs::path& sto
             if (!files.labels.empty()) sources.push_back(files.labels.filename().string());
             writer.add(c, files.edition(), sources);
         });
+    ChannelOrderTally channel_order(options.kaggle.read.channels, input.string());
     for (const auto& [volume, slices] : kaggle_volumes)
         attempt("volume_" + std::to_string(volume), [&, volume = volume, &slices = slices] {
             const KaggleVolume v = read_kaggle_volume(input, volume, slices, options.kaggle);
             const data::Case& c = v.case_data;
+            if (options.kaggle.read.verify_channel_order) {
+                // A set that contradicts the declared order raises ChannelOrderError, which
+                // skip_bad_cases does not skip: it is not one bad case.
+                const std::string warning = channel_order.add(c.id, v.channel_check);
+                if (!warning.empty()) {
+                    report.warnings.push_back(warning);
+                    if (options.warning) options.warning(warning);
+                }
+            }
+            if (!c.present_slices.empty())
+                report.partial.push_back(c.id + ": slices " + data::describe_slice_runs(c.present_slices) + " of " +
+                                         std::to_string(options.kaggle.depth));
             const std::vector<float> background = kaggle_slice_background(c);
             std::vector<std::string> sources;
             for (const auto& [s, path] : slices) sources.push_back(path.filename().string());
@@ -448,6 +489,7 @@ inline ConvertReport convert_to_store(const fs::path& input, const fs::path& sto
     if (report.converted.empty())
         throw data::DataError(input.string() + ": no case could be converted (first problem: " +
                               (report.skipped.empty() ? std::string("none") : report.skipped.front().second) + ")");
+    if (!kaggle_volumes.empty() && options.kaggle.read.verify_channel_order) report.channel_votes = channel_order.votes();
     std::vector<std::string> skipped;
     for (const auto& [label, reason] : report.skipped) skipped.push_back(label + ": " + reason);
     writer.record_source_manifest(manifest);
@@ -478,6 +520,10 @@ public:
     std::string id(std::size_t index) const override { return info(index).id; }
     data::VolumeExtent extent(std::size_t index) const override { return info(index).extent; }
     bool has_labels(std::size_t index) const override { return info(index).has_labels; }
+    std::vector<data::SliceRange> present_slices(std::size_t index) const override {
+        const StoredCaseInfo& i = info(index);
+        return i.present_slices.empty() ? std::vector<data::SliceRange>{{0, i.extent.z}} : i.present_slices;
+    }
     const StoredCaseInfo& info(std::size_t index) const {
         if (index >= infos_.size())
             throw std::out_of_range(file_.string() + ": case index " + std::to_string(index) + " of " + std::to_string(infos_.size()));
@@ -590,6 +636,7 @@ public:
         c.extent = i.extent;
         c.geometry = i.geometry;
         c.crop = i.crop;
+        c.present_slices = i.present_slices;
         c.images.resize(std::size_t(data::kModalityCount) * i.extent.voxels());
         if (i.has_labels) c.labels.resize(i.extent.voxels());
         data::Box whole;
@@ -670,6 +717,28 @@ private:
             throw data::DataError(context + "/images: shape " + dims_text(dims) + ", expected (4, z, y, x)");
         i.extent = {int(dims[3]), int(dims[2]), int(dims[1])};
         if (i.crop.extent() != i.extent) throw data::DataError(context + ": crop box does not match the stored extent");
+        if (H5Aexists(group.get(), "present_slices") > 0) {
+            const std::string where = context + ": attribute 'present_slices'";
+            std::size_t count = 0;
+            {
+                H5Handle attribute = open_attribute(group.get(), "present_slices", context);
+                count = attribute_count(attribute.get(), "present_slices", std::size_t(i.geometry.extent.z) + 1, context);
+            }
+            if (count == 0 || count % 2 != 0) throw data::DataError(where + ": " + std::to_string(count) + " values, expected (runs, 2)");
+            const auto runs = read_attribute<std::int32_t>(group.get(), "present_slices", count, context);
+            std::vector<data::SliceRange> original;
+            for (std::size_t r = 0; r < count; r += 2) original.push_back({runs[r], runs[r + 1]});
+            if (const std::string problem = data::slice_runs_problem(original, i.geometry.extent.z); !problem.empty())
+                throw data::DataError(where + ": " + problem);
+            for (const data::SliceRange& run : original) {
+                const int begin = std::max(run.begin, i.crop.begin[2]) - i.crop.begin[2];
+                const int end = std::min(run.end, i.crop.end[2]) - i.crop.begin[2];
+                if (begin < end) i.present_slices.push_back({begin, end});
+            }
+            if (i.present_slices.empty()) throw data::DataError(where + ": no present slice lies in the stored crop");
+        } else {
+            H5Eclear2(H5E_DEFAULT);
+        }
         i.has_labels = H5Lexists(group.get(), "labels", H5P_DEFAULT) > 0;
         if (i.has_labels) {
             H5Handle labels = open_dataset(group.get(), "labels", context);
