@@ -68,6 +68,12 @@ int Pipeline<C>::train(const brats_cli::Options& o, const RunInfo& run, Optimize
     lc.seed = seed;
     if (o.flag_set("no-augment")) lc.augmentation = data::Augmentation::none();
     train::LoaderProvider train_loader(train_cases, lc);
+    if (!train_loader.left_out().empty()) {
+        std::fprintf(stderr, "[WARN] %zu of %zu training cases are left out: 3D patches never span a missing slice\n",
+                     train_loader.left_out().size(), train_cases.size());
+        for (std::size_t i = 0; i < train_loader.left_out().size() && i < 10; ++i)
+            std::fprintf(stderr, "  - %s\n", train_loader.left_out()[i].second.c_str());
+    }
 
     // Validation: a fixed set of un-augmented patches drawn once (the same every epoch).
     std::vector<typename Model::Input> val_x;

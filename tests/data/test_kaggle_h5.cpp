@@ -143,6 +143,99 @@ TEST_CASE("Real Kaggle slices: layout, z-scoring and channel order", "[io][kaggl
     }
 }
 
+TEST_CASE("Channel order over a set: one volume against it is a warning, a set against it stops", "[io][kaggle]") {
+    using M = data::Modality;
+    const io::KaggleChannels declared;
+    auto verdict = [](bool t2_agrees, bool flair_made, bool flair_agrees) {
+        io::ChannelOrderCheck check;
+        check.tests[0] = {"csf", true, t2_agrees, t2_agrees ? 3u : 0u, 3, {0.01, 0.02, 0.03, t2_agrees ? 0.09 : 0.0}};
+        check.tests[1].name = "et";
+        check.tests[2] = {"edema", flair_made, flair_agrees, flair_agrees ? 0u : 3u, 0, {1.5, 0.2, 0.3, flair_agrees ? 0.9 : 1.7}};
+        return check;
+    };
+    SECTION("a doubtful volume among agreeing ones: a warning with its evidence, never an error") {
+        io::ChannelOrderTally tally(declared, "/data/slices");
+        REQUIRE(tally.add("volume_1", verdict(true, true, true)).empty());
+        const std::string warning = tally.add("volume_2", verdict(true, true, false));
+        CHECK_THAT(warning, Catch::Contains("volume_2: the intensities of this volume contradict the declared channel order "
+                                            "[FLAIR, T1, T1ce, T2]: edema is largest on stored channel 3 (declared T2), "
+                                            "expected on FLAIR (per channel: 1.5 0.2 0.3 1.7)"));
+        CHECK_THAT(warning, Catch::Contains("FLAIR/edema test 1 of 2 volumes agree"));
+        for (int v = 3; v < 40; ++v) REQUIRE(tally.add("volume_" + std::to_string(v), verdict(true, v % 2 == 0, true)).empty());
+        REQUIRE(tally.doubtful_volumes() == 1);
+        // A second and third doubtful volume: still far from two thirds.
+        REQUIRE_FALSE(tally.add("volume_40", verdict(false, true, false)).empty());
+        REQUIRE(tally.doubtful_volumes() == 2);
+    }
+    SECTION("two volumes against: too few to decide; the third judged against decides") {
+        io::ChannelOrderTally tally(declared, "/data/slices");
+        REQUIRE_FALSE(tally.add("volume_1", verdict(true, true, false)).empty());
+        REQUIRE_FALSE(tally.add("volume_2", verdict(true, true, false)).empty());
+        REQUIRE(tally.add("volume_3", verdict(true, false, false)).empty());  // not judged by FLAIR: no vote
+        REQUIRE_THROWS_AS(tally.add("volume_4", verdict(true, true, false)), io::ChannelOrderError);
+    }
+    SECTION("a set against the declared order stops at the third volume judged, naming the votes and examples") {
+        io::ChannelOrderTally tally(declared, "/data/slices");
+        tally.add("volume_1", verdict(false, false, false));
+        tally.add("volume_2", verdict(false, false, false));
+        try {
+            tally.add("volume_3", verdict(false, false, false));
+            FAIL("no error");
+        } catch (const io::ChannelOrderError& e) {
+            CHECK_THAT(e.what(), Catch::Contains("/data/slices: declared channel order [FLAIR, T1, T1ce, T2] contradicts the "
+                                                 "intensities of 3 of 3 volumes judged by csf (volume_1: csf is largest on "
+                                                 "stored channel 0 (declared FLAIR), expected on T2"));
+        }
+    }
+    REQUIRE_THROWS_AS(io::ChannelOrderTally({{M::t1, M::t1, M::t2, M::flair}, {1, 2, 3}}, "x"), std::invalid_argument);
+}
+
+TEST_CASE("Real Kaggle slices with one volume's channels swapped: the set is judged, that volume warned about",
+          "[io][kaggle][real]") {
+    const fs::path folder = test::shared_data_dir() / "kaggle-brats2020-h5";
+    if (!fs::is_directory(folder)) LIGHTUNET_SKIP("shared data folder absent: " << folder.string());
+    ScratchDir dir("kaggle-real-swapped");
+    for (const auto& entry : fs::directory_iterator(folder)) fs::copy_file(entry.path(), dir / entry.path().filename());
+    {  // volume_45 (one slice): FLAIR and T2 swapped in its file, as a mislabelled export would
+        const fs::path file = dir / "volume_45_slice_56.h5";
+        std::vector<double> image(240 * 240 * 4);
+        std::vector<std::uint8_t> mask(240 * 240 * 3);
+        {
+            io::detail::H5Lock lock;
+            io::detail::H5Handle h5 = io::detail::open_hdf5_read(file);
+            io::detail::read_whole(io::detail::open_dataset(h5.get(), "image", "").get(), image, "image");
+            io::detail::read_whole(io::detail::open_dataset(h5.get(), "mask", "").get(), mask, "mask");
+        }
+        for (std::size_t p = 0; p < 240 * 240; ++p) std::swap(image[p * 4 + 0], image[p * 4 + 3]);
+        write_slice_file(file, {240, 240, 4}, image, {240, 240, 3}, mask);
+    }
+    using M = data::Modality;
+    auto judge_set = [&](const io::KaggleChannels& channels, std::vector<std::string>& warnings) {
+        io::ChannelOrderTally tally(channels, dir.path().string());
+        io::KaggleVolumeOptions options;
+        options.read.channels = channels;
+        options.missing = io::MissingSlices::fill_background;
+        int volumes = 0;
+        for (const auto& [volume, slices] : io::group_kaggle_slices(dir.path())) {
+            const io::KaggleVolume v = io::read_kaggle_volume(dir.path(), volume, slices, options);  // judged, not raised
+            const std::string warning = tally.add(v.case_data.id, v.channel_check);
+            if (!warning.empty()) warnings.push_back(warning);
+            ++volumes;
+        }
+        return volumes;
+    };
+    std::vector<std::string> warnings;
+    REQUIRE(judge_set({}, warnings) == 22);  // every volume read: the doubtful one does not end the run
+    REQUIRE(warnings.size() == 1);
+    CHECK_THAT(warnings[0], Catch::StartsWith("volume_45: the intensities of this volume contradict the declared channel order"));
+    CHECK_THAT(warnings[0], Catch::Contains("the set as a whole does not"));
+    // Declared wrongly for the whole set (the notebooks' FLAIR/T1 swap): stopped within the first volumes.
+    warnings.clear();
+    REQUIRE_THROWS_WITH(judge_set({{M::t1, M::flair, M::t1ce, M::t2}, {1, 2, 3}}, warnings),
+                        Catch::Contains("declared channel order [T1, FLAIR, T1ce, T2] contradicts the intensities of 3 of 3 volumes"));
+    CHECK(warnings.size() == 2);
+}
+
 TEST_CASE("Kaggle writer and reader round trip in the exact Kaggle layout, with CSV", "[io][kaggle]") {
     ScratchDir dir("kaggle-roundtrip");
     data::Case original = test::make_test_case("v", {70, 64, 6}, 5);

@@ -6,9 +6,11 @@
 #include <cstdlib>
 #include <fstream>
 #include <random>
+#include <set>
 #include <sstream>
 #include <thread>
 
+#include <lightunet/data/loader.hpp>
 #include <lightunet/io/store.hpp>
 
 #include "../system_python.hpp"
@@ -289,6 +291,131 @@ TEST_CASE("Store from a Kaggle slice folder", "[io][store][kaggle]") {
             for (int x = 0; x < loaded.extent.x; ++x)
                 REQUIRE(loaded.labels[(std::size_t(z) * loaded.extent.y + y) * loaded.extent.x + x] ==
                         volume.labels[(std::size_t(z + 1) * 28 + (y + 3)) * 30 + (x + 2)]);
+}
+
+TEST_CASE("Store from Kaggle folders that keep only some slices of each volume", "[io][store][kaggle][partial]") {
+    ScratchDir dir("store-kaggle-partial");
+    const data::Case volume = test::make_test_case("v", {30, 28, 12}, 6);  // brain z 1..10
+    io::write_kaggle_volume(dir / "slices", volume, 5);
+    io::write_kaggle_volume(dir / "slices", volume, 6);
+    io::write_kaggle_volume(dir / "slices", volume, 7);
+    for (int z : {0, 1, 5, 6, 8, 10, 11}) fs::remove(dir / "slices" / ("volume_5_slice_" + std::to_string(z) + ".h5"));
+    for (int z = 0; z < 12; ++z)
+        if (z != 4) fs::remove(dir / "slices" / ("volume_6_slice_" + std::to_string(z) + ".h5"));
+    io::ConvertOptions options;
+    options.kaggle.depth = 12;
+    options.kaggle.read.verify_channel_order = false;  // test intensities carry no MR contrast
+    const io::ConvertReport report = io::convert_to_store(dir / "slices", dir / "store.h5", options);
+    REQUIRE(report.converted == std::vector<std::string>{"volume_5", "volume_6", "volume_7"});
+    REQUIRE(report.partial == std::vector<std::string>{"volume_5: 5 of 12 slices (2-4, 7, 9)", "volume_6: 1 of 12 slices (4)"});
+
+    const io::StoreSource store(dir / "store.h5");
+    // volume_5: the crop spans slices 2..9 (brain in the present slices only): runs 0-2, 5, 7.
+    REQUIRE(store.info(0).crop.begin[2] == 2);
+    REQUIRE(store.info(0).crop.end[2] == 10);
+    REQUIRE(store.present_slices(0) == std::vector<data::SliceRange>{{0, 3}, {5, 6}, {7, 8}});
+    REQUIRE(store.present_slices(1) == std::vector<data::SliceRange>{{0, 1}});
+    REQUIRE(store.info(1).extent.z == 1);
+    REQUIRE(store.present_slices(2).empty());  // a whole volume: nothing recorded, as before
+    const data::Case loaded = store.load(0);
+    REQUIRE(loaded.present_slices == store.info(0).present_slices);
+    const std::size_t plane = std::size_t(loaded.extent.x) * loaded.extent.y;
+    for (int z : {3, 4, 6}) {  // slices 5, 6, 8 are absent: zero images, background
+        for (int m = 0; m < 4; ++m)
+            REQUIRE(std::all_of(loaded.image(m) + z * plane, loaded.image(m) + (z + 1) * plane, [](float v) { return v == 0.0f; }));
+        REQUIRE(std::all_of(loaded.labels.begin() + std::ptrdiff_t(z * plane), loaded.labels.begin() + std::ptrdiff_t((z + 1) * plane),
+                            [](std::uint8_t k) { return k == 0; }));
+    }
+    for (int z : {0, 1, 2, 5, 7}) {  // present slices keep their labels
+        const int original = z + 2;
+        for (int y = 0; y < loaded.extent.y; ++y)
+            for (int x = 0; x < loaded.extent.x; ++x)
+                REQUIRE(loaded.labels[(std::size_t(z) * loaded.extent.y + y) * loaded.extent.x + x] ==
+                        volume.labels[(std::size_t(original) * 28 + (y + store.info(0).crop.begin[1])) * 30 + (x + store.info(0).crop.begin[0])]);
+    }
+    {  // the attribute, as h5py users read it: runs in the volume's own slice numbers
+        io::detail::H5Lock lock;
+        io::detail::H5Handle file = io::detail::open_hdf5_read(dir / "store.h5");
+        io::detail::H5Handle group = io::detail::open_group(file.get(), "cases/volume_5", "store");
+        REQUIRE(io::detail::read_attribute<std::int32_t>(group.get(), "present_slices", 6, "store") ==
+                std::vector<std::int32_t>{2, 5, 7, 8, 9, 10});
+    }
+
+    SECTION("2D training draws only the present slices") {
+        data::LoaderConfig config;
+        config.patch = {1, 16, 16};
+        config.batch = 4;
+        config.workers = 0;
+        data::PatchLoader loader(store, config);
+        std::set<std::pair<std::size_t, int>> seen;
+        data::Batch b;
+        for (int k = 0; k < 30; ++k) {
+            loader.next(b);
+            for (std::size_t item = 0; item < b.cases.size(); ++item) seen.insert({b.cases[item], b.boxes[item].begin[2]});
+        }
+        for (const auto& [index, z] : seen) {
+            const auto runs = index == 2 ? std::vector<data::SliceRange>{{0, store.info(2).extent.z}} : store.present_slices(index);
+            REQUIRE(std::any_of(runs.begin(), runs.end(), [z = z](const data::SliceRange& r) { return z >= r.begin && z < r.end; }));
+        }
+        REQUIRE(seen.count({0, 5}) == 1);
+        REQUIRE(seen.count({1, 0}) == 1);
+    }
+    SECTION("3D patches only inside runs: the one-slice volume is left out, not padded") {
+        data::LoaderConfig config;
+        config.patch = {2, 16, 16};
+        config.batch = 4;
+        config.workers = 0;
+        data::PatchLoader loader(store, config);
+        REQUIRE(loader.left_out().size() == 1);
+        CHECK_THAT(loader.left_out()[0].second, Catch::Contains("'volume_6' holds 1 of its slices, 1 contiguous at most, no run of 2"));
+        data::Batch b;
+        for (int k = 0; k < 30; ++k) {
+            loader.next(b);
+            for (std::size_t item = 0; item < b.cases.size(); ++item) {
+                REQUIRE(b.cases[item] != 1);
+                if (b.cases[item] == 0) REQUIRE(b.boxes[item].begin[2] <= 1);  // inside run 0-2 of volume_5
+            }
+        }
+    }
+    SECTION("a hostile present_slices attribute is refused, naming it") {
+        for (const std::vector<std::int32_t>& bad : {std::vector<std::int32_t>{2, 5, 4, 8}, std::vector<std::int32_t>{2, 5, 7},
+                                                     std::vector<std::int32_t>{-1, 3}, std::vector<std::int32_t>{3, 200}}) {
+            fs::copy_file(dir / "store.h5", dir / "hostile.h5", fs::copy_options::overwrite_existing);
+            {
+                io::detail::H5Lock lock;
+                io::detail::H5Handle file(H5Fopen((dir / "hostile.h5").c_str(), H5F_ACC_RDWR, H5P_DEFAULT), H5Fclose, "hostile");
+                io::detail::H5Handle group = io::detail::open_group(file.get(), "cases/volume_5", "hostile");
+                REQUIRE(H5Adelete(group.get(), "present_slices") >= 0);
+                io::detail::write_attribute<std::int32_t>(group.get(), "present_slices", bad, "hostile");
+            }
+            REQUIRE_THROWS_WITH(io::StoreSource(dir / "hostile.h5"),
+                                Catch::Contains("hostile.h5: /cases/volume_5") && Catch::Contains("present_slices"));
+        }
+    }
+}
+
+TEST_CASE("Store from the real Kaggle slices: every volume partial, converted, and drawn from", "[io][store][kaggle][real]") {
+    const fs::path folder = test::shared_data_dir() / "kaggle-brats2020-h5";
+    if (!fs::is_directory(folder)) LIGHTUNET_SKIP("shared data folder absent: " << folder.string());
+    ScratchDir dir("store-kaggle-real");
+    std::vector<std::string> warnings;
+    io::ConvertOptions options;
+    options.warning = [&](const std::string& text) { warnings.push_back(text); };
+    const io::ConvertReport report = io::convert_to_store(folder, dir / "real.h5", options);  // the channel order judged
+    REQUIRE(report.converted.size() == 22);
+    REQUIRE(report.partial.size() == 22);  // 1 or 2 of 155 slices each: refused before
+    CHECK(warnings.empty());
+    CHECK(report.channel_votes == "T2/CSF test 22 of 22 volumes agree, T1ce/enhancing test 14 of 14 volumes agree, "
+                                  "FLAIR/edema test 19 of 19 volumes agree");
+    const io::StoreSource store(dir / "real.h5");
+    const auto volume_47 = std::find_if(report.partial.begin(), report.partial.end(),
+                                        [](const std::string& p) { return p.rfind("volume_47:", 0) == 0; });
+    REQUIRE(volume_47 != report.partial.end());
+    CHECK(*volume_47 == "volume_47: 2 of 155 slices (71, 124)");
+    std::size_t slices = 0;
+    for (std::size_t i = 0; i < store.size(); ++i)
+        for (const data::SliceRange& r : store.present_slices(i)) slices += std::size_t(r.size());
+    REQUIRE(slices == 28);  // every real slice, and nothing else, is data
 }
 
 TEST_CASE("A case prepared for prediction: the store's crop and z-score, labels kept out of the crop, and back",

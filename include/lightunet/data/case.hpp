@@ -100,7 +100,10 @@ inline std::string describe_slice_runs(const std::vector<SliceRange>& runs) {
     for (const SliceRange& r : runs) {
         if (!text.empty()) text += ", ";
         text += std::to_string(r.begin);
-        if (r.size() > 1) text += "-" + std::to_string(r.end - 1);
+        if (r.size() > 1) {
+            text += '-';
+            text += std::to_string(r.end - 1);
+        }
     }
     return text;
 }

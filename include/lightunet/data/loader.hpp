@@ -187,22 +187,23 @@ private:
         for (std::size_t i = 0; i < source_.size(); ++i) {
             runs_[i] = source_.present_slices(i);
             const int z = source_.extent(i).z;
-            if (const std::string problem = slice_runs_problem(runs_[i], z); !problem.empty() || runs_[i].empty())
-                throw std::invalid_argument("PatchLoader: case '" + source_.id(i) + "': present slices: " +
-                                            (problem.empty() ? std::string("none") : problem));
-            partial_[i] = !(runs_[i].size() == 1 && runs_[i][0] == SliceRange{0, z});
+            if (const std::string problem = slice_runs_problem(runs_[i], z); !problem.empty())
+                throw std::invalid_argument("PatchLoader: case '" + source_.id(i) + "': present slices: " + problem);
+            partial_[i] = !runs_[i].empty();
             if (config_.mode != LoaderMode::train) continue;
-            int longest = 0;
-            for (const SliceRange& r : runs_[i]) longest = std::max(longest, r.size());
+            int longest = 0, present = 0;
+            for (const SliceRange& r : runs_[i]) longest = std::max(longest, r.size()), present += r.size();
             if (partial_[i] && longest < depth)
-                left_out_.emplace_back(i, "case '" + source_.id(i) + "' holds slices " + describe_slice_runs(runs_[i]) +
-                                              ", no run of " + std::to_string(depth) + " contiguous slices for a patch");
+                left_out_.emplace_back(i, "case '" + source_.id(i) + "' holds " + std::to_string(present) + " of its slices, " +
+                                              std::to_string(longest) + " contiguous at most, no run of " + std::to_string(depth) +
+                                              " for a patch");
             else
                 drawable_.push_back(i);
         }
         if (config_.mode == LoaderMode::train && drawable_.empty())
             throw std::invalid_argument("PatchLoader: no case holds " + std::to_string(depth) + " contiguous slices for a patch (" +
-                                        left_out_.front().second + "): 3D patches never span a missing slice; train 2D");
+                                        left_out_.front().second + "): 3D patches never span a missing slice; train 2D, or "
+                                        "with a shallower patch");
     }
 
     // First z of a patch `depth` deep in a partial case: around `centre` inside its run when the
@@ -407,7 +408,8 @@ private:
             batch.boxes.push_back(box);
             if (config_.patch.d == 1) {  // present slices as the batch: [Z][4][1][Y][X]
                 const Extent slice{1, e.y, e.x};
-                for (const SliceRange& r : runs_[case_index])
+                const std::vector<SliceRange> whole{{0, e.z}};
+                for (const SliceRange& r : partial_[case_index] ? runs_[case_index] : whole)
                     for (int z = r.begin; z < r.end; ++z) batch.slices.push_back(z);
                 const int count = int(batch.slices.size());
                 batch.images.resize({count, kModalityCount, 1, e.y, e.x});
@@ -528,7 +530,7 @@ private:
     const LoaderConfig config_;
     std::size_t batches_per_epoch_ = 0;
     std::vector<std::vector<SliceRange>> runs_;
-    std::vector<bool> partial_;                // some slices missing
+    std::vector<bool> partial_;                // assembled from part of a volume: runs_ says which slices
     std::vector<std::size_t> drawable_;        // training: cases a patch can be cut from
     std::vector<std::pair<std::size_t, std::string>> left_out_;
 

@@ -78,10 +78,7 @@ public:
     std::string id(std::size_t index) const override { return at(index).id; }
     VolumeExtent extent(std::size_t index) const override { return at(index).extent; }
     bool has_labels(std::size_t index) const override { return at(index).has_labels(); }
-    std::vector<SliceRange> present_slices(std::size_t index) const override {
-        const Case& c = at(index);
-        return c.present_slices.empty() ? std::vector<SliceRange>{{0, c.extent.z}} : c.present_slices;
-    }
+    std::vector<SliceRange> present_slices(std::size_t index) const override { return at(index).present_slices; }
     std::vector<std::array<int, 3>> foreground(std::size_t index) const override {
         at(index);
         return foreground_[index];

@@ -32,10 +32,10 @@ public:
     virtual std::string id(std::size_t index) const = 0;
     virtual VolumeExtent extent(std::size_t index) const = 0;
     virtual bool has_labels(std::size_t index) const = 0;
-    // The runs of axial slices (z, ascending, disjoint) that hold data: one run over the whole
-    // extent unless the case was assembled from part of a volume's slices (Case::present_slices).
-    // The other slices read as zero images and background labels.
-    virtual std::vector<SliceRange> present_slices(std::size_t index) const { return {{0, extent(index).z}}; }
+    // For a case assembled from part of a volume's slices (Case::present_slices): the runs of
+    // axial slices (z, ascending, disjoint) that hold data; the other slices read as zero images
+    // and background labels. Empty for a whole volume.
+    virtual std::vector<SliceRange> present_slices(std::size_t /*index*/) const { return {}; }
     // Voxels (x, y, z) of the case holding each canonical tumour class 1..3 (for foreground
     // oversampling); may be a subsample, never empty for a class the case contains.
     virtual std::vector<std::array<int, 3>> foreground(std::size_t index) const = 0;

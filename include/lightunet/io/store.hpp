@@ -60,7 +60,8 @@ struct StoredCaseInfo {
     std::array<std::int64_t, data::kClassCount> class_voxels{};
     bool has_labels = false;
     // Runs of stored slices that hold data, when the source volume had only some (Kaggle
-    // slice folders); empty: every slice. Stored as the attribute `present_slices`.
+    // slice folders), even if one run spans the crop; empty: a whole volume. Stored as the
+    // attribute `present_slices`.
     std::vector<data::SliceRange> present_slices;
 };
 
@@ -145,7 +146,7 @@ inline data::Case preprocess_case(const data::Case& c, int margin, StoredCaseInf
             const int begin = std::max(run.begin, local.begin[2]) - local.begin[2], end = std::min(run.end, local.end[2]) - local.begin[2];
             if (begin < end) out.present_slices.push_back({begin, end});
         }
-        if (out.present_slices == std::vector<data::SliceRange>{{0, out.extent.z}}) out.present_slices.clear();
+        // Kept even when one run spans the crop: beyond it the volume is unknown, not background.
     }
     out.images.assign(std::size_t(data::kModalityCount) * out.extent.voxels(), 0.0f);
     if (c.has_labels()) out.labels.assign(out.extent.voxels(), 0);
@@ -425,7 +426,7 @@ struct ConvertOptions {
 struct ConvertReport {
     std::vector<std::string> converted;                       // case ids
     std::vector<std::pair<std::string, std::string>> skipped;  // case (id or path), reason
-    std::vector<std::string> partial;   // "volume_47: slices 71, 124 of 155" (Kaggle volumes with slices missing)
+    std::vector<std::string> partial;   // "volume_47: 2 of 155 slices (71, 124)" (Kaggle volumes with slices missing)
     std::vector<std::string> warnings;  // volumes whose intensities doubt the declared channel order
     std::string channel_votes;          // the channel-order tally of a Kaggle folder
 };
@@ -479,8 +480,8 @@ inline ConvertReport convert_to_store(const fs::path& input, const fs::path& sto
                 }
             }
             if (!c.present_slices.empty())
-                report.partial.push_back(c.id + ": slices " + data::describe_slice_runs(c.present_slices) + " of " +
-                                         std::to_string(options.kaggle.depth));
+                report.partial.push_back(c.id + ": " + std::to_string(slices.size()) + " of " + std::to_string(options.kaggle.depth) +
+                                         " slices (" + data::describe_slice_runs(c.present_slices) + ")");
             const std::vector<float> background = kaggle_slice_background(c);
             std::vector<std::string> sources;
             for (const auto& [s, path] : slices) sources.push_back(path.filename().string());
@@ -520,10 +521,7 @@ public:
     std::string id(std::size_t index) const override { return info(index).id; }
     data::VolumeExtent extent(std::size_t index) const override { return info(index).extent; }
     bool has_labels(std::size_t index) const override { return info(index).has_labels; }
-    std::vector<data::SliceRange> present_slices(std::size_t index) const override {
-        const StoredCaseInfo& i = info(index);
-        return i.present_slices.empty() ? std::vector<data::SliceRange>{{0, i.extent.z}} : i.present_slices;
-    }
+    std::vector<data::SliceRange> present_slices(std::size_t index) const override { return info(index).present_slices; }
     const StoredCaseInfo& info(std::size_t index) const {
         if (index >= infos_.size())
             throw std::out_of_range(file_.string() + ": case index " + std::to_string(index) + " of " + std::to_string(infos_.size()));

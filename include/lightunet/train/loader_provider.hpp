@@ -23,6 +23,8 @@ public:
     }
 
     long batches(long /*epoch*/) const { return long(loader_->batches_per_epoch()); }
+    // Cases the loader does not draw (partial cases without a run of patch-depth slices).
+    const std::vector<std::pair<std::size_t, std::string>>& left_out() const { return loader_->left_out(); }
 
     void fill(long epoch, long index, Tensor<float>& x, Tensor<std::uint8_t>& y) {
         const bool train = config_.mode == data::LoaderMode::train;
