@@ -119,3 +119,30 @@ endif()
 expect_lines("${WORK}/kaggle_pred/meta_data.csv" 46 "header + 45 slices")
 run("${BRATS}" evaluate --pred "${WORK}/kaggle_pred" --truth "${WORK}/kaggle" --out "${WORK}/kaggle_metrics.csv")
 expect_lines("${WORK}/kaggle_metrics.csv" 4 "header + 2 volumes + mean")
+# A Kaggle folder that keeps only some slices of each volume converts (the volumes are stored with
+# the slices they have) and trains in 2D.
+run_expecting("Converted 2 cases [^\n]*\n.*2 of 2 volumes hold only some slices[^\n]*\n  - volume_1: 22 of 155 slices .1-8, 10-23."
+    "${BRATS}" convert --data "${WORK}/kaggle" --out "${WORK}/kaggle.h5")
+run_expecting("Done: 2 steps"
+    "${BRATS}" train --data "${WORK}/kaggle.h5" --out "${WORK}/kaggle_run" --patch 64x64 --batch 2 --epochs 1 --steps-per-epoch 2
+    --val-batches 1 --no-progress --pictures 0)
+# The 28 real Kaggle slices (22 volumes of 1 or 2 slices each; the whole set refused them before):
+# converted with every volume's channel order agreeing, trained in 2D; a 3D patch is refused
+# naming why.
+if(DEFINED ENV{LIGHTUNET_SHARED_DATA_DIR} AND NOT "$ENV{LIGHTUNET_SHARED_DATA_DIR}" STREQUAL "")
+    set(shared "$ENV{LIGHTUNET_SHARED_DATA_DIR}")
+else()
+    set(shared "${SOURCE_DIR}/../shared/data")
+endif()
+if(EXISTS "${shared}/kaggle-brats2020-h5")
+    run_expecting("22 of 22 volumes hold only some slices.*FLAIR/edema test 19 of 19 volumes agree.*Done: 2 steps"
+        "${BRATS}" train --data "${shared}/kaggle-brats2020-h5" --out "${WORK}/real_kaggle" --patch 128x128 --batch 2 --epochs 1
+        --steps-per-epoch 2 --val-batches 1 --no-progress --pictures 0)
+    execute_process(COMMAND "${BRATS}" train --data "${WORK}/real_kaggle/store.h5" --out "${WORK}/real_kaggle_3d" --model 3d
+        --patch 16x64x64 --batch 1 --epochs 1 --steps-per-epoch 1 --no-progress RESULT_VARIABLE rc ERROR_VARIABLE err)
+    if(NOT rc EQUAL 1 OR NOT err MATCHES "no case holds 16 contiguous slices for a patch")
+        message(FATAL_ERROR "3D training on one- and two-slice volumes: expected status 1 naming the contiguous slices, got ${rc}:\n${err}")
+    endif()
+else()
+    message("real Kaggle slices absent (${shared}): that part skipped")
+endif()
