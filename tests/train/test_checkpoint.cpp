@@ -212,6 +212,35 @@ TEST_CASE("Loading names what differs: configuration, optimiser, corrupt or trun
         CHECK_NOTHROW(load_checkpoint(dir.file("old.h5"), fresh, o, old_state));
         CHECK(std::equal(fresh.parameters().begin(), fresh.parameters().end(), net.parameters().begin()));
     }
+    SECTION("a sweep: 64 flipped bits and 40 cuts spread over the file, every one refused, the model unchanged") {
+        std::vector<char> bytes;
+        {
+            std::ifstream in(path, std::ios::binary);
+            bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+        }
+        Net target(9);
+        Adam<float> o(1e-3);
+        TrainState s;
+        const std::vector<float> before(target.parameters().begin(), target.parameters().end());
+        int refused = 0;
+        auto try_load = [&](const std::vector<char>& file_bytes) {
+            std::ofstream(dir.file("bad.h5"), std::ios::binary | std::ios::trunc)
+                .write(file_bytes.data(), std::streamsize(file_bytes.size()));
+            try {
+                load_checkpoint(dir.file("bad.h5"), target, o, s);
+            } catch (const CheckpointError& e) {
+                refused += std::string(e.what()).find(dir.file("bad.h5")) != std::string::npos;
+            }
+        };
+        for (int k = 0; k < 64; ++k) {  // one bit each, from the header to the last byte
+            std::vector<char> flipped = bytes;
+            flipped[bytes.size() * std::size_t(k) / 64 + std::size_t(k % 7)] ^= char(1 << (k % 8));
+            try_load(flipped);
+        }
+        for (int k = 0; k < 40; ++k) try_load(std::vector<char>(bytes.begin(), bytes.begin() + std::ptrdiff_t(bytes.size() * std::size_t(k) / 40)));
+        CHECK(refused == 104);
+        CHECK(std::equal(before.begin(), before.end(), target.parameters().begin()));
+    }
     SECTION("not HDF5, missing") {
         std::ofstream(dir.file("g.h5")) << "garbage that is not HDF5";
         CHECK_THROWS_WITH(load_checkpoint(dir.file("g.h5"), net, opt, st),
