@@ -95,6 +95,7 @@ triage_artifact() {
 fuzz_target() {
     local name=$1 dir=$runs/$1 asan ubsan stats execs cov corpus verdict artifact kind failed=0
     local -a artifacts=() fuzz_reports=()
+    local started=$SECONDS
     local libhdf5=0 ours=0 unreproduced=0 unreproduced_crashes=0 report_libhdf5=0 report_ours=0
     binary=$build_root/fuzz/fuzz_$name
     mkdir -p "$dir/corpus" "$dir/artifacts" "$dir/reports" "$dir/tmp"
@@ -146,7 +147,7 @@ fuzz_target() {
             *)
                 ours=$((ours + 1))
                 failed=1
-                echo "fuzz: $name $kind: $verdict -- FAILED, reproduce: $binary $artifact"
+                echo "fuzz: $name $kind: $verdict -- FAILED, reproduce: ASAN_OPTIONS=$asan UBSAN_OPTIONS=$ubsan $binary $artifact"
                 excerpt "$artifact.log"
                 ;;
         esac
@@ -181,7 +182,7 @@ fuzz_target() {
     else
         execs=0 cov=? corpus=?
     fi
-    echo "fuzz: $name summary: $execs execs in finished jobs, coverage $cov, corpus $corpus; artifacts ${#artifacts[@]}" \
+    echo "fuzz: $name summary ($((SECONDS - started)) s): $execs execs in finished jobs, coverage $cov, corpus $corpus; artifacts ${#artifacts[@]}" \
         "(libhdf5 $libhdf5, ours $ours, not reproduced $unreproduced); sanitizer reports while fuzzing ${#fuzz_reports[@]}" \
         "(libhdf5 $report_libhdf5, ours $report_ours)$( ((failed)) && echo " -- FAILED" || echo ", passed")"
     rm -rf "$dir/corpus" "$dir/tmp"
