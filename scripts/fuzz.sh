@@ -115,10 +115,11 @@ fuzz_target() {
     ubsan=${UBSAN_OPTIONS:+$UBSAN_OPTIONS:}halt_on_error=1:print_stacktrace=1
 
     echo "fuzz: $name for ${seconds}s (fork mode; crashes, hangs and OOMs saved and triaged afterwards)"
-    # The fork-mode parent stops only between jobs; the interrupt (sent to all its processes)
-    # holds the run to its time. Reports written while fuzzing go to reports/fuzz.<pid>.
+    # The fork-mode parent stops only between jobs; a SIGTERM to all its processes holds the run to
+    # its time (not SIGINT: the parent runs each job through system(), which ignores SIGINT).
+    # Reports written while fuzzing go to reports/fuzz.<pid>.
     ASAN_OPTIONS=$asan:log_path=$dir/reports/fuzz UBSAN_OPTIONS=$ubsan:log_path=$dir/reports/fuzz TMPDIR=$dir/tmp \
-        timeout -s INT -k 10 "$seconds" "$binary" -fork=1 -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1 \
+        timeout -k 10 "$seconds" "$binary" -fork=1 -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1 \
         -max_total_time="$seconds" -rss_limit_mb=2048 -malloc_limit_mb="$malloc_limit" -timeout="$hang_seconds" \
         -artifact_prefix="$dir/artifacts/" "$dir/corpus" >"$dir/fuzz.log" 2>&1 || true
 
