@@ -87,7 +87,9 @@ triage_artifact() {
                 cp "$artifact.log" "$artifact.first.log"
                 rerun_artifact "$artifact" "$confirm_seconds"
                 verdict=$(<"$artifact.verdict")
-                [[ $verdict == not\ reproduced:* ]] && echo "not reproduced: slow, not endless (over ${hang_seconds} s in our code, then finished alone within ${confirm_seconds} s; first re-run: $artifact.first.log)" >"$artifact.verdict"
+                if [[ $verdict == not\ reproduced:* ]]; then
+                    echo "not reproduced: slow, not endless (over ${hang_seconds} s in our code, then finished alone within ${confirm_seconds} s; first re-run: $artifact.first.log)" >"$artifact.verdict"
+                fi
             fi
             ;;
         *) rerun_artifact "$artifact" "$confirm_seconds" ;;
