@@ -58,7 +58,7 @@ ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:strict_string_check
 UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
     ctest --test-dir "$build_root/sanitize" --output-on-failure -j "$jobs" --timeout 900 -LE 'consumer|compile_fail'
 
-step "fuzz: NIfTI and HDF5 readers (short run)"
+step "fuzz: NIfTI, HDF5 and checkpoint readers (25 s each, findings triaged)"
 "$root/scripts/fuzz.sh"
 
 step "all tests passed"

@@ -306,6 +306,17 @@ TEST_CASE("Bad NIfTI input raises a DataError naming the file", "[io][nifti][bad
         test::write_bytes(raw_file, bytes);
         require_data_error([&] { io::read_nifti(raw_file); }, "nan_t1.nii", "2 NaN/Inf voxels");
     }
+    SECTION("vox_offset beyond any file") {
+        const io::CaseFiles files = io::write_case(dir / "case", good, io::Naming::brats2018);
+        const io::NiftiVolume t1 = io::read_nifti(files.images[0]);
+        const fs::path raw_file = dir / "far_t1.nii";
+        io::write_nifti(raw_file, std::vector<float>(t1.values.size(), 1.0f), t1.geometry, io::VoxelType::float32);
+        std::vector<char> bytes = test::read_bytes(raw_file);
+        const float far = 1e30f;  // over 2^64: converting it to an integer was undefined (clang UBSan, fuzz_nifti)
+        std::memcpy(bytes.data() + 108, &far, sizeof far);
+        test::write_bytes(raw_file, bytes);
+        require_data_error([&] { io::read_nifti(raw_file); }, "far_t1.nii", "vox_offset");
+    }
     SECTION("label 3 in a 2018 case") {
         const io::CaseFiles files = io::write_case(dir / "case", good, io::Naming::brats2018);
         io::NiftiVolume seg = io::read_nifti(files.labels);

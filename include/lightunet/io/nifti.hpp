@@ -164,7 +164,7 @@ inline FileScan scan_nifti_file(const fs::path& path, bool gzip) {
                     throw DataError(name + ": not a single-file NIfTI-1 image (magic is not \"n+1\")");
                 datatype = header_field<std::int16_t>(scan, HeaderOffsets::datatype);
                 const float offset = header_field<float>(scan, HeaderOffsets::vox_offset);
-                data_begin = std::isfinite(offset) && offset >= 348 ? std::uint64_t(offset) : 0;
+                data_begin = offset >= 348 && offset < 0x1p63f ? std::uint64_t(offset) : 0;  // beyond: the header check reports it
                 value_bytes = datatype == NIFTI_TYPE_FLOAT32 ? 4 : datatype == NIFTI_TYPE_FLOAT64 ? 8 : 0;
                 if (value_bytes != 0 && data_begin == 0) value_bytes = 0;  // the header check reports it
                 if (value_bytes == 0 && !gzip) break;  // plain integer file: nothing more to learn
