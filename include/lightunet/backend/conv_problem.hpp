@@ -94,7 +94,12 @@ MemoryRange memory_range(const T* data, int images, int channels, std::ptrdiff_t
 }
 
 inline std::string describe(const MemoryRange& r) {
-    return std::string(r.what) + (r.index >= 0 ? " " + std::to_string(r.index) : std::string());
+    std::string text = r.what;
+    if (r.index >= 0) {
+        text += ' ';
+        text += std::to_string(r.index);
+    }
+    return text;
 }
 
 [[noreturn]] inline void throw_overlap(const char* call, const ConvProblem& p, const MemoryRange& written,
