@@ -104,6 +104,20 @@ echo \"train exited with \$?\"
         message(FATAL_ERROR "train on a full disk: expected status 1 naming the full disk, and the kept checkpoint to predict, got ${rc}:\n${out}${err}")
     endif()
 endif()
+# A store converted onto a full disk (a private 1 MB tmpfs): status 1 naming the full disk, no
+# partial store left, and no crash in libhdf5's exit handler (it crashed there, status 139).
+if(UNSHARE)
+    file(MAKE_DIRECTORY "${WORK}/full_store")
+    execute_process(COMMAND "${UNSHARE}" -rm sh -c "mount -t tmpfs -o size=1m tmpfs '${WORK}/full_store' || exit 77
+'${BRATS}' convert --data '${WORK}/train' --out '${WORK}/full_store/s.h5'
+echo \"convert exited with \$?\"; ls '${WORK}/full_store'"
+        RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+    if(rc EQUAL 77 OR "${err}" MATCHES "unshare: ")
+        message("full-disk convert check skipped: no private tmpfs here (${err})")
+    elseif(NOT out MATCHES "convert exited with 1\n$" OR NOT err MATCHES "s.h5.partial: [^\n]*No space left on device")
+        message(FATAL_ERROR "convert onto a full disk: expected status 1 naming the full disk and nothing left behind, got:\n${out}${err}")
+    endif()
+endif()
 # Kaggle slices: predict writes a mask file per input slice (absent slices stay absent) and a
 # metadata CSV; evaluate scores per volume.
 run("${BRATS}" synth --out "${WORK}/kaggle" --cases 2 --extent 64x64x24 --seed 7 --layout kaggle)

@@ -255,9 +255,16 @@ public:
     StoreWriter& operator=(const StoreWriter&) = delete;
     ~StoreWriter() {
         if (!finished_) {
-            cases_.reset();
-            h5_.reset();
             std::error_code ignored;
+            // Truncated first: after a failed write (a full disk), closing must flush libhdf5's
+            // metadata somewhere, or libhdf5 1.10 keeps the half-closed file and crashes in its
+            // exit handler (H5F__close_cb). The partial store is discarded anyway.
+            fs::resize_file(partial_, 0, ignored);
+            {
+                H5Lock lock;
+                cases_.reset();
+                h5_.reset();
+            }
             fs::remove(partial_, ignored);
         }
     }
