@@ -116,8 +116,8 @@ TEST_CASE("Real Kaggle slices: layout, z-scoring and channel order", "[io][kaggl
                 const io::detail::StoredSlice stored = io::detail::read_stored_slice(path, raw.channels);
                 evidence.add_slice(stored.channels.data(), stored.classes.data(), pixels);
                 const io::ChannelOrderCheck check = evidence.verify(raw.channels, path.string());
-                REQUIRE(check.checked_t2);  // every real slice holds enough healthy brain
-                all_checks += check.checked_t1ce && check.checked_flair;
+                REQUIRE(check.checked_t2());  // every real slice holds enough healthy brain
+                all_checks += check.checked_t1ce() && check.checked_flair();
             }
         }
     REQUIRE(all_checks >= 15);

@@ -370,6 +370,8 @@ TEST_CASE("loader: validation yields centre patches and whole cases in order", "
     }
 }
 
+namespace {
+
 // A 12x12x16 case holding slices 2-4, 7 and 10-14 only (as a Kaggle folder keeping part of a
 // volume): present voxels describe themselves (self_describing_case), missing slices hold a
 // value no present voxel has, and background labels.
@@ -399,6 +401,18 @@ std::set<int> item_slices(const Batch& b, int item) {
     return slices;
 }
 
+// Calls check(batch, item) for every item of the next `batches` batches.
+template <class Check>
+void for_each_item(PatchLoader& loader, int batches, Check&& check) {
+    Batch b;
+    for (int k = 0; k < batches; ++k) {
+        loader.next(b);
+        for (int item = 0; item < b.images.shape().n; ++item) check(b, item);
+    }
+}
+
+}  // namespace
+
 TEST_CASE("loader: partial cases give patches only from present slices, 3D only from contiguous runs", "[data][loader][partial]") {
     const MemorySource source(std::vector<Case>{partial_case()});
     REQUIRE(source.present_slices(0) == std::vector<SliceRange>{{2, 5}, {7, 8}, {10, 15}});
@@ -413,34 +427,26 @@ TEST_CASE("loader: partial cases give patches only from present slices, 3D only 
         PatchLoader loader(source, config);
         REQUIRE(loader.left_out().empty());
         std::set<int> seen;
-        Batch b;
-        for (int k = 0; k < 40; ++k) {
-            loader.next(b);
-            for (int item = 0; item < 4; ++item) {
-                const std::set<int> slices = item_slices(b, item);
-                REQUIRE(slices.size() == 1);
-                REQUIRE(*slices.begin() >= 0);
-                REQUIRE(b.boxes[std::size_t(item)].begin[2] == *slices.begin());
-                seen.insert(*slices.begin());
-            }
-        }
+        for_each_item(loader, 40, [&](const Batch& b, int item) {
+            const std::set<int> slices = item_slices(b, item);
+            REQUIRE(slices.size() == 1);
+            REQUIRE(*slices.begin() >= 0);
+            REQUIRE(b.boxes[std::size_t(item)].begin[2] == *slices.begin());
+            seen.insert(*slices.begin());
+        });
         CHECK(seen == std::set<int>{2, 3, 4, 7, 10, 11, 12, 13, 14});
     }
     SECTION("3D: a patch lies inside one run at least as deep as the patch") {
         config.patch = {3, 8, 8};
         PatchLoader loader(source, config);
         std::set<int> first_slices;
-        Batch b;
-        for (int k = 0; k < 40; ++k) {
-            loader.next(b);
-            for (int item = 0; item < 4; ++item) {
-                const std::set<int> slices = item_slices(b, item);
-                const int z0 = b.boxes[std::size_t(item)].begin[2];
-                REQUIRE(slices == std::set<int>{z0, z0 + 1, z0 + 2});
-                REQUIRE(((z0 == 2) || (z0 >= 10 && z0 <= 12)));  // runs 2-4 and 10-14; 7 is too short
-                first_slices.insert(z0);
-            }
-        }
+        for_each_item(loader, 40, [&](const Batch& b, int item) {
+            const std::set<int> slices = item_slices(b, item);
+            const int z0 = b.boxes[std::size_t(item)].begin[2];
+            REQUIRE(slices == std::set<int>{z0, z0 + 1, z0 + 2});
+            REQUIRE(((z0 == 2) || (z0 >= 10 && z0 <= 12)));  // runs 2-4 and 10-14; 7 is too short
+            first_slices.insert(z0);
+        });
         CHECK(first_slices == std::set<int>{2, 10, 11, 12});
     }
     SECTION("a case without a run as deep as the patch is left out, and named; none at all is refused") {

@@ -341,18 +341,26 @@ TEST_CASE("Store from Kaggle folders that keep only some slices of each volume",
                 std::vector<std::int32_t>{2, 5, 7, 8, 9, 10});
     }
 
-    SECTION("2D training draws only the present slices") {
+    auto loader_config = [](int depth) {
         data::LoaderConfig config;
-        config.patch = {1, 16, 16};
+        config.patch = {depth, 16, 16};
         config.batch = 4;
         config.workers = 0;
-        data::PatchLoader loader(store, config);
+        return config;
+    };
+    // (case, first slice) of every patch in 30 batches.
+    auto drawn = [](data::PatchLoader& loader) {
         std::set<std::pair<std::size_t, int>> seen;
         data::Batch b;
         for (int k = 0; k < 30; ++k) {
             loader.next(b);
             for (std::size_t item = 0; item < b.cases.size(); ++item) seen.insert({b.cases[item], b.boxes[item].begin[2]});
         }
+        return seen;
+    };
+    SECTION("2D training draws only the present slices") {
+        data::PatchLoader loader(store, loader_config(1));
+        const std::set<std::pair<std::size_t, int>> seen = drawn(loader);
         for (const auto& [index, z] : seen) {
             const auto runs = index == 2 ? std::vector<data::SliceRange>{{0, store.info(2).extent.z}} : store.present_slices(index);
             REQUIRE(std::any_of(runs.begin(), runs.end(), [z = z](const data::SliceRange& r) { return z >= r.begin && z < r.end; }));
@@ -361,20 +369,12 @@ TEST_CASE("Store from Kaggle folders that keep only some slices of each volume",
         REQUIRE(seen.count({1, 0}) == 1);
     }
     SECTION("3D patches only inside runs: the one-slice volume is left out, not padded") {
-        data::LoaderConfig config;
-        config.patch = {2, 16, 16};
-        config.batch = 4;
-        config.workers = 0;
-        data::PatchLoader loader(store, config);
+        data::PatchLoader loader(store, loader_config(2));
         REQUIRE(loader.left_out().size() == 1);
         CHECK_THAT(loader.left_out()[0].second, Catch::Contains("'volume_6' holds 1 of its slices, 1 contiguous at most, no run of 2"));
-        data::Batch b;
-        for (int k = 0; k < 30; ++k) {
-            loader.next(b);
-            for (std::size_t item = 0; item < b.cases.size(); ++item) {
-                REQUIRE(b.cases[item] != 1);
-                if (b.cases[item] == 0) REQUIRE(b.boxes[item].begin[2] <= 1);  // inside run 0-2 of volume_5
-            }
+        for (const auto& [index, z] : drawn(loader)) {
+            REQUIRE(index != 1);
+            if (index == 0) REQUIRE(z <= 1);  // inside run 0-2 of volume_5
         }
     }
     SECTION("a hostile present_slices attribute is refused, naming it") {

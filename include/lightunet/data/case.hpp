@@ -9,6 +9,7 @@
 //   t1n, t1c, t2w, t2f).
 // - Labels: canonical classes 0 background, 1 necrotic / non-enhancing core (NCR/NETC),
 //   2 edema (ED/SNFH), 3 enhancing tumour (ET). A LabelMap converts an edition's raw values.
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -92,6 +93,14 @@ inline std::string slice_runs_problem(const std::vector<SliceRange>& runs, int d
         if (i > 0 && r.begin <= runs[i - 1].end) return run + " does not follow the run before it with a gap";
     }
     return {};
+}
+
+// The parts of `runs` inside the slices [begin, end), renumbered from `begin` (a crop along z).
+inline std::vector<SliceRange> crop_slice_runs(const std::vector<SliceRange>& runs, int begin, int end) {
+    std::vector<SliceRange> cropped;
+    for (const SliceRange& r : runs)
+        if (std::max(r.begin, begin) < std::min(r.end, end)) cropped.push_back({std::max(r.begin, begin) - begin, std::min(r.end, end) - begin});
+    return cropped;
 }
 
 // "3-5, 9, 12-14" (inclusive slice numbers), for messages.

@@ -183,17 +183,15 @@ private:
     void find_present_slices() {
         const int depth = config_.patch.d;
         runs_.resize(source_.size());
-        partial_.assign(source_.size(), false);
         for (std::size_t i = 0; i < source_.size(); ++i) {
             runs_[i] = source_.present_slices(i);
             const int z = source_.extent(i).z;
             if (const std::string problem = slice_runs_problem(runs_[i], z); !problem.empty())
                 throw std::invalid_argument("PatchLoader: case '" + source_.id(i) + "': present slices: " + problem);
-            partial_[i] = !runs_[i].empty();
             if (config_.mode != LoaderMode::train) continue;
             int longest = 0, present = 0;
             for (const SliceRange& r : runs_[i]) longest = std::max(longest, r.size()), present += r.size();
-            if (partial_[i] && longest < depth)
+            if (partial(i) && longest < depth)
                 left_out_.emplace_back(i, "case '" + source_.id(i) + "' holds " + std::to_string(present) + " of its slices, " +
                                               std::to_string(longest) + " contiguous at most, no run of " + std::to_string(depth) +
                                               " for a patch");
@@ -351,7 +349,7 @@ private:
                                            ? int((unsigned __int128)position_draw[a] * std::uint64_t(size[a] - patch[a] + 1) >> 64)
                                            : -((patch[a] - size[a]) / 2);
                 }
-                if (partial_[case_index])  // z inside a run of present slices
+                if (partial(case_index))  // z inside a run of present slices
                     box.begin[2] = partial_patch_z(case_index, centre ? std::optional<int>((*centre)[2]) : std::nullopt,
                                                    position_draw[2], p.d);
                 for (int a = 0; a < 3; ++a) box.end[a] = box.begin[a] + patch[a];
@@ -383,7 +381,7 @@ private:
                 const std::array<int, 3> size{e.x, e.y, e.z}, patch{p.w, p.h, p.d};
                 Box box;
                 for (int a = 0; a < 3; ++a) box.begin[a] = size[a] / 2 - patch[a] / 2;  // floor of the centre for even sizes
-                if (partial_[case_index]) box.begin[2] = centre_patch_z(case_index, p.d);
+                if (partial(case_index)) box.begin[2] = centre_patch_z(case_index, p.d);
                 for (int a = 0; a < 3; ++a) box.end[a] = box.begin[a] + patch[a];
                 read_box(case_index, box, scratch);
                 batch.labelled = batch.labelled && source_.has_labels(case_index);
@@ -409,7 +407,7 @@ private:
             if (config_.patch.d == 1) {  // present slices as the batch: [Z][4][1][Y][X]
                 const Extent slice{1, e.y, e.x};
                 const std::vector<SliceRange> whole{{0, e.z}};
-                for (const SliceRange& r : partial_[case_index] ? runs_[case_index] : whole)
+                for (const SliceRange& r : partial(case_index) ? runs_[case_index] : whole)
                     for (int z = r.begin; z < r.end; ++z) batch.slices.push_back(z);
                 const int count = int(batch.slices.size());
                 batch.images.resize({count, kModalityCount, 1, e.y, e.x});
@@ -510,6 +508,9 @@ private:
         }
     }
 
+    // Assembled from part of a volume: runs_ says which slices hold data.
+    bool partial(std::size_t case_index) const { return !runs_[case_index].empty(); }
+
     // Validation's centre patch of a partial case: around the present slice nearest the middle,
     // inside its run when the run is deep enough.
     int centre_patch_z(std::size_t case_index, int depth) const {
@@ -529,8 +530,7 @@ private:
     const CaseSource& source_;
     const LoaderConfig config_;
     std::size_t batches_per_epoch_ = 0;
-    std::vector<std::vector<SliceRange>> runs_;
-    std::vector<bool> partial_;                // assembled from part of a volume: runs_ says which slices
+    std::vector<std::vector<SliceRange>> runs_;  // per case: CaseSource::present_slices (empty: a whole volume)
     std::vector<std::size_t> drawable_;        // training: cases a patch can be cut from
     std::vector<std::pair<std::size_t, std::string>> left_out_;
 

@@ -406,17 +406,27 @@ inline StoredType attribute_type(hid_t attribute, const std::string& context) {
     return stored;
 }
 
+// A numeric attribute of `min_count` to `max_count` values; its count, class and size are
+// checked before H5Aread.
 template <class T>
-std::vector<T> read_attribute(hid_t location, const std::string& name, std::size_t expected_count, const std::string& context) {
+std::vector<T> read_attribute(hid_t location, const std::string& name, std::size_t min_count, std::size_t max_count,
+                              const std::string& context) {
     H5Handle attribute = open_attribute(location, name, context);
     const std::size_t count = attribute_count(attribute.get(), name, std::size_t(1) << 20, context);
-    if (count != expected_count)
+    if (count < min_count || count > max_count)
         throw data::DataError(context + ": attribute '" + name + "' holds " + std::to_string(count) + " values, expected " +
-                              std::to_string(expected_count));
+                              (min_count == max_count ? std::to_string(min_count)
+                                                      : std::to_string(min_count) + " to " + std::to_string(max_count)));
     check_numeric_type<T>(attribute_type(attribute.get(), context + ": attribute '" + name + "'"), "attribute '" + name + "'", context);
-    std::vector<T> values(expected_count);
-    check_hdf5(H5Aread(attribute.get(), native_type<T>(), values.data()), context + ": cannot read attribute '" + name + "'");
+    std::vector<T> values(count);
+    if (count != 0)
+        check_hdf5(H5Aread(attribute.get(), native_type<T>(), values.data()), context + ": cannot read attribute '" + name + "'");
     return values;
+}
+
+template <class T>
+std::vector<T> read_attribute(hid_t location, const std::string& name, std::size_t expected_count, const std::string& context) {
+    return read_attribute<T>(location, name, expected_count, expected_count, context);
 }
 
 inline std::vector<std::string> read_string_attribute(hid_t location, const std::string& name, const std::string& context) {

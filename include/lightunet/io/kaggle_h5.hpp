@@ -73,11 +73,10 @@ struct ChannelOrderTest {
 
 // Which intensity checks the data allowed, and what they found.
 struct ChannelOrderCheck {
-    bool checked_t2 = false, checked_t1ce = false, checked_flair = false;
     std::array<ChannelOrderTest, 3> tests{};  // T2 (CSF), T1ce (enhancing minus edema), FLAIR (edema)
-    bool contradicts() const {
-        return std::any_of(tests.begin(), tests.end(), [](const ChannelOrderTest& t) { return t.made && !t.agrees; });
-    }
+    bool checked_t2() const { return tests[0].made; }
+    bool checked_t1ce() const { return tests[1].made; }
+    bool checked_flair() const { return tests[2].made; }
 };
 
 namespace detail {
@@ -149,57 +148,40 @@ public:
         }
     }
 
-    // Pools another set of slices (another volume) into this one.
-    void merge(const ChannelOrderEvidence& other) {
-        for (std::size_t c = 0; c < 4; ++c) bright_tail_[c] += other.bright_tail_[c];
-        healthy_brain_ += other.healthy_brain_;
-        for (std::size_t k = 0; k < 4; ++k) {
-            class_count_[k] += other.class_count_[k];
-            for (std::size_t c = 0; c < 4; ++c) class_sum_[k][c] += other.class_sum_[k][c];
-        }
-    }
-
     // The tests the pooled pixels allow, judged against `channels`.
     ChannelOrderCheck judge(const KaggleChannels& channels) const {
         ChannelOrderCheck result;
         auto stored_channel_of = [&](data::Modality modality) {
             return std::size_t(std::find(channels.image.begin(), channels.image.end(), modality) - channels.image.begin());
         };
-        auto judged = [&](const char* name, data::Modality expected, const std::array<double, 4>& values) {
-            ChannelOrderTest test;
-            test.name = name;
+        for (std::size_t t = 0; t < result.tests.size(); ++t) result.tests[t].name = kTestNames[t];
+        auto judged = [&](std::size_t index, data::Modality expected, const std::array<double, 4>& values) {
+            ChannelOrderTest& test = result.tests[index];
             test.made = true;
             test.values = values;
             test.observed = std::size_t(std::max_element(values.begin(), values.end()) - values.begin());
             test.expected = stored_channel_of(expected);
             test.agrees = test.observed == test.expected;
-            return test;
         };
         // T2: CSF makes the largest share of very bright healthy-brain pixels.
-        result.tests[0].name = kTestNames[0];
         if (healthy_brain_ >= 2000) {
             std::array<double, 4> share{};
             for (std::size_t c = 0; c < 4; ++c) share[c] = double(bright_tail_[c]) / double(healthy_brain_);
-            result.tests[0] = judged(kTestNames[0], data::Modality::t2, share);
-            result.checked_t2 = true;
+            judged(0, data::Modality::t2, share);
         }
         const auto class_mean = [&](int k, std::size_t c) { return class_sum_[std::size_t(k)][c] / double(class_count_[std::size_t(k)]); };
         constexpr int ed = 2, et = 3;  // canonical classes: the slice labels are already mapped
         // T1ce: enhancing tumour minus edema.
-        result.tests[1].name = kTestNames[1];
         if (class_count_[std::size_t(et)] >= 20 && class_count_[std::size_t(ed)] >= 50) {
             std::array<double, 4> contrast{};
             for (std::size_t c = 0; c < 4; ++c) contrast[c] = class_mean(et, c) - class_mean(ed, c);
-            result.tests[1] = judged(kTestNames[1], data::Modality::t1ce, contrast);
-            result.checked_t1ce = true;
+            judged(1, data::Modality::t1ce, contrast);
         }
         // FLAIR: edema is brightest on it.
-        result.tests[2].name = kTestNames[2];
         if (class_count_[std::size_t(ed)] >= 50) {
             std::array<double, 4> edema{};
             for (std::size_t c = 0; c < 4; ++c) edema[c] = class_mean(ed, c);
-            result.tests[2] = judged(kTestNames[2], data::Modality::flair, edema);
-            result.checked_flair = true;
+            judged(2, data::Modality::flair, edema);
         }
         return result;
     }
@@ -602,17 +584,17 @@ inline KaggleVolume read_kaggle_volume(const fs::path& folder, int volume, const
     return read_kaggle_volume(folder, volume, found == volumes.end() ? std::map<int, fs::path>{} : found->second, options);
 }
 
+// A set of volumes whose intensities contradict the declared channel order.
+struct ChannelOrderError : data::DataError {
+    using data::DataError::DataError;
+};
+
 // Judges a declared channel order over a set of volumes, a vote per volume and test, so that no
 // single volume (a slice or two with unusual contrast) ends a run over a whole set: a volume
 // whose intensities contradict the declared order is a warning with its evidence; the set
 // contradicts it when some test, made on at least kMinVolumes volumes, went against it on more
 // than two thirds of them, and then add() raises (a wrong declared order is contradicted by
 // nearly every volume the test can judge).
-// A set of volumes whose intensities contradict the declared channel order.
-struct ChannelOrderError : data::DataError {
-    using data::DataError::DataError;
-};
-
 class ChannelOrderTally {
 public:
     static constexpr int kMinVolumes = 3;
@@ -632,9 +614,9 @@ public:
             ++made_[t];
             if (test.agrees) continue;
             ++against_[t];
-            const std::string evidence = volume + ": " + detail::ChannelOrderEvidence::describe(test, declared_);
-            if (examples_[t].size() < 3) examples_[t].push_back(evidence);
-            warning += (warning.empty() ? "" : "; ") + detail::ChannelOrderEvidence::describe(test, declared_);
+            const std::string evidence = detail::ChannelOrderEvidence::describe(test, declared_);
+            if (examples_[t].size() < 3) examples_[t].push_back(volume + ": " + evidence);
+            warning += (warning.empty() ? "" : "; ") + evidence;
         }
         for (std::size_t t = 0; t < check.tests.size(); ++t)
             if (made_[t] >= kMinVolumes && 3 * against_[t] > 2 * made_[t]) {

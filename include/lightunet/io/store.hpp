@@ -142,11 +142,8 @@ inline data::Case preprocess_case(const data::Case& c, int margin, StoredCaseInf
     if (!c.present_slices.empty()) {
         if (const std::string problem = data::slice_runs_problem(c.present_slices, e.z); !problem.empty())
             throw data::DataError(c.id + ": present slices: " + problem);
-        for (const data::SliceRange& run : c.present_slices) {
-            const int begin = std::max(run.begin, local.begin[2]) - local.begin[2], end = std::min(run.end, local.end[2]) - local.begin[2];
-            if (begin < end) out.present_slices.push_back({begin, end});
-        }
         // Kept even when one run spans the crop: beyond it the volume is unknown, not background.
+        out.present_slices = data::crop_slice_runs(c.present_slices, local.begin[2], local.end[2]);
     }
     out.images.assign(std::size_t(data::kModalityCount) * out.extent.voxels(), 0.0f);
     if (c.has_labels()) out.labels.assign(out.extent.voxels(), 0);
@@ -724,22 +721,13 @@ private:
         if (i.crop.extent() != i.extent) throw data::DataError(context + ": crop box does not match the stored extent");
         if (H5Aexists(group.get(), "present_slices") > 0) {
             const std::string where = context + ": attribute 'present_slices'";
-            std::size_t count = 0;
-            {
-                H5Handle attribute = open_attribute(group.get(), "present_slices", context);
-                count = attribute_count(attribute.get(), "present_slices", std::size_t(i.geometry.extent.z) + 1, context);
-            }
-            if (count == 0 || count % 2 != 0) throw data::DataError(where + ": " + std::to_string(count) + " values, expected (runs, 2)");
-            const auto runs = read_attribute<std::int32_t>(group.get(), "present_slices", count, context);
+            const auto runs = read_attribute<std::int32_t>(group.get(), "present_slices", 2, std::size_t(i.geometry.extent.z) + 1, context);
+            if (runs.size() % 2 != 0) throw data::DataError(where + ": " + std::to_string(runs.size()) + " values, expected (runs, 2)");
             std::vector<data::SliceRange> original;
-            for (std::size_t r = 0; r < count; r += 2) original.push_back({runs[r], runs[r + 1]});
+            for (std::size_t r = 0; r < runs.size(); r += 2) original.push_back({runs[r], runs[r + 1]});
             if (const std::string problem = data::slice_runs_problem(original, i.geometry.extent.z); !problem.empty())
                 throw data::DataError(where + ": " + problem);
-            for (const data::SliceRange& run : original) {
-                const int begin = std::max(run.begin, i.crop.begin[2]) - i.crop.begin[2];
-                const int end = std::min(run.end, i.crop.end[2]) - i.crop.begin[2];
-                if (begin < end) i.present_slices.push_back({begin, end});
-            }
+            i.present_slices = data::crop_slice_runs(original, i.crop.begin[2], i.crop.end[2]);
             if (i.present_slices.empty()) throw data::DataError(where + ": no present slice lies in the stored crop");
         } else {
             H5Eclear2(H5E_DEFAULT);
