@@ -1,7 +1,7 @@
 #pragma once
 // The BraTS configurations this program instantiates at compile time. Each is one type; the
 // command line picks one at run time (--model 2d|3d, --labels regions|classes).
-#include <lightunet/config/unet_config.hpp>
+#include <lightunet/graph/unet_graph.hpp>
 
 namespace brats {
 

@@ -16,7 +16,9 @@
 #include "lightunet/model/unet.hpp"
 #include "lightunet/optim/optimizers.hpp"
 #include "lightunet/train/checkpoint.hpp"
+#include "../fixtures/legacy_checkpoints/legacy_configs.hpp"
 #include "../system_python.hpp"
+#include "../test_paths.hpp"
 #include "train_test_support.hpp"
 
 using namespace lightunet;
@@ -457,4 +459,39 @@ TEST_CASE("A kill during save leaves a loadable checkpoint", "[checkpoint]") {
     CHECK(checked == rounds);
     std::printf("kills during saves: %d, of which mid-write (a temporary file left): %d; every one left a loadable checkpoint\n",
                 checked, torn);
+}
+
+namespace {
+
+// Loads a checkpoint main wrote before the op graph (tests/fixtures/legacy_checkpoints) and
+// predicts on the input it predicted on; returns the largest difference to its probabilities.
+template <UNetConfig C>
+float legacy_difference(const char* name, Shape shape) {
+    const auto dir = lightunet_test::source_dir() / "tests/fixtures/legacy_checkpoints";
+    UNet<C> net(99);  // another seed: every weight must come from the file
+    Adam<> adam(1e-2);
+    TrainState state;
+    load_checkpoint((dir / (std::string(name) + ".ckpt")).string(), net, adam, state);
+    CHECK(state.epoch == 1);
+    CHECK(adam.steps == 3);
+    const Tensor<float>& p = net.predict(legacy_fixture::input(shape));
+    std::vector<float> expected(p.size());
+    std::ifstream in(dir / (std::string(name) + ".probs.f32"), std::ios::binary);
+    in.read(reinterpret_cast<char*>(expected.data()), std::streamsize(expected.size() * sizeof(float)));
+    REQUIRE(in.gcount() == std::streamsize(expected.size() * sizeof(float)));
+    float worst = 0;
+    for (std::size_t i = 0; i < expected.size(); ++i) worst = std::max(worst, std::abs(p.data()[i] - expected[i]));
+    std::printf("checkpoint from before the op graph: %-10s largest probability difference %.3g\n", name, double(worst));
+    return worst;
+}
+
+}  // namespace
+
+// The fixtures were written with -march=native on a Zen 5 host: another ISA sums in another
+// order, so the bound is a rounding one rather than bit equality (the same build compares equal).
+TEST_CASE("Checkpoints from before the op graph load and predict the same", "[checkpoint]") {
+    CHECK(legacy_difference<legacy_fixture::plain_2d>("plain_2d", legacy_fixture::plain_2d_shape) <= 1e-5f);
+    CHECK(legacy_difference<legacy_fixture::strided_2d>("strided_2d", legacy_fixture::strided_2d_shape) <= 1e-5f);
+    CHECK(legacy_difference<legacy_fixture::interp_3d>("interp_3d", legacy_fixture::interp_3d_shape) <= 1e-5f);
+    CHECK(legacy_difference<legacy_fixture::batch_3d>("batch_3d", legacy_fixture::batch_3d_shape) <= 1e-5f);
 }

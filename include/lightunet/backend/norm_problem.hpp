@@ -63,7 +63,7 @@ enum class NormStats {
 struct Activation {
     Act act = Act::relu;
     double slope = 0.0;
-    constexpr double negative_slope() const { return act == Act::leaky_relu ? slope : 0.0; }
+    constexpr double negative_slope() const { return act == Act::leaky_relu ? slope : act == Act::identity ? 1.0 : 0.0; }
 };
 
 }  // namespace lightunet

@@ -7,10 +7,14 @@
 namespace lightunet {
 
 enum class Norm { none, batch, instance, group };
-enum class Act { relu, leaky_relu };
+enum class Act { relu, leaky_relu, identity };  // identity: inside residual blocks, not a network's choice
 enum class Down { max_pool, strided_conv };
 enum class Up { transposed_conv, interpolate_conv };
 enum class Head { softmax, sigmoid };
+// plain: conv-norm-act twice per level. residual: nnU-Net's ResEnc blocks (conv-norm-act-conv-norm
+// plus a skip, projected by a 1x1 conv and norm where the channels change, then act), several per
+// level (`encoder_blocks`). The decoder is plain in both.
+enum class Encoder { plain, residual };
 
 inline constexpr int max_depth = 8;
 
@@ -28,6 +32,12 @@ struct UNetConfig {
     Head head = Head::softmax;
     int groups = 8;             // group norm only
     double leaky_slope = 0.01;  // LeakyReLU only
+    Encoder encoder = Encoder::plain;
+    std::array<int, max_depth> encoder_blocks{};  // residual blocks per level; 0 means 1
+    // Training adds a 1x1 head (and loss term) on decoder levels 1 .. depth-3, weighted as nnU-Net
+    // does (halving per level, normalised; nnU-Net's head on the lowest decoder level has weight 0,
+    // so it is left out); inference runs the top head only.
+    bool deep_supervision = false;
 
     constexpr int depth() const {
         int d = 0;
@@ -40,6 +50,9 @@ struct UNetConfig {
     constexpr int down_factor_depth() const { return dims == 3 ? 2 : 1; }
     constexpr int sub_voxels() const { return dims == 3 ? 8 : 4; }  // voxels of a 2x(2x)2 cell
     constexpr bool has_norm_params() const { return norm != Norm::none; }
+    constexpr int blocks(int level) const { return encoder_blocks[level] > 0 ? encoder_blocks[level] : 1; }
+    // Decoder levels with an auxiliary head: 1 .. depth-3 (level 0 has the main head).
+    constexpr int auxiliary_heads() const { return deep_supervision ? depth() - 3 : 0; }
 };
 
 namespace detail {
@@ -59,6 +72,19 @@ constexpr bool widths_divisible_by_groups(const UNetConfig& c) {
         if (c.widths[l] % c.groups != 0) return false;
     return true;
 }
+constexpr bool block_counts_valid(const UNetConfig& c) {
+    for (int l = 0; l < max_depth; ++l) {
+        if (c.encoder_blocks[l] < 0 || c.encoder_blocks[l] > 16) return false;
+        if (l >= c.depth() && c.encoder_blocks[l] != 0) return false;
+    }
+    return true;
+}
+constexpr bool plain_has_one_block(const UNetConfig& c) {
+    if (c.encoder != Encoder::plain) return true;
+    for (int l = 0; l < c.depth(); ++l)
+        if (c.blocks(l) != 1) return false;
+    return true;
+}
 }  // namespace detail
 
 // Plain-language checks, evaluated where the network type is instantiated.
@@ -73,35 +99,13 @@ struct ValidConfig {
     static_assert(detail::widths_divisible_by_groups(C), "group norm needs every width divisible by groups");
     static_assert(C.act != Act::leaky_relu || (C.leaky_slope >= 0.0 && C.leaky_slope < 1.0),
                   "leaky_slope must lie in [0, 1)");
+    static_assert(C.act != Act::identity, "act must be relu or leaky_relu (identity is only used inside residual blocks)");
+    static_assert(detail::block_counts_valid(C),
+                  "encoder_blocks must lie in 0..16 (0 means 1) and be zero past the last level");
+    static_assert(detail::plain_has_one_block(C), "encoder_blocks other than 1 need encoder = Encoder::residual");
+    static_assert(!C.deep_supervision || C.depth() >= 4,
+                  "deep supervision needs at least four levels (auxiliary heads go on decoder levels 1 .. depth-3)");
     static constexpr bool value = true;
 };
-
-// Parameter counts in the canonical order of docs/design.md.
-namespace detail {
-constexpr std::size_t conv_params(int cin, int cout, int taps) {
-    return std::size_t(cout) * cin * taps + cout;
-}
-}  // namespace detail
-
-constexpr std::size_t parameter_count(const UNetConfig& c) {
-    std::size_t n = 0;
-    const int taps = c.taps();
-    const int sub = c.sub_voxels();
-    auto norm = [&](int ch) { return c.has_norm_params() ? std::size_t(2 * ch) : std::size_t(0); };
-    for (int l = 0; l < c.depth(); ++l) {
-        const int cin = l == 0 ? c.in_channels : c.widths[l - 1];
-        if (l > 0 && c.down == Down::strided_conv) n += detail::conv_params(cin, cin, sub);
-        n += detail::conv_params(cin, c.widths[l], taps) + norm(c.widths[l]);
-        n += detail::conv_params(c.widths[l], c.widths[l], taps) + norm(c.widths[l]);
-    }
-    for (int l = c.depth() - 2; l >= 0; --l) {
-        const int below = c.widths[l + 1], w = c.widths[l];
-        n += c.up == Up::transposed_conv ? detail::conv_params(below, w, sub) : detail::conv_params(below, w, 1);
-        n += detail::conv_params(2 * w, w, taps) + norm(w);
-        n += detail::conv_params(w, w, taps) + norm(w);
-    }
-    n += detail::conv_params(c.widths[0], c.classes, 1);
-    return n;
-}
 
 }  // namespace lightunet

@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "../config/unet_config.hpp"
+#include "../graph/unet_graph.hpp"
 #include "../io/hdf5_support.hpp"
 #include "../optim/optimizers.hpp"
 #include "progress.hpp"
@@ -75,7 +76,7 @@ inline const char* name_of(Norm v) {
     constexpr const char* n[] = {"none", "batch", "instance", "group"};
     return n[int(v)];
 }
-inline const char* name_of(Act v) { return v == Act::relu ? "relu" : "leaky_relu"; }
+inline const char* name_of(Act v) { return v == Act::relu ? "relu" : v == Act::leaky_relu ? "leaky_relu" : "identity"; }
 inline const char* name_of(Down v) { return v == Down::max_pool ? "max_pool" : "strided_conv"; }
 inline const char* name_of(Up v) { return v == Up::transposed_conv ? "transposed_conv" : "interpolate_conv"; }
 inline const char* name_of(Head v) { return v == Head::softmax ? "softmax" : "sigmoid"; }
@@ -97,7 +98,15 @@ std::string config_string() {
     std::snprintf(slope, sizeof slope, "%.17g", c.leaky_slope);
     s << " norm=" << detail::name_of(c.norm) << " act=" << detail::name_of(c.act) << " down=" << detail::name_of(c.down)
       << " up=" << detail::name_of(c.up) << " head=" << detail::name_of(c.head) << " groups=" << c.groups
-      << " leaky_slope=" << slope << " scalar=" << detail::scalar_name<typename Model::scalar>()
+      << " leaky_slope=" << slope;
+    // Fields added later are written only when they differ from their default, so checkpoints
+    // of plain configurations keep the fingerprint they always had.
+    if (c.encoder == Encoder::residual) {
+        s << " encoder=residual blocks=";
+        for (int l = 0; l < c.depth(); ++l) s << (l ? "," : "") << c.blocks(l);
+    }
+    if (c.deep_supervision) s << " deep_supervision=1";
+    s << " scalar=" << detail::scalar_name<typename Model::scalar>()
       << " parameters=" << Model::parameter_count << " buffers=" << Model::buffer_count;
     return s.str();
 }
@@ -150,45 +159,25 @@ struct TensorInfo {
 // (the flat /model/parameters and /model/buffers datasets are these tensors back to back).
 inline std::pair<std::vector<TensorInfo>, std::vector<TensorInfo>> parameter_layout(const UNetConfig& c) {
     std::vector<TensorInfo> p, b;
-    const bool three = c.dims == 3;
-    auto k = [&](int e) { return three ? std::vector<int>{e, e, e} : std::vector<int>{e, e}; };
-    auto conv = [&](const std::string& name, int cout, int cin, int kernel) {
-        std::vector<int> s{cout, cin};
-        for (int e : k(kernel)) s.push_back(e);
-        p.push_back({name + ".weight", s});
-        p.push_back({name + ".bias", {cout}});
+    auto kernel = [&](std::vector<int> s, int e) {
+        for (int i = 0; i < (c.dims == 3 ? 3 : 2); ++i) s.push_back(e);
+        return s;
     };
-    auto norm = [&](const std::string& name, int ch) {
-        if (c.has_norm_params()) p.push_back({name + ".weight", {ch}}), p.push_back({name + ".bias", {ch}});
-        if (c.norm == Norm::batch) b.push_back({name + ".running_mean", {ch}}), b.push_back({name + ".running_var", {ch}});
-    };
-    auto block = [&](const std::string& pre, int cin, int w) {
-        conv(pre + "conv1", w, cin, 3);
-        norm(pre + "norm1", w);
-        conv(pre + "conv2", w, w, 3);
-        norm(pre + "norm2", w);
-    };
-    const int depth = c.depth();
-    for (int l = 0; l < depth; ++l) {
-        const std::string pre = "encoder." + std::to_string(l) + ".";
-        const int cin = l == 0 ? c.in_channels : c.widths[l - 1];
-        if (l > 0 && c.down == Down::strided_conv) conv(pre + "down", cin, cin, 2);
-        block(pre, cin, c.widths[l]);
-    }
-    for (int l = depth - 2; l >= 0; --l) {
-        const std::string pre = "decoder." + std::to_string(l) + ".";
-        const int below = c.widths[l + 1], w = c.widths[l];
-        if (c.up == Up::transposed_conv) {
-            std::vector<int> s{below, w};
-            for (int e : k(2)) s.push_back(e);
-            p.push_back({pre + "up.weight", s});
-            p.push_back({pre + "up.bias", {w}});
-        } else {
-            conv(pre + "up", w, below, 1);
+    const graph::GraphBuilder g = graph::build_graph(c);
+    for (int i = 0; i < g.op_count; ++i) {
+        const graph::Op& op = g.ops[i];
+        const std::string name = op.module.str();
+        if (op.is_conv_like()) {
+            // ConvTranspose keeps PyTorch's [in][out][kernel] layout.
+            p.push_back({name + ".weight", op.kind == graph::OpKind::up_transposed ? kernel({op.cin, op.cout}, op.kernel)
+                                                                                   : kernel({op.cout, op.cin}, op.kernel)});
+            p.push_back({name + ".bias", {op.cout}});
+        } else if (op.kind == graph::OpKind::norm_act) {
+            if (op.gamma != graph::no_offset) p.push_back({name + ".weight", {op.cout}}), p.push_back({name + ".bias", {op.cout}});
+            if (op.running != graph::no_offset)
+                b.push_back({name + ".running_mean", {op.cout}}), b.push_back({name + ".running_var", {op.cout}});
         }
-        block(pre, 2 * w, w);
     }
-    conv("head", c.classes, c.widths[0], 1);
     return {p, b};
 }
 

@@ -3,6 +3,7 @@
 // signatures over device pointers; layers only ever call Kernels<Backend>.
 #include "../kernels.hpp"
 #include "conv.hpp"
+#include "join.hpp"
 #include "loss.hpp"
 #include "memory.hpp"
 #include "norm.hpp"
@@ -37,6 +38,12 @@ struct Kernels<cpu> {
     static void upsample_nearest_forward(A&&... a) { cpu_kernels::upsample_nearest_forward(std::forward<A>(a)...); }
     template <class... A>
     static void upsample_nearest_backward(A&&... a) { cpu_kernels::upsample_nearest_backward(std::forward<A>(a)...); }
+    template <class... A>
+    static void subsample_nearest(A&&... a) { cpu_kernels::subsample_nearest(std::forward<A>(a)...); }
+    template <class... A>
+    static void add_act_forward(A&&... a) { cpu_kernels::add_act_forward(std::forward<A>(a)...); }
+    template <class... A>
+    static void add_act_backward(A&&... a) { cpu_kernels::add_act_backward(std::forward<A>(a)...); }
     template <class... A>
     static void norm_act_forward(A&&... a) { cpu_kernels::norm_act_forward(std::forward<A>(a)...); }
     template <class... A>

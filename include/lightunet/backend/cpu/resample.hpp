@@ -104,4 +104,11 @@ void upsample_nearest_backward(const Cells& g, std::ptrdiff_t planes, const T* f
     });
 }
 
+// Nearest down-sampling (the first voxel of each cell), as PyTorch's interpolate(scale 1/2,
+// 'nearest'): label maps for deep supervision.
+template <class T>
+void subsample_nearest(const Cells& g, std::ptrdiff_t planes, const T* fine, T* coarse) {
+    for_each_cell(g, planes, [&](std::ptrdiff_t, std::ptrdiff_t o, const std::ptrdiff_t* cell) { coarse[o] = fine[cell[0]]; });
+}
+
 }  // namespace lightunet::cpu_kernels

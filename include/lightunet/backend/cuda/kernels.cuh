@@ -11,6 +11,7 @@
 
 #include "../kernels.hpp"
 #include "conv.cuh"
+#include "join.cuh"
 #include "loss.cuh"
 #include "memory.cuh"
 #include "norm.cuh"
@@ -69,6 +70,12 @@ struct Kernels<cuda> {
     static void upsample_nearest_forward(A&&... a) { cuda_kernels::upsample_nearest_forward(std::forward<A>(a)...); }
     template <class... A>
     static void upsample_nearest_backward(A&&... a) { cuda_kernels::upsample_nearest_backward(std::forward<A>(a)...); }
+    template <class... A>
+    static void subsample_nearest(A&&... a) { cuda_kernels::subsample_nearest(std::forward<A>(a)...); }
+    template <class... A>
+    static void add_act_forward(A&&... a) { cuda_kernels::add_act_forward(std::forward<A>(a)...); }
+    template <class... A>
+    static void add_act_backward(A&&... a) { cuda_kernels::add_act_backward(std::forward<A>(a)...); }
     template <class... A>
     static void norm_act_forward(A&&... a) { cuda_kernels::norm_act_forward(std::forward<A>(a)...); }
     template <class... A>

@@ -8,7 +8,7 @@
 
 namespace lightunet::cuda_kernels {
 
-enum class CellOp { max_fwd, max_bwd, to_depth, from_depth, up_fwd, up_bwd };
+enum class CellOp { max_fwd, max_bwd, to_depth, from_depth, up_fwd, up_bwd, pick };
 
 template <CellOp Op, class T>
 __global__ void cell_kernel(Cells g, std::ptrdiff_t planes, int channels, const T* a, const T* b, T* out, bool accumulate) {
@@ -50,6 +50,8 @@ __global__ void cell_kernel(Cells g, std::ptrdiff_t planes, int channels, const 
         }
     } else if constexpr (Op == CellOp::up_fwd) {  // a = coarse, out = fine
         for (int j = 0; j < n; ++j) out[cell[j]] = a[oc];
+    } else if constexpr (Op == CellOp::pick) {  // a = fine, out = coarse: the cell's first voxel
+        out[oc] = a[cell[0]];
     } else {  // up_bwd: a = fine grad, out = coarse grad
         T s = 0;
         for (int j = 0; j < n; ++j) s += a[cell[j]];
@@ -88,6 +90,11 @@ void upsample_nearest_forward(const Cells& g, std::ptrdiff_t planes, const T* co
 template <class T>
 void upsample_nearest_backward(const Cells& g, std::ptrdiff_t planes, const T* fine_grad, T* coarse_grad) {
     launch_cells<CellOp::up_bwd, T>(g, planes, 1, fine_grad, nullptr, coarse_grad, false);
+}
+
+template <class T>
+void subsample_nearest(const Cells& g, std::ptrdiff_t planes, const T* fine, T* coarse) {
+    launch_cells<CellOp::pick, T>(g, planes, 1, fine, nullptr, coarse, false);
 }
 
 }  // namespace lightunet::cuda_kernels
