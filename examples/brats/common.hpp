@@ -153,6 +153,8 @@ inline Split split_cases(const data::CaseSource& all, double fraction, const std
 // option that shapes a training run (train.<option>=<value>), which `--resume` must repeat.
 struct RunInfo {
     std::string model = "2d", labels = "regions", optimizer = "adam";
+    std::string arch = "plain";      // plain | resenc (absent from runs that predate it: plain)
+    bool deep_supervision = false;   // absent from runs that predate it: off
     std::vector<int> patch;  // D, H, W
     std::map<std::string, std::string> settings;  // option name -> value as given (flags: on/off)
 
@@ -174,6 +176,7 @@ struct RunInfo {
         {
             std::ofstream f(temporary);
             f << "model=" << model << "\nlabels=" << labels << "\noptimizer=" << optimizer << "\npatch=" << patch_text() << "\n";
+            f << "arch=" << arch << "\ndeep_supervision=" << (deep_supervision ? "on" : "off") << "\n";
             for (const auto& [name, value] : settings) f << "train." << name << "=" << value << "\n";
             f.flush();
             if (!f) throw std::runtime_error(temporary.string() + ": cannot write the run description");
@@ -202,6 +205,13 @@ struct RunInfo {
         if (r.patch.size() != 3) throw std::runtime_error(file.string() + ": patch must be DxHxW, not '" + kv["patch"] + "'");
         if ((r.model != "2d" && r.model != "3d") || (r.labels != "regions" && r.labels != "classes"))
             throw std::runtime_error(file.string() + ": unknown model '" + r.model + "' or labels '" + r.labels + "'");
+        if (kv.count("arch")) r.arch = kv["arch"];
+        if (r.arch != "plain" && r.arch != "resenc") throw std::runtime_error(file.string() + ": unknown arch '" + r.arch + "'");
+        if (kv.count("deep_supervision")) {
+            if (kv["deep_supervision"] != "on" && kv["deep_supervision"] != "off")
+                throw std::runtime_error(file.string() + ": deep_supervision must be on or off, not '" + kv["deep_supervision"] + "'");
+            r.deep_supervision = kv["deep_supervision"] == "on";
+        }
         for (const auto& [key, value] : kv)
             if (key.rfind("train.", 0) == 0) r.settings[key.substr(6)] = value;
         return r;
@@ -232,6 +242,10 @@ inline std::vector<std::string> resume_differences(const RunInfo& recorded, cons
     if (recorded.model != now.model) differ("model", now.model, recorded.model);
     if (recorded.labels != now.labels) differ("labels", now.labels, recorded.labels);
     if (recorded.optimizer != now.optimizer) differ("optimizer", now.optimizer, recorded.optimizer);
+    if (recorded.arch != now.arch) differ("arch", now.arch, recorded.arch);
+    if (recorded.deep_supervision != now.deep_supervision)
+        differences.push_back(std::string(now.deep_supervision ? "--deep-supervision" : "no --deep-supervision") + " (the run has it " +
+                              (recorded.deep_supervision ? "on" : "off") + ")");
     if (recorded.patch != now.patch) differ("patch", now.patch_option(), recorded.patch_option());
     for (const auto& [name, value] : now.settings) {
         const auto it = recorded.settings.find(name);

@@ -226,6 +226,8 @@ RunInfo run_info_for_training(const brats_cli::Options& o) {
     run.model = o.str("model");
     run.labels = o.str("labels");
     run.optimizer = o.str("optimizer");
+    run.arch = o.str("arch");
+    run.deep_supervision = o.flag_set("deep-supervision");
     const auto p = o.extents("patch");
     if (run.model == "2d") {
         if (p.size() != 2) throw brats_cli::UsageError("--patch for the 2D model is HxW, not '" + o.str("patch") + "'");
@@ -267,6 +269,9 @@ brats_cli::Options options_for(const std::string& command) {
             .value("model", "2d", "network", {"2d", "3d"})
             .value("labels", "regions", "targets: overlapping regions WT/TC/ET (sigmoid) or classes (softmax)",
                    {"regions", "classes"})
+            .value("arch", "plain", "encoder: plain (two convolutions per level) or resenc (nnU-Net's residual blocks)",
+                   {"plain", "resenc"})
+            .flag("deep-supervision", "auxiliary heads on the coarser decoder levels while training (nnU-Net's weights)")
             .value("patch", "96x96", "2D: slice HxW; 3D: patch DxHxW (multiples of 16)")
             .value("epochs", "10", "epochs")
             .value("steps-per-epoch", "50", "batches per epoch")
@@ -345,9 +350,11 @@ int dispatch(const std::string& command, const brats_cli::Options& o) {
                 std::fprintf(stderr, "[WARN] %s predates recorded training options: %s not checked\n", recorded_file.c_str(),
                              brats_cli::join(unrecorded).c_str());
         }
+        if (run.arch == "resenc") return run.model == "2d" ? train_2d_resenc(o, run) : train_3d_resenc(o, run);
         return run.model == "2d" ? train_2d(o, run) : train_3d(o, run);
     }
     const RunInfo run = RunInfo::read(fs::path(o.str("run")) / "run.cfg");
+    if (run.arch == "resenc") return run.model == "2d" ? predict_2d_resenc(o, run) : predict_3d_resenc(o, run);
     return run.model == "2d" ? predict_2d(o, run) : predict_3d(o, run);
 }
 

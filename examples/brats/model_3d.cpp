@@ -1,15 +1,16 @@
-// The 3D networks of the BraTS program (both heads), compiled in a translation unit of their own.
+// The 3D plain networks of the BraTS program (both heads, with and without deep
+// supervision), compiled in a translation unit of their own.
 #include "models.hpp"
 #include "pipeline.hpp"
 
 namespace brats {
 
 int train_3d(const brats_cli::Options& o, const RunInfo& run) {
-    return run.labels == "regions" ? train_with_optimizer<patch3d_regions>(o, run) : train_with_optimizer<patch3d_classes>(o, run);
+    return with_configuration<patch3d_regions, patch3d_classes, false>(run, [&]<UNetConfig C>() { return train_with_optimizer<C>(o, run); });
 }
 
 int predict_3d(const brats_cli::Options& o, const RunInfo& run) {
-    return run.labels == "regions" ? Pipeline<patch3d_regions>::predict(o, run) : Pipeline<patch3d_classes>::predict(o, run);
+    return with_configuration<patch3d_regions, patch3d_classes, false>(run, [&]<UNetConfig C>() { return Pipeline<C>::predict(o, run); });
 }
 
 }  // namespace brats

@@ -30,6 +30,10 @@ int train_2d(const brats_cli::Options& o, const RunInfo& run);
 int train_3d(const brats_cli::Options& o, const RunInfo& run);
 int predict_2d(const brats_cli::Options& o, const RunInfo& run);
 int predict_3d(const brats_cli::Options& o, const RunInfo& run);
+int train_2d_resenc(const brats_cli::Options& o, const RunInfo& run);
+int train_3d_resenc(const brats_cli::Options& o, const RunInfo& run);
+int predict_2d_resenc(const brats_cli::Options& o, const RunInfo& run);
+int predict_3d_resenc(const brats_cli::Options& o, const RunInfo& run);
 
 template <lightunet::UNetConfig C>
 struct Pipeline {

@@ -13,6 +13,7 @@
 
 #include "../backend/norm_problem.hpp"
 #include "../config/unet_config.hpp"
+#include "../tensor/shape.hpp"
 
 namespace lightunet::graph {
 

@@ -1,0 +1,16 @@
+// The 2D residual-encoder networks of the BraTS program (both heads, with and without deep
+// supervision), compiled in a translation unit of their own.
+#include "models.hpp"
+#include "pipeline.hpp"
+
+namespace brats {
+
+int train_2d_resenc(const brats_cli::Options& o, const RunInfo& run) {
+    return with_configuration<slice2d_regions, slice2d_classes, true>(run, [&]<UNetConfig C>() { return train_with_optimizer<C>(o, run); });
+}
+
+int predict_2d_resenc(const brats_cli::Options& o, const RunInfo& run) {
+    return with_configuration<slice2d_regions, slice2d_classes, true>(run, [&]<UNetConfig C>() { return Pipeline<C>::predict(o, run); });
+}
+
+}  // namespace brats
