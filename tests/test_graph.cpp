@@ -3,11 +3,18 @@
 // blocks add exactly the ops and parameters they should.
 #include <catch2/catch.hpp>
 
+#include <lightunet/graph/diagram.hpp>
 #include <lightunet/lightunet.hpp>
 #include <lightunet/train/checkpoint.hpp>
 
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <set>
 #include <string>
+
+#include "test_paths.hpp"
 
 using namespace lightunet;
 
@@ -218,4 +225,18 @@ TEST_CASE("graph: deep-supervision heads are training-only and last in the param
     CHECK(training_only == 4);  // two 1x1 convolutions and their sigmoids
     CHECK(G::slots[G::head_logits[1]].level == 1);
     CHECK(G::slots[G::head_logits[2]].level == 2);
+}
+
+TEST_CASE("graph: the BraTS 2D diagram in docs/design.md is the one the graph draws", "[graph][diagram]") {
+    constexpr UNetConfig slice2d_regions{.dims = 2, .in_channels = 4, .classes = 3, .widths = {24, 48, 96, 192, 384},
+                                         .norm = Norm::batch, .act = Act::relu, .head = Head::sigmoid};
+    const std::string drawn = graph::mermaid<slice2d_regions>();
+    if (std::getenv("LIGHTUNET_PRINT_DIAGRAM")) std::fputs(drawn.c_str(), stdout);
+    std::ifstream in(lightunet_test::source_dir() / "docs/design.md");
+    const std::string doc((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const std::string begin = "<!-- diagram: brats 2d begin -->\n```mermaid\n", end = "```\n<!-- diagram: brats 2d end -->";
+    const auto b = doc.find(begin), e = doc.find(end);
+    REQUIRE(b != std::string::npos);
+    REQUIRE(e != std::string::npos);
+    CHECK(doc.substr(b + begin.size(), e - b - begin.size()) == drawn);
 }
