@@ -86,6 +86,26 @@ if(NOT count EQUAL 2)
 endif()
 run("${BRATS}" evaluate --pred "${WORK}/pred" --truth "${WORK}/test" --out "${WORK}/metrics.csv")
 expect_lines("${WORK}/metrics.csv" 4 "header + 2 cases + mean")
+# The residual encoder with deep supervision, 2D and 3D: trains, records both in run.cfg (a
+# resume without them is refused), and predicts with the top head.
+run_expecting("Done: 2 steps"
+    "${BRATS}" train --data "${WORK}/run/store.h5" --out "${WORK}/resenc" --arch resenc --deep-supervision --patch 64x64
+    --batch 2 --epochs 1 --steps-per-epoch 2 --val-batches 1 --no-progress --pictures 0)
+file(READ "${WORK}/resenc/run.cfg" resenc_cfg)
+if(NOT resenc_cfg MATCHES "arch=resenc\ndeep_supervision=on")
+    message(FATAL_ERROR "run.cfg of a residual, deeply supervised run does not say so:\n${resenc_cfg}")
+endif()
+execute_process(COMMAND "${BRATS}" train --data "${WORK}/run/store.h5" --out "${WORK}/resenc" --patch 64x64 --batch 2 --epochs 1
+    --steps-per-epoch 2 --val-batches 1 --no-progress --pictures 0 --resume latest RESULT_VARIABLE rc ERROR_VARIABLE err)
+file(READ "${WORK}/resenc/run.cfg" resenc_cfg_after)
+if(NOT rc EQUAL 2 OR NOT err MATCHES "--arch plain .the run has resenc., no --deep-supervision .the run has it on."
+   OR NOT resenc_cfg_after STREQUAL resenc_cfg)
+    message(FATAL_ERROR "resuming a residual, deeply supervised run as a plain one: expected status 2 naming both, got ${rc}:\n${err}")
+endif()
+run("${BRATS}" predict --run "${WORK}/resenc" --data "${WORK}/test" --out "${WORK}/resenc_pred" --pictures 0)
+run_expecting("Done: 1 steps"
+    "${BRATS}" train --data "${WORK}/run/store.h5" --out "${WORK}/resenc3d" --model 3d --arch resenc --deep-supervision
+    --patch 32x32x32 --batch 1 --epochs 1 --steps-per-epoch 1 --val-batches 1 --no-progress --pictures 0)
 # A full disk (a private 60 MB tmpfs, where namespaces allow one): the first checkpoint (52 MB)
 # fits, best.h5 does not; train stops with status 1 saying so, and the checkpoint it kept
 # predicts.
