@@ -48,6 +48,18 @@ constexpr UNetConfig config_3d(Norm norm, Head head, Down down = Down::max_pool,
     return c;
 }
 
+// The residual encoder with deep supervision (depth 4: one auxiliary head).
+constexpr UNetConfig residual_supervised(int dims, Norm norm, Head head) {
+    UNetConfig c = config_2d(norm, head);
+    c.dims = dims;
+    c.widths = {4, 8, 8, 12, 0, 0, 0, 0};
+    c.groups = 2;
+    c.encoder = Encoder::residual;
+    c.encoder_blocks = {1, 2, 1, 2, 0, 0, 0, 0};
+    c.deep_supervision = true;
+    return c;
+}
+
 template <class Net>
 Tensor<float, cpu> random_input(const Shape& s, Rng& rng) {
     Tensor<float, cpu> x(s);
@@ -142,6 +154,13 @@ TEST_CASE("UNet on CUDA equals UNet on the CPU (3D)", "[cuda][model]") {
     }
     SECTION("group norm, softmax, interpolating up") {
         compare_backends<config_3d(Norm::group, Head::softmax, Down::max_pool, Up::interpolate_conv)>(s, 1e-4);
+    }
+}
+
+TEST_CASE("UNet on CUDA equals UNet on the CPU: residual encoder with deep supervision", "[cuda][model]") {
+    SECTION("2D, batch norm, sigmoid") { compare_backends<residual_supervised(2, Norm::batch, Head::sigmoid)>({2, 2, 1, 16, 24}, 1e-4); }
+    SECTION("3D, instance norm, softmax") {
+        compare_backends<residual_supervised(3, Norm::instance, Head::softmax)>({1, 2, 8, 8, 16}, 1e-4);
     }
 }
 

@@ -24,6 +24,7 @@
 #include "../layers/norm_act.hpp"
 #include "../layers/resample.hpp"
 #include "../loss/dice.hpp"
+#include "../loss/head_loss.hpp"
 #include "../tensor/tensor.hpp"
 #include "init.hpp"
 #include "memory_plan.hpp"
@@ -124,33 +125,20 @@ public:
     // gradients of every parameter in gradients() (overwritten) and, if given, of the input.
     double backward(const Tensor<T, Backend>& x, const Labels& labels, const DiceLoss& loss,
                     Tensor<T, Backend>* input_grad = nullptr) {
-        using K = Kernels<Backend>;
-        check_labels(labels);
-        const Shape s = x.shape();
+        using Loss = HeadLoss<T, Backend>;
+        const Shape& s = planned_shape_;
+        Loss::check_targets(C.head, C.classes, labels, {s.n, C.head == Head::softmax ? 1 : C.classes, s.d, s.h, s.w}, "UNet::backward");
         grads_.fill(T(0));
         double value = 0;
         for (int h = 0; h < Graph::head_count; ++h) {
-            const int logits = Graph::head_logits[h], probs = Graph::head_probabilities[h];
-            const Shape shape = slot_shape(logits);
-            const std::uint8_t* target = h == 0 ? labels.data() : labels_[h - 1].data();
-            if (h > 0) {
-                const std::uint8_t* finer = h == 1 ? labels.data() : labels_[h - 2].data();
-                const int label_channels = C.head == Head::softmax ? 1 : C.classes;
-                K::subsample_nearest(Cells{extent_of(shape), C.down_factor_depth()}, std::ptrdiff_t(s.n) * label_channels, finer,
-                                     labels_[h - 1].data());
-            }
-            T* grad = gradient(logits);
-            const double part = K::dice_loss(C.head, shape.n, C.classes, std::ptrdiff_t(shape.spatial()), value_of(probs, x), target,
-                                             loss, grad, loss_sums_.data());
-            if constexpr (Graph::head_count > 1) {
-                const double w = head_weight(C, h);
-                K::scale(std::ptrdiff_t(shape.size()), grad, T(w));
-                value += w * part;
-            } else {
-                value = part;
-            }
+            const int logits = Graph::head_logits[h];
+            if (h > 0) Loss::subsample(labels_[h - 1].shape(), C.down_factor_depth(), h == 1 ? labels.data() : labels_[h - 2].data(),
+                                       labels_[h - 1].data());
+            value += Loss::apply(C.head, slot_shape(logits), value_of(Graph::head_probabilities[h], x),
+                                 h == 0 ? labels.data() : labels_[h - 1].data(), loss, head_weight(C, h), gradient(logits),
+                                 loss_sums_.data());
         }
-        if (input_grad) input_grad->resize(s);
+        if (input_grad) input_grad->resize(x.shape());
         run_backward(x, input_grad);
         return value;
     }
@@ -378,22 +366,6 @@ private:
                     else layer.backward(p, in0, grad_out, sink(i, 0));
                 },
                 layers_[i]);
-        }
-    }
-
-    void check_labels(const Labels& labels) const {
-        const Shape& s = planned_shape_;
-        const Shape expected{s.n, C.head == Head::softmax ? 1 : C.classes, s.d, s.h, s.w};
-        if (labels.shape() != expected)
-            throw ShapeError("UNet::backward: labels have shape " + labels.shape().str() + ", expected " + expected.str());
-        const std::ptrdiff_t bad = Kernels<Backend>::first_invalid_label(C.head, C.classes, std::ptrdiff_t(labels.size()), labels.data());
-        if (bad >= 0) {
-            std::uint8_t value = 0;
-            Backend::download(&value, labels.data() + bad, 1);
-            throw std::invalid_argument("UNet::backward: label value " + std::to_string(int(value)) +
-                                        " at index " + std::to_string(bad) +
-                                        (C.head == Head::softmax ? " is not a class below " + std::to_string(C.classes)
-                                                                 : std::string(" is not 0 or 1")));
         }
     }
 
