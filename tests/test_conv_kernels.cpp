@@ -1,5 +1,6 @@
 #include <catch2/catch.hpp>
 
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -225,5 +226,49 @@ TEST_CASE("convolutions refuse outputs that overlap their inputs, on every algor
             CHECK_NOTHROW(cpu_kernels::conv_forward<float>(p, images, {&src, 1}, w.data(), nullptr, y.data(),
                                                            std::ptrdiff_t(image), ws.data()));
         }
+    }
+}
+
+namespace {
+
+// conv_forward_prepared on conv_prepare's weights against conv_forward, bit for bit, with the
+// prepared weights and the workspace each followed by a guard that must stay untouched.
+template <class T>
+void check_prepared(const ConvProblem& p, int images) {
+    const std::size_t S = p.extent.size();
+    const auto x = random_vector<T>(std::size_t(images) * p.cin * S, 5);
+    const auto w = random_vector<T>(p.weight_count(), 6);
+    const auto b = random_vector<T>(p.cout, 7);
+    const ChannelSource<T> in{x.data(), p.cin, std::ptrdiff_t(p.cin * S)};
+    const std::span<const ChannelSource<T>> input(&in, 1);
+    const std::ptrdiff_t stride = std::ptrdiff_t(p.cout * S);
+    std::vector<T> want(std::size_t(images) * p.cout * S), got(want.size());
+    std::vector<T> ws(cpu_kernels::conv_forward_workspace_size<T>(p));
+    cpu_kernels::conv_forward(p, images, input, w.data(), b.data(), want.data(), stride, ws.data());
+
+    constexpr std::size_t guard = 256;
+    const T poison = T(-12345.5);
+    std::vector<T> prepared(cpu_kernels::conv_prepared_size<T>(p) + guard, poison);
+    std::vector<T> scratch(cpu_kernels::conv_forward_prepared_workspace_size<T>(p) + guard, poison);
+    cpu_kernels::conv_prepare(p, w.data(), prepared.data());
+    // Preparing twice and running twice changes nothing (the kernel reads only what it prepared).
+    for (int run = 0; run < 2; ++run)
+        cpu_kernels::conv_forward_prepared(p, images, input, static_cast<const T*>(prepared.data()), b.data(), got.data(), stride,
+                                           scratch.data());
+    CHECK(std::memcmp(got.data(), want.data(), got.size() * sizeof(T)) == 0);
+    for (std::size_t i = prepared.size() - guard; i < prepared.size(); ++i) REQUIRE(prepared[i] == poison);
+    for (std::size_t i = scratch.size() - guard; i < scratch.size(); ++i) REQUIRE(scratch[i] == poison);
+    CHECK(cpu_kernels::conv_forward_workspace_size<T>(p) ==
+          cpu_kernels::conv_prepared_size<T>(p) + cpu_kernels::conv_forward_prepared_workspace_size<T>(p));
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("prepared weights give the forward pass's bits, within their stated sizes", "[conv][plan]", float, double) {
+    for (ConvAlgorithm a : {ConvAlgorithm::automatic, ConvAlgorithm::direct, ConvAlgorithm::winograd}) {
+        check_prepared<TestType>({{1, 40, 36}, 1, 3, 3, 17, 13, a}, 2);   // Winograd where it may (float)
+        check_prepared<TestType>({{1, 9, 7}, 1, 3, 3, 5, 3, a}, 1);       // odd and small
+        check_prepared<TestType>({{5, 6, 7}, 3, 3, 3, 3, 6, a}, 2);       // 3D
+        check_prepared<TestType>({{1, 12, 10}, 1, 1, 1, 24, 7, a}, 2);    // 1x1 (heads, stride-2 rearranged)
     }
 }

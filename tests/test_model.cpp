@@ -582,3 +582,38 @@ TEST_CASE("a small 3D U-Net with instance norm learns to segment ellipsoids", "[
     for (std::size_t i = 0; i < eval_probs.size(); ++i) gap = std::max(gap, std::abs(eval_probs[i] - train_probs[i]));
     CHECK(gap < 1e-6f);
 }
+
+TEST_CASE("inference prepares convolution weights once while they do not change", "[model][plan]") {
+    TrainingData<small_2d> data({2, 1, 1, 32, 32});
+    UNet<small_2d> net(5);
+    constexpr int convolutions = 3 * 2 + 2 * (2 + 1) + 1;  // encoder blocks, decoder blocks and ups, head
+    const std::vector<float> first(net.predict(data.x).begin(), net.predict(data.x).end());
+    CHECK(net.weight_preparations() == convolutions);
+    for (int i = 0; i < 3; ++i) net.predict(data.x);
+    CHECK(net.weight_preparations() == convolutions);  // nothing prepared again
+
+    // Every way the weights change prepares them again, and the result follows the weights.
+    Adam<float> opt(1e-2);
+    net.train_step(data.x, data.y, DiceLoss{}, opt);
+    const std::vector<float> trained(net.predict(data.x).begin(), net.predict(data.x).end());
+    CHECK(net.weight_preparations() == 2 * convolutions);
+    CHECK(trained != first);
+    {
+        UNet<small_2d> twin(99);  // the same weights and statistics in a model that never prepared
+        twin.load_parameters_from_host(net.parameters());
+        twin.load_buffers_from_host(net.buffers());
+        const auto& p = twin.predict(data.x);
+        CHECK(std::equal(p.begin(), p.end(), trained.begin()));
+    }
+    auto params = net.parameters();  // a mutable view counts as a change
+    std::fill(params.begin(), params.end(), 0.0f);
+    net.predict(data.x);
+    const long after_view = net.weight_preparations();
+    CHECK(after_view > 2 * convolutions);
+    const auto& zeroed = net.predict(data.x);
+    CHECK(std::all_of(zeroed.begin(), zeroed.end(), [](float v) { return v == 0.5f; }));  // softmax of equal logits
+    CHECK(net.weight_preparations() == after_view);
+    net.weights_changed();
+    net.predict(data.x);
+    CHECK(net.weight_preparations() == after_view + convolutions);
+}

@@ -44,6 +44,7 @@ struct ConvProblem {
     constexpr int taps() const { return kd * kh * kw; }
     constexpr std::size_t weight_count() const { return std::size_t(cout) * cin * taps(); }
     constexpr double flops_per_image() const { return 2.0 * double(extent.size()) * cout * cin * taps(); }
+    constexpr bool operator==(const ConvProblem&) const = default;
 };
 
 // The fine grid of a coarse extent: depth doubles only in 3D (fd = 2).

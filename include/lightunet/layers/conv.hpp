@@ -1,9 +1,16 @@
 #pragma once
 // A stride-1 'same' convolution with its parameters at fixed offsets of the model's buffer; one
 // or two inputs (a decoder block's skip and up-sampled tensors, concatenated).
+//
+// Its plan: the problem (extent and algorithm) is fixed per input shape by plan(); inference
+// runs on weights prepared once (Winograd-transformed or packed, Kernels::conv_prepare) and kept
+// while the pass's weights_version stays the same, so a deployed model transforms nothing per
+// call. Training prepares them in the workspace on every call: the weights change every step.
+#include <cstdint>
 #include <span>
 
 #include "../backend/kernels.hpp"
+#include "../tensor/tensor.hpp"
 #include "layer.hpp"
 
 namespace lightunet::layers {
@@ -15,10 +22,9 @@ struct Conv {
     int level = 0, dims = 2;
     int cin0 = 0;  // channels of the first input (the rest come from the second)
 
-    static constexpr Conv from(const graph::Op& op, int dims) {
+    static Conv from(const graph::Op& op, int dims) {
         Conv c;
-        const int kd = dims == 3 ? op.kernel : 1;
-        c.problem = {Extent{}, kd, op.kernel, op.kernel, op.cin, op.cout};
+        c.problem = conv_problem(op, {}, dims, ConvAlgorithm::automatic);
         c.weight = op.weight;
         c.bias = op.bias;
         c.level = op.level;
@@ -27,17 +33,42 @@ struct Conv {
     }
     static constexpr std::size_t scratch_size(const ConvProblem& p, bool training) {
         return training ? Kernels<Backend>::template conv_workspace_size<T>(p)
-                        : Kernels<Backend>::template conv_forward_workspace_size<T>(p);
+                        : Kernels<Backend>::template conv_forward_prepared_workspace_size<T>(p);
     }
-    constexpr void plan(const Shape& input) { problem.extent = level_extent(input, level, dims); }
-    constexpr std::size_t scratch_size(bool training) const { return scratch_size(problem, training); }
-    constexpr std::size_t parameter_count() const { return problem.weight_count() + problem.cout; }
+    // Elements of the prepared weights inference keeps (none in training).
+    static constexpr std::size_t prepared_size(const ConvProblem& p, bool training) {
+        return training ? 0 : Kernels<Backend>::template conv_prepared_size<T>(p);
+    }
+    void plan(const Shape& input) { problem.extent = level_extent(input, level, dims); }
+    static constexpr std::size_t scratch_size(const graph::Op& op, const Shape& input, int dims, bool training, ConvAlgorithm a) {
+        return scratch_size(conv_problem(op, input, dims, a), training);
+    }
+    std::size_t parameter_count() const { return problem.weight_count() + problem.cout; }
 
     // The graph's ops: `in1` (may be null) holds the channels after cin0.
-    void forward(const Pass<T>& p, const T* in0, const T* in1, T* out) const {
+    void forward(const Pass<T>& p, const T* in0, const T* in1, T* out) {
         const ChannelSource<T> sources[2] = {source(in0, first_channels()), source(in1, problem.cin - first_channels())};
-        forward(p.images, std::span<const ChannelSource<T>>(sources, in1 ? 2 : 1), p.params, out, p.scratch);
+        const std::span<const ChannelSource<T>> input(sources, in1 ? 2 : 1);
+        if (p.training) return forward(p.images, input, p.params, out, p.scratch);
+        prepare(p.params + weight, p.weights_version);
+        Kernels<Backend>::conv_forward_prepared(problem, p.images, input, static_cast<const T*>(prepared.data()), p.params + bias, out,
+                                                std::ptrdiff_t(problem.cout * problem.extent.size()), p.scratch);
     }
+    // Prepares the kernel `weights()` returns (this problem's, maybe rearranged by the caller)
+    // unless the cache already holds it for this version and problem.
+    template <class Weights>
+    void prepare_from(Weights&& weights, std::uint64_t version) {
+        if (prepared_version == version && prepared_problem == problem) return;
+        prepared.resize({1, 1, 1, 1, int(prepared_size(problem, false))});
+        Kernels<Backend>::conv_prepare(problem, static_cast<const T*>(weights()), prepared.data());
+        prepared_version = version;
+        prepared_problem = problem;
+        ++preparations;
+    }
+    void prepare(const T* weights, std::uint64_t version) {
+        prepare_from([weights] { return weights; }, version);
+    }
+    std::size_t prepared_capacity() const { return prepared.capacity(); }
     void backward(const Pass<T>& p, const T* in0, const T* in1, const T* grad_out, GradSink<T> g0, GradSink<T> g1) const {
         const ChannelSource<T> sources[2] = {source(in0, first_channels()), source(in1, problem.cin - first_channels())};
         const ChannelSink<T> sinks[2] = {sink(g0, first_channels()), sink(g1, problem.cin - first_channels())};
@@ -57,6 +88,12 @@ struct Conv {
                                         std::ptrdiff_t(problem.cout * problem.extent.size()), grad_input, grads + weight,
                                         with_bias ? grads + bias : nullptr, workspace);
     }
+
+    // Inference's prepared weights, valid for prepared_version and prepared_problem.
+    Tensor<T, Backend> prepared;
+    std::uint64_t prepared_version = ~std::uint64_t(0);
+    ConvProblem prepared_problem{};
+    long preparations = 0;  // how often the weights were prepared (tests)
 
 private:
     constexpr int first_channels() const { return cin0 > 0 ? cin0 : problem.cin; }

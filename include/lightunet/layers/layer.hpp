@@ -2,7 +2,9 @@
 // What every layer of the op graph receives: the pass's shared memory, and gradient sinks that
 // either overwrite or add (a tensor read by several ops collects their gradients).
 #include <cstddef>
+#include <cstdint>
 
+#include "../backend/conv_problem.hpp"
 #include "../graph/unet_graph.hpp"
 #include "../tensor/shape.hpp"
 
@@ -16,6 +18,9 @@ struct Pass {
     T* grads = nullptr;
     T* scratch = nullptr;  // the op's scratch, scratch_size() elements
     bool training = false;
+    // Changes whenever the parameters may have changed; inference keeps each convolution's
+    // prepared weights while it stays the same.
+    std::uint64_t weights_version = 0;
 };
 
 template <class T>
@@ -31,6 +36,23 @@ constexpr Extent level_extent(const Shape& input, int level, int dims) {
 constexpr Shape level_shape(const Shape& input, int level, int dims, int channels) {
     const Extent e = level_extent(input, level, dims);
     return {input.n, channels, e.d, e.h, e.w};
+}
+
+// The convolution a conv-like op runs at an input shape: stride-2 ops as 1x1 convolutions at
+// the coarse level (the down op's own level, the up ops' input level) over space-to-depth
+// rearranged channels.
+constexpr ConvProblem conv_problem(const graph::Op& op, const Shape& input, int dims, ConvAlgorithm algorithm) {
+    const int cells = dims == 3 ? 8 : 4;
+    switch (op.kind) {
+        case graph::OpKind::strided_down:
+            return {level_extent(input, op.level, dims), 1, 1, 1, op.cin * cells, op.cout, algorithm};
+        case graph::OpKind::up_transposed:
+            return {level_extent(input, op.level + 1, dims), 1, 1, 1, op.cin, op.cout * cells, algorithm};
+        case graph::OpKind::up_interpolate:
+            return {level_extent(input, op.level + 1, dims), 1, 1, 1, op.cin, op.cout, algorithm};
+        default:
+            return {level_extent(input, op.level, dims), dims == 3 ? op.kernel : 1, op.kernel, op.kernel, op.cin, op.cout, algorithm};
+    }
 }
 
 // A parameter offset as a pointer offset (absent parameters point at the buffer's start and

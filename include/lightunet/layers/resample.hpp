@@ -9,10 +9,6 @@
 
 namespace lightunet::layers {
 
-namespace detail {
-constexpr int per_cell(int dims) { return dims == 3 ? 8 : 4; }
-}
-
 template <class T, class Backend>
 struct MaxPool {
     int level = 0, dims = 2, channels = 0;
@@ -44,32 +40,23 @@ struct StridedDown {
     Cells cells{};
     int channels = 0;  // of the fine input
 
-    static constexpr StridedDown from(const graph::Op& op, int dims) {
+    static StridedDown from(const graph::Op& op, int dims) {
         StridedDown d;
-        d.conv.problem = {Extent{}, 1, 1, 1, op.cin * detail::per_cell(dims), op.cout};
-        d.conv.weight = op.weight;
-        d.conv.bias = op.bias;
-        d.conv.level = op.level;
-        d.conv.dims = dims;
+        d.conv = Conv<T, Backend>::from(op, dims);
         d.channels = op.cin;
         return d;
     }
-    constexpr void plan(const Shape& input) {
+    void plan(const Shape& input) {
         conv.plan(input);
         cells = {conv.problem.extent, conv.dims == 3 ? 2 : 1};
     }
     // Layout: [conv workspace][rearranged input][rearranged input gradient (training)].
     static constexpr std::size_t scratch_size(const graph::Op& op, const Shape& input, int dims, bool training, ConvAlgorithm a) {
-        StridedDown d = from(op, dims);
-        d.conv.problem.algorithm = a;
-        d.plan(input);
-        return d.scratch_size(training, input.n);
+        const ConvProblem c = conv_problem(op, input, dims, a);
+        const std::size_t rearranged = std::size_t(input.n) * c.cin * c.extent.size();
+        return Conv<T, Backend>::scratch_size(c, training) + (training ? 2 : 1) * rearranged;
     }
-    constexpr std::size_t scratch_size(bool training, int images) const {
-        const std::size_t rearranged = std::size_t(images) * conv.problem.cin * conv.problem.extent.size();
-        return Conv<T, Backend>::scratch_size(conv.problem, training) + (training ? 2 : 1) * rearranged;
-    }
-    void forward(const Pass<T>& p, const T* fine, const T*, T* out) const {
+    void forward(const Pass<T>& p, const T* fine, const T*, T* out) {
         T* rearranged = p.scratch + Conv<T, Backend>::scratch_size(conv.problem, p.training);
         Kernels<Backend>::space_to_depth(cells, std::ptrdiff_t(p.images) * channels, fine, rearranged);
         conv.forward(p, rearranged, nullptr, out);
@@ -91,52 +78,61 @@ struct StridedDown {
 // the kernel runs on its transpose.
 template <class T, class Backend>
 struct UpTransposed {
-    ConvProblem problem;
-    std::size_t weight = 0, bias = 0;
-    int level = 0, dims = 2, channels = 0;  // channels: of the fine output
+    Conv<T, Backend> conv;  // at the coarse level, on the transposed weights; offsets of the PyTorch-layout ones
+    int channels = 0;       // of the fine output
     Cells cells{};
 
-    static constexpr UpTransposed from(const graph::Op& op, int dims) {
+    static UpTransposed from(const graph::Op& op, int dims) {
         UpTransposed u;
-        u.problem = {Extent{}, 1, 1, 1, op.cin, op.cout * detail::per_cell(dims)};
-        u.weight = op.weight;
-        u.bias = op.bias;
-        u.level = op.level;
-        u.dims = dims;
+        u.conv = Conv<T, Backend>::from(op, dims);
+        u.conv.level = op.level + 1;
         u.channels = op.cout;
         return u;
     }
-    constexpr void plan(const Shape& input) {
-        problem.extent = level_extent(input, level + 1, dims);
-        cells = {problem.extent, dims == 3 ? 2 : 1};
+    void plan(const Shape& input) {
+        conv.plan(input);
+        cells = {conv.problem.extent, conv.dims == 3 ? 2 : 1};
     }
     // Layout: [conv workspace][transposed weights][staged coarse output | rearranged gradient]
     // [transposed weight gradient (training)].
     static constexpr std::size_t scratch_size(const graph::Op& op, const Shape& input, int dims, bool training, ConvAlgorithm a) {
-        UpTransposed u = from(op, dims);
-        u.problem.algorithm = a;
-        u.plan(input);
-        return u.scratch_size(training, input.n);
+        const ConvProblem c = conv_problem(op, input, dims, a);
+        return Conv<T, Backend>::scratch_size(c, training) + (training ? 2 : 1) * c.weight_count() +
+               std::size_t(input.n) * c.cout * c.extent.size();
     }
-    constexpr std::size_t scratch_size(bool training, int images) const {
-        return Conv<T, Backend>::scratch_size(problem, training) + (training ? 2 : 1) * problem.weight_count() + staged_size(images);
-    }
-    void forward(const Pass<T>& p, const T* below, const T*, T* out) const {
+    // Inference transposes and prepares the weights once per weights version.
+    void forward(const Pass<T>& p, const T* below, const T*, T* out) {
         using K = Kernels<Backend>;
+        const ConvProblem& problem = conv.problem;
         T* transposed = p.scratch + Conv<T, Backend>::scratch_size(problem, p.training);
         T* staged = transposed + problem.weight_count();
-        K::transpose(problem.cin, problem.cout, p.params + weight, transposed);
         const ChannelSource<T> in{below, problem.cin, std::ptrdiff_t(problem.cin * problem.extent.size())};
-        K::conv_forward(problem, p.images, std::span<const ChannelSource<T>>(&in, 1), static_cast<const T*>(transposed),
-                        static_cast<const T*>(nullptr), staged, std::ptrdiff_t(problem.cout * problem.extent.size()), p.scratch);
+        const std::span<const ChannelSource<T>> input(&in, 1);
+        const std::ptrdiff_t stride = std::ptrdiff_t(problem.cout * problem.extent.size());
+        if (p.training) {
+            K::transpose(problem.cin, problem.cout, p.params + conv.weight, transposed);
+            K::conv_forward(problem, p.images, input, static_cast<const T*>(transposed), static_cast<const T*>(nullptr), staged, stride,
+                            p.scratch);
+        } else {
+            conv.prepare_from(
+                [&] {
+                    K::transpose(problem.cin, problem.cout, p.params + conv.weight, transposed);
+                    return transposed;
+                },
+                p.weights_version);
+            K::conv_forward_prepared(problem, p.images, input, static_cast<const T*>(conv.prepared.data()), static_cast<const T*>(nullptr),
+                                     staged, stride, p.scratch);
+        }
         K::depth_to_space(cells, std::ptrdiff_t(p.images) * channels, channels, static_cast<const T*>(staged),
-                          static_cast<const T*>(p.params + bias), out, false);
+                          static_cast<const T*>(p.params + conv.bias), out, false);
     }
     void backward(const Pass<T>& p, const T* below, const T* grad_out, GradSink<T> grad_below) const {
         using K = Kernels<Backend>;
+        const ConvProblem& problem = conv.problem;
+        const std::size_t weight = conv.weight, bias = conv.bias;
         T* transposed = p.scratch + Conv<T, Backend>::scratch_size(problem, true);
         T* rearranged = transposed + problem.weight_count();
-        T* transposed_grad = rearranged + staged_size(p.images);
+        T* transposed_grad = rearranged + std::size_t(p.images) * problem.cout * problem.extent.size();
         const ChannelSource<T> in{below, problem.cin, std::ptrdiff_t(problem.cin * problem.extent.size())};
         const ChannelSink<T> sink{grad_below.data, problem.cin, in.image_stride, grad_below.accumulate};
         K::channel_sums(p.images, channels, std::ptrdiff_t(cells.fine().size()), grad_out, p.grads + bias);
@@ -151,8 +147,6 @@ struct UpTransposed {
         K::add(std::ptrdiff_t(problem.weight_count()), static_cast<const T*>(transposed), p.grads + weight);
     }
 
-private:
-    constexpr std::size_t staged_size(int images) const { return std::size_t(images) * problem.cout * problem.extent.size(); }
 };
 
 // Nearest up-sampling of a 1x1 convolution computed at the coarse level.
@@ -162,28 +156,23 @@ struct UpInterpolate {
     Cells cells{};
     int channels = 0;
 
-    static constexpr UpInterpolate from(const graph::Op& op, int dims) {
+    static UpInterpolate from(const graph::Op& op, int dims) {
         UpInterpolate u;
         u.conv = Conv<T, Backend>::from(op, dims);
         u.conv.level = op.level + 1;
         u.channels = op.cout;
         return u;
     }
-    constexpr void plan(const Shape& input) {
+    void plan(const Shape& input) {
         conv.plan(input);
         cells = {conv.problem.extent, conv.dims == 3 ? 2 : 1};
     }
     // Layout: [conv workspace][staged coarse output | its gradient].
     static constexpr std::size_t scratch_size(const graph::Op& op, const Shape& input, int dims, bool training, ConvAlgorithm a) {
-        UpInterpolate u = from(op, dims);
-        u.conv.problem.algorithm = a;
-        u.plan(input);
-        return u.scratch_size(training, input.n);
+        const ConvProblem c = conv_problem(op, input, dims, a);
+        return Conv<T, Backend>::scratch_size(c, training) + std::size_t(input.n) * c.cout * c.extent.size();
     }
-    constexpr std::size_t scratch_size(bool training, int images) const {
-        return Conv<T, Backend>::scratch_size(conv.problem, training) + std::size_t(images) * channels * conv.problem.extent.size();
-    }
-    void forward(const Pass<T>& p, const T* below, const T*, T* out) const {
+    void forward(const Pass<T>& p, const T* below, const T*, T* out) {
         T* staged = p.scratch + Conv<T, Backend>::scratch_size(conv.problem, p.training);
         conv.forward(p, below, nullptr, staged);
         Kernels<Backend>::upsample_nearest_forward(cells, std::ptrdiff_t(p.images) * channels, static_cast<const T*>(staged), out);

@@ -35,12 +35,13 @@ struct MemoryPlan {
     std::size_t scratch = 0;     // the largest op scratch
     std::size_t recomputed = 0;  // the largest recomputed activation
     std::size_t norm_state = 0;  // all norms' statistics
+    std::size_t prepared = 0;    // inference: every convolution's prepared weights
     std::size_t output = 0;      // the top head's probabilities
     std::size_t loss_sums = 0;   // doubles
     std::size_t label_bytes = 0; // down-sampled targets of deep-supervision heads
 
     constexpr std::size_t elements() const {
-        std::size_t n = scratch + recomputed + norm_state + output;
+        std::size_t n = scratch + recomputed + norm_state + prepared + output;
         for (int b = 0; b < buffers; ++b) n += capacity[b];
         return n;
     }
@@ -70,6 +71,8 @@ struct MemoryPlan {
         for (const graph::Op& op : G::ops) {
             if (!active(op)) continue;
             p.scratch = std::max(p.scratch, op_scratch(op, s, training, algorithm));
+            if (op.is_conv_like())
+                p.prepared += layers::Conv<T, Backend>::prepared_size(layers::conv_problem(op, s, C.dims, algorithm), training);
             if (op.kind == graph::OpKind::norm_act)
                 p.norm_state += layers::NormAct<T, Backend>::state_size(C.norm, C.norm == Norm::group ? C.groups : 1,
                                                                         layers::level_shape(s, op.level, C.dims, op.cout));
@@ -128,12 +131,7 @@ struct MemoryPlan {
     static constexpr std::size_t op_scratch(const graph::Op& op, const Shape& s, bool training, ConvAlgorithm a) {
         using graph::OpKind;
         switch (op.kind) {
-            case OpKind::conv: {
-                layers::Conv<T, Backend> c = layers::Conv<T, Backend>::from(op, C.dims);
-                c.problem.algorithm = a;
-                c.plan(s);
-                return c.scratch_size(training);
-            }
+            case OpKind::conv: return layers::Conv<T, Backend>::scratch_size(op, s, C.dims, training, a);
             case OpKind::strided_down: return layers::StridedDown<T, Backend>::scratch_size(op, s, C.dims, training, a);
             case OpKind::up_transposed: return layers::UpTransposed<T, Backend>::scratch_size(op, s, C.dims, training, a);
             case OpKind::up_interpolate: return layers::UpInterpolate<T, Backend>::scratch_size(op, s, C.dims, training, a);

@@ -86,8 +86,10 @@ public:
     std::size_t planned_bytes() const {
         std::size_t elements = scratch_.capacity() + recomputed_.capacity() + probs_.capacity();
         for (const auto& t : pool_) elements += t.capacity();
-        for (const auto& layer : layers_)
+        for (const auto& layer : layers_) {
             if (const auto* na = std::get_if<NormAct>(&layer)) elements += na->state_capacity();
+            if (const Conv* c = conv_of(layer)) elements += c->prepared_capacity();
+        }
         std::size_t label_bytes = 0;
         for (const auto& t : labels_) label_bytes += t.capacity();
         return elements * sizeof(T) + loss_sums_.capacity() * sizeof(double) + label_bytes;
@@ -150,11 +152,19 @@ public:
         const double value = backward(x, labels, loss);
         if (!std::isfinite(value)) throw std::runtime_error("UNet::train_step: the loss is " + std::to_string(value));
         optimizer.step(params_, grads_);
+        weights_changed();
         return value;
     }
 
     // Views of the backend's memory (host backends only; see the host copies below otherwise).
-    std::span<T> parameters() requires(Backend::host_accessible) { return {params_.data(), parameter_count}; }
+    // Inference keeps each convolution's weights prepared (transformed or packed) while they do
+    // not change: every non-const access to the parameters counts as a change, and so does
+    // weights_changed(), which a caller writing through a view kept across predict() calls must
+    // call itself.
+    std::span<T> parameters() requires(Backend::host_accessible) {
+        weights_changed();
+        return {params_.data(), parameter_count};
+    }
     std::span<const T> parameters() const requires(Backend::host_accessible) { return {params_.data(), parameter_count}; }
     std::span<T> gradients() requires(Backend::host_accessible) { return {grads_.data(), parameter_count}; }
     std::span<T> buffers() requires(Backend::host_accessible) { return {buffers_.data(), buffer_count}; }
@@ -165,10 +175,24 @@ public:
     void copy_parameters_to_host(std::span<T> out) const { to_host(out, params_, parameter_count, "copy_parameters_to_host"); }
     void copy_gradients_to_host(std::span<T> out) const { to_host(out, grads_, parameter_count, "copy_gradients_to_host"); }
     void copy_buffers_to_host(std::span<T> out) const { to_host(out, buffers_, buffer_count, "copy_buffers_to_host"); }
-    void load_parameters_from_host(std::span<const T> in) { from_host(in, params_, parameter_count, "load_parameters_from_host"); }
+    void load_parameters_from_host(std::span<const T> in) {
+        from_host(in, params_, parameter_count, "load_parameters_from_host");
+        weights_changed();
+    }
     void load_buffers_from_host(std::span<const T> in) { from_host(in, buffers_, buffer_count, "load_buffers_from_host"); }
     // The raw tensors, for optimisers and checkpoints (the backend's memory).
-    Tensor<T, Backend>& parameter_tensor() { return params_; }
+    Tensor<T, Backend>& parameter_tensor() {
+        weights_changed();
+        return params_;
+    }
+    void weights_changed() { ++weights_version_; }
+    // How often inference prepared convolution weights so far, over all layers (diagnostics).
+    long weight_preparations() const {
+        long n = 0;
+        for (const auto& layer : layers_)
+            if (const Conv* c = conv_of(layer)) n += c->preparations;
+        return n;
+    }
     Tensor<T, Backend>& gradient_tensor() { return grads_; }
     Tensor<T, Backend>& buffer_tensor() { return buffers_; }
     const Tensor<T, Backend>& probabilities() const { return probs_; }
@@ -179,12 +203,8 @@ public:
     // Workspace sizes depend on it, so the next pass plans its buffers again.
     void set_conv_algorithm(ConvAlgorithm algorithm) {
         algorithm_ = algorithm;
-        for (auto& layer : layers_) {
-            if (auto* c = std::get_if<Conv>(&layer)) c->problem.algorithm = algorithm;
-            else if (auto* d = std::get_if<StridedDown>(&layer)) d->conv.problem.algorithm = algorithm;
-            else if (auto* u = std::get_if<UpTransposed>(&layer)) u->problem.algorithm = algorithm;
-            else if (auto* i = std::get_if<UpInterpolate>(&layer)) i->conv.problem.algorithm = algorithm;
-        }
+        for (auto& layer : layers_)
+            if (Conv* c = conv_of(layer)) c->problem.algorithm = algorithm;
         planned_training_ = planned_eval_ = false;
     }
     ConvAlgorithm conv_algorithm() const { return algorithm_; }
@@ -230,6 +250,22 @@ private:
         return true;
     }
     static_assert(norms_read_once(), "a norm's input must have no other reader (its backward works in place)");
+
+    // The convolution a conv-like layer runs (null for the others).
+    template <class L>
+    static auto conv_of(L& layer) {
+        using Found = std::conditional_t<std::is_const_v<L>, const Conv, Conv>;
+        return std::visit(
+            [](auto& l) -> Found* {
+                using Kind = std::decay_t<decltype(l)>;
+                if constexpr (std::is_same_v<Kind, Conv>) return &l;
+                else if constexpr (std::is_same_v<Kind, StridedDown> || std::is_same_v<Kind, UpTransposed> ||
+                                   std::is_same_v<Kind, UpInterpolate>)
+                    return &l.conv;
+                else return nullptr;
+            },
+            layer);
+    }
 
     static Layer make_layer(const graph::Op& op) {
         using graph::OpKind;
@@ -319,7 +355,7 @@ private:
     T* gradient(int slot) { return pool_[training_plan_.gradient[slot]].data(); }
 
     layers::Pass<T> pass() {
-        return {planned_shape_.n, params_.data(), buffers_.data(), grads_.data(), scratch_.data(), training_};
+        return {planned_shape_.n, params_.data(), buffers_.data(), grads_.data(), scratch_.data(), training_, weights_version_};
     }
 
     void run_forward(const Tensor<T, Backend>& x, bool training) {
@@ -377,6 +413,7 @@ private:
     std::array<Tensor<std::uint8_t, Backend>, std::max(1, Graph::head_count - 1)> labels_;  // down-sampled targets
     Plan training_plan_{}, eval_plan_{};
     ConvAlgorithm algorithm_ = ConvAlgorithm::automatic;
+    std::uint64_t weights_version_ = 0;
     Shape planned_shape_{};
     bool planned_training_ = false, planned_eval_ = false, training_ = false;
 };

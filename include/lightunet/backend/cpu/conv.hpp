@@ -42,14 +42,33 @@ constexpr bool use_winograd_weight_gradient(const ConvProblem& p) {
 // and output channels exchanged.
 constexpr ConvProblem dgrad_problem(const ConvProblem& p) { return {p.extent, p.kd, p.kh, p.kw, p.cout, p.cin, p.algorithm}; }
 
-// Scratch (in elements of T) that conv_forward needs alone (inference).
+// The weights a forward pass runs on, prepared from the PyTorch-layout kernel: Winograd's
+// transformed kernel U, or the direct kernel's packed rows. A layer whose weights do not change
+// (inference) prepares them once (conv_prepare) and calls conv_forward_prepared; conv_forward
+// prepares them into its workspace on every call.
+template <class T>
+constexpr std::size_t conv_prepared_size(const ConvProblem& p) {
+    if (use_winograd<T>(p)) return std::size_t(winograd::plan<T>(p).kernel_size()) + winograd::alignment_slack;
+    return std::size_t(round_up(p.cout, fprop_rows)) * p.cin * p.taps();
+}
+
+// Scratch (in elements of T) of conv_forward_prepared.
+template <class T>
+constexpr std::size_t conv_forward_prepared_workspace_size(const ConvProblem& p) {
+    if (use_winograd<T>(p)) {
+        const winograd::Plan pl = winograd::plan<T>(p);
+        return std::size_t(pl.input_size() + pl.output_size()) + winograd::alignment_slack;
+    }
+    const PaddedLayout l = padded_layout(p);
+    const std::size_t out_group = std::size_t(output_group_channels<T>(l, std::max(p.cin, p.cout))) * l.stride;
+    return std::size_t(p.cin) * l.stride + out_group;
+}
+
+// Scratch (in elements of T) that conv_forward needs alone (inference): the prepared weights,
+// then what the prepared forward needs.
 template <class T>
 constexpr std::size_t conv_forward_workspace_size(const ConvProblem& p) {
-    if (use_winograd<T>(p)) return winograd::workspace_size<T>(p);
-    const PaddedLayout l = padded_layout(p);
-    const std::size_t packed_fprop = std::size_t(round_up(p.cout, fprop_rows)) * p.cin * p.taps();
-    const std::size_t out_group = std::size_t(output_group_channels<T>(l, std::max(p.cin, p.cout))) * l.stride;
-    return packed_fprop + std::size_t(p.cin) * l.stride + out_group;
+    return conv_prepared_size<T>(p) + conv_forward_prepared_workspace_size<T>(p);
 }
 
 // Scratch of conv_forward and conv_backward (training). Backward: the Dgrad kernel (packed or
@@ -93,14 +112,24 @@ const T* channel_plane(const ConvProblem& p, std::span<const ChannelSource<T>> s
 }
 
 template <class T>
-void conv_forward(const ConvProblem& p, int images, std::span<const ChannelSource<T>> input, const T* weight,
-                  const T* bias, T* output, std::ptrdiff_t output_image_stride, T* workspace) {
+void conv_prepare(const ConvProblem& p, const T* weight, T* prepared) {
+    if (use_winograd<T>(p)) {
+        winograd::transform_kernel(winograd::plan<T>(p), [&](int o, int i, int k) { return weight[(std::ptrdiff_t(o) * p.cin + i) * 9 + k]; },
+                                   winograd::align(prepared));
+        return;
+    }
+    pack_fprop_weights(weight, p.cout, p.cin * p.taps(), prepared);
+}
+
+// `prepared` holds conv_prepare's output for this problem (the weights themselves are not read).
+template <class T>
+void conv_forward_prepared(const ConvProblem& p, int images, std::span<const ChannelSource<T>> input, const T* prepared,
+                           const T* bias, T* output, std::ptrdiff_t output_image_stride, T* workspace) {
     check_conv_forward_memory(p, images, input, static_cast<const T*>(output), output_image_stride);
     if (use_winograd<T>(p)) {
         const winograd::Plan pl = winograd::plan<T>(p);
-        T* u = winograd::align(workspace);
-        T* scratch = winograd::align(u + pl.kernel_size());
-        winograd::transform_kernel(pl, [&](int o, int i, int k) { return weight[(std::ptrdiff_t(o) * p.cin + i) * 9 + k]; }, u);
+        const T* u = winograd::align(prepared);
+        T* scratch = winograd::align(workspace);
         for (int n = 0; n < images; ++n) {
             auto input_of = [&](int c) { return channel_plane(p, input, n, c); };
             auto output_of = [&](int oc) {
@@ -112,12 +141,11 @@ void conv_forward(const ConvProblem& p, int images, std::span<const ChannelSourc
         return;
     }
     const PaddedLayout l = padded_layout(p);
-    T* packed = workspace;
-    T* x_pad = packed + std::size_t(round_up(p.cout, fprop_rows)) * p.cin * p.taps();
+    const T* packed = prepared;
+    T* x_pad = workspace;
     T* y_pad = x_pad + std::size_t(p.cin) * l.stride;
     const int group = output_group_channels<T>(l, std::max(p.cin, p.cout));
     const std::ptrdiff_t plane = std::ptrdiff_t(p.extent.size());
-    pack_fprop_weights(weight, p.cout, p.cin * p.taps(), packed);
     for (int n = 0; n < images; ++n) {
         pad_sources(l, input, n, x_pad);
         for (int oc0 = 0; oc0 < p.cout; oc0 += group) {
@@ -132,6 +160,14 @@ void conv_forward(const ConvProblem& p, int images, std::span<const ChannelSourc
             });
         }
     }
+}
+
+template <class T>
+void conv_forward(const ConvProblem& p, int images, std::span<const ChannelSource<T>> input, const T* weight,
+                  const T* bias, T* output, std::ptrdiff_t output_image_stride, T* workspace) {
+    conv_prepare(p, weight, workspace);
+    conv_forward_prepared(p, images, input, static_cast<const T*>(workspace), bias, output, output_image_stride,
+                          workspace + conv_prepared_size<T>(p));
 }
 
 // Accumulates dweight and dbias (the caller zeroes them once per step) and writes or adds the

@@ -22,6 +22,18 @@ struct Kernels<cpu> {
     static constexpr std::size_t conv_forward_workspace_size(const ConvProblem& p) {
         return cpu_kernels::conv_forward_workspace_size<T>(p);
     }
+    template <class T>
+    static constexpr std::size_t conv_prepared_size(const ConvProblem& p) {
+        return cpu_kernels::conv_prepared_size<T>(p);
+    }
+    template <class T>
+    static constexpr std::size_t conv_forward_prepared_workspace_size(const ConvProblem& p) {
+        return cpu_kernels::conv_forward_prepared_workspace_size<T>(p);
+    }
+    template <class... A>
+    static void conv_prepare(A&&... a) { cpu_kernels::conv_prepare(std::forward<A>(a)...); }
+    template <class... A>
+    static void conv_forward_prepared(A&&... a) { cpu_kernels::conv_forward_prepared(std::forward<A>(a)...); }
     template <class... A>
     static void conv_forward(A&&... a) { cpu_kernels::conv_forward(std::forward<A>(a)...); }
     template <class... A>

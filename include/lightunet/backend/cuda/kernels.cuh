@@ -54,6 +54,25 @@ struct Kernels<cuda> {
     static constexpr std::size_t conv_forward_workspace_size(const ConvProblem& p) {
         return cuda_kernels::conv_forward_workspace_size<T>(p);
     }
+    // The implicit GEMM reads the PyTorch-layout kernel as it is: the prepared weights are a
+    // copy of it, so a layer runs the same calls on every backend.
+    template <class T>
+    static constexpr std::size_t conv_prepared_size(const ConvProblem& p) {
+        return p.weight_count();
+    }
+    template <class T>
+    static constexpr std::size_t conv_forward_prepared_workspace_size(const ConvProblem& p) {
+        return cuda_kernels::conv_forward_workspace_size<T>(p);
+    }
+    template <class T>
+    static void conv_prepare(const ConvProblem& p, const T* weight, T* prepared) {
+        cuda::copy(prepared, weight, p.weight_count());
+    }
+    template <class T>
+    static void conv_forward_prepared(const ConvProblem& p, int images, std::span<const ChannelSource<T>> input, const T* prepared,
+                                      const T* bias, T* output, std::ptrdiff_t output_image_stride, T* workspace) {
+        cuda_kernels::conv_forward(p, images, input, prepared, bias, output, output_image_stride, workspace);
+    }
     template <class... A>
     static void conv_forward(A&&... a) { cuda_kernels::conv_forward(std::forward<A>(a)...); }
     template <class... A>
