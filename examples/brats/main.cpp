@@ -10,7 +10,7 @@
 #include <string>
 
 #include <lightunet/data/synthetic.hpp>
-#include <lightunet/train/metrics.hpp>
+#include <lightunet/eval/metrics.hpp>
 
 #include "common.hpp"
 #include "pipeline.hpp"

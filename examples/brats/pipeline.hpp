@@ -9,14 +9,14 @@
 #include <vector>
 
 #include <lightunet/data/loader.hpp>
+#include <lightunet/eval/metrics.hpp>
+#include <lightunet/eval/sliding_window.hpp>
 #include <lightunet/io/png.hpp>
 #include <lightunet/model/unet.hpp>
 #include <lightunet/optim/optimizers.hpp>
 #include <lightunet/optim/schedule.hpp>
 #include <lightunet/train/checkpoint.hpp>
 #include <lightunet/train/loader_provider.hpp>
-#include <lightunet/train/metrics.hpp>
-#include <lightunet/train/sliding_window.hpp>
 #include <lightunet/train/trainer.hpp>
 
 #include "common.hpp"

@@ -7,7 +7,7 @@
 #include <sstream>
 #include <vector>
 
-#include "lightunet/train/metrics.hpp"
+#include "lightunet/eval/metrics.hpp"
 #include "train_test_support.hpp"
 
 using namespace lightunet::train;

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "lightunet/model/unet.hpp"
-#include "lightunet/train/sliding_window.hpp"
+#include "lightunet/eval/sliding_window.hpp"
 #include "train_test_support.hpp"
 
 using namespace lightunet;

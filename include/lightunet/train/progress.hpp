@@ -17,8 +17,8 @@
 #include <string>
 #include <vector>
 
+#include "../eval/metrics.hpp"
 #include "../io/png.hpp"
-#include "metrics.hpp"
 
 namespace lightunet::train {
 

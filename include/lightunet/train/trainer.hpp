@@ -27,12 +27,12 @@
 #include <string>
 #include <vector>
 
+#include "../eval/metrics.hpp"
 #include "../loss/dice.hpp"
 #include "../model/unet.hpp"
+#include "../telemetry/watchdog.hpp"
 #include "checkpoint.hpp"
-#include "metrics.hpp"
 #include "progress.hpp"
-#include "watchdog.hpp"
 
 namespace lightunet::train {
 
