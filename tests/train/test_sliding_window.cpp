@@ -12,7 +12,7 @@
 #include "train_test_support.hpp"
 
 using namespace lightunet;
-using namespace lightunet::train;
+using namespace lightunet::eval;
 
 namespace {
 constexpr UNetConfig net2d{.dims = 2, .in_channels = 2, .classes = 3, .widths = {4, 8}};

@@ -22,6 +22,8 @@
 
 namespace lightunet::train {
 
+using eval::kRegions;  // an epoch's Dice is kept per BraTS region (WT, TC, ET)
+
 // One finished epoch. val_loss and dice are NaN when there was no validation.
 struct EpochRecord {
     long epoch = 0;  // 1-based
