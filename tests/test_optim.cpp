@@ -169,7 +169,7 @@ TEST_CASE("gradient clipping scales the global norm down to clip_norm and report
 
 TEST_CASE("Adam updates every element of a tensor larger than one update block", "[optim]") {
     Adam<double> opt(0.01);
-    const int n = 3 * (1 << 14) + 5;
+    const int n = int(3 * optim::update_block + 5);
     Tensor<double> p(Shape{1, 1, 1, 1, n}), g(Shape{1, 1, 1, 1, n});
     for (int i = 0; i < n; ++i) p[i] = 1.0, g[i] = (i % 2 ? 0.5 : -0.5);
     opt.step(p, g);

@@ -10,7 +10,7 @@
 #include <string>
 
 #include <lightunet/data/synthetic.hpp>
-#include <lightunet/train/metrics.hpp>
+#include <lightunet/eval/metrics.hpp>
 
 #include "common.hpp"
 #include "pipeline.hpp"
@@ -109,7 +109,7 @@ std::vector<std::uint8_t> read_segmentation(const io::CaseFiles& files, const fs
     return data::LabelMap::for_edition(files.edition()).apply(v.values.data(), v.values.size(), path.string());
 }
 
-void print_metrics(const lightunet::train::CaseMetrics& m) {
+void print_metrics(const lightunet::eval::CaseMetrics& m) {
     std::printf("%-28s Dice WT/TC/ET %.3f/%.3f/%.3f  HD95 %.1f/%.1f/%.1f mm\n", m.id.c_str(), m.dice[0], m.dice[1], m.dice[2],
                 m.hd95[0], m.hd95[1], m.hd95[2]);
 }
@@ -117,9 +117,9 @@ void print_metrics(const lightunet::train::CaseMetrics& m) {
 // Kaggle slices: per volume, the slices the truth folder holds, each against the prediction of
 // the same name, stacked at their slice positions (1 mm apart, as BraTS's grid; slices between
 // them count as empty in both) so that HD95 measures distances in 3D.
-std::vector<lightunet::train::CaseMetrics> evaluate_kaggle(const fs::path& pred_dir, const fs::path& truth_dir, bool allow_missing) {
-    namespace train = lightunet::train;
-    std::vector<train::CaseMetrics> rows;
+std::vector<lightunet::eval::CaseMetrics> evaluate_kaggle(const fs::path& pred_dir, const fs::path& truth_dir, bool allow_missing) {
+    namespace eval = lightunet::eval;
+    std::vector<eval::CaseMetrics> rows;
     for (const auto& [volume, slices] : io::group_kaggle_slices(truth_dir)) {
         const int first = slices.begin()->first, depth = slices.rbegin()->first - first + 1;
         std::vector<std::uint8_t> truth, pred;
@@ -154,15 +154,15 @@ std::vector<lightunet::train::CaseMetrics> evaluate_kaggle(const fs::path& pred_
             std::fprintf(stderr, "[WARN] no prediction for volume %d in %s\n", volume, pred_dir.c_str());
             continue;
         }
-        rows.push_back(train::evaluate_case("volume_" + std::to_string(volume), pred, truth, train::Grid{width, height, depth, {1.0, 1.0, 1.0}}));
+        rows.push_back(eval::evaluate_case("volume_" + std::to_string(volume), pred, truth, eval::Grid{width, height, depth, {1.0, 1.0, 1.0}}));
         print_metrics(rows.back());
     }
     return rows;
 }
 
-std::vector<lightunet::train::CaseMetrics> evaluate_nifti(const fs::path& pred_dir, const fs::path& truth_dir, bool allow_missing) {
-    namespace train = lightunet::train;
-    std::vector<train::CaseMetrics> rows;
+std::vector<lightunet::eval::CaseMetrics> evaluate_nifti(const fs::path& pred_dir, const fs::path& truth_dir, bool allow_missing) {
+    namespace eval = lightunet::eval;
+    std::vector<eval::CaseMetrics> rows;
     for (const io::CaseFiles& truth : io::find_cases(truth_dir)) {
         if (truth.labels.empty()) continue;
         const std::string suffix = io::modality_suffixes(truth.naming)[io::kSegmentationSlot];
@@ -184,24 +184,24 @@ std::vector<lightunet::train::CaseMetrics> evaluate_nifti(const fs::path& pred_d
             throw std::runtime_error(pred.string() + ": extent " + std::to_string(pe.x) + "x" + std::to_string(pe.y) + "x" +
                                      std::to_string(pe.z) + " differs from the ground truth's " + std::to_string(te.x) + "x" +
                                      std::to_string(te.y) + "x" + std::to_string(te.z));
-        const train::Grid grid{te.x, te.y, te.z, {double(spacing[0]), double(spacing[1]), double(spacing[2])}};
-        rows.push_back(train::evaluate_case(truth.id, p, t, grid));
+        const eval::Grid grid{te.x, te.y, te.z, {double(spacing[0]), double(spacing[1]), double(spacing[2])}};
+        rows.push_back(eval::evaluate_case(truth.id, p, t, grid));
         print_metrics(rows.back());
     }
     return rows;
 }
 
 int evaluate_command(const brats_cli::Options& o) {
-    namespace train = lightunet::train;
+    namespace eval = lightunet::eval;
     const fs::path pred_dir = o.str("pred"), truth_dir = o.str("truth");
     const bool allow_missing = o.flag_set("allow-missing");
-    const std::vector<train::CaseMetrics> rows = holds_kaggle_slices(truth_dir) ? evaluate_kaggle(pred_dir, truth_dir, allow_missing)
+    const std::vector<eval::CaseMetrics> rows = holds_kaggle_slices(truth_dir) ? evaluate_kaggle(pred_dir, truth_dir, allow_missing)
                                                                                 : evaluate_nifti(pred_dir, truth_dir, allow_missing);
     if (rows.empty()) throw std::runtime_error(truth_dir.string() + ": no labelled cases to evaluate");
-    const auto mean = train::mean_metrics(rows);
+    const auto mean = eval::mean_metrics(rows);
     std::printf("%-28s Dice WT/TC/ET %.3f/%.3f/%.3f  HD95 %.1f/%.1f/%.1f mm  (%zu cases)\n", "mean", mean.dice[0], mean.dice[1],
                 mean.dice[2], mean.hd95[0], mean.hd95[1], mean.hd95[2], rows.size());
-    train::write_metrics_csv(o.str("out"), rows);
+    eval::write_metrics_csv(o.str("out"), rows);
     std::fprintf(stderr, "[INFO] Wrote %s\n", o.str("out").c_str());
     if (o.given("min-wt-dice") && mean.dice[0] < o.real("min-wt-dice", 0.0, 1.0)) {
         std::fprintf(stderr, "[ERROR] mean whole-tumour Dice %.3f is below --min-wt-dice %s\n", mean.dice[0], o.str("min-wt-dice").c_str());

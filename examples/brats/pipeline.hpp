@@ -9,14 +9,14 @@
 #include <vector>
 
 #include <lightunet/data/loader.hpp>
+#include <lightunet/eval/metrics.hpp>
+#include <lightunet/eval/sliding_window.hpp>
 #include <lightunet/io/png.hpp>
 #include <lightunet/model/unet.hpp>
 #include <lightunet/optim/optimizers.hpp>
 #include <lightunet/optim/schedule.hpp>
 #include <lightunet/train/checkpoint.hpp>
 #include <lightunet/train/loader_provider.hpp>
-#include <lightunet/train/metrics.hpp>
-#include <lightunet/train/sliding_window.hpp>
 #include <lightunet/train/trainer.hpp>
 
 #include "common.hpp"
@@ -50,6 +50,7 @@ template <lightunet::UNetConfig C>
 template <class Optimizer>
 int Pipeline<C>::train(const brats_cli::Options& o, const RunInfo& run, Optimizer optimizer) {
     namespace train = lightunet::train;
+    namespace eval = lightunet::eval;
     const fs::path out = o.str("out");
     fs::create_directories(out);
     const int threads = int(o.integer("threads", 1, 256));
@@ -162,13 +163,13 @@ int Pipeline<C>::train(const brats_cli::Options& o, const RunInfo& run, Optimize
     // Overlay pictures of a few validation cases, predicted whole.
     const int pictures = int(o.integer("pictures", 0, 1000));
     if (pictures > 0 && val_cases.size() > 0) {
-        train::SlidingWindowOptions so;
+        eval::SlidingWindowOptions so;
         so.patch = patch;
-        train::SlidingWindowPredictor<Model> predictor(model, so);
+        eval::SlidingWindowPredictor<Model> predictor(model, so);
         fs::create_directories(out / "pictures");
         for (std::size_t i = 0; i < val_cases.size() && int(i) < pictures; ++i) {
             const data::Case c = val_cases.load(i);
-            const auto labels = train::predict_case(predictor, c);
+            const auto labels = eval::predict_case(predictor, c);
             const fs::path png = out / "pictures" / (c.id + ".png");
             lightunet::io::write_case_overlay(png.string(), c, labels, 3, 2);
             std::fprintf(stderr, "[INFO] Wrote %s\n", png.c_str());
@@ -182,6 +183,7 @@ int Pipeline<C>::train(const brats_cli::Options& o, const RunInfo& run, Optimize
 template <lightunet::UNetConfig C>
 int Pipeline<C>::predict(const brats_cli::Options& o, const RunInfo& run) {
     namespace train = lightunet::train;
+    namespace eval = lightunet::eval;
     const int threads = int(o.integer("threads", 1, 256));
     lightunet::Kernels<lightunet::cpu>::set_threads(threads);
     Model model(0);
@@ -198,11 +200,11 @@ int Pipeline<C>::predict(const brats_cli::Options& o, const RunInfo& run) {
     }
     std::fprintf(stderr, "[INFO] Loaded %s (epoch %ld, step %ld)\n", checkpoint.c_str(), state.epoch, state.global_step);
 
-    train::SlidingWindowOptions so;
+    eval::SlidingWindowOptions so;
     so.patch = Extent{run.patch[0], run.patch[1], run.patch[2]};
     so.overlap = o.real("overlap", 0.0, 0.95);
     so.mirror = o.flag_set("tta");
-    train::SlidingWindowPredictor<Model> predictor(model, so);
+    eval::SlidingWindowPredictor<Model> predictor(model, so);
     const fs::path out = o.str("out");
     fs::create_directories(out);
     const int pictures = int(o.integer("pictures", 0, 100000));
@@ -211,7 +213,7 @@ int Pipeline<C>::predict(const brats_cli::Options& o, const RunInfo& run) {
     // Predicts one prepared case, reports its latency and draws it while pictures are due.
     auto segment = [&](const data::Case& prepared) {
         const auto t0 = std::chrono::steady_clock::now();
-        auto labels = train::predict_case(predictor, prepared);
+        auto labels = eval::predict_case(predictor, prepared);
         const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         total_seconds += seconds;
         if (done < pictures) lightunet::io::write_case_overlay((out / (prepared.id + ".png")).string(), prepared, labels, 3, 2);

@@ -1,9 +1,16 @@
 #include <lightunet/lightunet.hpp>
+#ifdef LIGHTUNET_CONSUMER_XTENSOR
+#include <lightunet/interop/xtensor.hpp>
+#endif
 constexpr lightunet::UNetConfig tiny{.dims = 2, .in_channels = 1, .classes = 2, .widths = {4, 8}};
 int main() {
     lightunet::UNet<tiny> net(42);
     static_assert(decltype(net)::parameter_count > 0);
     lightunet::Tensor<float> x(lightunet::Shape{1, 1, 1, 8, 8});
     const auto& y = net.predict(x);
+#ifdef LIGHTUNET_CONSUMER_XTENSOR
+    const auto probabilities = lightunet::as_xtensor(y);  // [1][2][1][8][8], the model's own memory
+    if (probabilities.data() != y.data() || probabilities.shape()[1] != 2) return 1;
+#endif
     return y.size() == 2 * 64 ? 0 : 1;
 }

@@ -412,7 +412,7 @@ TEST_CASE("softmax, sigmoid and the Dice (+CE) loss: CUDA equals CPU", "[cuda][k
 
 TEST_CASE("optimiser updates, norms and small helpers: CUDA equals CPU", "[cuda][kernels][optim]") {
     Rng rng(51);
-    const std::ptrdiff_t n = 3 * cpu_kernels::update_block + 1237;
+    const std::ptrdiff_t n = 3 * optim::update_block + 1237;
     const auto p0 = random_values<float>(n, rng), g0 = random_values<float>(n, rng), m0 = random_values<float>(n, rng, -0.1, 0.1),
                v0 = random_values<float>(n, rng, 0, 0.01);
     SECTION("squared_norm and scale") {
@@ -428,7 +428,7 @@ TEST_CASE("optimiser updates, norms and small helpers: CUDA equals CPU", "[cuda]
     }
     SECTION("Adam and AdamW") {
         for (bool decoupled : {false, true}) {
-            const cpu_kernels::AdamStep st{1e-3, 0.9, 0.999, 1e-8, 0.01, decoupled, 7};
+            const optim::AdamStep st{1e-3, 0.9, 0.999, 1e-8, 0.01, decoupled, 7};
             auto p = p0, m = m0, v = v0;
             KC::adam_update(n, p.data(), g0.data(), m.data(), v.data(), st);
             auto gp = device_copy(p0), gg = device_copy(g0), gm = device_copy(m0), gv = device_copy(v0);
@@ -443,7 +443,7 @@ TEST_CASE("optimiser updates, norms and small helpers: CUDA equals CPU", "[cuda]
         }
     }
     SECTION("SGD with Nesterov momentum") {
-        const cpu_kernels::SgdStep st{0.01, 0.99, 3e-5, true};
+        const optim::SgdStep st{0.01, 0.99, 3e-5, true};
         auto p = p0, vel = m0;
         KC::sgd_update(n, p.data(), g0.data(), vel.data(), st);
         auto gp = device_copy(p0), gg = device_copy(g0), gvel = device_copy(m0);

@@ -7,10 +7,10 @@
 #include <sstream>
 #include <vector>
 
-#include "lightunet/train/metrics.hpp"
+#include "lightunet/eval/metrics.hpp"
 #include "train_test_support.hpp"
 
-using namespace lightunet::train;
+using namespace lightunet::eval;
 
 namespace {
 std::vector<std::uint8_t> mask(const Grid& g, std::initializer_list<std::array<int, 3>> voxels, std::uint8_t value = 1) {

@@ -8,11 +8,11 @@
 #include <vector>
 
 #include "lightunet/model/unet.hpp"
-#include "lightunet/train/sliding_window.hpp"
+#include "lightunet/eval/sliding_window.hpp"
 #include "train_test_support.hpp"
 
 using namespace lightunet;
-using namespace lightunet::train;
+using namespace lightunet::eval;
 
 namespace {
 constexpr UNetConfig net2d{.dims = 2, .in_channels = 2, .classes = 3, .widths = {4, 8}};

@@ -22,6 +22,8 @@
 
 using namespace lightunet;
 using namespace lightunet::train;
+using namespace lightunet::eval;       // DiceCounts, region_counts
+using namespace lightunet::telemetry;  // Watchdog, its options and sensors
 
 namespace {
 constexpr UNetConfig tiny{.dims = 2, .in_channels = 1, .classes = 2, .widths = {8, 16}};

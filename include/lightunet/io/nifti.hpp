@@ -3,7 +3,8 @@
 //
 // Volumes: single-file NIfTI-1 (`.nii`, `.nii.gz`), one 3D volume each; datatypes uint8, int8,
 // int16, uint16, int32, uint32, float32, float64. vox_offset is honoured (header extensions),
-// scl_slope == 0 means "no scaling" (NIfTI-1), qform/sform/spacing are kept in data::Geometry.
+// scl_slope == 0 means "no scaling" (NIfTI-1), qform/sform/spacing are kept in data::Geometry;
+// the voxel -> world affine and orientation they give are in io/affine.hpp (Eigen).
 // Before niftilib sees a file its header is checked and, for gzip files, the whole stream is
 // inflated once with zlib so a truncated or corrupt file is an exception, not a partial read.
 //
@@ -38,6 +39,7 @@
 
 #include "../data/case.hpp"
 #include "../data/labels.hpp"
+#include "affine.hpp"
 
 namespace lightunet::io {
 
@@ -57,6 +59,9 @@ struct NiftiVolume {
     float scl_slope = 0, scl_inter = 0;  // as stored; slope 0 (or 1 with intercept 0) = none
     data::Geometry geometry;
     std::vector<float> values;  // x fastest, then y, then z
+    // Voxel (i, j, k) -> RAS+ mm (io/affine.hpp), and its axis codes, e.g. "LPS".
+    Eigen::Affine3d affine() const { return voxel_to_world(geometry); }
+    std::string orientation() const { return io::orientation(geometry); }
 };
 
 namespace detail {
@@ -579,30 +584,15 @@ struct ReadOptions {
     // Raw -> canonical labels; default: the edition's map (2024's label 4 is rejected).
     std::optional<data::LabelMap> label_map;
     bool require_labels = false;  // raise for a case without a seg file
-    // Largest differences tolerated between modalities' geometries.
+    // Largest differences tolerated between modalities' geometries: spacings, and how far apart
+    // (mm) two modalities' affines may place any one voxel.
     double affine_tolerance_mm = 1e-3;
 };
 
 namespace detail {
 
-// The voxel -> world transform NIfTI readers use: sform if its code is set, else qform, else
-// the spacing alone.
-inline std::array<std::array<double, 4>, 3> voxel_to_world(const data::Geometry& geometry) {
-    if (geometry.sform_code > 0) return geometry.sform;
-    std::array<std::array<double, 4>, 3> matrix{};
-    if (geometry.qform_code > 0) {
-        const mat44 q = nifti_quatern_to_mat44(geometry.quatern[0], geometry.quatern[1], geometry.quatern[2],
-                                               geometry.qoffset[0], geometry.qoffset[1], geometry.qoffset[2],
-                                               geometry.spacing[0], geometry.spacing[1], geometry.spacing[2],
-                                               geometry.quatern[3] < 0 ? -1.0f : 1.0f);
-        for (std::size_t row = 0; row < 3; ++row)
-            for (std::size_t column = 0; column < 4; ++column) matrix[row][column] = q.m[row][column];
-    } else {
-        for (std::size_t d = 0; d < 3; ++d) matrix[d][d] = geometry.spacing[d];
-    }
-    return matrix;
-}
-
+// Why geometry `b` is not where `a` is ("" when it is): extents, spacings, orientations and
+// where voxels lie (io/affine.hpp), and the qforms too when both volumes carry both forms.
 inline std::string geometry_mismatch(const data::Geometry& a, const data::Geometry& b, const ReadOptions& options) {
     std::ostringstream text;
     auto extent_text = [](const data::VolumeExtent& e) {
@@ -615,26 +605,33 @@ inline std::string geometry_mismatch(const data::Geometry& a, const data::Geomet
                  << a.spacing[0] << "x" << a.spacing[1] << "x" << a.spacing[2];
             return text.str();
         }
+    // The row of the 3 x 4 matrices that differs most, for the message.
+    auto row_text = [](const Eigen::Affine3d& from, const Eigen::Affine3d& to) {
+        Eigen::Index row = 0;
+        (to.matrix() - from.matrix()).topRows<3>().cwiseAbs().rowwise().maxCoeff().maxCoeff(&row);
+        const Eigen::IOFormat plain(Eigen::StreamPrecision, Eigen::DontAlignCols, " ", " ");
+        std::ostringstream out;
+        out << "affine row " << row << " [" << to.matrix().row(row).format(plain) << "] differs from ["
+            << from.matrix().row(row).format(plain) << "]";
+        return out.str();
+    };
     // Codes are not compared: real BraTS 2018 images say qform_code 2 where their segmentations
     // say 1 for the same transform. What must agree is where each voxel lies.
-    const auto matrix_a = voxel_to_world(a), matrix_b = voxel_to_world(b);
-    for (std::size_t row = 0; row < 3; ++row)
-        for (std::size_t column = 0; column < 4; ++column)
-            if (std::abs(matrix_a[row][column] - matrix_b[row][column]) > options.affine_tolerance_mm) {
-                text << (a.sform_code > 0 ? "sform" : a.qform_code > 0 ? "qform" : "pixdim") << " affine row " << row
-                     << " [" << matrix_b[row][0] << ' ' << matrix_b[row][1] << ' ' << matrix_b[row][2] << ' '
-                     << matrix_b[row][3] << "] differs from [" << matrix_a[row][0] << ' ' << matrix_a[row][1] << ' '
-                     << matrix_a[row][2] << ' ' << matrix_a[row][3] << ']';
-                return text.str();
-            }
+    const Eigen::Affine3d affine_a = voxel_to_world(a), affine_b = voxel_to_world(b);
+    const double apart = affine_distance_mm(affine_a, affine_b, a.extent);
+    if (apart > options.affine_tolerance_mm) {  // orientations alone may differ on an axis of extent 1, or at 45 degrees
+        if (const std::string from = orientation(affine_a), to = orientation(affine_b); from != to)
+            text << "orientation " << to << " differs from " << from << ": ";
+        text << affine_source_name(affine_source(a)) << ' ' << row_text(affine_a, affine_b) << ", voxels up to " << apart
+             << " mm apart (tolerance " << options.affine_tolerance_mm << " mm)";
+        return text.str();
+    }
     if (a.sform_code > 0 && b.sform_code > 0 && a.qform_code > 0 && b.qform_code > 0) {
-        data::Geometry qform_a = a, qform_b = b;
-        qform_a.sform_code = qform_b.sform_code = 0;
-        const auto q_a = voxel_to_world(qform_a), q_b = voxel_to_world(qform_b);
-        for (std::size_t row = 0; row < 3; ++row)
-            for (std::size_t column = 0; column < 4; ++column)
-                if (std::abs(q_a[row][column] - q_b[row][column]) > options.affine_tolerance_mm)
-                    return "qform affine row " + std::to_string(row) + " differs (the sforms agree)";
+        const Eigen::Affine3d q_a = qform_affine(a), q_b = qform_affine(b);
+        if (const double q_apart = affine_distance_mm(q_a, q_b, a.extent); q_apart > options.affine_tolerance_mm) {
+            text << "qform " << row_text(q_a, q_b) << " (the sforms agree), voxels up to " << q_apart << " mm apart";
+            return text.str();
+        }
     }
     return {};
 }

@@ -1,11 +1,13 @@
 #pragma once
 // The loss over a network's heads: validation of the targets, their down-sampling for
 // deep-supervision heads, and each head's Dice (+ CE) value and logits gradient, weighted.
+#include <cstddef>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
 
 #include "../backend/kernels.hpp"
+#include "../config/unet_config.hpp"
 #include "../tensor/tensor.hpp"
 #include "dice.hpp"
 

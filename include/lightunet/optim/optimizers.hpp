@@ -6,6 +6,7 @@
 
 #include "../backend/kernels.hpp"
 #include "../tensor/tensor.hpp"
+#include "step.hpp"
 
 namespace lightunet {
 
@@ -22,7 +23,7 @@ namespace detail {
 template <class T, class Backend>
 void clip_gradients(OptimizerBase& o, Tensor<T, Backend>& grads, Tensor<double, Backend>& partial) {
     const std::ptrdiff_t n = std::ptrdiff_t(grads.size());
-    partial.resize({1, 1, 1, 1, int(std::max<std::ptrdiff_t>(1, (n + (1 << 14) - 1) >> 14))});
+    partial.resize({1, 1, 1, 1, int(std::max<std::ptrdiff_t>(1, optim::update_blocks(n)))});
     o.last_grad_norm = std::sqrt(Kernels<Backend>::squared_norm(n, grads.data(), partial.data()));
     if (o.clip_norm > 0 && o.last_grad_norm > o.clip_norm)
         Kernels<Backend>::scale(n, grads.data(), T(o.clip_norm / (o.last_grad_norm + 1e-6)));
@@ -53,7 +54,7 @@ struct Adam : OptimizerBase {
         detail::clip_gradients(*this, grads, partial);
         ++steps;
         Kernels<Backend>::adam_update(std::ptrdiff_t(params.size()), params.data(), static_cast<const T*>(grads.data()), m.data(),
-                                      v.data(), cpu_kernels::AdamStep{lr, beta1, beta2, eps, weight_decay, decoupled, steps});
+                                      v.data(), optim::AdamStep{lr, beta1, beta2, eps, weight_decay, decoupled, steps});
     }
 };
 
@@ -85,7 +86,7 @@ struct Sgd : OptimizerBase {
         detail::clip_gradients(*this, grads, partial);
         ++steps;
         Kernels<Backend>::sgd_update(std::ptrdiff_t(params.size()), params.data(), static_cast<const T*>(grads.data()),
-                                     velocity.data(), cpu_kernels::SgdStep{lr, momentum, weight_decay, nesterov});
+                                     velocity.data(), optim::SgdStep{lr, momentum, weight_decay, nesterov});
     }
 };
 

@@ -17,10 +17,12 @@
 #include <string>
 #include <vector>
 
+#include "../eval/metrics.hpp"
 #include "../io/png.hpp"
-#include "metrics.hpp"
 
 namespace lightunet::train {
+
+using eval::kRegions;  // an epoch's Dice is kept per BraTS region (WT, TC, ET)
 
 // One finished epoch. val_loss and dice are NaN when there was no validation.
 struct EpochRecord {

@@ -27,12 +27,12 @@
 #include <string>
 #include <vector>
 
+#include "../eval/metrics.hpp"
 #include "../loss/dice.hpp"
 #include "../model/unet.hpp"
+#include "../telemetry/watchdog.hpp"
 #include "checkpoint.hpp"
-#include "metrics.hpp"
 #include "progress.hpp"
-#include "watchdog.hpp"
 
 namespace lightunet::train {
 
@@ -62,7 +62,7 @@ struct TrainerOptions {
     std::string metrics_csv, metrics_json, curves_png;  // rewritten after every epoch when set
     // Watchdog.
     bool use_watchdog = false;
-    WatchdogOptions watchdog{};
+    telemetry::WatchdogOptions watchdog{};
     long good_state_every = 10;  // steps between refreshes of the rollback state (sane loss only)
     // Stop (with a checkpoint) once this many optimiser steps are done in total; < 0: never.
     long stop_after_steps = -1;
@@ -215,7 +215,7 @@ public:
     void request_stop() { stop_requested_.store(true); }
     const TrainState& state() const { return state_; }
     const std::vector<EpochRecord>& history() const { return state_.history; }
-    Watchdog* watchdog() { return watchdog_.get(); }
+    telemetry::Watchdog* watchdog() { return watchdog_.get(); }
 
     // Saves a rolling checkpoint now (and best.h5 when `best`); returns its path ("" without a folder).
     std::string save(bool best = false) {
@@ -234,9 +234,9 @@ public:
         detail::SignalGuard signals(o_.handle_signals);
         info("Model: " + model_summary<Model>());
         if (o_.use_watchdog) {
-            WatchdogOptions w = o_.watchdog;
+            telemetry::WatchdogOptions w = o_.watchdog;
             if (!w.log) w.log = [this](const std::string& m) { log_line("[WATCHDOG] " + m); };
-            watchdog_ = std::make_unique<Watchdog>(std::move(w));
+            watchdog_ = std::make_unique<telemetry::Watchdog>(std::move(w));
             watchdog_->start();
         }
         keep_good_state();
@@ -358,6 +358,7 @@ public:
 
 private:
     using Scores = std::pair<double, std::array<double, kRegions>>;
+    using Anomaly = telemetry::Anomaly;
 
     // "SIGINT", "SIGTERM" or "request" while a stop is pending, else null.
     const char* stop_reason() const {
@@ -369,7 +370,7 @@ private:
     // set takes minutes; the checkpoint then holds the epoch's steps done and no scores).
     std::optional<Scores> validate_unless_stopped(const BatchProvider<Model>& val, long epoch, bool interruptible = true) {
         constexpr UNetConfig C = Model::config;
-        std::array<DiceCounts, kRegions> counts{};
+        std::array<eval::DiceCounts, kRegions> counts{};
         double loss_sum = 0;
         long samples = 0;
         const long n = val.batches(epoch);
@@ -384,10 +385,10 @@ private:
             pred_.resize(plane);
             truth_.resize(plane);
             for (int b = 0; b < s.n; ++b) {
-                probabilities_to_labels(C.head, C.classes, probs.data() + std::size_t(b) * C.classes * plane, plane, pred_.data());
-                if (C.head == Head::sigmoid) region_masks_to_labels(vy_.data() + std::size_t(b) * C.classes * plane, plane, truth_.data());
+                eval::probabilities_to_labels(C.head, C.classes, probs.data() + std::size_t(b) * C.classes * plane, plane, pred_.data());
+                if (C.head == Head::sigmoid) eval::region_masks_to_labels(vy_.data() + std::size_t(b) * C.classes * plane, plane, truth_.data());
                 else std::copy_n(vy_.data() + std::size_t(b) * plane, plane, truth_.data());
-                const auto c = region_counts(pred_, truth_);
+                const auto c = eval::region_counts(pred_, truth_);
                 for (int r = 0; r < kRegions; ++r) counts[r].add(c[r]);
             }
         }
@@ -420,7 +421,7 @@ private:
         std::copy(good_params_.begin(), good_params_.end(), model_.parameters().begin());
         std::copy(good_buffers_.begin(), good_buffers_.end(), model_.buffers().begin());
         opt_ = *good_opt_;
-        std::string msg = std::string(anomaly_name(anomaly)) + " at step " + std::to_string(state_.global_step) + " (" + detail +
+        std::string msg = std::string(telemetry::anomaly_name(anomaly)) + " at step " + std::to_string(state_.global_step) + " (" + detail +
                           "): rolled back to the state of step " + std::to_string(good_step_);
         if (watchdog_ && watchdog_->options().halve_lr) {
             state_.lr_scale *= 0.5;
@@ -451,7 +452,7 @@ private:
     TrainerOptions o_;
     TrainState state_;
     std::unique_ptr<CheckpointManager> manager_;
-    std::unique_ptr<Watchdog> watchdog_;
+    std::unique_ptr<telemetry::Watchdog> watchdog_;
     Input x_, vx_;
     Labels y_, vy_;
     std::vector<std::uint8_t> pred_, truth_;

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <stdexcept>
 
 #include "../../config/unet_config.hpp"
 #include "../../loss/dice.hpp"

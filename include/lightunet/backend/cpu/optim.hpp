@@ -1,18 +1,21 @@
 #pragma once
-// Parameter updates over the model's one contiguous parameter buffer.
+// Parameter updates over the model's one contiguous parameter buffer: the CPU kernels of the
+// steps in optim/step.hpp, one block of optim::update_block elements per parallel task.
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 
+#include "../../optim/step.hpp"
 #include "parallel.hpp"
 
 namespace lightunet::cpu_kernels {
 
-inline constexpr std::ptrdiff_t update_block = 1 << 14;
+using optim::update_block;
 
 // Sum of squares in fixed blocks, so the result does not depend on the thread count.
 template <class T>
 double squared_norm(std::ptrdiff_t count, const T* x, double* partial) {
-    const std::ptrdiff_t blocks = (count + update_block - 1) / update_block;
+    const std::ptrdiff_t blocks = optim::update_blocks(count);
     parallel_for(blocks, [&](std::ptrdiff_t b) {
         double s = 0;
         const std::ptrdiff_t end = std::min(count, (b + 1) * update_block);
@@ -27,25 +30,18 @@ double squared_norm(std::ptrdiff_t count, const T* x, double* partial) {
 
 template <class T>
 void scale(std::ptrdiff_t count, T* x, T factor) {
-    parallel_for((count + update_block - 1) / update_block, [&](std::ptrdiff_t b) {
+    parallel_for(optim::update_blocks(count), [&](std::ptrdiff_t b) {
         const std::ptrdiff_t end = std::min(count, (b + 1) * update_block);
         for (std::ptrdiff_t i = b * update_block; i < end; ++i) x[i] *= factor;
     });
 }
 
-struct AdamStep {
-    double lr, beta1, beta2, eps, weight_decay;
-    bool decoupled;  // AdamW
-    long step;       // 1-based
-};
-
 template <class T>
-void adam_update(std::ptrdiff_t count, T* param, const T* grad, T* m, T* v, const AdamStep& s) {
+void adam_update(std::ptrdiff_t count, T* param, const T* grad, T* m, T* v, const optim::AdamStep& s) {
     const T b1 = T(s.beta1), b2 = T(s.beta2);
-    const T c1 = T(1.0 / (1.0 - std::pow(s.beta1, double(s.step))));
-    const T c2 = T(1.0 / (1.0 - std::pow(s.beta2, double(s.step))));
+    const T c1 = T(s.first_moment_correction()), c2 = T(s.second_moment_correction());
     const T lr = T(s.lr), eps = T(s.eps), wd = T(s.weight_decay);
-    parallel_for((count + update_block - 1) / update_block, [&](std::ptrdiff_t b) {
+    parallel_for(optim::update_blocks(count), [&](std::ptrdiff_t b) {
         const std::ptrdiff_t end = std::min(count, (b + 1) * update_block);
 #pragma omp simd
         for (std::ptrdiff_t i = b * update_block; i < end; ++i) {
@@ -60,15 +56,10 @@ void adam_update(std::ptrdiff_t count, T* param, const T* grad, T* m, T* v, cons
     });
 }
 
-struct SgdStep {
-    double lr, momentum, weight_decay;
-    bool nesterov;
-};
-
 template <class T>
-void sgd_update(std::ptrdiff_t count, T* param, const T* grad, T* velocity, const SgdStep& s) {
+void sgd_update(std::ptrdiff_t count, T* param, const T* grad, T* velocity, const optim::SgdStep& s) {
     const T mu = T(s.momentum), lr = T(s.lr), wd = T(s.weight_decay);
-    parallel_for((count + update_block - 1) / update_block, [&](std::ptrdiff_t b) {
+    parallel_for(optim::update_blocks(count), [&](std::ptrdiff_t b) {
         const std::ptrdiff_t end = std::min(count, (b + 1) * update_block);
 #pragma omp simd
         for (std::ptrdiff_t i = b * update_block; i < end; ++i) {

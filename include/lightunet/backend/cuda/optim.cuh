@@ -1,17 +1,16 @@
 #pragma once
-// Parameter updates over the model's one contiguous parameter buffer (backend/cpu/optim.hpp).
+// Parameter updates over the model's one contiguous parameter buffer: the CUDA kernels of the
+// steps in optim/step.hpp (norms summed over the same blocks as on the CPU).
 #include <cmath>
 #include <cstddef>
 #include <vector>
 
-#include "../cpu/optim.hpp"  // AdamStep, SgdStep, update_block (host-only declarations)
+#include "../../optim/step.hpp"
 #include "reduce.cuh"
 
 namespace lightunet::cuda_kernels {
 
-using cpu_kernels::AdamStep;
-using cpu_kernels::SgdStep;
-using cpu_kernels::update_block;
+using optim::update_block;
 
 // partial[b] = sum of squares over block b of update_block elements (as on the CPU).
 template <class T>
@@ -26,7 +25,7 @@ __global__ void __launch_bounds__(block_threads) squares_kernel(std::ptrdiff_t c
 // `partial` (device) holds ceil(count / update_block) doubles.
 template <class T>
 double squared_norm(std::ptrdiff_t count, const T* x, double* partial) {
-    const std::ptrdiff_t blocks = (count + update_block - 1) / update_block;
+    const std::ptrdiff_t blocks = optim::update_blocks(count);
     if (blocks == 0) return 0.0;
     squares_kernel<<<unsigned(blocks), block_threads, 0, cuda::stream()>>>(count, x, partial);
     LIGHTUNET_CUDA_LAUNCHED("squares_kernel");
@@ -67,10 +66,9 @@ __global__ void adam_kernel(std::ptrdiff_t count, T* param, const T* grad, T* m,
 }
 
 template <class T>
-void adam_update(std::ptrdiff_t count, T* param, const T* grad, T* m, T* v, const AdamStep& s) {
+void adam_update(std::ptrdiff_t count, T* param, const T* grad, T* m, T* v, const optim::AdamStep& s) {
     if (!count) return;
-    const T c1 = T(1.0 / (1.0 - std::pow(s.beta1, double(s.step))));
-    const T c2 = T(1.0 / (1.0 - std::pow(s.beta2, double(s.step))));
+    const T c1 = T(s.first_moment_correction()), c2 = T(s.second_moment_correction());
     adam_kernel<<<grid_for(count), block_threads, 0, cuda::stream()>>>(count, param, grad, m, v, T(s.beta1), T(s.beta2), c1, c2,
                                                                        T(s.lr), T(s.eps), T(s.weight_decay), s.decoupled);
     LIGHTUNET_CUDA_LAUNCHED("adam_kernel");
@@ -87,7 +85,7 @@ __global__ void sgd_kernel(std::ptrdiff_t count, T* param, const T* grad, T* vel
 }
 
 template <class T>
-void sgd_update(std::ptrdiff_t count, T* param, const T* grad, T* velocity, const SgdStep& s) {
+void sgd_update(std::ptrdiff_t count, T* param, const T* grad, T* velocity, const optim::SgdStep& s) {
     if (!count) return;
     sgd_kernel<<<grid_for(count), block_threads, 0, cuda::stream()>>>(count, param, grad, velocity, T(s.momentum), T(s.lr),
                                                                       T(s.weight_decay), s.nesterov);

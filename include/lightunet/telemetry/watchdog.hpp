@@ -33,7 +33,7 @@
 #include <thread>
 #include <vector>
 
-namespace lightunet::train {
+namespace lightunet::telemetry {
 
 struct WatchdogOptions {
     double poll_seconds = 5.0;
@@ -318,4 +318,4 @@ private:
     std::thread thread_;
 };
 
-}  // namespace lightunet::train
+}  // namespace lightunet::telemetry

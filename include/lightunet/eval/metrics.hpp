@@ -33,7 +33,7 @@
 #include "../config/unet_config.hpp"
 #include "../data/case.hpp"
 
-namespace lightunet::train {
+namespace lightunet::eval {
 
 inline constexpr int kRegions = 3;
 inline constexpr std::array<const char*, kRegions> kRegionLabels{"WT", "TC", "ET"};
@@ -324,4 +324,4 @@ inline void write_metrics_csv(const std::string& path, std::span<const CaseMetri
     if (!f) throw std::runtime_error("write_metrics_csv: writing " + path + " failed");
 }
 
-}  // namespace lightunet::train
+}  // namespace lightunet::eval

@@ -25,7 +25,7 @@
 #include "../tensor/tensor.hpp"
 #include "metrics.hpp"
 
-namespace lightunet::train {
+namespace lightunet::eval {
 
 struct SlidingWindowOptions {
     Extent patch{0, 0, 0};   // D, H, W; 0 in an axis = the whole volume along it (rounded up to
@@ -192,4 +192,4 @@ std::vector<std::uint8_t> predict_case(SlidingWindowPredictor<Model>& predictor,
     return labels;
 }
 
-}  // namespace lightunet::train
+}  // namespace lightunet::eval
