@@ -10,6 +10,7 @@
 #include <vector>
 
 #include <lightunet/lightunet.hpp>
+#include <lightunet/train/checkpoint.hpp>
 
 #include "test_paths.hpp"
 #include "test_support.hpp"
@@ -54,6 +55,71 @@ void check_close(const Span& got, const std::vector<double>& want, double tol, c
     CHECK(worst < tol);
 }
 
+std::vector<std::string> split(const std::string& s, char sep) {
+    std::vector<std::string> parts;
+    std::istringstream in(s);
+    for (std::string part; std::getline(in, part, sep);) parts.push_back(part);
+    return parts;
+}
+
+// The PyTorch twin's parameter names (params.txt) as lightunet names them
+// (train::parameter_layout): enc.{l} -> encoder.{l}, downs.{k} -> encoder.{k+1}.down,
+// ups.{k}.conv -> decoder.{depth-2-k}.up, dec.{k} -> decoder.{depth-2-k}; the rest (head,
+// auxiliary_heads.{i}, and everything below a level) is the same.
+std::string lightunet_name(const std::string& torch_name, int depth) {
+    auto parts = split(torch_name, '.');
+    REQUIRE(parts.size() >= 2);
+    std::vector<std::string> head;
+    std::size_t rest = 2;
+    if (parts[0] == "enc") {
+        head = {"encoder", parts[1]};
+    } else if (parts[0] == "downs") {
+        head = {"encoder", std::to_string(std::stoi(parts[1]) + 1), "down"};
+    } else if (parts[0] == "ups") {
+        REQUIRE(parts.size() >= 3);
+        REQUIRE(parts[2] == "conv");
+        head = {"decoder", std::to_string(depth - 2 - std::stoi(parts[1])), "up"};
+        rest = 3;
+    } else if (parts[0] == "dec") {
+        head = {"decoder", std::to_string(depth - 2 - std::stoi(parts[1]))};
+    } else {
+        return torch_name;
+    }
+    std::string out;
+    for (const auto& p : head) out += (out.empty() ? "" : ".") + p;
+    for (std::size_t i = rest; i < parts.size(); ++i) out += "." + parts[i];
+    return out;
+}
+
+// params.txt (name, shape, offset and count per tensor, in the twin's canonical order) names
+// our parameter layout, tensor for tensor.
+template <UNetConfig C>
+void check_parameter_names(const std::string& path) {
+    std::ifstream f(path);
+    REQUIRE(f.good());
+    const auto [layout, buffers] = train::parameter_layout(C);
+    std::size_t k = 0, offset = 0;
+    for (std::string line; std::getline(f, line);) {
+        if (line.empty() || line[0] == '#') continue;
+        std::istringstream in(line);
+        std::string index, name, shape;
+        std::size_t at = 0, count = 0;
+        in >> index >> name >> shape >> at >> count;
+        INFO(path << ": " << line);
+        REQUIRE(k < layout.size());
+        CHECK(lightunet_name(name, C.depth()) == layout[k].name);
+        std::string ours;
+        for (int e : layout[k].shape) ours += (ours.empty() ? "" : "x") + std::to_string(e);
+        CHECK(shape == ours);
+        CHECK(at == offset);
+        CHECK(count == layout[k].size());
+        offset += layout[k].size();
+        ++k;
+    }
+    CHECK(k == layout.size());
+    CHECK(offset == UNet<C>::parameter_count);
+}
+
 template <UNetConfig C>
 void run_fixture(const std::string& name, const DiceLoss& loss) {
     const std::string dir = fixture_dir() + name + "/";
@@ -63,6 +129,20 @@ void run_fixture(const std::string& name, const DiceLoss& loss) {
     REQUIRE(std::stoi(kv["classes"]) == C.classes);
     REQUIRE((kv["include_background"] == "1") == loss.include_background);
     REQUIRE((kv["batch_dice"] == "1") == loss.batch_dice);
+    // Keys the residual-encoder and deep-supervision cases added; absent: plain, 1 block per
+    // level, no deep supervision, Dice alone.
+    REQUIRE((kv.count("encoder") ? kv["encoder"] : "plain") == (C.encoder == Encoder::residual ? "residual" : "plain"));
+    if (kv.count("blocks")) {
+        const auto blocks = split(kv["blocks"], ',');
+        REQUIRE(int(blocks.size()) == C.depth());
+        for (int l = 0; l < C.depth(); ++l) REQUIRE(std::stoi(blocks[std::size_t(l)]) == C.blocks(l));
+    } else {
+        for (int l = 0; l < C.depth(); ++l) REQUIRE(C.blocks(l) == 1);
+    }
+    REQUIRE((kv.count("deep_supervision") && kv["deep_supervision"] == "1") == C.deep_supervision);
+    REQUIRE(kv["loss"] == (loss.ce_weight > 0 ? "dice_ce" : "dice"));
+    if (loss.ce_weight > 0) REQUIRE(std::stod(kv["ce_weight"]) == loss.ce_weight);
+    check_parameter_names<C>(dir + "params.txt");
 
     using Net = UNet<C, cpu, double>;
     Net net(7);
@@ -110,6 +190,26 @@ constexpr UNetConfig unet2d_nonorm{.dims = 2, .in_channels = 2, .classes = 2, .w
                                    .act = Act::relu, .down = Down::strided_conv, .up = Up::interpolate_conv,
                                    .head = Head::softmax};
 
+// The residual encoder (nnU-Net ResEnc) and deep supervision: the loss is the weighted sum over
+// the heads, each against its down-sampled targets (bench/reference/unet_torch.py).
+constexpr UNetConfig unet2d_resenc_ds{.dims = 2, .in_channels = 2, .classes = 3, .widths = {4, 4, 8, 16},
+                                      .norm = Norm::batch, .act = Act::relu, .down = Down::max_pool,
+                                      .up = Up::transposed_conv, .head = Head::softmax, .encoder = Encoder::residual,
+                                      .encoder_blocks = {1, 2, 2, 1}, .deep_supervision = true};
+constexpr UNetConfig unet3d_resenc{.dims = 3, .in_channels = 2, .classes = 2, .widths = {4, 6, 6}, .norm = Norm::instance,
+                                   .act = Act::leaky_relu, .down = Down::strided_conv, .up = Up::interpolate_conv,
+                                   .head = Head::sigmoid, .leaky_slope = 0.01, .encoder = Encoder::residual,
+                                   .encoder_blocks = {2, 1, 2}};
+constexpr UNetConfig unet2d_ds_regions{.dims = 2, .in_channels = 1, .classes = 3, .widths = {4, 4, 8, 8, 8},
+                                       .norm = Norm::group, .act = Act::leaky_relu, .down = Down::strided_conv,
+                                       .up = Up::interpolate_conv, .head = Head::sigmoid, .groups = 2, .leaky_slope = 0.1,
+                                       .deep_supervision = true};
+constexpr UNetConfig unet3d_resenc_ds_nonorm{.dims = 3, .in_channels = 1, .classes = 2, .widths = {2, 4, 4, 4},
+                                             .norm = Norm::none, .act = Act::relu, .down = Down::max_pool,
+                                             .up = Up::transposed_conv, .head = Head::softmax,
+                                             .encoder = Encoder::residual, .encoder_blocks = {1, 1, 2, 1},
+                                             .deep_supervision = true};
+
 }  // namespace
 
 TEST_CASE("2D batch norm, ReLU, max-pool, transposed conv, softmax equals PyTorch", "[pytorch]") {
@@ -123,4 +223,18 @@ TEST_CASE("2D group norm, background out, batch Dice equals PyTorch", "[pytorch]
 }
 TEST_CASE("2D without norm, strided conv, interpolation equals PyTorch", "[pytorch]") {
     run_fixture<unet2d_nonorm>("unet2d_nonorm", {});
+}
+TEST_CASE("2D residual encoder (blocks 1,2,2,1), batch norm, deep supervision (depth 4) equals PyTorch", "[pytorch]") {
+    run_fixture<unet2d_resenc_ds>("unet2d_resenc_ds", {});
+}
+TEST_CASE("3D residual encoder (blocks 2,1,2), instance norm, strided conv, sigmoid equals PyTorch", "[pytorch]") {
+    run_fixture<unet3d_resenc>("unet3d_resenc", {});
+}
+TEST_CASE("2D deep supervision (depth 5, two auxiliary heads), group norm, sigmoid regions, batch Dice + BCE equals PyTorch",
+          "[pytorch]") {
+    run_fixture<unet2d_ds_regions>("unet2d_ds_regions", {.batch_dice = true, .ce_weight = 1.0});
+}
+TEST_CASE("3D residual encoder without norm, deep supervision (depth 4), softmax without background + CE equals PyTorch",
+          "[pytorch]") {
+    run_fixture<unet3d_resenc_ds_nonorm>("unet3d_resenc_ds_nonorm", {.include_background = false, .ce_weight = 1.0});
 }

@@ -11,6 +11,7 @@
 
 #include <lightunet/lightunet.hpp>
 
+#include "reference_unet.hpp"
 #include "test_support.hpp"
 
 using namespace lightunet;
@@ -306,12 +307,59 @@ void check_network(const Shape& s, const DiceLoss& o, std::uint64_t seed) {
     // The loss alone, from the same kernels backward uses.
     const std::size_t probs_size = std::size_t(s.n) * C.classes * s.spatial();
     std::vector<double> grad_scratch(probs_size), sums(3 * std::size_t(s.n) * C.classes);
-    auto loss = [&] {
+    auto model_loss = [&] {
         const auto& p = net.forward(x, Mode::train);
         return cpu_kernels::dice_loss(C.head, s.n, C.classes, std::ptrdiff_t(s.spatial()), p.data(), labels.data(), o,
                                       grad_scratch.data(), sums.data());
     };
-    CHECK(loss() == Approx(l0).epsilon(1e-13));
+
+    // The loss over every head from the naive forward of tests/reference_unet.hpp (the model
+    // shows its top head only), with the targets sub-sampled and the heads weighted as
+    // docs/design.md says, written out here: nnU-Net's 2^-h / sum_k 2^-k.
+    const int heads = 1 + (C.deep_supervision ? C.depth() - 3 : 0);
+    const int label_channels = C.head == Head::softmax ? 1 : C.classes;
+    std::vector<std::vector<std::uint8_t>> head_labels{std::vector<std::uint8_t>(labels.begin(), labels.end())};
+    std::vector<double> head_weights{1.0};
+    for (int h = 1; h < heads; ++h) {
+        const int fd = C.dims == 3 ? 2 : 1, scale = 1 << (h - 1);
+        head_labels.push_back(reference::subsample_labels(head_labels.back(), s.n, label_channels, s.d / (C.dims == 3 ? scale : 1),
+                                                          s.h / scale, s.w / scale, fd));
+        head_weights.push_back(head_weights.back() / 2);
+    }
+    double weight_sum = 0;
+    for (double w : head_weights) weight_sum += w;
+    for (double& w : head_weights) w /= weight_sum;
+    auto reference_probabilities = [&] {
+        reference::Volume in(s.n, s.c, s.d, s.h, s.w);
+        in.v.assign(x.begin(), x.end());
+        return reference::UNetForward(C, net.parameters()).run(in);
+    };
+    auto reference_loss = [&] {
+        const auto probs = reference_probabilities();
+        REQUIRE(int(probs.size()) == heads);
+        double total = 0;
+        for (int h = 0; h < heads; ++h) {
+            const auto& p = probs[std::size_t(h)];
+            total += head_weights[std::size_t(h)] *
+                     cpu_kernels::dice_loss(C.head, s.n, C.classes, std::ptrdiff_t(p.spatial()), p.v.data(),
+                                            head_labels[std::size_t(h)].data(), o, grad_scratch.data(), sums.data());
+        }
+        return total;
+    };
+    {
+        // The reference and the model agree before anything is differentiated.
+        const auto probs = reference_probabilities();
+        const auto& top = net.forward(x, Mode::train);
+        REQUIRE(probs[0].v.size() == top.size());
+        double gap = 0;
+        for (std::size_t i = 0; i < top.size(); ++i) gap = std::max(gap, std::abs(probs[0].v[i] - top[i]));
+        INFO("top head: |reference - model| up to " << gap);
+        CHECK(gap < 1e-12);
+        CHECK(reference_loss() == Approx(l0).epsilon(1e-12));
+    }
+    // Deep supervision: the loss of every head, so only the reference sees them all.
+    auto loss = [&] { return C.deep_supervision ? reference_loss() : model_loss(); };
+    CHECK(loss() == Approx(l0).epsilon(C.deep_supervision ? 1e-12 : 1e-13));
 
     // A point in every parameter tensor, then some anywhere.
     const auto segments = lightunet::testing::parameter_segments(C);
@@ -538,5 +586,97 @@ TEST_CASE("whole-network gradients equal finite differences", "[gradients][netwo
     }
     SECTION("3D no norm, LeakyReLU, strided conv, interpolation, sigmoid, batch Dice, 1 x 2 x 4x4x6") {
         check_network<net_3d_none>({1, 2, 4, 4, 6}, {.batch_dice = true}, 8);
+    }
+}
+
+namespace {
+// Residual encoders (nnU-Net's ResEnc): several blocks on some level, levels whose channels do
+// not change (an identity skip, also on the first block: in_channels = widths[0] or
+// widths[l] = widths[l-1]) next to projected ones, every norm, both heads.
+constexpr UNetConfig res_2d_batch{.dims = 2, .in_channels = 2, .classes = 3, .widths = {4, 4, 8}, .norm = Norm::batch,
+                                  .act = Act::relu, .down = Down::max_pool, .up = Up::transposed_conv, .head = Head::softmax,
+                                  .encoder = Encoder::residual, .encoder_blocks = {1, 2, 1}};
+constexpr UNetConfig res_2d_group{.dims = 2, .in_channels = 4, .classes = 2, .widths = {4, 6, 6}, .norm = Norm::group,
+                                  .act = Act::leaky_relu, .down = Down::strided_conv, .up = Up::interpolate_conv,
+                                  .head = Head::sigmoid, .groups = 2, .leaky_slope = 0.1, .encoder = Encoder::residual,
+                                  .encoder_blocks = {2, 1, 2}};
+constexpr UNetConfig res_2d_none{.dims = 2, .in_channels = 1, .classes = 2, .widths = {3, 5}, .norm = Norm::none,
+                                 .act = Act::relu, .down = Down::max_pool, .up = Up::interpolate_conv, .head = Head::softmax,
+                                 .encoder = Encoder::residual, .encoder_blocks = {2, 3}};
+constexpr UNetConfig res_3d_instance{.dims = 3, .in_channels = 1, .classes = 2, .widths = {4, 4}, .norm = Norm::instance,
+                                     .act = Act::relu, .down = Down::max_pool, .up = Up::transposed_conv,
+                                     .head = Head::sigmoid, .encoder = Encoder::residual, .encoder_blocks = {1, 2}};
+constexpr UNetConfig res_3d_batch{.dims = 3, .in_channels = 2, .classes = 3, .widths = {3, 6}, .norm = Norm::batch,
+                                  .act = Act::leaky_relu, .down = Down::strided_conv, .up = Up::interpolate_conv,
+                                  .head = Head::softmax, .encoder = Encoder::residual, .encoder_blocks = {2, 1}};
+
+// Deep supervision: depth 4 (one auxiliary head, on decoder level 1) and 5 (two, levels 1 and 2).
+constexpr UNetConfig ds_2d_batch{.dims = 2, .in_channels = 1, .classes = 3, .widths = {2, 3, 4, 4}, .norm = Norm::batch,
+                                 .act = Act::relu, .down = Down::max_pool, .up = Up::transposed_conv, .head = Head::softmax,
+                                 .deep_supervision = true};
+constexpr UNetConfig ds_2d_instance{.dims = 2, .in_channels = 2, .classes = 2, .widths = {2, 2, 3, 3, 4},
+                                    .norm = Norm::instance, .act = Act::leaky_relu, .down = Down::strided_conv,
+                                    .up = Up::interpolate_conv, .head = Head::sigmoid, .leaky_slope = 0.1,
+                                    .deep_supervision = true};
+constexpr UNetConfig ds_3d_group{.dims = 3, .in_channels = 1, .classes = 2, .widths = {4, 4, 6, 6}, .norm = Norm::group,
+                                 .act = Act::relu, .down = Down::max_pool, .up = Up::transposed_conv, .head = Head::softmax,
+                                 .groups = 2, .deep_supervision = true};
+
+// Both together.
+constexpr UNetConfig resds_2d_batch{.dims = 2, .in_channels = 2, .classes = 2, .widths = {4, 4, 6, 6}, .norm = Norm::batch,
+                                    .act = Act::leaky_relu, .down = Down::max_pool, .up = Up::transposed_conv,
+                                    .head = Head::sigmoid, .encoder = Encoder::residual, .encoder_blocks = {1, 2, 2, 1},
+                                    .deep_supervision = true};
+constexpr UNetConfig resds_2d_none{.dims = 2, .in_channels = 1, .classes = 2, .widths = {2, 3, 3, 4, 4}, .norm = Norm::none,
+                                   .act = Act::relu, .down = Down::max_pool, .up = Up::interpolate_conv,
+                                   .head = Head::softmax, .encoder = Encoder::residual, .encoder_blocks = {1, 1, 2, 1, 2},
+                                   .deep_supervision = true};
+constexpr UNetConfig resds_3d_instance{.dims = 3, .in_channels = 1, .classes = 3, .widths = {2, 4, 4, 4},
+                                       .norm = Norm::instance, .act = Act::relu, .down = Down::strided_conv,
+                                       .up = Up::interpolate_conv, .head = Head::softmax, .encoder = Encoder::residual,
+                                       .encoder_blocks = {2, 1, 1, 2}, .deep_supervision = true};
+}  // namespace
+
+TEST_CASE("residual-encoder gradients equal finite differences", "[gradients][network][residual]") {
+    SECTION("2D batch norm, ReLU, blocks 1,2,1 (level 1 identity skips), softmax, 2 x 2 x 8x12") {
+        check_network<res_2d_batch>({2, 2, 1, 8, 12}, {}, 11);
+    }
+    SECTION("2D group norm, LeakyReLU, strided conv, interpolation, blocks 2,1,2 (input width = level 0), sigmoid, batch Dice + BCE, "
+            "1 x 4 x 12x8") {
+        check_network<res_2d_group>({1, 4, 1, 12, 8}, {.batch_dice = true, .ce_weight = 1.0}, 12);
+    }
+    SECTION("2D no norm, ReLU, interpolation, blocks 2,3 (unnormalised projection), softmax + CE, 2 x 1 x 10x6") {
+        check_network<res_2d_none>({2, 1, 1, 10, 6}, {.ce_weight = 1.0}, 13);
+    }
+    SECTION("3D instance norm, ReLU, blocks 1,2 (level 1 identity skips), sigmoid, 1 x 1 x 4x6x4") {
+        check_network<res_3d_instance>({1, 1, 4, 6, 4}, {}, 14);
+    }
+    SECTION("3D batch norm, LeakyReLU, strided conv, interpolation, blocks 2,1, softmax without background + CE, 2 x 2 x 4x4x6") {
+        check_network<res_3d_batch>({2, 2, 4, 4, 6}, {.include_background = false, .ce_weight = 1.0}, 15);
+    }
+}
+
+TEST_CASE("deep-supervision gradients equal finite differences", "[gradients][network][deep_supervision]") {
+    SECTION("2D depth 4, batch norm, ReLU, transposed conv, softmax + CE, 2 x 1 x 8x16") {
+        check_network<ds_2d_batch>({2, 1, 1, 8, 16}, {.ce_weight = 1.0}, 21);
+    }
+    SECTION("2D depth 5, instance norm, LeakyReLU, strided conv, interpolation, sigmoid, batch Dice, 1 x 2 x 32x32") {
+        check_network<ds_2d_instance>({1, 2, 1, 32, 32}, {.batch_dice = true}, 22);
+    }
+    SECTION("3D depth 4, group norm, ReLU, transposed conv, softmax without background, 1 x 1 x 8x8x16") {
+        check_network<ds_3d_group>({1, 1, 8, 8, 16}, {.include_background = false}, 23);
+    }
+}
+
+TEST_CASE("residual encoder with deep supervision: gradients equal finite differences",
+          "[gradients][network][residual][deep_supervision]") {
+    SECTION("2D depth 4, batch norm, LeakyReLU, blocks 1,2,2,1, sigmoid + BCE, 2 x 2 x 16x8") {
+        check_network<resds_2d_batch>({2, 2, 1, 16, 8}, {.ce_weight = 1.0}, 31);
+    }
+    SECTION("2D depth 5, no norm, ReLU, interpolation, blocks 1,1,2,1,2, softmax, 1 x 1 x 16x16") {
+        check_network<resds_2d_none>({1, 1, 1, 16, 16}, {}, 32);
+    }
+    SECTION("3D depth 4, instance norm, ReLU, strided conv, interpolation, blocks 2,1,1,2, softmax + CE, 1 x 1 x 16x16x8") {
+        check_network<resds_3d_instance>({1, 1, 16, 16, 8}, {.ce_weight = 1.0}, 33);
     }
 }

@@ -616,4 +616,46 @@ TEST_CASE("inference prepares convolution weights once while they do not change"
     net.weights_changed();
     net.predict(data.x);
     CHECK(net.weight_preparations() == after_view + convolutions);
+
+namespace {
+// nnU-Net's ResEnc encoder with deep supervision (one auxiliary head, on decoder level 1), and
+// the same network without the auxiliary heads: its parameters are the prefix of the other's.
+constexpr UNetConfig resenc_ds_2d{.dims = 2, .in_channels = 1, .classes = 2, .widths = {8, 16, 16, 32}, .norm = Norm::batch,
+                                  .encoder = Encoder::residual, .encoder_blocks = {1, 2, 2, 1}, .deep_supervision = true};
+constexpr UNetConfig resenc_2d = [] {
+    UNetConfig c = resenc_ds_2d;
+    c.deep_supervision = false;
+    return c;
+}();
+static_assert(UNet<resenc_2d>::parameter_count + 16 * 2 + 2 == UNet<resenc_ds_2d>::parameter_count);
+static_assert(UNet<resenc_2d>::buffer_count == UNet<resenc_ds_2d>::buffer_count);
+}  // namespace
+
+TEST_CASE("a residual 2D U-Net with deep supervision learns to segment blobs", "[model][overfit][residual][deep_supervision]") {
+    const TrainingData<resenc_ds_2d> data({2, 1, 1, 32, 32}, 3);
+    UNet<resenc_ds_2d> net(1);
+    Adam<float> opt(1e-2);
+    const double before = foreground_dice(Head::softmax, net.predict(data.x), data.y);
+    double first_loss = 0, loss = 0;
+    for (int step = 0; step < 40; ++step) {
+        loss = net.train_step(data.x, data.y, DiceLoss{}, opt);
+        if (step == 0) first_loss = loss;
+    }
+    const double dice = foreground_dice(Head::softmax, net.predict(data.x), data.y);
+    INFO("Dice " << before << " -> " << dice << "; loss (over both heads) " << first_loss << " -> " << loss);
+    CHECK(loss < 0.5 * first_loss);
+    CHECK(dice > 0.9);
+    CHECK(dice > before + 0.2);
+
+    // Inference runs the top head only: the twin without auxiliary heads, given the shared
+    // parameters (a prefix: the auxiliary heads come last) and the running statistics, predicts
+    // the same bits. So does a training-mode forward (the top head's probabilities).
+    UNet<resenc_2d> twin(2);
+    twin.load_parameters_from_host(net.parameters().first(UNet<resenc_2d>::parameter_count));
+    twin.load_buffers_from_host(net.buffers());
+    auto bits = [](const Tensor<float>& t) { return std::span<const float>(t.data(), t.size()); };
+    CHECK(bitwise_equal(bits(net.predict(data.x)), bits(twin.predict(data.x))));
+    const Tensor<float> train_probs = net.forward(data.x, Mode::train);
+    CHECK(bitwise_equal(bits(train_probs), bits(twin.forward(data.x, Mode::train))));
+    CHECK(bitwise_equal({net.buffers().begin(), net.buffers().end()}, {twin.buffers().begin(), twin.buffers().end()}));
 }

@@ -112,10 +112,28 @@ inline std::vector<Segment> parameter_segments(const UNetConfig& c) {
         const std::string p = "enc" + std::to_string(l);
         const std::size_t cin = std::size_t(l == 0 ? c.in_channels : c.widths[l - 1]), w = std::size_t(c.widths[l]);
         if (l > 0 && c.down == Down::strided_conv) conv(p + ".down", cin, cin, cell);
-        conv(p + ".conv1", cin, w, taps);
-        norm(p + ".norm1", w);
-        conv(p + ".conv2", w, w, taps);
-        norm(p + ".norm2", w);
+        if (c.encoder == Encoder::plain) {
+            conv(p + ".conv1", cin, w, taps);
+            norm(p + ".norm1", w);
+            conv(p + ".conv2", w, w, taps);
+            norm(p + ".norm2", w);
+            continue;
+        }
+        // Residual blocks (0 blocks means 1): the first takes the level's input; a skip whose
+        // channels change is projected by a 1x1 conv and a norm.
+        const int blocks = c.encoder_blocks[l] > 0 ? c.encoder_blocks[l] : 1;
+        for (int b = 0; b < blocks; ++b) {
+            const std::string q = p + ".block" + std::to_string(b);
+            const std::size_t in = b == 0 ? cin : w;
+            conv(q + ".conv1", in, w, taps);
+            norm(q + ".norm1", w);
+            conv(q + ".conv2", w, w, taps);
+            norm(q + ".norm2", w);
+            if (in != w) {
+                conv(q + ".skip.conv", in, w, 1);
+                norm(q + ".skip.norm", w);
+            }
+        }
     }
     for (int l = depth - 2; l >= 0; --l) {
         const std::string p = "dec" + std::to_string(l);
@@ -128,6 +146,9 @@ inline std::vector<Segment> parameter_segments(const UNetConfig& c) {
         norm(p + ".norm2", w);
     }
     conv("head", std::size_t(c.widths[0]), std::size_t(c.classes), 1);
+    // Deep supervision: a 1x1 head on decoder levels 1 .. depth-3, after the top head.
+    if (c.deep_supervision)
+        for (int l = 1; l <= depth - 3; ++l) conv("aux" + std::to_string(l - 1), std::size_t(c.widths[l]), std::size_t(c.classes), 1);
     return s;
 }
 

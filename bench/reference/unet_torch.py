@@ -6,10 +6,19 @@ The module mirrors one `lightunet::UNetConfig`:
 
     UNet(dims=2, in_channels=4, classes=4, widths=[32, 64, 128, 256, 512],
          norm="batch", groups=8, act="relu", leaky_slope=0.01,
-         down="max_pool", up="transposed_conv", head="softmax")
+         down="max_pool", up="transposed_conv", head="softmax",
+         encoder="plain", blocks=None, deep_supervision=False)
 
 `forward` returns head *probabilities* (softmax over channels or per-channel sigmoid);
-`forward_logits` returns the pre-activation head output.
+`forward_logits` returns the pre-activation head output; `forward_heads` the logits of every
+head, the deep-supervision heads after the top one.
+
+`encoder="residual"` builds nnU-Net's ResEnc encoder (`blocks[l]` residual blocks on level l,
+0 meaning 1); `deep_supervision=True` adds the auxiliary 1x1 heads on decoder levels
+1 .. depth-3 (`auxiliary_heads.{i}` on level i + 1), trained by `deep_supervision_loss`.
+Module paths below a level are lightunet's (`train::parameter_layout`): `enc.{l}` is our
+`encoder.{l}`, `dec.{k}` / `ups.{k}.conv` our `decoder.{depth-2-k}` / `decoder.{depth-2-k}.up`,
+`downs.{l-1}` our `encoder.{l}.down` (`lightunet_name` maps them).
 
 `parameters_in_canonical_order(model)` lists the parameter tensors in the exact order
 of docs/design.md ("Parameter order and layouts"), `running_stats_in_canonical_order`
@@ -29,6 +38,7 @@ ACTS = ("relu", "leaky_relu")
 DOWNS = ("max_pool", "strided_conv")
 UPS = ("transposed_conv", "interpolate_conv")
 HEADS = ("softmax", "sigmoid")
+ENCODERS = ("plain", "residual")
 
 EPS = 1e-5
 MOMENTUM = 0.1
@@ -36,6 +46,12 @@ MOMENTUM = 0.1
 
 def _conv_cls(dims: int):
     return nn.Conv2d if dims == 2 else nn.Conv3d
+
+
+def _activate(x, act, slope):
+    if act == "relu":
+        return F.relu(x)
+    return F.leaky_relu(x, negative_slope=slope)
 
 
 def _make_norm(kind: str, dims: int, channels: int, groups: int):
@@ -99,6 +115,86 @@ class ConvBlock(nn.Module):
                 if isinstance(n, nn.modules.batchnorm._BatchNorm)]
 
 
+class Projection(nn.Module):
+    """A residual block's skip where the channels change: conv1x1 + bias -> norm (no act)."""
+
+    def __init__(self, dims, cin, cout, norm, groups):
+        super().__init__()
+        self.conv = _conv_cls(dims)(cin, cout, kernel_size=1, bias=True)
+        self.norm = _make_norm(norm, dims, cout, groups)
+
+    def forward(self, x):
+        x = self.conv(x)
+        return x if self.norm is None else self.norm(x)
+
+
+class ResidualBlock(nn.Module):
+    """nnU-Net's ResEnc block: conv3 -> norm -> act -> conv3 -> norm, plus the input (or its
+    Projection where the channels change), then act of the sum."""
+
+    def __init__(self, dims, cin, cout, norm, groups, act, slope):
+        super().__init__()
+        conv = _conv_cls(dims)
+        self.conv1 = conv(cin, cout, kernel_size=3, padding=1, bias=True)
+        self.norm1 = _make_norm(norm, dims, cout, groups)
+        self.conv2 = conv(cout, cout, kernel_size=3, padding=1, bias=True)
+        self.norm2 = _make_norm(norm, dims, cout, groups)
+        self.skip = Projection(dims, cin, cout, norm, groups) if cin != cout else None
+        self.act = act
+        self.slope = slope
+
+    def forward(self, x):
+        y = self.conv1(x)
+        if self.norm1 is not None:
+            y = self.norm1(y)
+        y = _activate(y, self.act, self.slope)
+        y = self.conv2(y)
+        if self.norm2 is not None:
+            y = self.norm2(y)
+        skip = x if self.skip is None else self.skip(x)
+        return _activate(y + skip, self.act, self.slope)
+
+    def _norms(self):
+        return (self.norm1, self.norm2) + ((self.skip.norm,) if self.skip is not None else ())
+
+    def canonical_params(self) -> List[torch.Tensor]:
+        out = [self.conv1.weight, self.conv1.bias]
+        if self.norm1 is not None:
+            out += [self.norm1.weight, self.norm1.bias]
+        out += [self.conv2.weight, self.conv2.bias]
+        if self.norm2 is not None:
+            out += [self.norm2.weight, self.norm2.bias]
+        if self.skip is not None:
+            out += [self.skip.conv.weight, self.skip.conv.bias]
+            if self.skip.norm is not None:
+                out += [self.skip.norm.weight, self.skip.norm.bias]
+        return out
+
+    def batch_norms(self):
+        return [n for n in self._norms() if isinstance(n, nn.modules.batchnorm._BatchNorm)]
+
+
+class ResidualStage(nn.Module):
+    """An encoder level of residual blocks; the first takes the level's input channels."""
+
+    def __init__(self, dims, cin, cout, blocks, norm, groups, act, slope):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            ResidualBlock(dims, cin if b == 0 else cout, cout, norm, groups, act, slope)
+            for b in range(blocks))
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def canonical_params(self) -> List[torch.Tensor]:
+        return [p for block in self.blocks for p in block.canonical_params()]
+
+    def batch_norms(self):
+        return [n for block in self.blocks for n in block.batch_norms()]
+
+
 class Up(nn.Module):
     def __init__(self, dims, cin, cout, kind):
         super().__init__()
@@ -122,7 +218,8 @@ class UNet(nn.Module):
                  widths: Sequence[int] = (32, 64, 128, 256, 512), norm: str = "batch",
                  groups: int = 8, act: str = "relu", leaky_slope: float = 0.01,
                  down: str = "max_pool", up: str = "transposed_conv",
-                 head: str = "softmax"):
+                 head: str = "softmax", encoder: str = "plain",
+                 blocks: Sequence[int] = None, deep_supervision: bool = False):
         super().__init__()
         widths = [int(w) for w in widths]
         # depth = number of non-zero entries at the front of widths
@@ -136,13 +233,21 @@ class UNet(nn.Module):
             raise ValueError("depth must be in 2..8")
         for name, val, allowed in (("norm", norm, NORMS), ("act", act, ACTS),
                                    ("down", down, DOWNS), ("up", up, UPS),
-                                   ("head", head, HEADS)):
+                                   ("head", head, HEADS), ("encoder", encoder, ENCODERS)):
             if val not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {val!r}")
+        # residual blocks per level, 0 meaning 1 (as UNetConfig::encoder_blocks)
+        blocks = [max(1, int(b)) for b in (blocks or [])][:depth]
+        blocks += [1] * (depth - len(blocks))
+        if encoder == "plain" and any(b != 1 for b in blocks):
+            raise ValueError("blocks other than 1 need encoder='residual'")
+        if deep_supervision and depth < 4:
+            raise ValueError("deep supervision needs at least four levels")
         self.dims, self.in_channels, self.classes = dims, in_channels, classes
         self.widths, self.depth = widths, depth
         self.norm, self.groups, self.act, self.leaky_slope = norm, groups, act, leaky_slope
         self.down_kind, self.up_kind, self.head_kind = down, up, head
+        self.encoder_kind, self.blocks, self.deep_supervision = encoder, blocks, bool(deep_supervision)
         conv = _conv_cls(dims)
 
         self.downs = nn.ModuleList()      # downs[l-1] feeds encoder level l
@@ -152,7 +257,11 @@ class UNet(nn.Module):
                 self.downs.append(conv(widths[l - 1], widths[l - 1], kernel_size=2,
                                        stride=2, bias=True))
             cin = in_channels if l == 0 else widths[l - 1]
-            self.enc.append(ConvBlock(dims, cin, widths[l], norm, groups, act, leaky_slope))
+            if encoder == "plain":
+                self.enc.append(ConvBlock(dims, cin, widths[l], norm, groups, act, leaky_slope))
+            else:
+                self.enc.append(ResidualStage(dims, cin, widths[l], blocks[l], norm, groups, act,
+                                              leaky_slope))
 
         # decoder modules listed from the deepest level (l = depth-2) to level 0
         self.ups = nn.ModuleList()
@@ -162,13 +271,18 @@ class UNet(nn.Module):
             self.dec.append(ConvBlock(dims, 2 * widths[l], widths[l], norm, groups, act,
                                       leaky_slope))
         self.head = conv(widths[0], classes, kernel_size=1, bias=True)
+        if self.deep_supervision:
+            # auxiliary_heads[i] reads decoder level i + 1 (levels 1 .. depth-3)
+            self.auxiliary_heads = nn.ModuleList(
+                conv(widths[l], classes, kernel_size=1, bias=True) for l in range(1, depth - 2))
 
     def _down(self, x, l):
         if self.down_kind == "max_pool":
             return F.max_pool2d(x, 2, 2) if self.dims == 2 else F.max_pool3d(x, 2, 2)
         return self.downs[l - 1](x)
 
-    def forward_logits(self, x):
+    def _decode(self, x):
+        """The decoder's outputs by level (decoded[l] at resolution 1/2^l)."""
         skips = []
         for l in range(self.depth):
             if l > 0:
@@ -176,16 +290,31 @@ class UNet(nn.Module):
             x = self.enc[l](x)
             skips.append(x)
         x = skips.pop()  # deepest level output
-        for up, block in zip(self.ups, self.dec):
+        decoded = [None] * (self.depth - 1)
+        for k, (up, block) in enumerate(zip(self.ups, self.dec)):
             skip = skips.pop()
             x = block(torch.cat([skip, up(x)], dim=1))
-        return self.head(x)
+            decoded[self.depth - 2 - k] = x
+        return decoded
 
-    def forward(self, x):
-        logits = self.forward_logits(x)
+    def forward_logits(self, x):
+        return self.head(self._decode(x)[0])
+
+    def forward_heads(self, x):
+        """Logits of the top head, then of the auxiliary heads (decoder levels 1, 2, ...)."""
+        decoded = self._decode(x)
+        out = [self.head(decoded[0])]
+        if self.deep_supervision:
+            out += [head(decoded[i + 1]) for i, head in enumerate(self.auxiliary_heads)]
+        return out
+
+    def probabilities(self, logits):
         if self.head_kind == "softmax":
             return torch.softmax(logits, dim=1)
         return torch.sigmoid(logits)
+
+    def forward(self, x):
+        return self.probabilities(self.forward_logits(x))
 
 
 def parameters_in_canonical_order(model: UNet) -> List[torch.Tensor]:
@@ -200,6 +329,9 @@ def parameters_in_canonical_order(model: UNet) -> List[torch.Tensor]:
         out += [up.conv.weight, up.conv.bias]
         out += block.canonical_params()
     out += [model.head.weight, model.head.bias]
+    if model.deep_supervision:
+        for head in model.auxiliary_heads:
+            out += [head.weight, head.bias]
     # sanity: the canonical list covers every parameter exactly once
     assert len(out) == len(list(model.parameters()))
     assert {id(p) for p in out} == {id(p) for p in model.parameters()}
@@ -221,6 +353,29 @@ def running_stats_in_canonical_order(model: UNet) -> List[torch.Tensor]:
     for bn in batch_norms_in_canonical_order(model):
         out += [bn.running_mean, bn.running_var]
     return out
+
+
+def lightunet_name(name: str, depth: int) -> str:
+    """A parameter's PyTorch name here -> its name in lightunet (train::parameter_layout):
+    enc.{l} -> encoder.{l}, downs.{k} -> encoder.{k+1}.down, ups.{k}.conv -> decoder.{depth-2-k}.up,
+    dec.{k} -> decoder.{depth-2-k}; head and auxiliary_heads.{i} are the same."""
+    parts = name.split(".")
+    if parts[0] == "enc":
+        return ".".join(["encoder"] + parts[1:])
+    if parts[0] == "downs":
+        return ".".join(["encoder", str(int(parts[1]) + 1), "down"] + parts[2:])
+    if parts[0] == "ups":
+        assert parts[2] == "conv"
+        return ".".join(["decoder", str(depth - 2 - int(parts[1])), "up"] + parts[3:])
+    if parts[0] == "dec":
+        return ".".join(["decoder", str(depth - 2 - int(parts[1]))] + parts[2:])
+    return name
+
+
+def lightunet_names_in_canonical_order(model: UNet) -> List[str]:
+    """lightunet's names of parameters_in_canonical_order(model)."""
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    return [lightunet_name(by_id[id(p)], model.depth) for p in parameters_in_canonical_order(model)]
 
 
 def one_hot_targets(labels: torch.Tensor, classes: int, dtype=None) -> torch.Tensor:
@@ -266,6 +421,42 @@ def dice_ce_loss(probs, target, logits, head="softmax", **kw):
     return d + ce
 
 
+def head_weights(heads: int) -> List[float]:
+    """nnU-Net's deep-supervision weights 1, 1/2, 1/4, ... normalised to sum 1."""
+    w = [2.0 ** -h for h in range(heads)]
+    return [v / sum(w) for v in w]
+
+
+def downsample_targets(labels: torch.Tensor, heads: int, head: str = "softmax") -> List[torch.Tensor]:
+    """Targets of each head: the labels, then F.interpolate(scale_factor=0.5, mode='nearest')
+    applied level by level (the first voxel of each 2x2(x2) cell). labels: softmax heads the
+    class map (N, *spatial), sigmoid heads the region maps (N, C, *spatial)."""
+    out = [labels]
+    for _ in range(1, heads):
+        t = out[-1]
+        t = t.unsqueeze(1) if head == "softmax" else t
+        t = F.interpolate(t.to(torch.float64), scale_factor=0.5, mode="nearest").to(labels.dtype)
+        out.append(t.squeeze(1) if head == "softmax" else t)
+    return out
+
+
+def deep_supervision_loss(model: UNet, logits: List[torch.Tensor], labels: torch.Tensor,
+                          ce: bool = False, **kw) -> torch.Tensor:
+    """sum_h w_h loss_h over the heads' logits (model.forward_heads), each head against its
+    down-sampled targets; loss_h is dice_loss, or dice_ce_loss with ce=True."""
+    targets = downsample_targets(labels, len(logits), model.head_kind)
+    total = 0.0
+    for w, z, t in zip(head_weights(len(logits)), logits, targets):
+        probs = model.probabilities(z)
+        if model.head_kind == "softmax":
+            t = one_hot_targets(t, model.classes, dtype=probs.dtype)
+        else:
+            t = t.to(probs.dtype)
+        loss = dice_ce_loss(probs, t, z, head=model.head_kind, **kw) if ce else dice_loss(probs, t, **kw)
+        total = total + w * loss
+    return total
+
+
 def model_from_config(cfg: dict) -> UNet:
     """Build from a dict using the keys of tests/fixtures/*/config.txt."""
     widths = cfg["widths"]
@@ -276,7 +467,15 @@ def model_from_config(cfg: dict) -> UNet:
                 groups=int(cfg.get("groups", 8)), act=cfg.get("act", "relu"),
                 leaky_slope=float(cfg.get("leaky_slope", 0.01)),
                 down=cfg.get("down", "max_pool"), up=cfg.get("up", "transposed_conv"),
-                head=cfg.get("head", "softmax"))
+                head=cfg.get("head", "softmax"), encoder=cfg.get("encoder", "plain"),
+                blocks=_int_list(cfg.get("blocks", [])),
+                deep_supervision=str(cfg.get("deep_supervision", "0")) in ("1", "True", "true"))
+
+
+def _int_list(v):
+    if isinstance(v, str):
+        return [int(x) for x in v.split(",") if x.strip()]
+    return [int(x) for x in v]
 
 
 if __name__ == "__main__":

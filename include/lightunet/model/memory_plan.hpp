@@ -103,13 +103,12 @@ struct MemoryPlan {
         for (int h = 1; h < G::head_count; ++h)
             p.label_bytes += G::slot_size(G::head_logits[h], s) / std::size_t(C.classes) * label_channels;
 
-        // Gradients over the reverse walk. The loss writes each head's logits gradient.
+        // Gradients over the reverse walk. The loss writes every head's logits gradient before
+        // the walk starts, so each holds its own buffer from there until its head's conv ran.
+        for (int h = 0; h < G::head_count; ++h) p.gradient[G::head_logits[h]] = acquire(size(G::head_logits[h]));
         for (int i = G::op_count - 1; i >= 0; --i) {
             const graph::Op& op = G::ops[i];
-            if (op.kind == graph::OpKind::output) {
-                p.gradient[op.in[0]] = acquire(size(op.in[0]));
-                continue;
-            }
+            if (op.kind == graph::OpKind::output) continue;
             bool handed_on = false;
             for (int k = 0; k < 2; ++k) {
                 const int in = op.in[k];
