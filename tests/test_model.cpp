@@ -616,6 +616,7 @@ TEST_CASE("inference prepares convolution weights once while they do not change"
     net.weights_changed();
     net.predict(data.x);
     CHECK(net.weight_preparations() == after_view + convolutions);
+}
 
 namespace {
 // nnU-Net's ResEnc encoder with deep supervision (one auxiliary head, on decoder level 1), and
