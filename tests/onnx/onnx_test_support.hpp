@@ -55,6 +55,21 @@ void randomise(Model& model, std::uint64_t seed) {
     model.load_buffers_from_host(std::span<const float>(b.data(), Model::buffer_count));
 }
 
+// As randomise, then a few training passes (batch statistics) on `shape`d random inputs move the
+// running statistics most of the way to the activations' own, as training leaves them: the
+// activations of the eval pass keep their scale instead of growing level by level.
+template <class Model>
+void randomise_trained(Model& model, std::uint64_t seed, const Shape& shape, int passes = 8) {
+    randomise(model, seed);
+    if (Model::config.norm != Norm::batch) return;
+    Tensor<float> x(shape);
+    testing::Rng rng(seed + 1);
+    for (int i = 0; i < passes; ++i) {
+        for (auto& v : x) v = float(rng.normal());
+        model.forward(x, Mode::train);
+    }
+}
+
 // Op types of a model's graph, counted.
 inline int count_nodes(const onnx::ModelProto& m, const std::string& type) {
     return int(std::count_if(m.graph().node().begin(), m.graph().node().end(), [&](const auto& n) { return n.op_type() == type; }));

@@ -96,7 +96,7 @@ TEST_CASE("onnx export: ONNX Runtime matches predict for every op kind", "[onnx]
     bool fixed = false;
     for_each_configuration([&]<UNetConfig C>(const char* name, const Shape& shape) {
         UNet<C> model(5);
-        randomise(model, 9);
+        randomise_trained(model, 9, shape);
         std::string file = name;
         std::replace(file.begin(), file.end(), ' ', '_');
         jobs.push_back(prepare(model, file, dir.path, shape, fixed = !fixed, 1));

@@ -415,12 +415,29 @@ private:
                     initializer("group_norm.zeros", {groups}, std::vector<float>(std::size_t(groups), 0.0f));
                     group_inputs_ = true;
                 }
-                node("Shape", {in}, name + ".shape", name + ".shape");
+                // Back to [N, C, (D,) H, W]: the input's shape, a constant when the shapes are fixed
+                // (so that shape inference sees every extent), else read by a Shape node.
+                std::string shape = name + ".shape";
+                if (o_.input_shape) {
+                    const Shape& s = *o_.input_shape;
+                    const int l = slots_[std::size_t(op.in[0])].level;
+                    auto* t = g_->add_initializer();
+                    t->set_name(shape);
+                    t->set_data_type(onnx::TensorProto::INT64);
+                    t->add_dims(c_.dims + 2);
+                    t->add_int64_data(s.n);
+                    t->add_int64_data(op.cout);
+                    if (c_.dims == 3) t->add_int64_data(s.d >> l);
+                    t->add_int64_data(s.h >> l);
+                    t->add_int64_data(s.w >> l);
+                } else {
+                    node("Shape", {in}, shape, name + ".shape");
+                }
                 node("Reshape", {in, "group_norm.grouped_shape"}, name + ".grouped", name + ".group");
                 attr(node("InstanceNormalization", {name + ".grouped", "group_norm.ones", "group_norm.zeros"}, name + ".grouped_norm",
                           name),
                      "epsilon", eps);
-                node("Reshape", {name + ".grouped_norm", name + ".shape"}, name + ".normalized", name + ".ungroup");
+                node("Reshape", {name + ".grouped_norm", shape}, name + ".normalized", name + ".ungroup");
                 std::vector<std::int64_t> affine{op.cout};
                 for (int d = 0; d < spatial_dims(); ++d) affine.push_back(1);
                 const std::string g = initializer(gamma, affine, params(op.gamma, ch));
