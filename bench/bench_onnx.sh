@@ -27,15 +27,19 @@ mkdir -p "$work"
 "$build/bench/bench_onnx" --export "$work" >&2
 
 model=$(lscpu | sed -n 's/^Model name: *//p')
-isa=$(grep -o -w -E 'avx512f|avx2' /proc/cpuinfo | sort -u | tr '\n' ' ')
-echo "host: $model, $(nproc) CPUs, flags: $isa; ONNX Runtime: onnxruntime-node (CPU EP, MLAS picks its kernels at run time)" >&2
+family=$(lscpu | sed -n 's/^CPU family: *//p')
+cpu_model=$(lscpu | sed -n 's/^Model: *//p')
+isa=$(grep -o -w -E 'avx512f|avx2|fma' /proc/cpuinfo | sort -u | tr '\n' ' ')
+echo "host: $model (family $family, model $cpu_model), $(nproc) CPUs, flags: $isa; lightunet: -march=native" \
+     "(its kernels' xsimd arch is in each lightunet line); ONNX Runtime: onnxruntime-node, CPU EP (MLAS picks its" \
+     "kernels for the CPU at run time)" >&2
 
 run_ours() {  # benchmark name -> median ms (one JSON line)
-    "$build/bench/bench_onnx" --threads "$threads" --benchmark_filter="^$1\$" --benchmark_format=json 2>/dev/null |
+    "$build/bench/bench_onnx" --threads "$threads" --benchmark_filter="^$1/" --benchmark_format=json 2>/dev/null |
         /usr/bin/python3 -c '
 import json, sys
 b = json.load(sys.stdin)["benchmarks"][0]
-print(json.dumps({"side": "lightunet", "workload": b["name"], "ms": round(b["real_time"], 3), "label": b.get("label", "")}))'
+print(json.dumps({"side": "lightunet", "workload": sys.argv[1], "ms": round(b["real_time"], 3), "label": b.get("label", "")}))' "$1"
 }
 run_ort() {  # name dims warmup repeats -> median ms (one JSON line)
     node "$root/scripts/onnxruntime/run_onnx.cjs" --threads "$threads" --warmup "$3" --repeats "$4" \

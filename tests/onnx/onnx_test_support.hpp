@@ -176,7 +176,7 @@ inline Runtime find_runtime() {
     }
     // run_onnx.cjs exits 3 when it cannot load onnxruntime-node, 2 on its usage error.
     const std::string out = run_command("node '" + r.script.string() + "' 2>&1 x x 1,1,1 x", status);
-    if (WEXITSTATUS(status) == 3) r.problem = "onnxruntime-node is not installed (run scripts/install-onnxruntime.sh): " + out;
+    if (WEXITSTATUS(status) == 3) r.problem = "onnxruntime-node is not installed: " + out.substr(0, out.find_last_not_of("\n") + 1);
     return r;
 }
 
