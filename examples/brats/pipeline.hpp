@@ -80,7 +80,7 @@ template <lightunet::UNetConfig C>
 int Pipeline<C>::export_onnx(const brats_cli::Options& o, const RunInfo& run) {
     const fs::path out = o.str("out");
     const bool symbolic = o.flag_set("symbolic");
-    const int batch = int(o.integer("batch", 1, 4096));
+    [[maybe_unused]] const int batch = int(o.integer("batch", 1, 4096));
     if (symbolic && o.given("batch"))
         throw brats_cli::UsageError("--batch fixes the input shape; with --symbolic the batch is a dimension N of any size");
     if (o.flag_set("fold-batch-norm") && C.norm != lightunet::Norm::batch)
