@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -102,6 +103,14 @@ void check_exports(const Model& model, const Shape& shape) {
             const onnx::ModelProto m = to_onnx(model, o);
             REQUIRE_NOTHROW(check_onnx(m));
             CHECK(m.opset_import(0).version() == onnx_opset);
+            // The metadata a deployment reads: the configuration, the extent multiple, the head.
+            std::map<std::string, std::string> meta;
+            for (const auto& p : m.metadata_props()) meta[p.key()] = p.value();
+            const char* norm = C.norm == Norm::batch ? "norm=batch" : C.norm == Norm::instance ? "norm=instance"
+                               : C.norm == Norm::group ? "norm=group" : "norm=none";
+            CHECK_THAT(meta["lightunet.config"], Catch::Contains(norm) && Catch::Contains("dims=" + std::to_string(C.dims)));
+            CHECK(meta["lightunet.size_multiple"] == std::to_string(Model::size_multiple));
+            CHECK(meta["lightunet.head"] == (C.head == Head::softmax ? "softmax" : "sigmoid"));
             CHECK(count_nodes(m, "Conv") == convs);
             CHECK(count_nodes(m, "ConvTranspose") == transposed);
             CHECK(count_nodes(m, "MaxPool") == pools);

@@ -30,6 +30,7 @@
 #include <cerrno>
 #include <climits>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -100,7 +101,7 @@ inline onnx::ModelProto read_onnx(const std::filesystem::path& path) {
 namespace detail::onnx_export {
 
 inline std::string config_text(const UNetConfig& c) {
-    auto name = [](auto v, std::initializer_list<const char*> names) { return std::string(names.begin()[int(v)]); };
+    const char* norm = c.norm == Norm::batch ? "batch" : c.norm == Norm::instance ? "instance" : c.norm == Norm::group ? "group" : "none";
     std::string widths;
     for (int l = 0; l < c.depth(); ++l) widths.append(l ? "," : "").append(std::to_string(c.widths[l]));
     std::string blocks;
@@ -109,7 +110,7 @@ inline std::string config_text(const UNetConfig& c) {
     t.append(" in_channels=").append(std::to_string(c.in_channels));
     t.append(" classes=").append(std::to_string(c.classes));
     t.append(" widths=").append(widths);
-    t.append(" norm=").append(name(c.norm, {"batch", "instance", "group", "none"}));
+    t.append(" norm=").append(norm);
     if (c.norm == Norm::group) t.append(" groups=").append(std::to_string(c.groups));
     t.append(" act=").append(c.act == Act::relu ? "relu" : c.act == Act::leaky_relu ? "leaky_relu" : "identity");
     if (c.act == Act::leaky_relu) t.append(" leaky_slope=").append(std::to_string(c.leaky_slope));
