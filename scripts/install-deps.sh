@@ -18,6 +18,8 @@ packages=(
     libpng-dev
     catch2
     libbenchmark-dev
+    libonnx-dev
+    libprotobuf-dev
     libomp-dev
     python3
     python3-h5py

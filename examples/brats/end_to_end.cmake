@@ -86,6 +86,32 @@ if(NOT count EQUAL 2)
 endif()
 run("${BRATS}" evaluate --pred "${WORK}/pred" --truth "${WORK}/test" --out "${WORK}/metrics.csv")
 expect_lines("${WORK}/metrics.csv" 4 "header + 2 cases + mean")
+# export: the trained run as an ONNX model, fixed at the run's patch and symbolic with its batch
+# norms folded (each passes the ONNX checker's full check before it is written); a missing
+# checkpoint and --batch with --symbolic are named. Without libonnx-dev the command says so.
+function(expect_status status regex)
+    execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+    if(NOT rc EQUAL status OR NOT "${out}${err}" MATCHES "${regex}")
+        message(FATAL_ERROR "expected status ${status} and '${regex}' from ${ARGN}, got ${rc}:\n${out}${err}")
+    endif()
+endfunction()
+if(ONNX)
+    run_expecting("Wrote [^\n]*onnx/run.onnx .best.h5, ONNX opset 17; input 'input' 1 x 4 x 64x64, output 'probabilities' sigmoid of 3"
+        "${BRATS}" export --run "${WORK}/run" --out "${WORK}/onnx/run.onnx")
+    run_expecting("Wrote [^\n]*run_symbolic.onnx [^\n]*input 'input' N x 4 x H x W"
+        "${BRATS}" export --run "${WORK}/run" --out "${WORK}/onnx/run_symbolic.onnx" --symbolic --fold-batch-norm)
+    expect_status(1 "brats export: error: [^\n]*checkpoints/none.h5"
+        "${BRATS}" export --run "${WORK}/run" --checkpoint "${WORK}/run/checkpoints/none.h5" --out "${WORK}/onnx/none.onnx")
+    expect_status(2 "brats export: --batch fixes the input shape"
+        "${BRATS}" export --run "${WORK}/run" --out "${WORK}/onnx/bad.onnx" --symbolic --batch 2)
+    foreach(f none.onnx bad.onnx none.onnx.tmp)
+        if(EXISTS "${WORK}/onnx/${f}")
+            message(FATAL_ERROR "a failed export left ${WORK}/onnx/${f}")
+        endif()
+    endforeach()
+else()
+    expect_status(1 "built without the ONNX export" "${BRATS}" export --run "${WORK}/run" --out "${WORK}/onnx/run.onnx")
+endif()
 # The residual encoder with deep supervision, 2D and 3D: trains, records both in run.cfg (a
 # resume without them is refused), and predicts with the top head.
 run_expecting("Done: 2 steps"
@@ -106,6 +132,12 @@ run("${BRATS}" predict --run "${WORK}/resenc" --data "${WORK}/test" --out "${WOR
 run_expecting("Done: 1 steps"
     "${BRATS}" train --data "${WORK}/run/store.h5" --out "${WORK}/resenc3d" --model 3d --arch resenc --deep-supervision
     --patch 32x32x32 --batch 1 --epochs 1 --steps-per-epoch 1 --val-batches 1 --no-progress --pictures 0)
+if(ONNX)
+    run_expecting("Wrote [^\n]*resenc3d.onnx [^\n]*input 'input' N x 4 x D x H x W"
+        "${BRATS}" export --run "${WORK}/resenc3d" --out "${WORK}/onnx/resenc3d.onnx" --symbolic)
+    run_expecting("Wrote [^\n]*resenc2d.onnx [^\n]*input 'input' 2 x 4 x 64x64"
+        "${BRATS}" export --run "${WORK}/resenc" --out "${WORK}/onnx/resenc2d.onnx" --batch 2)
+endif()
 # A full disk (a private 60 MB tmpfs, where namespaces allow one): the first checkpoint (52 MB)
 # fits, best.h5 does not; train stops with status 1 saying so, and the checkpoint it kept
 # predicts.

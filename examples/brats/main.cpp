@@ -26,6 +26,7 @@ constexpr const char* kUsage =
     "  train     train the 2D slice or 3D patch U-Net (checkpoints, metrics, pictures)\n"
     "  predict   segment whole cases into NIfTI in their original geometry\n"
     "  evaluate  Dice and HD95 per region (WT, TC, ET) of predictions against ground truth\n"
+    "  export    write a run's checkpoint as an ONNX model for ONNX Runtime (docs/onnx.md)\n"
     "\n"
     "`brats <command> --help` lists a command's options and exit statuses.\n"
     "\n"
@@ -324,6 +325,18 @@ brats_cli::Options options_for(const std::string& command) {
             .value("out", "metrics.csv", "CSV to write")
             .value("min-wt-dice", "", "exit with status 4 when the mean whole-tumour Dice is lower")
             .flag("allow-missing", "skip cases without a prediction instead of stopping");
+    if (command == "export")
+        return Options("export", "Write a run's checkpoint as an ONNX model (opset 17, eval-mode norms, the top head): input "
+                                 "'input' [N, 4, (D,) H, W] float32, the modalities prepared as predict prepares a case (brain "
+                                 "crop, per-modality z-score); output 'probabilities' [N, classes, (D,) H, W] (sigmoid regions "
+                                 "WT/TC/ET, or softmax classes). Checked with the ONNX checker before it is written "
+                                 "(docs/onnx.md).")
+            .required("run", "training output folder (run.cfg, checkpoints/)")
+            .required("out", "ONNX file to write (.onnx)")
+            .value("checkpoint", "", "checkpoint file [<run>/checkpoints/best.h5]")
+            .flag("symbolic", "symbolic batch and extents N, (D,) H, W (multiples of 16) instead of the run's patch")
+            .value("batch", "1", "batch size of the fixed input shape (not with --symbolic)")
+            .flag("fold-batch-norm", "fold the 2D network's batch norms into the convolutions before them");
     throw brats_cli::UsageError("unknown command '" + command + "'");
 }
 
@@ -354,6 +367,10 @@ int dispatch(const std::string& command, const brats_cli::Options& o) {
         return run.model == "2d" ? train_2d(o, run) : train_3d(o, run);
     }
     const RunInfo run = RunInfo::read(fs::path(o.str("run")) / "run.cfg");
+    if (command == "export") {
+        if (run.arch == "resenc") return run.model == "2d" ? export_2d_resenc(o, run) : export_3d_resenc(o, run);
+        return run.model == "2d" ? export_2d(o, run) : export_3d(o, run);
+    }
     if (run.arch == "resenc") return run.model == "2d" ? predict_2d_resenc(o, run) : predict_3d_resenc(o, run);
     return run.model == "2d" ? predict_2d(o, run) : predict_3d(o, run);
 }

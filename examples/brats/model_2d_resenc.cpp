@@ -13,4 +13,8 @@ int predict_2d_resenc(const brats_cli::Options& o, const RunInfo& run) {
     return with_configuration<slice2d_regions, slice2d_classes, true>(run, [&]<UNetConfig C>() { return Pipeline<C>::predict(o, run); });
 }
 
+int export_2d_resenc(const brats_cli::Options& o, const RunInfo& run) {
+    return with_configuration<slice2d_regions, slice2d_classes, true>(run, [&]<UNetConfig C>() { return Pipeline<C>::export_onnx(o, run); });
+}
+
 }  // namespace brats

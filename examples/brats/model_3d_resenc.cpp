@@ -13,4 +13,8 @@ int predict_3d_resenc(const brats_cli::Options& o, const RunInfo& run) {
     return with_configuration<patch3d_regions, patch3d_classes, true>(run, [&]<UNetConfig C>() { return Pipeline<C>::predict(o, run); });
 }
 
+int export_3d_resenc(const brats_cli::Options& o, const RunInfo& run) {
+    return with_configuration<patch3d_regions, patch3d_classes, true>(run, [&]<UNetConfig C>() { return Pipeline<C>::export_onnx(o, run); });
+}
+
 }  // namespace brats

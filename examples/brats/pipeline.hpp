@@ -18,6 +18,9 @@
 #include <lightunet/train/checkpoint.hpp>
 #include <lightunet/train/loader_provider.hpp>
 #include <lightunet/train/trainer.hpp>
+#ifdef LIGHTUNET_BRATS_ONNX
+#include <lightunet/io/onnx_export.hpp>
+#endif
 
 #include "common.hpp"
 
@@ -34,6 +37,10 @@ int train_2d_resenc(const brats_cli::Options& o, const RunInfo& run);
 int train_3d_resenc(const brats_cli::Options& o, const RunInfo& run);
 int predict_2d_resenc(const brats_cli::Options& o, const RunInfo& run);
 int predict_3d_resenc(const brats_cli::Options& o, const RunInfo& run);
+int export_2d(const brats_cli::Options& o, const RunInfo& run);
+int export_3d(const brats_cli::Options& o, const RunInfo& run);
+int export_2d_resenc(const brats_cli::Options& o, const RunInfo& run);
+int export_3d_resenc(const brats_cli::Options& o, const RunInfo& run);
 
 template <lightunet::UNetConfig C>
 struct Pipeline {
@@ -43,8 +50,62 @@ struct Pipeline {
     template <class Optimizer>
     static int train(const brats_cli::Options& o, const RunInfo& run, Optimizer optimizer);
     static int predict(const brats_cli::Options& o, const RunInfo& run);
+    static int export_onnx(const brats_cli::Options& o, const RunInfo& run);
 
+private:
+    // Loads --checkpoint (default <run>/checkpoints/best.h5) into the model; returns its path.
+    static fs::path load(const brats_cli::Options& o, const RunInfo& run, Model& model);
 };
+
+template <lightunet::UNetConfig C>
+fs::path Pipeline<C>::load(const brats_cli::Options& o, const RunInfo& run, Model& model) {
+    namespace train = lightunet::train;
+    const fs::path run_dir = o.str("run");
+    const fs::path checkpoint = o.given("checkpoint") ? fs::path(o.str("checkpoint")) : run_dir / "checkpoints" / "best.h5";
+    train::TrainState state;
+    if (run.optimizer == "sgd") {
+        lightunet::Sgd<float> optimizer;
+        train::load_checkpoint(checkpoint.string(), model, optimizer, state);
+    } else {
+        lightunet::Adam<float> optimizer;
+        train::load_checkpoint(checkpoint.string(), model, optimizer, state);
+    }
+    std::fprintf(stderr, "[INFO] Loaded %s (epoch %ld, step %ld)\n", checkpoint.c_str(), state.epoch, state.global_step);
+    return checkpoint;
+}
+
+// The run's network with the checkpoint's weights as an ONNX model: input [batch, 4, (D,) H, W]
+// at the run's patch, or symbolic N, (D,) H, W; output the head's probabilities.
+template <lightunet::UNetConfig C>
+int Pipeline<C>::export_onnx(const brats_cli::Options& o, const RunInfo& run) {
+    const fs::path out = o.str("out");
+    const bool symbolic = o.flag_set("symbolic");
+    [[maybe_unused]] const int batch = int(o.integer("batch", 1, 4096));
+    if (symbolic && o.given("batch"))
+        throw brats_cli::UsageError("--batch fixes the input shape; with --symbolic the batch is a dimension N of any size");
+    if (o.flag_set("fold-batch-norm") && C.norm != lightunet::Norm::batch)
+        throw brats_cli::UsageError("--fold-batch-norm: the " + run.model + " network has no batch norm to fold");
+#ifdef LIGHTUNET_BRATS_ONNX
+    Model model(0);
+    const fs::path checkpoint = load(o, run, model);
+    lightunet::OnnxOptions options;
+    if (!symbolic) options.input_shape = lightunet::Shape{batch, C.in_channels, run.patch[0], run.patch[1], run.patch[2]};
+    if (o.flag_set("fold-batch-norm")) options.batch_norm = lightunet::OnnxBatchNorm::fold;
+    options.graph_name = "brats_" + run.model + "_" + run.labels + (run.arch == "resenc" ? "_resenc" : "");
+    if (out.has_parent_path()) fs::create_directories(out.parent_path());
+    lightunet::export_onnx(model, out, options);
+    std::string shape = symbolic ? std::string(C.dims == 3 ? "N x 4 x D x H x W" : "N x 4 x H x W")
+                                 : std::to_string(batch) + " x 4 x " + run.patch_option();
+    std::fprintf(stderr, "[INFO] Wrote %s (%s, ONNX opset %d; input 'input' %s, output 'probabilities' %s of %d %s)\n",
+                 out.c_str(), checkpoint.filename().c_str(), lightunet::onnx_opset, shape.c_str(),
+                 regions ? "sigmoid" : "softmax", C.classes, regions ? "regions WT/TC/ET" : "classes");
+    return 0;
+#else
+    (void)run;
+    throw std::runtime_error(out.string() + ": this brats was built without the ONNX export (libonnx-dev and libprotobuf-dev "
+                             "were not found when it was configured; install them and build again)");
+#endif
+}
 
 template <lightunet::UNetConfig C>
 template <class Optimizer>
@@ -188,17 +249,7 @@ int Pipeline<C>::predict(const brats_cli::Options& o, const RunInfo& run) {
     lightunet::Kernels<lightunet::cpu>::set_threads(threads);
     Model model(0);
     model.set_threads(threads);
-    const fs::path run_dir = o.str("run");
-    const fs::path checkpoint = o.given("checkpoint") ? fs::path(o.str("checkpoint")) : run_dir / "checkpoints" / "best.h5";
-    train::TrainState state;
-    if (run.optimizer == "sgd") {
-        lightunet::Sgd<float> optimizer;
-        train::load_checkpoint(checkpoint.string(), model, optimizer, state);
-    } else {
-        lightunet::Adam<float> optimizer;
-        train::load_checkpoint(checkpoint.string(), model, optimizer, state);
-    }
-    std::fprintf(stderr, "[INFO] Loaded %s (epoch %ld, step %ld)\n", checkpoint.c_str(), state.epoch, state.global_step);
+    load(o, run, model);
 
     eval::SlidingWindowOptions so;
     so.patch = Extent{run.patch[0], run.patch[1], run.patch[2]};

@@ -2,6 +2,9 @@
 #ifdef LIGHTUNET_CONSUMER_XTENSOR
 #include <lightunet/interop/xtensor.hpp>
 #endif
+#ifdef LIGHTUNET_CONSUMER_ONNX
+#include <lightunet/io/onnx_export.hpp>
+#endif
 constexpr lightunet::UNetConfig tiny{.dims = 2, .in_channels = 1, .classes = 2, .widths = {4, 8}};
 int main() {
     lightunet::UNet<tiny> net(42);
@@ -11,6 +14,10 @@ int main() {
 #ifdef LIGHTUNET_CONSUMER_XTENSOR
     const auto probabilities = lightunet::as_xtensor(y);  // [1][2][1][8][8], the model's own memory
     if (probabilities.data() != y.data() || probabilities.shape()[1] != 2) return 1;
+#endif
+#ifdef LIGHTUNET_CONSUMER_ONNX
+    // The optional component: the export links and its model passes the checker (to_onnx checks).
+    if (lightunet::to_onnx(net).graph().node_size() == 0) return 1;
 #endif
     return y.size() == 2 * 64 ? 0 : 1;
 }
