@@ -112,6 +112,26 @@ if(ONNX)
 else()
     expect_status(1 "built without the ONNX export" "${BRATS}" export --run "${WORK}/run" --out "${WORK}/onnx/run.onnx")
 endif()
+# A time budget: epochs until 0.1 min is spent, the last cut short, its validation and the last
+# and best checkpoints written within the budget, then the pictures; recorded in run.cfg.
+string(TIMESTAMP budget_start "%s" UTC)
+run_expecting("Time budget: epoch [0-9]+ ends after [0-9]+ of 50 steps.*Time budget: 0\\.[01][0-9] of 0\\.10 min spent.*Done: "
+    "${BRATS}" train --data "${WORK}/run/store.h5" --out "${WORK}/budget" --patch 32x32 --batch 2 --minutes 0.1
+    --steps-per-epoch 50 --val-batches 1 --no-progress --pictures 1)
+string(TIMESTAMP budget_end "%s" UTC)
+math(EXPR budget_wall "${budget_end} - ${budget_start}")
+if(budget_wall GREATER 30)
+    message(FATAL_ERROR "train --minutes 0.1 took ${budget_wall} s")
+endif()
+foreach(f checkpoints/best.h5 metrics.csv pictures)
+    if(NOT EXISTS "${WORK}/budget/${f}")
+        message(FATAL_ERROR "train --minutes wrote no ${f}")
+    endif()
+endforeach()
+file(READ "${WORK}/budget/run.cfg" budget_cfg)
+if(NOT budget_cfg MATCHES "train.minutes=0.1\n")
+    message(FATAL_ERROR "run.cfg does not record --minutes:\n${budget_cfg}")
+endif()
 # The residual encoder with deep supervision, 2D and 3D: trains, records both in run.cfg (a
 # resume without them is refused), and predicts with the top head.
 run_expecting("Done: 2 steps"

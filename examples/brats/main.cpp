@@ -215,7 +215,7 @@ int evaluate_command(const brats_cli::Options& o) {
 // step sees, the loss, the optimiser and the schedule. run.cfg records them; --resume must
 // repeat them. (Threads, workers, checkpoint cadence, pictures and the watchdog do not change
 // what is learnt, and --data may move.)
-const std::vector<std::string> shaping_values = {"epochs", "steps-per-epoch", "batch", "lr", "schedule", "weight-decay",
+const std::vector<std::string> shaping_values = {"epochs", "minutes", "steps-per-epoch", "batch", "lr", "schedule", "weight-decay",
                                                  "clip", "loss", "foreground", "val-split", "val-cases", "val-batches",
                                                  "seed"};
 const std::vector<std::string> shaping_flags = {"sample-dice", "no-augment"};
@@ -229,6 +229,7 @@ RunInfo run_info_for_training(const brats_cli::Options& o) {
     run.optimizer = o.str("optimizer");
     run.arch = o.str("arch");
     run.deep_supervision = o.flag_set("deep-supervision");
+    if (o.given("minutes")) o.real("minutes", 0.0, 1e7);  // a usage error now, not after the data is read
     const auto p = o.extents("patch");
     if (run.model == "2d") {
         if (p.size() != 2) throw brats_cli::UsageError("--patch for the 2D model is HxW, not '" + o.str("patch") + "'");
@@ -275,6 +276,8 @@ brats_cli::Options options_for(const std::string& command) {
             .flag("deep-supervision", "auxiliary heads on the coarser decoder levels while training (nnU-Net's weights)")
             .value("patch", "96x96", "2D: slice HxW; 3D: patch DxHxW (multiples of 16)")
             .value("epochs", "10", "epochs")
+            .value("minutes", "", "wall-clock budget: epochs until it is spent (--epochs, if given, caps them), the "
+                                  "schedule over the clock, the last epoch cut short for its validation and checkpoints")
             .value("steps-per-epoch", "50", "batches per epoch")
             .value("batch", "8", "batch size")
             .value("lr", "0.001", "base learning rate")

@@ -4,6 +4,7 @@
 // two networks compile in parallel).
 #include <chrono>
 #include <cstdio>
+#include <limits>
 #include <optional>
 #include <string>
 #include <vector>
@@ -167,8 +168,12 @@ int Pipeline<C>::train(const brats_cli::Options& o, const RunInfo& run, Optimize
 
     Model model(seed);
     model.set_threads(threads);
-    const long epochs = o.integer("epochs", 1);
-    const long total_steps = epochs * long(lc.batches_per_epoch);
+    // --minutes: epochs until the budget is spent (--epochs, if given, caps them) and the schedule
+    // over the clock: evaluated at a step of `ticks` in proportion to the time spent.
+    const bool budgeted = o.given("minutes") && o.real("minutes", 0.0) > 0;
+    constexpr long ticks = 1'000'000;
+    const long epochs = budgeted && !o.given("epochs") ? std::numeric_limits<long>::max() : o.integer("epochs", 1);
+    const long total_steps = budgeted ? ticks : epochs * long(lc.batches_per_epoch);
     train::TrainerOptions to;
     to.epochs = epochs;
     to.lr = o.real("lr", 0.0, 10.0);
@@ -176,6 +181,11 @@ int Pipeline<C>::train(const brats_cli::Options& o, const RunInfo& run, Optimize
     if (schedule == "poly") to.schedule = lightunet::PolyLR{total_steps};
     else if (schedule == "cosine") to.schedule = lightunet::CosineLR{total_steps};
     else if (schedule == "step") to.schedule = lightunet::StepLR{std::max(1L, total_steps / 3)};
+    if (budgeted) {
+        to.time_budget_seconds = 60 * o.real("minutes", 0.0);
+        if (to.schedule)
+            to.time_schedule = [by_step = to.schedule](double base, double fraction) { return by_step(base, long(fraction * double(ticks))); };
+    }
     to.loss.ce_weight = o.str("loss") == "dice_ce" ? 1.0 : 0.0;
     to.loss.include_background = regions;  // softmax: Dice over the tumour classes only
     // Batch Dice by default: a per-sample Dice of a tumour-free slice gives (almost) no gradient

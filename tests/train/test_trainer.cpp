@@ -217,6 +217,68 @@ TEST_CASE("Resume gives weights bit-identical to an uninterrupted run", "[traine
     }
 }
 
+TEST_CASE("A time budget ends the run on time, with the rate following the clock", "[trainer][budget]") {
+    test::ScratchDir dir("trainer_budget");
+    Net net(5);
+    net.set_threads(1);
+    Adam<float> opt(1e-3);
+    Captured log;
+    TrainerOptions o = quiet_options(log.f);
+    o.epochs = std::numeric_limits<long>::max();
+    o.lr = 1e-2;
+    o.checkpoint_dir = dir.str();
+    o.save_every_epoch = false;  // the budget's end still writes the last checkpoint
+    o.time_budget_seconds = 1.5;
+    o.time_schedule = [](double base, double fraction) { return PolyLR{1000000, 0.9}(base, long(fraction * 1e6)); };
+    std::vector<double> rates;
+    // Steps of at least 30 ms, whatever the machine: about 40 fit in the budget.
+    o.before_step = [&](long) {
+        rates.push_back(opt.lr);
+        std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    };
+    Trainer trainer(net, opt, o);
+    const auto val = blobs(99, 1, 2);
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto r = trainer.fit(blobs(1, 8, 2), &val);
+    const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    CHECK(r.completed);
+    CHECK(r.out_of_time);
+    CHECK_FALSE(r.interrupted);
+    // On time: the trainer's own clock within the budget, and the whole fit (validation and
+    // checkpoints included) within it plus scheduling noise; most of the budget used.
+    CHECK(trainer.state().elapsed_seconds <= o.time_budget_seconds);
+    CHECK(trainer.state().elapsed_seconds >= 0.75 * o.time_budget_seconds);
+    CHECK(wall <= o.time_budget_seconds + 0.5);
+    // Epochs of 8 steps, each validated; the last one cut short.
+    const auto& h = trainer.history();
+    REQUIRE(h.size() >= 3);
+    CHECK(r.global_step < long(h.size()) * 8);
+    CHECK(r.global_step == long(rates.size()));
+    for (const auto& e : h) CHECK(std::isfinite(e.val_loss));
+    // The rate decays with the time spent: from the base rate to near its end.
+    REQUIRE(rates.size() >= 10);
+    CHECK(rates.front() > 0.95 * o.lr);
+    CHECK(rates.back() < 0.2 * o.lr);
+    CHECK(std::is_sorted(rates.rbegin(), rates.rend()));
+    // The last and best checkpoints are written.
+    CheckpointManager mgr(dir.str(), 3);
+    REQUIRE(mgr.latest());
+    CHECK(read_checkpoint_info(*mgr.latest()).state.global_step == r.global_step);
+    CHECK(std::filesystem::exists(mgr.best_path()));
+    CHECK(log.text().find("Time budget: epoch") != std::string::npos);
+
+    // Resumed with the budget spent, the run has nothing left to do.
+    Net again(6);
+    Adam<float> opt_again(1e-3);
+    TrainerOptions resumed = o;
+    resumed.before_step = [](long) { FAIL("a step after the budget was spent"); };
+    Trainer later(again, opt_again, resumed);
+    REQUIRE(later.resume_latest());
+    const auto r2 = later.fit(blobs(1, 8, 2), &val);
+    CHECK(r2.out_of_time);
+    CHECK(r2.global_step == r.global_step);
+}
+
 TEST_CASE("Signals and autosave write checkpoints at step boundaries", "[trainer]") {
     test::ScratchDir dir("trainer_signal");
     Net net(3);

@@ -66,6 +66,15 @@ struct TrainerOptions {
     long good_state_every = 10;  // steps between refreshes of the rollback state (sane loss only)
     // Stop (with a checkpoint) once this many optimiser steps are done in total; < 0: never.
     long stop_after_steps = -1;
+    // A wall-clock budget in seconds (0: none), counted over the whole run across resumes. Epochs
+    // (of the provider's length, each validated and checkpointed as usual) then run until the
+    // budget is spent, `epochs` only capping them; the rate follows the clock through
+    // time_schedule(base, fraction of the budget spent), reaching its end when the budget does;
+    // and the last epoch is cut short so that its validation and checkpoints (last and best) are
+    // written within the budget. A clock-driven run is not bit-reproducible: where the steps stop
+    // and the rate each step gets depend on the machine's speed.
+    double time_budget_seconds = 0;
+    std::function<double(double base, double fraction)> time_schedule;  // empty: `schedule` by step
     // Caller state carried through checkpoints (loader / augmentation RNGs, ...).
     std::function<RngStates()> save_rng;
     std::function<void(const RngStates&)> restore_rng;
@@ -75,7 +84,8 @@ struct TrainerOptions {
 };
 
 struct FitResult {
-    bool completed = false;    // every epoch ran
+    bool completed = false;    // every epoch ran, or the time budget was spent
+    bool out_of_time = false;  // the time budget ended the run
     bool interrupted = false;  // stopped by a signal or request_stop()
     long global_step = 0;
     long rollbacks = 0;
@@ -249,14 +259,28 @@ public:
             result.global_step = state_.global_step;
             return result;
         };
+        const bool budgeted = o_.time_budget_seconds > 0;
+        if (budgeted) {
+            char buf[160];
+            std::snprintf(buf, sizeof buf, "Time budget %.2f min (%.2f spent): epochs until then, the last one cut short for its validation and checkpoints",
+                          o_.time_budget_seconds / 60, state_.elapsed_seconds / 60);
+            info(buf);
+        }
         for (; state_.epoch < o_.epochs; ) {
             const long epoch = state_.epoch;
             const long n = train.batches(epoch);
+            const long val_batches = validation ? validation->batches(epoch) : 0;
             const auto epoch_start = std::chrono::steady_clock::now();
             const double seconds_before = state_.epoch_seconds;
             auto epoch_seconds = [&] {
                 return seconds_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_start).count();
             };
+            auto spent = [&] { return state_.elapsed_seconds + epoch_seconds(); };
+            // An epoch starts only with time for a step and its closing work.
+            if (budgeted && state_.step == 0 && !budget_allows_step(spent(), val_batches)) {
+                result.out_of_time = true;
+                break;
+            }
             std::optional<ProgressBar> bar;
             if (o_.show_progress && o_.out)
                 bar.emplace("Epoch " + std::to_string(epoch + 1) + "/" + std::to_string(o_.epochs), n, o_.out, o_.progress,
@@ -274,17 +298,29 @@ public:
             for (long k = state_.step; k < n; ++k) {
                 // Step boundary: stop requests first.
                 if (stop_reason() != nullptr) return stop();
+                if (budgeted && !budget_allows_step(spent(), val_batches)) {
+                    result.out_of_time = true;
+                    char buf[128];
+                    std::snprintf(buf, sizeof buf, "Time budget: epoch %ld ends after %ld of %ld steps", epoch + 1, k, n);
+                    info(buf);
+                    break;
+                }
                 if (o_.stop_after_steps >= 0 && state_.global_step >= o_.stop_after_steps) {
                     state_.epoch_seconds = epoch_seconds();
                     if (bar) bar->close();
                     result.last_checkpoint = save();
                     return finish(false, false);
                 }
+                const auto step_start = std::chrono::steady_clock::now();
                 train.fill(epoch, k, x_, y_);
-                const double rate = o_.schedule ? o_.schedule(o_.lr, state_.global_step) : o_.lr;
+                const double rate = budgeted && o_.time_schedule ? o_.time_schedule(o_.lr, std::min(1.0, spent() / o_.time_budget_seconds))
+                                    : o_.schedule                ? o_.schedule(o_.lr, state_.global_step)
+                                                                 : o_.lr;
                 opt_.lr = rate * state_.lr_scale;
                 if (o_.before_step) o_.before_step(state_.global_step);
                 const double loss = step();
+                const double step_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
+                step_seconds_ = step_seconds_ > 0 ? 0.8 * step_seconds_ + 0.2 * step_seconds : step_seconds;
                 ++state_.global_step;
                 state_.step = k + 1;
                 Anomaly anomaly = watchdog_ ? watchdog_->check_loss(loss) : Anomaly::none;
@@ -324,8 +360,10 @@ public:
             rec.lr = opt_.lr;
             rec.rollbacks = state_.epoch_rollbacks;
             if (validation) {
+                const auto validation_start = std::chrono::steady_clock::now();
                 const auto scores = validate_unless_stopped(*validation, epoch);
                 if (!scores) return stop();
+                validation_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - validation_start).count();
                 rec.val_loss = scores->first;
                 rec.dice = scores->second;
             }
@@ -344,9 +382,16 @@ public:
             if (!o_.curves_png.empty()) write_history_png(o_.curves_png, state_.history);
             const bool better = validation && std::isfinite(rec.mean_dice()) && rec.mean_dice() > state_.best_dice;
             if (better) state_.best_dice = rec.mean_dice();
-            if (manager_ && o_.save_every_epoch) result.last_checkpoint = save();
+            if (manager_ && (o_.save_every_epoch || result.out_of_time)) result.last_checkpoint = save();
             if (manager_ && better) save(true);
             if (o_.on_epoch) o_.on_epoch(rec);
+            if (result.out_of_time) break;
+        }
+        if (budgeted) {
+            char buf[160];
+            std::snprintf(buf, sizeof buf, "Time budget: %.2f of %.2f min spent, %ld steps", state_.elapsed_seconds / 60,
+                          o_.time_budget_seconds / 60, state_.global_step);
+            info(buf);
         }
         return finish(true, false);
     }
@@ -408,6 +453,19 @@ private:
         }
     }
 
+    // Whether one more step, then validation and two checkpoints (last and best), fit in the time
+    // budget, from the times measured so far, with 10 % to spare on the closing work. Before any
+    // measurement (a fresh or resumed fit): a step as the run's mean so far, a validation batch as
+    // half a step, a checkpoint as a step.
+    bool budget_allows_step(double spent, long val_batches) const {
+        const double step = step_seconds_ > 0 ? step_seconds_
+                            : state_.global_step > 0 ? state_.elapsed_seconds / double(state_.global_step)
+                                                     : 0.0;
+        const double validation = validation_seconds_ >= 0 ? validation_seconds_ : 0.5 * step * double(val_batches);
+        const double checkpoints = 2 * (last_save_seconds_ > 0 ? last_save_seconds_ : step);
+        return spent + step + 1.1 * (validation + checkpoints) < o_.time_budget_seconds;
+    }
+
     void keep_good_state() {
         const auto p = model_.parameters();
         const auto b = model_.buffers();
@@ -462,6 +520,8 @@ private:
     std::atomic<bool> stop_requested_{false};
     std::chrono::steady_clock::time_point last_save_{};
     double last_save_seconds_ = 0;
+    double step_seconds_ = 0;         // moving average of a step (batch + update)
+    double validation_seconds_ = -1;  // the last validation's time; < 0: none yet
 };
 
 }  // namespace lightunet::train
