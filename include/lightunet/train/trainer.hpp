@@ -279,6 +279,9 @@ public:
             // An epoch starts only with time for a step and its closing work.
             if (budgeted && state_.step == 0 && !budget_allows_step(spent(), val_batches)) {
                 result.out_of_time = true;
+                // The last epoch ended whole: its state is the last checkpoint (already written
+                // when every epoch is saved).
+                if (manager_ && !o_.save_every_epoch && state_.global_step > 0) result.last_checkpoint = save();
                 break;
             }
             std::optional<ProgressBar> bar;
