@@ -372,6 +372,7 @@ public:
             }
             rec.seconds = epoch_seconds();
             state_.elapsed_seconds += rec.seconds;
+            const auto epoch_end = std::chrono::steady_clock::now();
             state_.history.push_back(rec);
             state_.epoch = epoch + 1;
             state_.step = 0;
@@ -388,6 +389,8 @@ public:
             if (manager_ && (o_.save_every_epoch || result.out_of_time)) result.last_checkpoint = save();
             if (manager_ && better) save(true);
             if (o_.on_epoch) o_.on_epoch(rec);
+            // The epoch's closing work (metrics, pictures, checkpoints) counts as run time too.
+            state_.elapsed_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_end).count();
             if (result.out_of_time) break;
         }
         if (budgeted) {
