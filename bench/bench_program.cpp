@@ -106,40 +106,33 @@ DiceLoss program_loss() {
     return loss;
 }
 
-double process_cpu_seconds() {
-    rusage u{};
-    getrusage(RUSAGE_SELF, &u);
-    return double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + 1e-6 * double(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
-}
-
-// Minor page faults so far: a step that allocates nothing takes none.
-double page_faults() {
-    rusage u{};
-    getrusage(RUSAGE_SELF, &u);
-    return double(u.ru_minflt);
-}
-
-// Context switches so far, all threads: each time a thread sleeps at a barrier or lock (or is
-// preempted) and is woken again.
-double context_switches() {
-    rusage u{};
-    getrusage(RUSAGE_SELF, &u);
-    return double(u.ru_nvcsw + u.ru_nivcsw);
-}
+// The process's CPU time, minor page faults (memory touched for the first time: a step that
+// allocates nothing takes none) and context switches of all threads (a thread sleeping at a
+// barrier or lock, or preempted, and woken again), from one getrusage.
+struct Usage {
+    double cpu_seconds = 0, faults = 0, switches = 0;
+    static Usage now() {
+        rusage u{};
+        getrusage(RUSAGE_SELF, &u);
+        return {double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + 1e-6 * double(u.ru_utime.tv_usec + u.ru_stime.tv_usec),
+                double(u.ru_minflt), double(u.ru_nvcsw + u.ru_nivcsw)};
+    }
+};
 
 using Clock = std::chrono::steady_clock;
 
-// Process CPU time, page faults and wall time from construction to report().
+// Usage and wall time from construction to report().
 struct Meter {
-    double cpu0 = process_cpu_seconds(), faults0 = page_faults(), switches0 = context_switches();
+    Usage start = Usage::now();
     Clock::time_point t0 = Clock::now();
 
     void report(benchmark::State& state, double waiting, bool count_flops = true) const {
+        const Usage end = Usage::now();
         const double steps = double(state.iterations());
         const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
-        state.counters["cpu_percent"] = 100.0 * (process_cpu_seconds() - cpu0) / wall;
-        state.counters["faults_per_step"] = (page_faults() - faults0) / steps;
-        state.counters["switches_per_step"] = (context_switches() - switches0) / steps;
+        state.counters["cpu_percent"] = 100.0 * (end.cpu_seconds - start.cpu_seconds) / wall;
+        state.counters["faults_per_step"] = (end.faults - start.faults) / steps;
+        state.counters["switches_per_step"] = (end.switches - start.switches) / steps;
         if (!count_flops) return;
         state.counters["ms_waiting"] = 1e3 * waiting / steps;
         state.counters["GFLOPs"] = benchmark::Counter(3.0 * double(Model::forward_flops(Shape{batch, 4, 1, patch.h, patch.w})) * steps,
@@ -185,25 +178,8 @@ void step_in_memory(benchmark::State& state) {
     meter.report(state, 0);
 }
 
-void loader_alone(benchmark::State& state) {
-    data::PatchLoader loader(store(), loader_config(int(state.range(0))));
-    data::Batch b;
-    loader.next(b);
-    const Meter meter;
-    for (auto _ : state) {
-        loader.next(b);
-        benchmark::DoNotOptimize(b.images.data());
-    }
-    meter.report(state, 0, false);
-    state.SetItemsProcessed(state.iterations() * batch);
-}
-
-// The 3D program's loader on the same store (patch 128^3, batch 2): what a store layout chosen
-// for 2D slices costs 3D patches.
-void loader_alone_3d(benchmark::State& state) {
-    data::LoaderConfig c = loader_config(0);
-    c.patch = Extent{128, 128, 128};
-    c.batch = 2;
+// loader.next() alone, batches of c.batch patches.
+void time_loader(benchmark::State& state, const data::LoaderConfig& c) {
     data::PatchLoader loader(store(), c);
     data::Batch b;
     loader.next(b);
@@ -214,6 +190,17 @@ void loader_alone_3d(benchmark::State& state) {
     }
     meter.report(state, 0, false);
     state.SetItemsProcessed(state.iterations() * c.batch);
+}
+
+void loader_alone(benchmark::State& state) { time_loader(state, loader_config(int(state.range(0)))); }
+
+// The 3D program's loader on the same store (patch 128^3, batch 2): what a store layout chosen
+// for 2D slices costs 3D patches.
+void loader_alone_3d(benchmark::State& state) {
+    data::LoaderConfig c = loader_config(0);
+    c.patch = Extent{128, 128, 128};
+    c.batch = 2;
+    time_loader(state, c);
 }
 
 }  // namespace

@@ -237,7 +237,7 @@ TEST_CASE("A time budget ends the run on time, with the rate following the clock
     auto t0 = std::chrono::steady_clock::now();
     o.before_step = [&](long) {
         rates.push_back(opt.lr);
-        fractions.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 2.5);
+        fractions.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / o.time_budget_seconds);
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
     };
     Trainer trainer(net, opt, o);
