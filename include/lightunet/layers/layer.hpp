@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "../backend/conv_problem.hpp"
+#include "../dist/cross_batch.hpp"
 #include "../graph/unet_graph.hpp"
 #include "../tensor/shape.hpp"
 
@@ -21,6 +22,8 @@ struct Pass {
     // Changes whenever the parameters may have changed; inference keeps each convolution's
     // prepared weights while it stays the same.
     std::uint64_t weights_version = 0;
+    // Training on a share of a batch split across processes (null: the batch is all here).
+    CrossBatch* across = nullptr;
 };
 
 template <class T>

@@ -50,22 +50,23 @@ struct NormAct {
     std::size_t state_capacity() const { return mean.capacity() + invstd.capacity() + scratch.capacity(); }
 
     void forward(const Pass<T>& p, const T* z, const T*, T* y) {
-        run(z, y, p.params, p.buffers, p.training ? NormStats::batch : norm == Norm::batch ? NormStats::running : NormStats::batch);
+        run(z, y, p.params, p.buffers, p.training ? NormStats::batch : norm == Norm::batch ? NormStats::running : NormStats::batch,
+            p.training ? p.across : nullptr);
     }
     // Recomputes the training forward's y from z with the statistics it saved.
     void recompute(const Pass<T>& p, const T* z, T* y) { run(z, y, p.params, p.buffers, NormStats::saved); }
     // grad holds d y and becomes d z.
     void backward(const Pass<T>& p, const T* z, const T* y, T* grad) {
         Kernels<Backend>::norm_act_backward(grouping(shape), activation, z, y, grad, p.params + gamma, mean.data(), invstd.data(),
-                                            grad, p.grads + gamma, p.grads + beta, scratch.data());
+                                            grad, p.grads + gamma, p.grads + beta, scratch.data(), p.across);
     }
 
 private:
-    void run(const T* z, T* y, T* params, T* buffers, NormStats from) {
+    void run(const T* z, T* y, T* params, T* buffers, NormStats from, CrossBatch* across = nullptr) {
         T* rm = norm == Norm::batch ? buffers + running : nullptr;
         T* rv = norm == Norm::batch ? buffers + running + channels : nullptr;
         Kernels<Backend>::norm_act_forward(grouping(shape), activation, z, params + gamma, params + beta, y, mean.data(),
-                                           invstd.data(), rm, rv, from);
+                                           invstd.data(), rm, rv, from, across);
     }
 };
 

@@ -8,6 +8,7 @@
 
 #include "../backend/kernels.hpp"
 #include "../config/unet_config.hpp"
+#include "../dist/cross_batch.hpp"
 #include "../tensor/tensor.hpp"
 #include "dice.hpp"
 
@@ -41,8 +42,9 @@ struct HeadLoss {
 
     // weight x the head's loss; grad receives weight x d loss / d logits.
     static double apply(Head head, const Shape& logits, const T* probs, const std::uint8_t* target, const DiceLoss& loss,
-                        double weight, T* grad, double* sums) {
-        const double value = K::dice_loss(head, logits.n, logits.c, std::ptrdiff_t(logits.spatial()), probs, target, loss, grad, sums);
+                        double weight, T* grad, double* sums, CrossBatch* across = nullptr) {
+        const double value =
+            K::dice_loss(head, logits.n, logits.c, std::ptrdiff_t(logits.spatial()), probs, target, loss, grad, sums, across);
         if (weight == 1.0) return value;
         K::scale(std::ptrdiff_t(logits.size()), grad, T(weight));
         return weight * value;

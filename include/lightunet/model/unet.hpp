@@ -117,6 +117,7 @@ public:
         check_input_shape(x.shape());
         if (!Kernels<Backend>::all_finite(std::ptrdiff_t(x.size()), x.data()))
             throw std::invalid_argument("UNet::forward: the input holds NaN or Inf values");
+        if (across_ && mode == Mode::train) across_->check(x.shape().n, "UNet::forward");
         plan(x.shape(), mode);
         run_forward(x, mode == Mode::train);
         return probs_;
@@ -125,6 +126,8 @@ public:
 
     // After forward(x, Mode::train): the loss (summed over the heads with head_weight), with
     // gradients of every parameter in gradients() (overwritten) and, if given, of the input.
+    // Distributed (distribute()): the global batch's loss, and this share's part of the
+    // gradients, which sum across the processes to the global batch's.
     double backward(const Tensor<T, Backend>& x, const Labels& labels, const DiceLoss& loss,
                     Tensor<T, Backend>* input_grad = nullptr) {
         using Loss = HeadLoss<T, Backend>;
@@ -138,23 +141,45 @@ public:
                                        labels_[h - 1].data());
             value += Loss::apply(C.head, slot_shape(logits), value_of(Graph::head_probabilities[h], x),
                                  h == 0 ? labels.data() : labels_[h - 1].data(), loss, head_weight(C, h), gradient(logits),
-                                 loss_sums_.data());
+                                 loss_sums_.data(), across_);
         }
         if (input_grad) input_grad->resize(x.shape());
         run_backward(x, input_grad);
         return value;
     }
 
-    // Forward, loss, backward and one optimiser update. Returns the loss before the update.
-    template <class Optimizer>
-    double train_step(const Tensor<T, Backend>& x, const Labels& labels, const DiceLoss& loss, Optimizer& optimizer) {
+    // Forward, loss, backward, then `between(gradients)` (the gradient tensor, for a caller to
+    // all-reduce, clip or log), then one optimiser update. Returns the loss before the update.
+    // A non-finite loss throws before `between` runs and leaves the weights as they were.
+    template <class Optimizer, class Between>
+    double train_step(const Tensor<T, Backend>& x, const Labels& labels, const DiceLoss& loss, Optimizer& optimizer, Between&& between) {
         forward(x, Mode::train);
         const double value = backward(x, labels, loss);
         if (!std::isfinite(value)) throw std::runtime_error("UNet::train_step: the loss is " + std::to_string(value));
-        optimizer.step(params_, grads_);
-        weights_changed();
+        between(grads_);
+        update(optimizer);
         return value;
     }
+    template <class Optimizer>
+    double train_step(const Tensor<T, Backend>& x, const Labels& labels, const DiceLoss& loss, Optimizer& optimizer) {
+        return train_step(x, labels, loss, optimizer, [](Tensor<T, Backend>&) {});
+    }
+    // The update half of a step: the optimiser applied to gradients() (after backward(), and
+    // whatever the caller did to the gradients since).
+    template <class Optimizer>
+    void update(Optimizer& optimizer) {
+        optimizer.step(params_, grads_);
+        weights_changed();
+    }
+
+    // Data parallelism: training batches are this process's share of a global batch (`across`
+    // says which; null: not distributed). Batch-norm statistics, the loss and its normalisation
+    // then cover the global batch (the processes exchange partial sums through across->sum
+    // inside forward and backward, so every process must run them in step), and the gradients
+    // after backward() are this share's part: summed across processes they are the global
+    // batch's. `across` must outlive its use; inference is unaffected.
+    void distribute(CrossBatch* across) { across_ = across; }
+    CrossBatch* distribution() const { return across_; }
 
     // Views of the backend's memory (host backends only; see the host copies below otherwise).
     // Inference keeps each convolution's weights prepared (transformed or packed) while they do
@@ -355,7 +380,8 @@ private:
     T* gradient(int slot) { return pool_[training_plan_.gradient[slot]].data(); }
 
     layers::Pass<T> pass() {
-        return {planned_shape_.n, params_.data(), buffers_.data(), grads_.data(), scratch_.data(), training_, weights_version_};
+        return {planned_shape_.n, params_.data(), buffers_.data(), grads_.data(), scratch_.data(), training_, weights_version_,
+                training_ ? across_ : nullptr};
     }
 
     void run_forward(const Tensor<T, Backend>& x, bool training) {
@@ -413,6 +439,7 @@ private:
     std::array<Tensor<std::uint8_t, Backend>, std::max(1, Graph::head_count - 1)> labels_;  // down-sampled targets
     Plan training_plan_{}, eval_plan_{};
     ConvAlgorithm algorithm_ = ConvAlgorithm::automatic;
+    CrossBatch* across_ = nullptr;
     std::uint64_t weights_version_ = 0;
     Shape planned_shape_{};
     bool planned_training_ = false, planned_eval_ = false, training_ = false;

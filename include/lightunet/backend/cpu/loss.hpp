@@ -8,6 +8,7 @@
 #include <stdexcept>
 
 #include "../../config/unet_config.hpp"
+#include "../../dist/cross_batch.hpp"
 #include "../../loss/dice.hpp"
 #include "parallel.hpp"
 
@@ -46,10 +47,12 @@ void sigmoid(std::ptrdiff_t count, const T* logits, T* probs) {
 }
 
 
-// Returns the loss and writes d loss / d logits. `sums` holds 3 * images * channels.
+// Returns the loss and writes d loss / d logits. `sums` holds 3 * images * channels. With
+// `across`, these images are a share of a global batch: the loss and its gradient are those of
+// the global batch (every process returns the same loss).
 template <class T>
 double dice_loss(Head head, int images, int channels, std::ptrdiff_t plane, const T* probs, const std::uint8_t* target,
-                 const DiceLoss& o, T* grad_logits, double* sums) {
+                 const DiceLoss& o, T* grad_logits, double* sums, CrossBatch* across = nullptr) {
     const bool softmax = head == Head::softmax;
     const std::ptrdiff_t planes = std::ptrdiff_t(images) * channels;
     auto truth = [&](std::ptrdiff_t n, int c, std::ptrdiff_t k) -> T {
@@ -71,33 +74,6 @@ double dice_loss(Head head, int images, int channels, std::ptrdiff_t plane, cons
         }
         inter[i] = a, psum[i] = b, gsum[i] = g;
     });
-    const int first = softmax && !o.include_background ? 1 : 0;
-    const int counted = channels - first;
-    const int groups = o.batch_dice ? 1 : images;
-    // Per (group, channel): dice and the two factors of its gradient in p.
-    double loss = 0;
-    const double weight = 1.0 / (double(counted) * groups);
-    // d dice / d p = (2 t D - N) / D^2 with N = 2 I + s, D = P + G + s.
-    auto factors = [&](int group, int c, double& two_over_d, double& n_over_d2) {
-        double I = 0, P = 0, G = 0;
-        for (int n = 0; n < images; ++n) {
-            if (!o.batch_dice && n != group) continue;
-            const std::ptrdiff_t i = std::ptrdiff_t(n) * channels + c;
-            I += inter[i], P += psum[i], G += gsum[i];
-        }
-        const double N = 2 * I + o.smooth, D = P + G + o.smooth;
-        two_over_d = 2.0 / D;
-        n_over_d2 = N / (D * D);
-        return N / D;
-    };
-    double two_over_d[64 * 8], n_over_d2[64 * 8];
-    if (std::ptrdiff_t(groups) * channels > 64 * 8) throw std::invalid_argument("dice_loss: more than 512 (group, channel) pairs");
-    for (int grp = 0; grp < groups; ++grp)
-        for (int c = 0; c < channels; ++c) {
-            const double d = factors(grp, c, two_over_d[grp * channels + c], n_over_d2[grp * channels + c]);
-            if (c >= first) loss += weight * (1.0 - d);
-        }
-    const double voxels = double(images) * double(plane);
     double ce = 0;
     if (o.ce_weight > 0) {
         double part[4096];
@@ -122,6 +98,54 @@ double dice_loss(Head head, int images, int channels, std::ptrdiff_t plane, cons
             part[ch] = acc;
         });
         for (std::ptrdiff_t ch = 0; ch < chunks; ++ch) ce += part[ch];
+    }
+    // A share of a global batch: every process's per-(image, channel) sums land in the global
+    // image order (each slot is written by one process, the others add zeros, so the exchange
+    // is exact) and the cross-entropy sums in one slot per rank.
+    const bool split = across && across->ranks > 1;
+    const int total = split ? across->total_images : images;
+    const int offset = split ? across->first_image : 0;
+    if (split) {
+        const std::size_t global_planes = std::size_t(total) * std::size_t(channels);
+        const std::span<double> all = across->zeroed(3 * global_planes + std::size_t(across->ranks));
+        const std::size_t at = std::size_t(offset) * std::size_t(channels);
+        std::copy_n(inter, planes, all.data() + at);
+        std::copy_n(psum, planes, all.data() + global_planes + at);
+        std::copy_n(gsum, planes, all.data() + 2 * global_planes + at);
+        all[3 * global_planes + std::size_t(across->rank)] = ce;
+        across->sum(all);
+        inter = all.data(), psum = inter + global_planes, gsum = inter + 2 * global_planes;
+        ce = 0;
+        for (int r = 0; r < across->ranks; ++r) ce += all[3 * global_planes + std::size_t(r)];
+    }
+    const int first = softmax && !o.include_background ? 1 : 0;
+    const int counted = channels - first;
+    const int groups = o.batch_dice ? 1 : total;
+    // Per (group, channel): dice and the two factors of its gradient in p.
+    double loss = 0;
+    const double weight = 1.0 / (double(counted) * groups);
+    // d dice / d p = (2 t D - N) / D^2 with N = 2 I + s, D = P + G + s.
+    auto factors = [&](int group, int c, double& two_over_d, double& n_over_d2) {
+        double I = 0, P = 0, G = 0;
+        for (int n = 0; n < total; ++n) {
+            if (!o.batch_dice && n != group) continue;
+            const std::ptrdiff_t i = std::ptrdiff_t(n) * channels + c;
+            I += inter[i], P += psum[i], G += gsum[i];
+        }
+        const double N = 2 * I + o.smooth, D = P + G + o.smooth;
+        two_over_d = 2.0 / D;
+        n_over_d2 = N / (D * D);
+        return N / D;
+    };
+    double two_over_d[64 * 8], n_over_d2[64 * 8];
+    if (std::ptrdiff_t(groups) * channels > 64 * 8) throw std::invalid_argument("dice_loss: more than 512 (group, channel) pairs");
+    for (int grp = 0; grp < groups; ++grp)
+        for (int c = 0; c < channels; ++c) {
+            const double d = factors(grp, c, two_over_d[grp * channels + c], n_over_d2[grp * channels + c]);
+            if (c >= first) loss += weight * (1.0 - d);
+        }
+    const double voxels = double(total) * double(plane);
+    if (o.ce_weight > 0) {
         ce /= softmax ? voxels : voxels * channels;
         loss += o.ce_weight * ce;
     }
@@ -131,7 +155,7 @@ double dice_loss(Head head, int images, int channels, std::ptrdiff_t plane, cons
     const std::ptrdiff_t blocks = (plane + block - 1) / block;
     parallel_for(std::ptrdiff_t(images) * blocks, [&](std::ptrdiff_t item) {
         const std::ptrdiff_t n = item / blocks, b0 = (item % blocks) * block, len = std::min(block, plane - b0);
-        const int grp = o.batch_dice ? 0 : int(n);
+        const int grp = o.batch_dice ? 0 : offset + int(n);
         auto dp = [&](int c, std::ptrdiff_t k) {
             if (c < first) return 0.0;
             const double t = double(truth(n, c, k));

@@ -5,7 +5,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <span>
 
+#include "../../dist/cross_batch.hpp"
 #include "../norm_problem.hpp"
 #include "parallel.hpp"
 #include "simd.hpp"
@@ -38,8 +40,8 @@ inline void affine_activate(const T* in, T* out, std::ptrdiff_t count, T scale, 
 // updates the running ones when given (batch norm).
 template <class T>
 void norm_act_forward(const NormGrouping& g, const Activation& a, const T* z, const T* gamma, const T* beta, T* y,
-                      T* mean, T* invstd, T* running_mean, T* running_var, NormStats stats_from, double momentum = 0.1,
-                      double eps = 1e-5) {
+                      T* mean, T* invstd, T* running_mean, T* running_var, NormStats stats_from, CrossBatch* across = nullptr,
+                      double momentum = 0.1, double eps = 1e-5) {
     const T slope = T(a.negative_slope());
     const std::ptrdiff_t P = g.plane;
     if (g.norm == Norm::none) {
@@ -52,6 +54,20 @@ void norm_act_forward(const NormGrouping& g, const Activation& a, const T* z, co
     }
     const int stats = g.stat_count();
     if (stats_from == NormStats::batch) {
+        // Batch norm split across processes: each computes its members' count, mean and sum of
+        // squared deviations; they are exchanged and merged in rank order (Chan et al.), so every
+        // process gets the same statistics of the global batch.
+        const bool across_batch = across && across->ranks > 1 && g.norm == Norm::batch;
+        std::span<double> shares = across_batch ? across->zeroed(3 * std::size_t(across->ranks) * std::size_t(stats)) : std::span<double>{};
+        auto finish = [&](std::ptrdiff_t s, double M, double mu, double var) {
+            mean[s] = T(mu);
+            invstd[s] = T(1.0 / std::sqrt(var + eps));
+            if (running_mean && g.norm == Norm::batch) {
+                running_mean[s] = T((1.0 - momentum) * double(running_mean[s]) + momentum * mu);
+                const double unbiased = M > 1 ? var * M / (M - 1) : var;
+                running_var[s] = T((1.0 - momentum) * double(running_var[s]) + momentum * unbiased);
+            }
+        };
         parallel_for(stats, [&](std::ptrdiff_t s) {
             // One pass over the members (normalisation is memory-bound): sums of x - K and
             // (x - K)^2 in double, shifted by one member K so that a large mean does not cancel
@@ -75,15 +91,28 @@ void norm_act_forward(const NormGrouping& g, const Activation& a, const T* z, co
             const double M = double(g.members(int(s)));
             const double mu = shift + sum / M;
             sq = std::max(0.0, sq - sum * sum / M);
-            const double var = sq / M;
-            mean[s] = T(mu);
-            invstd[s] = T(1.0 / std::sqrt(var + eps));
-            if (running_mean && g.norm == Norm::batch) {
-                running_mean[s] = T((1.0 - momentum) * double(running_mean[s]) + momentum * mu);
-                const double unbiased = M > 1 ? var * M / (M - 1) : var;
-                running_var[s] = T((1.0 - momentum) * double(running_var[s]) + momentum * unbiased);
+            if (across_batch) {
+                double* mine = shares.data() + 3 * (std::size_t(across->rank) * std::size_t(stats) + std::size_t(s));
+                mine[0] = M, mine[1] = mu, mine[2] = sq;
+                return;
             }
+            finish(s, M, mu, sq / M);
         });
+        if (across_batch) {
+            across->sum(shares);
+            for (int s = 0; s < stats; ++s) {
+                double M = 0, mu = 0, m2 = 0;
+                for (int r = 0; r < across->ranks; ++r) {
+                    const double* share = shares.data() + 3 * (std::size_t(r) * std::size_t(stats) + std::size_t(s));
+                    if (share[0] == 0) continue;
+                    const double merged = M + share[0], delta = share[1] - mu;
+                    mu += delta * share[0] / merged;
+                    m2 += share[2] + delta * delta * M * share[0] / merged;
+                    M = merged;
+                }
+                finish(s, M, mu, m2 / M);
+            }
+        }
     } else if (stats_from == NormStats::running) {
         for (int s = 0; s < stats; ++s) {
             mean[s] = running_mean[s];
@@ -104,7 +133,7 @@ void norm_act_forward(const NormGrouping& g, const Activation& a, const T* z, co
 // dz from dy (dz may alias dy). Accumulates dgamma, dbeta; `scratch` holds 2 * images * channels.
 template <class T>
 void norm_act_backward(const NormGrouping& g, const Activation& a, const T* z, const T* y, const T* dy, const T* gamma,
-                       const T* mean, const T* invstd, T* dz, T* dgamma, T* dbeta, T* scratch) {
+                       const T* mean, const T* invstd, T* dz, T* dgamma, T* dbeta, T* scratch, CrossBatch* across = nullptr) {
     const T slope = T(a.negative_slope());
     const std::ptrdiff_t P = g.plane;
     const std::ptrdiff_t planes = std::ptrdiff_t(g.images) * g.channels;
@@ -153,15 +182,31 @@ void norm_act_backward(const NormGrouping& g, const Activation& a, const T* z, c
         dgamma[c] += T(gsum);
         dbeta[c] += T(bsum);
     }
-    parallel_for(g.stat_count(), [&](std::ptrdiff_t s) {
+    // Batch norm across processes: the sums of dxhat and dxhat * xhat run over the global batch.
+    const bool across_batch = across && across->ranks > 1 && g.norm == Norm::batch;
+    std::span<double> sums = across_batch ? across->zeroed(2 * std::size_t(g.stat_count())) : std::span<double>{};
+    auto dxhat_sums = [&](int s, double& s1, double& s2) {
         // dxhat = u * gamma; sums of dxhat and dxhat * xhat over the statistic's members.
-        double s1 = 0, s2 = 0;
-        g.for_each_plane(int(s), [&](int n, int c) {
+        s1 = 0, s2 = 0;
+        g.for_each_plane(s, [&](int n, int c) {
             const std::ptrdiff_t i = std::ptrdiff_t(n) * g.channels + c;
             s1 += double(gamma[c]) * double(sum_u[i]);
             s2 += double(gamma[c]) * double(sum_ux[i]);
         });
-        const double M = double(g.members(int(s)));
+    };
+    if (across_batch) {
+        for (int s = 0; s < g.stat_count(); ++s) dxhat_sums(s, sums[2 * std::size_t(s)], sums[2 * std::size_t(s) + 1]);
+        across->sum(sums);
+    }
+    parallel_for(g.stat_count(), [&](std::ptrdiff_t s) {
+        double s1, s2, M;
+        if (across_batch) {
+            s1 = sums[2 * std::size_t(s)], s2 = sums[2 * std::size_t(s) + 1];
+            M = double(across->total_images) * double(P);
+        } else {
+            dxhat_sums(int(s), s1, s2);
+            M = double(g.members(int(s)));
+        }
         const double mu = double(mean[s]), is = double(invstd[s]);
         const T k1 = T(s1 / M), k2 = T(s2 / M);
         g.for_each_plane(int(s), [&](int n, int c) {

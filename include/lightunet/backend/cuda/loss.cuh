@@ -4,10 +4,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <span>
 #include <stdexcept>
 #include <vector>
 
 #include "../../config/unet_config.hpp"
+#include "../../dist/cross_batch.hpp"
 #include "../../loss/dice.hpp"
 #include "reduce.cuh"
 
@@ -97,12 +99,12 @@ struct CrossEntropy {
 
 // factors[(group * channels + c) * 2] = {2 / D, N / D^2}
 template <class T>
-__global__ void dice_grad_kernel(DiceGeometry d, int first, bool batch_dice, double weight, double ce_weight, double ce_scale,
+__global__ void dice_grad_kernel(DiceGeometry d, int first, bool batch_dice, int group_offset, double weight, double ce_weight, double ce_scale,
                                  const T* probs, const std::uint8_t* target, const double* factors, T* grad) {
     const std::ptrdiff_t i = blockIdx.x * std::ptrdiff_t(blockDim.x) + threadIdx.x;
     if (i >= std::ptrdiff_t(d.images) * d.plane) return;
     const std::ptrdiff_t n = i / d.plane, k = i % d.plane;
-    const int grp = batch_dice ? 0 : int(n);
+    const int grp = batch_dice ? 0 : group_offset + int(n);
     auto dp = [&](int c) {
         if (c < first) return 0.0;
         const double t = d.truth(target, n, c, k);
@@ -130,16 +132,20 @@ __global__ void dice_grad_kernel(DiceGeometry d, int first, bool batch_dice, dou
 }
 
 // Returns the loss and writes d loss / d logits. `sums` (device) holds 3 * images * channels:
-// {sum p g, sum p, sum g} per (image, channel).
+// {sum p g, sum p, sum g} per (image, channel). With `across`, these images are a share of a
+// global batch (cpu/loss.hpp): the sums are exchanged on the host, where they are anyway.
 template <class T>
 double dice_loss(Head head, int images, int channels, std::ptrdiff_t plane, const T* probs, const std::uint8_t* target,
-                 const DiceLoss& o, T* grad_logits, double* sums) {
+                 const DiceLoss& o, T* grad_logits, double* sums, CrossBatch* across = nullptr) {
     const bool softmax = head == Head::softmax;
     const DiceGeometry d{softmax, images, channels, plane};
     const std::ptrdiff_t planes = std::ptrdiff_t(images) * channels;
     const int first = softmax && !o.include_background ? 1 : 0;
     const int counted = channels - first;
-    const int groups = o.batch_dice ? 1 : images;
+    const bool split = across && across->ranks > 1;
+    const int total = split ? across->total_images : images;
+    const int offset = split ? across->first_image : 0;
+    const int groups = o.batch_dice ? 1 : total;
     if (std::ptrdiff_t(groups) * channels > 64 * 8) throw std::invalid_argument("dice_loss: more than 512 (group, channel) pairs");
     const std::ptrdiff_t ce_rows = softmax ? images : planes;
     const RowSplit ds = RowSplit::of(planes, plane), cs = RowSplit::of(ce_rows, plane);
@@ -155,33 +161,45 @@ double dice_loss(Head head, int images, int channels, std::ptrdiff_t plane, cons
         LIGHTUNET_CUDA_CHECK(cudaMemcpyAsync(host.data() + 3 * planes, ce_rows_sum, ce_rows * sizeof(double), cudaMemcpyDeviceToHost,
                                              cuda::stream()));
     cuda::synchronize();
+    double ce = 0;
+    if (o.ce_weight > 0)
+        for (std::ptrdiff_t r = 0; r < ce_rows; ++r) ce += host[3 * planes + r];
+    const double* global = host.data();
+    if (split) {
+        const std::size_t global_planes = std::size_t(total) * std::size_t(channels);
+        const std::span<double> all = across->zeroed(3 * global_planes + std::size_t(across->ranks));
+        std::copy_n(host.data(), 3 * planes, all.data() + 3 * std::size_t(offset) * std::size_t(channels));
+        all[3 * global_planes + std::size_t(across->rank)] = ce;
+        across->sum(all);
+        global = all.data();
+        ce = 0;
+        for (int r = 0; r < across->ranks; ++r) ce += all[3 * global_planes + std::size_t(r)];
+    }
     double loss = 0;
     const double weight = 1.0 / (double(counted) * groups);
     double f[2 * 64 * 8];
     for (int grp = 0; grp < groups; ++grp)
         for (int c = 0; c < channels; ++c) {
             double I = 0, P = 0, G = 0;
-            for (int n = 0; n < images; ++n) {
+            for (int n = 0; n < total; ++n) {
                 if (!o.batch_dice && n != grp) continue;
                 const std::ptrdiff_t i = std::ptrdiff_t(n) * channels + c;
-                I += host[3 * i], P += host[3 * i + 1], G += host[3 * i + 2];
+                I += global[3 * i], P += global[3 * i + 1], G += global[3 * i + 2];
             }
             const double N = 2 * I + o.smooth, D = P + G + o.smooth;
             f[2 * (grp * channels + c)] = 2.0 / D;
             f[2 * (grp * channels + c) + 1] = N / (D * D);
             if (c >= first) loss += weight * (1.0 - N / D);
         }
-    const double voxels = double(images) * double(plane);
+    const double voxels = double(total) * double(plane);
     if (o.ce_weight > 0) {
-        double ce = 0;
-        for (std::ptrdiff_t r = 0; r < ce_rows; ++r) ce += host[3 * planes + r];
         ce /= softmax ? voxels : voxels * channels;
         loss += o.ce_weight * ce;
     }
     const double ce_scale = o.ce_weight / (softmax ? voxels : voxels * channels);
     cuda::upload(factors, f, 2 * std::size_t(groups) * channels);
     const std::ptrdiff_t count = std::ptrdiff_t(images) * plane;
-    dice_grad_kernel<<<grid_for(count), block_threads, 0, cuda::stream()>>>(d, first, o.batch_dice, weight, o.ce_weight, ce_scale,
+    dice_grad_kernel<<<grid_for(count), block_threads, 0, cuda::stream()>>>(d, first, o.batch_dice, offset, weight, o.ce_weight, ce_scale,
                                                                             probs, target, static_cast<const double*>(factors),
                                                                             grad_logits);
     LIGHTUNET_CUDA_LAUNCHED("dice_grad_kernel");

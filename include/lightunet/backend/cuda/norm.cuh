@@ -3,7 +3,10 @@
 // double from deterministic per-plane partial sums, two passes (mean, then squared deviations).
 #include <cmath>
 #include <cstddef>
+#include <stdexcept>
+#include <string>
 
+#include "../../dist/cross_batch.hpp"
 #include "../norm_problem.hpp"
 #include "reduce.cuh"
 
@@ -117,9 +120,19 @@ inline dim3 plane_grid(const DeviceGrouping& g) {
     return dim3(std::max(1u, x), unsigned(std::clamp<std::ptrdiff_t>(planes, 1, 65535)));
 }
 
+// Batch norm whose batch is split across processes needs its statistics exchanged mid-kernel;
+// the CUDA backend does not do that yet (instance and group norm need no exchange).
+inline void refuse_batch_norm_across(const NormGrouping& g, const CrossBatch* across, const char* who) {
+    if (across && across->ranks > 1 && g.norm == Norm::batch)
+        throw std::invalid_argument(std::string(who) + ": batch norm over a batch split across " + std::to_string(across->ranks) +
+                                    " processes is not available on the CUDA backend; use instance or group norm");
+}
+
 template <class T>
 void norm_act_forward(const NormGrouping& ng, const Activation& a, const T* z, const T* gamma, const T* beta, T* y, T* mean,
-                      T* invstd, T* running_mean, T* running_var, NormStats stats_from, double momentum = 0.1, double eps = 1e-5) {
+                      T* invstd, T* running_mean, T* running_var, NormStats stats_from, CrossBatch* across = nullptr,
+                      double momentum = 0.1, double eps = 1e-5) {
+    refuse_batch_norm_across(ng, across, "norm_act_forward");
     const DeviceGrouping g = DeviceGrouping::of(ng);
     const T slope = T(a.negative_slope());
     const std::ptrdiff_t planes = std::ptrdiff_t(g.images) * g.channels;
@@ -226,7 +239,8 @@ __global__ void norm_backward_apply_kernel(DeviceGrouping g, T slope, const T* z
 // backend's own double-precision scratch holds the sums).
 template <class T>
 void norm_act_backward(const NormGrouping& ng, const Activation& a, const T* z, const T* y, const T* dy, const T* gamma,
-                       const T* mean, const T* invstd, T* dz, T* dgamma, T* dbeta, T* /*scratch*/) {
+                       const T* mean, const T* invstd, T* dz, T* dgamma, T* dbeta, T* /*scratch*/, CrossBatch* across = nullptr) {
+    refuse_batch_norm_across(ng, across, "norm_act_backward");
     const DeviceGrouping g = DeviceGrouping::of(ng);
     const T slope = T(a.negative_slope());
     const std::ptrdiff_t planes = std::ptrdiff_t(g.images) * g.channels;

@@ -1,0 +1,52 @@
+#pragma once
+// Collective: what data-parallel training needs from a process group (rank, size, sums and
+// broadcasts across every process), behind an interface so the trainer does not depend on MPI.
+// lightunet::mpi provides MpiCollective (dist/mpi.hpp); tests use an in-process group.
+#include <cstddef>
+#include <cstring>
+#include <span>
+#include <string>
+
+#include "cross_batch.hpp"
+
+namespace lightunet::dist {
+
+class Collective {
+public:
+    virtual ~Collective() = default;
+    virtual int rank() const = 0;
+    virtual int size() const = 0;
+    // In place, element-wise over every process; each process calls these in the same order.
+    virtual void sum(std::span<double> values) = 0;
+    virtual void sum(std::span<float> values) = 0;
+    virtual void max(std::span<double> values) = 0;
+    virtual void broadcast(std::span<std::byte> bytes, int root) = 0;
+    // Ends every process of the group with `why` on stderr (a failed rank must not leave the
+    // others waiting in a collective).
+    [[noreturn]] virtual void abort(const std::string& why, int code = 1) = 0;
+
+    std::string broadcast(const std::string& text, int root) {
+        unsigned long long length = text.size();
+        broadcast(std::as_writable_bytes(std::span(&length, 1)), root);
+        std::string out = rank() == root ? text : std::string(std::size_t(length), '\0');
+        if (length) broadcast(std::as_writable_bytes(std::span(out.data(), out.size())), root);
+        return out;
+    }
+    double max(double value) {
+        max(std::span(&value, 1));
+        return value;
+    }
+
+    // This process's share of a global batch of local_images x size() images.
+    CrossBatch cross_batch(int local_images) {
+        CrossBatch c;
+        c.rank = rank();
+        c.ranks = size();
+        c.first_image = rank() * local_images;
+        c.total_images = local_images * size();
+        c.sum = [this](std::span<double> v) { sum(v); };
+        return c;
+    }
+};
+
+}  // namespace lightunet::dist
