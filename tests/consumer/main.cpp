@@ -5,6 +5,11 @@
 #ifdef LIGHTUNET_CONSUMER_ONNX
 #include <lightunet/io/onnx_export.hpp>
 #endif
+#ifdef LIGHTUNET_CONSUMER_MPI
+#include <type_traits>
+
+#include <lightunet/dist/mpi.hpp>
+#endif
 constexpr lightunet::UNetConfig tiny{.dims = 2, .in_channels = 1, .classes = 2, .widths = {4, 8}};
 int main() {
     lightunet::UNet<tiny> net(42);
@@ -18,6 +23,12 @@ int main() {
 #ifdef LIGHTUNET_CONSUMER_ONNX
     // The optional component: the export links and its model passes the checker (to_onnx checks).
     if (lightunet::to_onnx(net).graph().node_size() == 0) return 1;
+#endif
+#ifdef LIGHTUNET_CONSUMER_MPI
+    // The optional component compiles and links against MPI (which nobody started here).
+    static_assert(std::is_base_of_v<lightunet::dist::Collective, lightunet::dist::MpiCollective>);
+    int mpi_started = 1;
+    if (MPI_Initialized(&mpi_started) != MPI_SUCCESS || mpi_started) return 1;
 #endif
     return y.size() == 2 * 64 ? 0 : 1;
 }

@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "../dist/collective.hpp"
 #include "../eval/metrics.hpp"
 #include "../loss/dice.hpp"
 #include "../model/unet.hpp"
@@ -78,6 +79,14 @@ struct TrainerOptions {
     // Caller state carried through checkpoints (loader / augmentation RNGs, ...).
     std::function<RngStates()> save_rng;
     std::function<void(const RngStates&)> restore_rng;
+    // Data parallelism: every process of `collective` runs fit() with the same options, its
+    // providers giving its share of each global batch (e.g. LoaderConfig::first_item). The
+    // trainer distributes the model over the group (UNet::distribute), sums the gradients between
+    // backward and the update, agrees at every step boundary on stopping, the time budget (rank
+    // 0's clock), autosaves and watchdog events, splits the validation batches over the ranks and
+    // sums their scores, and lets rank 0 alone write checkpoints, metrics and logs (every rank
+    // reads the same checkpoint on resume). Null, or a group of one: a single process.
+    dist::Collective* collective = nullptr;
     // Hooks: before every training step (fault injection, custom logging); after every epoch.
     std::function<void(long global_step)> before_step;
     std::function<void(const EpochRecord&)> on_epoch;
@@ -202,7 +211,12 @@ public:
 
     Trainer(Model& model, Optimizer& optimizer, TrainerOptions options)
         : model_(model), opt_(optimizer), o_(std::move(options)) {
-        if (!o_.checkpoint_dir.empty()) manager_ = std::make_unique<CheckpointManager>(o_.checkpoint_dir, o_.keep_last);
+        if (!root()) {  // rank 0 speaks and writes for the group
+            o_.out = nullptr;
+            o_.show_progress = false;
+            o_.metrics_csv.clear(), o_.metrics_json.clear(), o_.curves_png.clear();
+        }
+        if (!o_.checkpoint_dir.empty() && root()) manager_ = std::make_unique<CheckpointManager>(o_.checkpoint_dir, o_.keep_last);
         if (o_.good_state_every < 1) o_.good_state_every = 1;
     }
 
@@ -214,11 +228,14 @@ public:
              " (global step " + std::to_string(state_.global_step) + ")");
     }
     // Resumes from the newest readable rolling checkpoint in checkpoint_dir; false if none.
+    // Distributed: the one rank 0 finds, on every rank.
     bool resume_latest() {
-        if (!manager_) return false;
-        const auto latest = manager_->latest();
-        if (!latest) return false;
-        resume(*latest);
+        std::string latest;
+        if (manager_)
+            if (const auto found = manager_->latest()) latest = *found;
+        if (distributed()) latest = o_.collective->broadcast(latest, 0);
+        if (latest.empty()) return false;
+        resume(latest);
         return true;
     }
 
@@ -277,7 +294,7 @@ public:
             };
             auto spent = [&] { return state_.elapsed_seconds + epoch_seconds(); };
             // An epoch starts only with time for a step and its closing work.
-            if (budgeted && state_.step == 0 && !budget_allows_step(spent(), val_batches)) {
+            if (budgeted && state_.step == 0 && at_boundary(spent(), val_batches).out_of_time) {
                 result.out_of_time = true;
                 // The last epoch ended whole: its state is the last checkpoint (already written
                 // when every epoch is saved).
@@ -294,14 +311,15 @@ public:
                 state_.epoch_seconds = epoch_seconds();
                 if (bar) bar->close();
                 result.last_checkpoint = save();
-                info(std::string("Stopping on ") + stop_reason() +
+                info(std::string("Stopping on ") + (stop_reason() ? stop_reason() : "another rank's stop request") +
                      (result.last_checkpoint.empty() ? "" : "; saved " + result.last_checkpoint));
                 return finish(false, true);
             };
             for (long k = state_.step; k < n; ++k) {
                 // Step boundary: stop requests first.
-                if (stop_reason() != nullptr) return stop();
-                if (budgeted && !budget_allows_step(spent(), val_batches)) {
+                const Boundary boundary = at_boundary(spent(), val_batches);
+                if (boundary.stop) return stop();
+                if (boundary.out_of_time) {
                     result.out_of_time = true;
                     char buf[128];
                     std::snprintf(buf, sizeof buf, "Time budget: epoch %ld ends after %ld of %ld steps", epoch + 1, k, n);
@@ -316,7 +334,7 @@ public:
                 }
                 const auto step_start = std::chrono::steady_clock::now();
                 train.fill(epoch, k, x_, y_);
-                const double rate = budgeted && o_.time_schedule ? o_.time_schedule(o_.lr, std::min(1.0, spent() / o_.time_budget_seconds))
+                const double rate = budgeted && o_.time_schedule ? o_.time_schedule(o_.lr, boundary.budget_fraction)
                                     : o_.schedule                ? o_.schedule(o_.lr, state_.global_step)
                                                                  : o_.lr;
                 opt_.lr = rate * state_.lr_scale;
@@ -338,6 +356,12 @@ public:
                 } else if (watchdog_) {
                     if (auto ev = watchdog_->take_event()) anomaly = ev->kind, detail = ev->detail;
                 }
+                const bool autosave_due = o_.autosave_seconds > 0 && manager_ &&
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - last_save_).count() >= o_.autosave_seconds;
+                // The loss is the global batch's on every rank, so its anomalies agree already; a
+                // sensor's event and rank 0's autosave clock are made everyone's.
+                const auto [agreed_anomaly, agreed_autosave] = agree<2>({double(anomaly), double(autosave_due)});
+                if (Anomaly(int(agreed_anomaly)) != anomaly) anomaly = Anomaly(int(agreed_anomaly)), detail = "reported by another rank";
                 if (anomaly == Anomaly::none || anomaly == Anomaly::over_temperature) {
                     if (std::isfinite(loss)) state_.epoch_loss_sum += loss, ++state_.epoch_loss_count;
                 }
@@ -349,8 +373,7 @@ public:
                     keep_good_state();
                 }
                 if (bar) bar->update(k + 1, state_.epoch_loss_count ? state_.epoch_loss_sum / double(state_.epoch_loss_count) : loss);
-                if (o_.autosave_seconds > 0 && manager_ &&
-                    std::chrono::duration<double>(std::chrono::steady_clock::now() - last_save_).count() >= o_.autosave_seconds) {
+                if (agreed_autosave > 0) {
                     state_.epoch_seconds = epoch_seconds();
                     result.last_checkpoint = save();
                 }
@@ -419,14 +442,17 @@ private:
 
     // validate(), given up between two batches when a stop is pending (validation of a large
     // set takes minutes; the checkpoint then holds the epoch's steps done and no scores).
+    // Distributed: each rank validates every size()-th batch from its rank on and the scores are
+    // summed; a stop request then waits for the next step boundary, where the ranks agree on it.
     std::optional<Scores> validate_unless_stopped(const BatchProvider<Model>& val, long epoch, bool interruptible = true) {
         constexpr UNetConfig C = Model::config;
         std::array<eval::DiceCounts, kRegions> counts{};
         double loss_sum = 0;
         long samples = 0;
         const long n = val.batches(epoch);
-        for (long k = 0; k < n; ++k) {
-            if (interruptible && stop_reason() != nullptr) return std::nullopt;
+        const long first = distributed() ? o_.collective->rank() : 0, stride = distributed() ? o_.collective->size() : 1;
+        for (long k = first; k < n; k += stride) {
+            if (interruptible && !distributed() && stop_reason() != nullptr) return std::nullopt;
             val.fill(epoch, k, vx_, vy_);
             const auto& probs = model_.forward(vx_, Mode::eval);
             const Shape s = probs.shape();
@@ -443,6 +469,16 @@ private:
                 for (int r = 0; r < kRegions; ++r) counts[r].add(c[r]);
             }
         }
+        if (distributed()) {
+            std::array<double, 3 * kRegions + 2> totals{loss_sum, double(samples)};
+            for (int r = 0; r < kRegions; ++r)
+                totals[2 + 3 * r] = double(counts[r].intersection), totals[3 + 3 * r] = double(counts[r].predicted),
+                                 totals[4 + 3 * r] = double(counts[r].truth);
+            o_.collective->sum(std::span<double>(totals));  // counts stay exact below 2^53 voxels
+            loss_sum = totals[0], samples = long(totals[1]);
+            for (int r = 0; r < kRegions; ++r)
+                counts[r] = {std::uint64_t(totals[2 + 3 * r]), std::uint64_t(totals[3 + 3 * r]), std::uint64_t(totals[4 + 3 * r])};
+        }
         std::array<double, kRegions> dice{};
         for (int r = 0; r < kRegions; ++r) dice[r] = counts[r].dice();
         return Scores{samples ? loss_sum / double(samples) : std::numeric_limits<double>::quiet_NaN(), dice};
@@ -452,11 +488,47 @@ private:
     // when the watchdog is on, and is rethrown otherwise.
     double step() {
         try {
+            if (distributed()) {
+                if (model_.distribution() != &cross_ || cross_.total_images != x_.shape().n * o_.collective->size()) {
+                    cross_ = o_.collective->cross_batch(x_.shape().n);
+                    model_.distribute(&cross_);
+                }
+                return model_.train_step(x_, y_, o_.loss, opt_, [this](Tensor<T, typename Model::backend>& g) {
+                    o_.collective->sum(std::span<T>(g.data(), Model::parameter_count));
+                });
+            }
             return model_.train_step(x_, y_, o_.loss, opt_);
         } catch (const std::runtime_error& e) {
             if (!watchdog_ || std::string(e.what()).rfind("UNet::train_step: the loss is", 0) != 0) throw;
             return std::numeric_limits<double>::quiet_NaN();
         }
+    }
+
+    bool distributed() const { return o_.collective && o_.collective->size() > 1; }
+    bool root() const { return !o_.collective || o_.collective->rank() == 0; }
+
+    // Every rank's values, the largest of each (one small collective); as they are in one process.
+    template <std::size_t N>
+    std::array<double, N> agree(std::array<double, N> values) {
+        if (distributed()) o_.collective->max(std::span<double>(values));
+        return values;
+    }
+
+    // What the ranks decide together at a step boundary: a stop (any rank's request), and the
+    // time budget by rank 0's clock (whether a step still fits, and the fraction spent, which the
+    // rate follows).
+    struct Boundary {
+        bool stop = false, out_of_time = false;
+        double budget_fraction = 0;
+    };
+    Boundary at_boundary(double spent, long val_batches) {
+        std::array<double, 3> v{stop_reason() != nullptr ? 1.0 : 0.0, 0.0, 0.0};
+        if (root() && o_.time_budget_seconds > 0) {
+            v[1] = budget_allows_step(spent, val_batches) ? 0.0 : 1.0;
+            v[2] = std::min(1.0, spent / o_.time_budget_seconds);
+        }
+        v = agree<3>(v);
+        return {v[0] > 0, v[1] > 0, v[2]};
     }
 
     // Whether one more step, then validation and two checkpoints (last and best), fit in the time
@@ -522,6 +594,7 @@ private:
     std::vector<std::uint8_t> pred_, truth_;
     std::vector<T> good_params_, good_buffers_;
     std::optional<Optimizer> good_opt_;
+    CrossBatch cross_;
     long good_step_ = 0;
     std::atomic<bool> stop_requested_{false};
     std::chrono::steady_clock::time_point last_save_{};
