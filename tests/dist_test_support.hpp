@@ -55,6 +55,8 @@ private:
     class Member final : public dist::Collective {
     public:
         Member(std::shared_ptr<Shared> s, int rank) : s_(std::move(s)), rank_(rank) {}
+        using Collective::broadcast;  // the string and single-value helpers, beside the overrides
+        using Collective::max;
         int rank() const override { return rank_; }
         int size() const override { return s_->size; }
         void sum(std::span<double> v) override { combine(v, [](double a, double b) { return a + b; }); }

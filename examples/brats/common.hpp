@@ -19,6 +19,7 @@
 #include <lightunet/data/source.hpp>
 #include <lightunet/io/kaggle_h5.hpp>
 #include <lightunet/io/nifti.hpp>
+#include <lightunet/dist/collective.hpp>
 #include <lightunet/io/store.hpp>
 
 #include "cli.hpp"
@@ -28,6 +29,13 @@ namespace brats {
 namespace fs = std::filesystem;
 namespace data = lightunet::data;
 namespace io = lightunet::io;
+
+// The process group of a data-parallel `brats train` started by mpirun (main.cpp sets it); null
+// in a single process.
+inline lightunet::dist::Collective*& process_group() {
+    static lightunet::dist::Collective* group = nullptr;
+    return group;
+}
 
 // A view of some cases of another source (the training or validation part of a split).
 class SubsetSource final : public data::CaseSource {

@@ -3,14 +3,20 @@
 //   brats <command> --help   for each command's options
 #include <unistd.h>
 
+#include <fcntl.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <memory>
 #include <string>
 
 #include <lightunet/data/synthetic.hpp>
 #include <lightunet/eval/metrics.hpp>
+#ifdef LIGHTUNET_BRATS_MPI
+#include <lightunet/dist/mpi.hpp>
+#endif
 
 #include "common.hpp"
 #include "pipeline.hpp"
@@ -298,6 +304,7 @@ brats_cli::Options options_for(const std::string& command) {
             .value("autosave", "300", "seconds between time-based checkpoints (0: off)")
             .value("resume", "", "checkpoint to resume from, or 'latest'; the options that shape the run must be the run's own")
             .value("stop-after-steps", "", "stop with a checkpoint once this many steps are done in all (continue with --resume latest)")
+            .value("mpi-timeout", "1800", "under mpirun: seconds a rank waits for the others in a collective before it ends the job")
             .value("pictures", "3", "validation cases drawn as overlays at the end")
             .value("watchdog-seconds", "5", "watchdog poll interval")
             .value("max-temp", "95", "watchdog CPU temperature limit (degrees C)")
@@ -343,11 +350,52 @@ brats_cli::Options options_for(const std::string& command) {
     throw brats_cli::UsageError("unknown command '" + command + "'");
 }
 
+// Data-parallel training: the process group when an MPI launcher started several processes.
+std::unique_ptr<lightunet::dist::Collective> g_group;
+int g_console = STDERR_FILENO;  // where a rank's fatal error goes (ranks other than 0 log to a file)
+
+// How many processes an MPI launcher started for this job (Open MPI, or PMI/PMIx launchers such
+// as Slurm's srun and MPICH's hydra); 1 without one.
+int launched_processes() {
+    for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE"})
+        if (const char* n = std::getenv(v)) return std::max(1, std::atoi(n));
+    return 1;
+}
+
+// Joins the job's process group (MPI) when several processes were launched; ranks other than 0
+// then write their log to <out>/logs/rank-N.log.
+void join_process_group(const brats_cli::Options& o) {
+    const int processes = launched_processes();
+    if (processes < 2) return;
+#ifdef LIGHTUNET_BRATS_MPI
+    g_group = std::make_unique<lightunet::dist::MpiCollective>(o.real("mpi-timeout", 1.0));
+    process_group() = g_group.get();
+#else
+    throw std::runtime_error("an MPI launcher started " + std::to_string(processes) +
+                             " processes, but this brats was built without MPI, so each would train alone into the "
+                             "same --out (install libopenmpi-dev and build again)");
+#endif
+    const long batch = o.integer("batch", 1, 4096);
+    if (batch % processes != 0)
+        throw brats_cli::UsageError("--batch " + std::to_string(batch) + " is the global batch: it must split evenly over the " +
+                                    std::to_string(processes) + " ranks");
+    if (g_group->rank() != 0) {
+        const fs::path logs = fs::path(o.str("out")) / "logs";
+        fs::create_directories(logs);
+        const std::string log = (logs / ("rank-" + std::to_string(g_group->rank()) + ".log")).string();
+        g_console = ::dup(STDERR_FILENO);
+        const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd < 0 || ::dup2(fd, STDERR_FILENO) < 0) throw std::runtime_error(log + ": cannot write this rank's log");
+        ::close(fd);
+    }
+}
+
 int dispatch(const std::string& command, const brats_cli::Options& o) {
     if (command == "synth") return synth_command(o);
     if (command == "convert") return convert_command(o);
     if (command == "evaluate") return evaluate_command(o);
     if (command == "train") {
+        join_process_group(o);
         const RunInfo run = run_info_for_training(o);
         // An existing run is continued only with --resume and its own options; run.cfg is
         // (re)written by the pipeline once the data and the checkpoint are accepted.
@@ -366,6 +414,8 @@ int dispatch(const std::string& command, const brats_cli::Options& o) {
                 std::fprintf(stderr, "[WARN] %s predates recorded training options: %s not checked\n", recorded_file.c_str(),
                              brats_cli::join(unrecorded).c_str());
         }
+        // Every rank has checked the run folder before rank 0 writes run.cfg into it.
+        if (g_group) g_group->max(0.0);
         if (run.arch == "resenc") return run.model == "2d" ? train_2d_resenc(o, run) : train_3d_resenc(o, run);
         return run.model == "2d" ? train_2d(o, run) : train_3d(o, run);
     }
@@ -376,6 +426,14 @@ int dispatch(const std::string& command, const brats_cli::Options& o) {
     }
     if (run.arch == "resenc") return run.model == "2d" ? predict_2d_resenc(o, run) : predict_3d_resenc(o, run);
     return run.model == "2d" ? predict_2d(o, run) : predict_3d(o, run);
+}
+
+// A rank that fails ends the whole job (the others would wait for it in their next collective),
+// saying so on the console even when its log goes to a file.
+void end_job_if_distributed(const std::string& message, int status) {
+    if (!g_group || g_group->size() < 2) return;
+    if (g_console != STDERR_FILENO) dprintf(g_console, "[MPI] rank %d: %s\n", g_group->rank(), message.c_str());
+    g_group->abort(message, status);
 }
 
 }  // namespace brats
@@ -405,9 +463,11 @@ int main(int argc, char** argv) {
         return brats::dispatch(command, *options);
     } catch (const brats_cli::UsageError& e) {
         std::fprintf(stderr, "brats %s: %s\n\n%s", command.c_str(), e.what(), options ? options->help().c_str() : brats::kUsage);
+        brats::end_job_if_distributed(std::string("brats ") + command + ": " + e.what(), 2);
         return 2;
     } catch (const std::exception& e) {
         std::fprintf(stderr, "brats %s: error: %s\n", command.c_str(), e.what());
+        brats::end_job_if_distributed(std::string("brats ") + command + ": error: " + e.what(), 1);
         return 1;
     }
 }

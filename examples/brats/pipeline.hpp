@@ -118,8 +118,15 @@ int Pipeline<C>::train(const brats_cli::Options& o, const RunInfo& run, Optimize
     const int threads = int(o.integer("threads", 1, 256));
     const std::uint64_t seed = std::uint64_t(o.integer("seed", 0));
     lightunet::Kernels<lightunet::cpu>::set_threads(threads);
+    // Data parallel under mpirun: each rank draws its share of every global batch, rank 0 speaks.
+    lightunet::dist::Collective* const group = process_group();
+    const int rank = group ? group->rank() : 0, ranks = group ? group->size() : 1;
 
-    auto store = open_training_data(o.str("data"), out, o.flag_set("skip-bad"));
+    // A folder of cases is converted once, by rank 0, before the others open the store.
+    std::unique_ptr<io::StoreSource> store;
+    if (rank == 0) store = open_training_data(o.str("data"), out, o.flag_set("skip-bad"));
+    if (group) group->max(0.0);
+    if (rank != 0) store = open_training_data(o.str("data"), out, o.flag_set("skip-bad"));
     const Split split = split_cases(*store, o.real("val-split", 0.0, 0.9), o.str("val-cases"), seed);
     SubsetSource train_cases(*store, split.train), val_cases(*store, split.validation);
     std::fprintf(stderr, "[INFO] %zu training cases, %zu validation cases\n", train_cases.size(), val_cases.size());
@@ -127,7 +134,11 @@ int Pipeline<C>::train(const brats_cli::Options& o, const RunInfo& run, Optimize
     const Extent patch{run.patch[0], run.patch[1], run.patch[2]};
     data::LoaderConfig lc;
     lc.patch = patch;
-    lc.batch = int(o.integer("batch", 1, 4096));
+    lc.batch = int(o.integer("batch", 1, 4096)) / ranks;  // main.cpp checked that the ranks divide it
+    lc.first_item = rank * lc.batch;
+    if (group)
+        std::fprintf(stderr, "[INFO] Data parallel: %d ranks x %d images per step (global batch %d), %d threads each\n", ranks,
+                     lc.batch, lc.batch * ranks, threads);
     lc.foreground_fraction = o.real("foreground", 0.0, 1.0);
     lc.labels = regions ? data::LabelFormat::regions : data::LabelFormat::classes;
     lc.batches_per_epoch = std::size_t(o.integer("steps-per-epoch", 1));
@@ -147,6 +158,8 @@ int Pipeline<C>::train(const brats_cli::Options& o, const RunInfo& run, Optimize
     std::vector<typename Model::Labels> val_y;
     if (val_cases.size() > 0) {
         data::LoaderConfig vc = lc;
+        vc.batch = lc.batch * ranks;  // the same batches on every rank: the trainer splits them
+        vc.first_item = 0;
         vc.augmentation = data::Augmentation::none();
         vc.seed = seed + 1;
         vc.workers = 0;
@@ -208,6 +221,7 @@ int Pipeline<C>::train(const brats_cli::Options& o, const RunInfo& run, Optimize
             throw std::runtime_error("--resume: the checkpoint was trained with another --seed");
     };
     if (o.given("stop-after-steps")) to.stop_after_steps = o.integer("stop-after-steps", 1);
+    to.collective = group;
     optimizer.clip_norm = o.real("clip", 0.0);
     train::Trainer<Model, Optimizer> trainer(model, optimizer, to);
     if (o.given("resume")) {
@@ -219,7 +233,7 @@ int Pipeline<C>::train(const brats_cli::Options& o, const RunInfo& run, Optimize
         }
     }
     // The data opened, the checkpoint (if any) matched: this run is accepted.
-    run.write(out / "run.cfg");
+    if (rank == 0) run.write(out / "run.cfg");
     const auto result = trainer.fit(train_loader.provider<Model>(), val_x.empty() ? nullptr : &validation);
     if (result.interrupted) {
         std::fprintf(stderr, "[INFO] Interrupted; resume with --resume latest (last checkpoint %s)\n", result.last_checkpoint.c_str());
@@ -231,6 +245,7 @@ int Pipeline<C>::train(const brats_cli::Options& o, const RunInfo& run, Optimize
         return 0;
     }
 
+    if (rank != 0) return 0;
     // Overlay pictures of a few validation cases, predicted whole.
     const int pictures = int(o.integer("pictures", 0, 1000));
     if (pictures > 0 && val_cases.size() > 0) {

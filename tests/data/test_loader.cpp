@@ -149,6 +149,36 @@ TEST_CASE("loader: batches depend only on (seed, epoch, batch), not on the worke
     }
 }
 
+TEST_CASE("loader: ranks drawing disjoint item ranges see exactly the global batch", "[data][loader][distributed]") {
+    const MemorySource& source = synthetic_source();
+    LoaderConfig config;
+    config.patch = {1, 32, 32};
+    config.batch = 6;
+    config.batches_per_epoch = 3;
+    config.seed = 7;
+    config.workers = 0;
+    const std::vector<Batch> global = collect(source, config, 4);
+    for (int ranks : {2, 3}) {
+        const int local = config.batch / ranks;
+        for (int r = 0; r < ranks; ++r) {
+            LoaderConfig mine = config;
+            mine.batch = local;
+            mine.first_item = r * local;
+            mine.workers = 1;
+            const std::vector<Batch> part = collect(source, mine, 4);
+            for (std::size_t k = 0; k < part.size(); ++k) {
+                INFO(ranks << " ranks, rank " << r << ", batch " << k);
+                const std::size_t images = part[k].images.size(), labels = part[k].labels.size();
+                CHECK(std::equal(part[k].images.begin(), part[k].images.end(), global[k].images.begin() + std::ptrdiff_t(r * images)));
+                CHECK(std::equal(part[k].labels.begin(), part[k].labels.end(), global[k].labels.begin() + std::ptrdiff_t(r * labels)));
+                CHECK(std::equal(part[k].cases.begin(), part[k].cases.end(), global[k].cases.begin() + r * local));
+            }
+        }
+    }
+    config.first_item = -1;
+    CHECK_THROWS_WITH(PatchLoader(source, config), Catch::Contains("first_item -1"));
+}
+
 TEST_CASE("loader: foreground oversampling centres the configured fraction on tumour", "[data][loader]") {
     const MemorySource& source = synthetic_source();
     LoaderConfig config;

@@ -83,6 +83,10 @@ struct LoaderConfig {
     int queue_depth = 4;                  // batches prepared ahead
     std::uint64_t seed = 0;
     std::uint64_t first_epoch = 0;        // resume: the first batch returned is (first_epoch, 0)
+    // Data parallelism: this loader's `batch` items are items first_item.. of a global batch, each
+    // drawn as a loader of the global batch size draws it (every item is a pure function of
+    // (seed, epoch, index, item)), so ranks with disjoint ranges see exactly the global batch.
+    int first_item = 0;
 };
 
 struct Batch {
@@ -233,6 +237,7 @@ private:
             fail("patch extent " + std::to_string(c.patch.d) + "x" + std::to_string(c.patch.h) + "x" +
                  std::to_string(c.patch.w) + " has an empty axis");
         if (c.batch < 1) fail("batch size " + std::to_string(c.batch) + " is not positive");
+        if (c.first_item < 0) fail("first_item " + std::to_string(c.first_item) + " is negative");
         if (!(c.foreground_fraction >= 0 && c.foreground_fraction <= 1))
             fail("foreground_fraction " + std::to_string(c.foreground_fraction) + " is outside [0, 1]");
         if (c.mode == LoaderMode::train && c.batches_per_epoch == 0) fail("batches_per_epoch is 0");
@@ -325,7 +330,7 @@ private:
         batch.labels.resize({n, label_channels(), p.d, p.h, p.w});
         const Augmentation& aug = config_.augmentation;
         for (int item = 0; item < n; ++item) {
-            SplitMix64 rng(hash_key({config_.seed, batch.epoch, batch.index, std::uint64_t(item)}));
+            SplitMix64 rng(hash_key({config_.seed, batch.epoch, batch.index, std::uint64_t(config_.first_item + item)}));
             const std::size_t case_index = drawable_[std::size_t(rng.below(drawable_.size()))];
             try {
                 // Every draw happens whatever the branches, so one choice never shifts another.

@@ -60,6 +60,8 @@ public:
         return false;
     }
 
+    using Collective::broadcast;  // the string and single-value helpers, beside the overrides
+    using Collective::max;
     int rank() const override { return rank_; }
     int size() const override { return size_; }
     double timeout_seconds() const { return timeout_; }
