@@ -19,6 +19,8 @@ packages=(
     catch2
     libbenchmark-dev
     libonnx-dev
+    libopenmpi-dev
+    openmpi-bin
     libprotobuf-dev
     libomp-dev
     python3

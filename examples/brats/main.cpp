@@ -5,6 +5,7 @@
 
 #include <fcntl.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -390,6 +391,18 @@ void join_process_group(const brats_cli::Options& o) {
     }
 }
 
+// Rank 0's share of the run spent in collectives: the gradient sums, the batch-norm and loss
+// exchanges, and waiting there for slower ranks.
+void report_traffic([[maybe_unused]] double run_seconds) {
+#ifdef LIGHTUNET_BRATS_MPI
+    const auto* mpi = dynamic_cast<const lightunet::dist::MpiCollective*>(g_group.get());
+    if (!mpi || mpi->rank() != 0) return;
+    const auto& t = mpi->traffic();
+    std::fprintf(stderr, "[INFO] MPI: %d ranks; rank 0 spent %.3f of %.1f s in %ld collectives (%.1f %%), %.2f GB sent\n", mpi->size(),
+                 t.seconds, run_seconds, t.calls, run_seconds > 0 ? 100 * t.seconds / run_seconds : 0.0, t.bytes / 1e9);
+#endif
+}
+
 int dispatch(const std::string& command, const brats_cli::Options& o) {
     if (command == "synth") return synth_command(o);
     if (command == "convert") return convert_command(o);
@@ -416,8 +429,11 @@ int dispatch(const std::string& command, const brats_cli::Options& o) {
         }
         // Every rank has checked the run folder before rank 0 writes run.cfg into it.
         if (g_group) g_group->max(0.0);
-        if (run.arch == "resenc") return run.model == "2d" ? train_2d_resenc(o, run) : train_3d_resenc(o, run);
-        return run.model == "2d" ? train_2d(o, run) : train_3d(o, run);
+        const auto start = std::chrono::steady_clock::now();
+        const int status = run.arch == "resenc" ? (run.model == "2d" ? train_2d_resenc(o, run) : train_3d_resenc(o, run))
+                                                : (run.model == "2d" ? train_2d(o, run) : train_3d(o, run));
+        report_traffic(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+        return status;
     }
     const RunInfo run = RunInfo::read(fs::path(o.str("run")) / "run.cfg");
     if (command == "export") {

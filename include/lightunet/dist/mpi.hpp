@@ -66,6 +66,15 @@ public:
     int size() const override { return size_; }
     double timeout_seconds() const { return timeout_; }
 
+    // What this rank's collectives cost so far: the wall time from each call to its completion
+    // (the transfer, plus waiting for slower ranks), the bytes it contributed, and the calls.
+    struct Traffic {
+        double seconds = 0;
+        double bytes = 0;
+        long calls = 0;
+    };
+    const Traffic& traffic() const { return traffic_; }
+
     void sum(std::span<double> v) override { reduce(v.data(), v.size(), MPI_DOUBLE, MPI_SUM, "sum"); }
     void sum(std::span<float> v) override { reduce(v.data(), v.size(), MPI_FLOAT, MPI_SUM, "sum"); }
     void max(std::span<double> v) override { reduce(v.data(), v.size(), MPI_DOUBLE, MPI_MAX, "max"); }
@@ -74,6 +83,7 @@ public:
             const int n = int(std::min(bytes.size() - done, chunk));
             MPI_Request request;
             check(MPI_Ibcast(bytes.data() + done, n, MPI_BYTE, root, comm_, &request), "MPI_Ibcast");
+            traffic_.bytes += n;
             wait(request, "broadcast of " + std::to_string(bytes.size()) + " bytes from rank " + std::to_string(root));
             done += std::size_t(n);
         }
@@ -96,6 +106,7 @@ private:
             MPI_Request request;
             check(MPI_Iallreduce(MPI_IN_PLACE, static_cast<char*>(data) + done * std::size_t(bytes_per), n, type, op, comm_, &request),
                   "MPI_Iallreduce");
+            traffic_.bytes += double(n) * bytes_per;
             wait(request, std::string(what) + " of " + std::to_string(count) + " values");
             done += std::size_t(n);
         }
@@ -108,7 +119,11 @@ private:
         for (int polls = 0;; ++polls) {
             int done = 0;
             check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "MPI_Test");
-            if (done) return;
+            if (done) {
+                traffic_.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+                ++traffic_.calls;
+                return;
+            }
             const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
             if (waited > timeout_)
                 abort("the " + what + " waited " + std::to_string(int(waited)) + " s for the other ranks (timeout " +
@@ -128,6 +143,7 @@ private:
     int rank_ = 0, size_ = 1;
     double timeout_;
     bool owns_mpi_ = false;
+    Traffic traffic_;
 };
 
 }  // namespace lightunet::dist
