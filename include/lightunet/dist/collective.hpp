@@ -21,6 +21,9 @@ public:
     virtual void sum(std::span<float> values) = 0;
     virtual void max(std::span<double> values) = 0;
     virtual void broadcast(std::span<std::byte> bytes, int root) = 0;
+    // Whether sum() may be given device (GPU) memory directly (CUDA-aware MPI); if not, device
+    // data goes through host memory (dist/gradients.hpp).
+    virtual bool accepts_device_memory() const { return false; }
     // Ends every process of the group with `why` on stderr (a failed rank must not leave the
     // others waiting in a collective).
     [[noreturn]] virtual void abort(const std::string& why, int code = 1) = 0;

@@ -6,7 +6,17 @@
 // with a message naming this rank and the operation, instead of leaving the others waiting for
 // ever. Errors come back as codes (MPI_ERRORS_RETURN on a private duplicate of the
 // communicator) and end the job the same way, with MPI's own error text.
+// The C API only: the MPI C++ bindings (deprecated, and warning under -Wextra) stay out.
+#ifndef OMPI_SKIP_MPICXX
+#define OMPI_SKIP_MPICXX 1
+#endif
+#ifndef MPICH_SKIP_MPICXX
+#define MPICH_SKIP_MPICXX 1
+#endif
 #include <mpi.h>
+#if defined(OPEN_MPI) && __has_include(<mpi-ext.h>)
+#include <mpi-ext.h>  // MPIX_Query_cuda_support
+#endif
 
 #include <algorithm>
 #include <chrono>
@@ -75,6 +85,14 @@ public:
     };
     const Traffic& traffic() const { return traffic_; }
 
+    // Open MPI built with CUDA support says so at run time; others (and Debian's build) do not.
+    bool accepts_device_memory() const override {
+#if defined(MPIX_CUDA_AWARE_SUPPORT) && MPIX_CUDA_AWARE_SUPPORT
+        return MPIX_Query_cuda_support() == 1;
+#else
+        return false;
+#endif
+    }
     void sum(std::span<double> v) override { reduce(v.data(), v.size(), MPI_DOUBLE, MPI_SUM, "sum"); }
     void sum(std::span<float> v) override { reduce(v.data(), v.size(), MPI_FLOAT, MPI_SUM, "sum"); }
     void max(std::span<double> v) override { reduce(v.data(), v.size(), MPI_DOUBLE, MPI_MAX, "max"); }

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "../dist/collective.hpp"
+#include "../dist/gradients.hpp"
 #include "../eval/metrics.hpp"
 #include "../loss/dice.hpp"
 #include "../model/unet.hpp"
@@ -494,7 +495,7 @@ private:
                     model_.distribute(&cross_);
                 }
                 return model_.train_step(x_, y_, o_.loss, opt_, [this](Tensor<T, typename Model::backend>& g) {
-                    o_.collective->sum(std::span<T>(g.data(), Model::parameter_count));
+                    dist::sum_across(*o_.collective, g, Model::parameter_count, gradient_staging_);
                 });
             }
             return model_.train_step(x_, y_, o_.loss, opt_);
@@ -595,6 +596,7 @@ private:
     std::vector<T> good_params_, good_buffers_;
     std::optional<Optimizer> good_opt_;
     CrossBatch cross_;
+    std::vector<T> gradient_staging_;  // device models without CUDA-aware MPI
     long good_step_ = 0;
     std::atomic<bool> stop_requested_{false};
     std::chrono::steady_clock::time_point last_save_{};
