@@ -47,6 +47,7 @@ TrainState sample_state() {
         EpochRecord r;
         r.epoch = e, r.train_loss = 1.0 / e, r.val_loss = 1.5 / e, r.dice = {0.1 * e, 0.2 * e, 0.3 * e}, r.lr = 1e-3;
         r.seconds = 10.0 * e, r.rollbacks = e - 1;
+        r.telemetry[3] = 70.0 + e, r.telemetry[8] = 64;  // GPU temperature, throttle bits; the rest unknown (NaN)
         s.history.push_back(r);
     }
     return s;
@@ -73,6 +74,7 @@ void check_state_equal(const TrainState& a, const TrainState& b) {
         CHECK(a.history[i].lr == b.history[i].lr);
         CHECK(a.history[i].seconds == b.history[i].seconds);
         CHECK(a.history[i].rollbacks == b.history[i].rollbacks);
+        CHECK(std::memcmp(a.history[i].telemetry.data(), b.history[i].telemetry.data(), sizeof(a.history[i].telemetry)) == 0);
     }
 }
 }  // namespace

@@ -163,16 +163,27 @@ TEST_CASE("History CSV and JSON", "[progress]") {
     std::vector<train::EpochRecord> h(2);
     h[0].epoch = 1, h[0].train_loss = 0.5, h[0].lr = 0.001, h[0].seconds = 2;
     h[1].epoch = 2, h[1].train_loss = 0.25, h[1].val_loss = 0.3, h[1].dice = {0.9, 0.8, 0.7}, h[1].rollbacks = 1;
+    h[1].telemetry[0] = 61.5, h[1].telemetry[3] = 83, h[1].telemetry[4] = 151.25, h[1].telemetry[8] = 64;  // CPU C, GPU C, GPU W, throttle
     train::write_history_csv(dir.file("h.csv"), h);
     train::write_history_json(dir.file("h.json"), h);
     std::ifstream c(dir.file("h.csv"));
     std::string header, l1, l2;
     std::getline(c, header), std::getline(c, l1), std::getline(c, l2);
-    CHECK(header == "epoch,train_loss,val_loss,dice_WT,dice_TC,dice_ET,lr,seconds,rollbacks");
-    CHECK(l2 == "2,0.250000,0.300000,0.900000,0.800000,0.700000,0,0.000,1");
+    CHECK(header == "epoch,train_loss,val_loss,dice_WT,dice_TC,dice_ET,lr,seconds,rollbacks,cpu_temp_c,cpu_power_w,rss_mb,"
+                    "gpu_temp_c,gpu_power_w,gpu_power_limit_w,gpu_sm_clock_mhz,gpu_memory_mb,gpu_throttle_reasons");
+    CHECK(l1 == "1,0.500000,nan,nan,nan,nan,0.001,2.000,0,,,,,,,,,");  // no watchdog: telemetry unknown
+    CHECK(l2 == "2,0.250000,0.300000,0.900000,0.800000,0.700000,0,0.000,1,61.5,,,83,151.25,,,,64");
     std::ifstream j(dir.file("h.json"));
     const std::string js((std::istreambuf_iterator<char>(j)), std::istreambuf_iterator<char>());
     CHECK(js.find("{\"epoch\": 1, \"train_loss\": 0.5, \"val_loss\": null, \"dice\": {\"WT\": null") != std::string::npos);
-    CHECK(js.find("\"dice\": {\"WT\": 0.9, \"TC\": 0.8, \"ET\": 0.7}, \"lr\": 0, \"seconds\": 0, \"rollbacks\": 1}") !=
+    CHECK(js.find("\"dice\": {\"WT\": 0.9, \"TC\": 0.8, \"ET\": 0.7}, \"lr\": 0, \"seconds\": 0, \"rollbacks\": 1, \"telemetry\": "
+                  "{\"cpu_temp_c\": 61.5, \"cpu_power_w\": null, \"rss_mb\": null, \"gpu_temp_c\": 83, \"gpu_power_w\": 151.25, "
+                  "\"gpu_power_limit_w\": null, \"gpu_sm_clock_mhz\": null, \"gpu_memory_mb\": null, \"gpu_throttle_reasons\": 64}}") !=
           std::string::npos);
+    // The curves get a temperature panel when an epoch has one.
+    train::write_history_png(dir.file("h.png"), h);
+    CHECK(io::read_png(dir.file("h.png")).width == 1440);
+    h[1].telemetry = train::EpochRecord::unknown_telemetry();
+    train::write_history_png(dir.file("h2.png"), h);
+    CHECK(io::read_png(dir.file("h2.png")).width == 960);
 }

@@ -8,6 +8,14 @@
 // latest training loss. Every path is configurable, so tests point it at fake sensor files.
 // A sensor that cannot be read is reported once through the log and then left out.
 //
+// The GPU (when NVML loads: telemetry/nvml.hpp, no GPU and no driver is fine) adds its
+// temperature, power draw and limit, SM clock, memory used and clock-throttle reasons. Its
+// temperature obeys the same rule as the CPU's (max_gpu_temperature / resume_gpu_temperature);
+// sustained thermal throttling (a thermal throttle bit in throttle_polls consecutive polls while
+// the training steps run throttle_slowdown x slower than their running median) raises a
+// thermal_throttling event, which the trainer answers with a cool-down pause, not a rollback:
+// slow steps are still correct steps.
+//
 // Anomalies: a NaN / Inf loss and a loss above explode_factor x the running median of the last
 // sane losses are detected synchronously in check_loss() (the training thread calls it after
 // every step); a temperature above max_temperature is detected by the thread and handed over
@@ -26,12 +34,15 @@
 #include <fstream>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <set>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "nvml.hpp"
 
 namespace lightunet::telemetry {
 
@@ -53,16 +64,26 @@ struct WatchdogOptions {
     bool halve_lr = true;              // on every rollback
     bool pause_when_hot = true;
     double max_pause_seconds = 900.0;
+    // GPU (NVML, loaded at run time).
+    bool watch_gpu = true;
+    std::string nvml_library = "libnvidia-ml.so.1";
+    unsigned gpu_index = 0;
+    double max_gpu_temperature = 90.0;
+    double resume_gpu_temperature = 75.0;
+    int throttle_polls = 3;          // consecutive polls with a thermal throttle bit
+    double throttle_slowdown = 1.5;  // ... while the last step is this many times the median step
+    int step_window = 20;            // steps the median step time is taken over
     std::function<void(const std::string&)> log;  // default: "[WATCHDOG] ..." on stderr
 };
 
-enum class Anomaly { none, non_finite_loss, exploding_loss, over_temperature };
+enum class Anomaly { none, non_finite_loss, exploding_loss, over_temperature, thermal_throttling };
 
 inline const char* anomaly_name(Anomaly a) {
     switch (a) {
         case Anomaly::non_finite_loss: return "non-finite loss";
         case Anomaly::exploding_loss: return "exploding loss";
         case Anomaly::over_temperature: return "over temperature";
+        case Anomaly::thermal_throttling: return "thermal throttling";
         default: return "none";
     }
 }
@@ -72,6 +93,7 @@ struct Telemetry {
     double power_watts = std::numeric_limits<double>::quiet_NaN();  // RAPL packages
     double rss_mb = std::numeric_limits<double>::quiet_NaN();
     double loss = std::numeric_limits<double>::quiet_NaN();
+    GpuTelemetry gpu;
     long polls = 0;
 };
 
@@ -87,6 +109,8 @@ public:
         if (opt_.median_window < 1) opt_.median_window = 1;
         window_.assign(std::size_t(opt_.median_window), 0.0);
         scratch_.assign(std::size_t(opt_.median_window), 0.0);
+        steps_.assign(std::size_t(std::max(3, opt_.step_window)), 0.0);
+        step_scratch_.assign(steps_.size(), 0.0);
         discover();
     }
     Watchdog(const Watchdog&) = delete;
@@ -127,6 +151,17 @@ public:
     }
     double last_median() const { return last_median_; }
 
+    // Training thread, after every step: its wall time, for the throttling rule.
+    void note_step_seconds(double seconds) {
+        steps_[step_count_ % steps_.size()] = seconds;
+        ++step_count_;
+        const std::size_t n = std::min(step_count_, steps_.size());
+        if (n < 3) return;
+        std::copy_n(steps_.begin(), n, step_scratch_.begin());
+        std::nth_element(step_scratch_.begin(), step_scratch_.begin() + std::ptrdiff_t(n / 2), step_scratch_.begin() + std::ptrdiff_t(n));
+        slow_steps_.store(seconds > opt_.throttle_slowdown * step_scratch_[n / 2], std::memory_order_relaxed);
+    }
+
     // Training thread, at step boundaries: an anomaly the telemetry thread found, if any.
     std::optional<WatchdogEvent> take_event() {
         if (!pending_.load(std::memory_order_acquire)) return std::nullopt;
@@ -135,9 +170,10 @@ public:
         return pending_event_;
     }
 
-    // Blocks until the hottest sensor reads below resume_temperature (polled by the thread, or
-    // here when it is not running), the pause limit passes, or `stop()` returns true. Returns
-    // the seconds waited.
+    // Blocks until the hottest CPU sensor reads below resume_temperature, the GPU below
+    // resume_gpu_temperature and without a thermal throttle bit (polled by the thread, or here
+    // when it is not running), the pause limit passes, or `stop()` returns true. Returns the
+    // seconds waited.
     double wait_until_cool(const std::function<bool()>& stop = {}) {
         const auto t0 = std::chrono::steady_clock::now();
         auto waited = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
@@ -145,8 +181,7 @@ public:
             if (!thread_.joinable()) poll();
             {
                 std::unique_lock lock(mutex_);
-                const double t = telemetry_.temperature;
-                if (!(t >= opt_.resume_temperature)) break;  // cool, or unreadable
+                if (cool(telemetry_)) break;
                 if ((stop && stop()) || waited() >= opt_.max_pause_seconds) break;
                 cv_.wait_for(lock, std::chrono::duration<double>(std::min(opt_.poll_seconds, 0.5)));
             }
@@ -160,25 +195,39 @@ public:
         t.temperature = read_temperature();
         t.power_watts = read_power();
         t.rss_mb = read_rss_mb();
+        if (nvml_) t.gpu = nvml_->read([this](const std::string& call, const std::string& error) {
+            once(call, "GPU: " + call + " failed: " + error + "; carrying on without it");
+        });
         t.loss = latest_loss_.load(std::memory_order_relaxed);
-        std::string hot;
+        throttled_polls_ = t.gpu.throttle_known && (t.gpu.throttle_reasons & throttle_thermal) ? throttled_polls_ + 1 : 0;
+        std::string event;
         {
             std::lock_guard lock(mutex_);
             t.polls = telemetry_.polls + 1;
             telemetry_ = t;
-            if (t.temperature > opt_.max_temperature && armed_) {
+            char buf[200];
+            if (armed_ && (t.temperature > opt_.max_temperature || t.gpu.temperature > opt_.max_gpu_temperature)) {
                 armed_ = false;
-                char buf[160];
-                std::snprintf(buf, sizeof buf, "temperature %.1f C over the limit %.1f C", t.temperature, opt_.max_temperature);
+                if (t.temperature > opt_.max_temperature)
+                    std::snprintf(buf, sizeof buf, "temperature %.1f C over the limit %.1f C", t.temperature, opt_.max_temperature);
+                else
+                    std::snprintf(buf, sizeof buf, "GPU temperature %.1f C over the limit %.1f C", t.gpu.temperature, opt_.max_gpu_temperature);
                 pending_event_ = {Anomaly::over_temperature, buf};
                 pending_.store(true, std::memory_order_release);
-                hot = buf;
-            } else if (!(t.temperature >= opt_.resume_temperature)) {
-                armed_ = true;
+                event = buf;
+            } else if (throttle_armed_ && throttled_polls_ >= opt_.throttle_polls && slow_steps_.load(std::memory_order_relaxed)) {
+                throttle_armed_ = false;
+                std::snprintf(buf, sizeof buf, "GPU clocks thermally throttled for %d polls (reasons 0x%llx, SM %.0f MHz, %.1f C) and steps slowed down",
+                              throttled_polls_, t.gpu.throttle_reasons, t.gpu.sm_clock_mhz, t.gpu.temperature);
+                pending_event_ = {Anomaly::thermal_throttling, buf};
+                pending_.store(true, std::memory_order_release);
+                event = buf;
             }
+            if (cool(t)) armed_ = true;
+            if (throttled_polls_ == 0) throttle_armed_ = true;
         }
         cv_.notify_all();
-        if (!hot.empty()) opt_.log(hot);
+        if (!event.empty()) opt_.log(event);
     }
 
     Telemetry telemetry() const {
@@ -203,6 +252,10 @@ public:
         add("power %.1f W", t.power_watts);
         add("rss %.0f MB", t.rss_mb);
         add("loss %.4g", t.loss);
+        add("GPU %.0f C", t.gpu.temperature);
+        add("GPU %.1f W", t.gpu.power_watts);
+        add("SM %.0f MHz", t.gpu.sm_clock_mhz);
+        if (t.gpu.throttle_known && (t.gpu.throttle_reasons & throttle_thermal)) s += " | thermally throttled";
         return s;
     }
 
@@ -241,9 +294,22 @@ private:
             }
             std::sort(energy_files_.begin(), energy_files_.end());
         }
+        if (opt_.watch_gpu) {
+            nvml_ = std::make_unique<Nvml>(opt_.nvml_library, opt_.gpu_index);
+            if (!nvml_->available()) {
+                once("gpu", "no GPU telemetry (" + nvml_->why() + "); the GPU is not watched");
+                nvml_.reset();
+            }
+        }
         if (temp_files_.empty()) once("temperature", "no temperature sensor found; temperature is not watched");
         if (energy_files_.empty()) once("power", "no RAPL energy counter found; power is not reported");
         last_energy_.assign(energy_files_.size(), -1.0);
+    }
+
+    // Below both resume temperatures (an unreadable one counts as cool) and not thermally throttled.
+    bool cool(const Telemetry& t) const {
+        return !(t.temperature >= opt_.resume_temperature) && !(t.gpu.temperature >= opt_.resume_gpu_temperature) &&
+               !(t.gpu.throttle_known && (t.gpu.throttle_reasons & throttle_thermal));
     }
 
     void once(const std::string& key, const std::string& message) {
@@ -301,12 +367,17 @@ private:
     WatchdogOptions opt_;
     std::vector<std::string> temp_files_, energy_files_;
     std::vector<double> last_energy_;
+    std::unique_ptr<Nvml> nvml_;
+    int throttled_polls_ = 0;  // poll thread only
     std::chrono::steady_clock::time_point last_energy_time_{};
     std::set<std::string> said_;  // poll thread (and constructor) only
     // Loss statistics: training thread only.
     std::vector<double> window_, scratch_;
     std::size_t count_ = 0;
     double last_median_ = 0;
+    std::vector<double> steps_, step_scratch_;
+    std::size_t step_count_ = 0;
+    std::atomic<bool> slow_steps_{false};
     std::atomic<double> latest_loss_{std::numeric_limits<double>::quiet_NaN()};
     // Shared under mutex_.
     mutable std::mutex mutex_;
@@ -314,7 +385,7 @@ private:
     Telemetry telemetry_;
     WatchdogEvent pending_event_;
     std::atomic<bool> pending_{false};
-    bool armed_ = true, stopping_ = false;
+    bool armed_ = true, throttle_armed_ = true, stopping_ = false;
     std::thread thread_;
 };
 

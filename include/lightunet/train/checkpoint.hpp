@@ -477,12 +477,13 @@ void save_checkpoint(const std::string& path, const Model& model, const Optimize
                 h5::H5Handle g = h5::create_group(root, "history", context);
                 const std::size_t e = state.history.size();
                 std::vector<std::int64_t> epoch(e), rollbacks(e);
-                std::vector<double> train(e), val(e), dice(e * kRegions), lr(e), seconds(e);
+                std::vector<double> train(e), val(e), dice(e * kRegions), lr(e), seconds(e), telemetry(e * telemetry_count);
                 for (std::size_t i = 0; i < e; ++i) {
                     const auto& r = state.history[i];
                     epoch[i] = r.epoch, rollbacks[i] = r.rollbacks;
                     train[i] = r.train_loss, val[i] = r.val_loss, lr[i] = r.lr, seconds[i] = r.seconds;
                     for (int k = 0; k < kRegions; ++k) dice[i * kRegions + k] = r.dice[k];
+                    std::copy(r.telemetry.begin(), r.telemetry.end(), telemetry.begin() + std::ptrdiff_t(i * telemetry_count));
                 }
                 detail::write_vector(g.get(), "epoch", {hsize_t(e)}, epoch.data(), context);
                 detail::write_vector(g.get(), "train_loss", {hsize_t(e)}, train.data(), context);
@@ -491,6 +492,8 @@ void save_checkpoint(const std::string& path, const Model& model, const Optimize
                 detail::write_vector(g.get(), "lr", {hsize_t(e)}, lr.data(), context);
                 detail::write_vector(g.get(), "seconds", {hsize_t(e)}, seconds.data(), context);
                 detail::write_vector(g.get(), "rollbacks", {hsize_t(e)}, rollbacks.data(), context);
+                // Columns in telemetry_columns' order (progress.hpp); checkpoints before it lack it.
+                detail::write_vector(g.get(), "telemetry", {hsize_t(e), hsize_t(telemetry_count)}, telemetry.data(), context);
             }
             return h5::file_image(root, context);
         });
@@ -577,12 +580,18 @@ inline void read_state(hid_t root, TrainState& s, const std::string& context) {
         const auto lr = read_vector<double>(g.get(), "lr", dims, kMaxHistory, where);
         const auto seconds = read_vector<double>(g.get(), "seconds", dims, kMaxHistory, where);
         const auto rollbacks = read_vector<std::int64_t>(g.get(), "rollbacks", dims, kMaxHistory, where);
+        const bool has_telemetry = H5Lexists(g.get(), "telemetry", H5P_DEFAULT) > 0;  // absent before telemetry was logged
+        const auto telemetry = has_telemetry ? read_vector<double>(g.get(), "telemetry", {dims[0], hsize_t(telemetry_count)},
+                                                                   kMaxHistory * telemetry_count, where)
+                                             : std::vector<double>{};
         s.history.resize(epoch.size());
         for (std::size_t i = 0; i < epoch.size(); ++i) {
             auto& rec = s.history[i];
             rec.epoch = long(epoch[i]), rec.train_loss = train[i], rec.val_loss = val[i], rec.lr = lr[i];
             rec.seconds = seconds[i], rec.rollbacks = long(rollbacks[i]);
             for (int k = 0; k < kRegions; ++k) rec.dice[k] = dice[i * kRegions + k];
+            if (has_telemetry)
+                std::copy_n(telemetry.begin() + std::ptrdiff_t(i * telemetry_count), telemetry_count, rec.telemetry.begin());
         }
     }
 }

@@ -25,6 +25,14 @@ namespace lightunet::train {
 using eval::kRegions;  // an epoch's Dice is kept per BraTS region (WT, TC, ET)
 
 // One finished epoch. val_loss and dice are NaN when there was no validation.
+// The watchdog's telemetry logged per epoch (its last poll at the epoch's end), as columns of
+// metrics.csv / metrics.json and of the checkpoints' history; NaN where unknown (no sensor, no
+// GPU, no watchdog). gpu_throttle_reasons holds NVML's clock-throttle bits.
+inline constexpr std::array<const char*, 9> telemetry_columns{"cpu_temp_c",        "cpu_power_w", "rss_mb",
+                                                              "gpu_temp_c",        "gpu_power_w", "gpu_power_limit_w",
+                                                              "gpu_sm_clock_mhz",  "gpu_memory_mb", "gpu_throttle_reasons"};
+inline constexpr std::size_t telemetry_count = telemetry_columns.size();
+
 struct EpochRecord {
     long epoch = 0;  // 1-based
     double train_loss = std::numeric_limits<double>::quiet_NaN();
@@ -34,7 +42,13 @@ struct EpochRecord {
     double lr = 0;        // learning rate at the epoch's last step
     double seconds = 0;   // wall time of the epoch (training and validation)
     long rollbacks = 0;   // watchdog rollbacks during the epoch
+    std::array<double, telemetry_count> telemetry = unknown_telemetry();
     double mean_dice() const { return (dice[0] + dice[1] + dice[2]) / 3.0; }
+    static constexpr std::array<double, telemetry_count> unknown_telemetry() {
+        std::array<double, telemetry_count> t{};
+        t.fill(std::numeric_limits<double>::quiet_NaN());
+        return t;
+    }
 };
 
 // "01:02" below an hour, "1:02:03" above (as tqdm).
@@ -148,16 +162,24 @@ private:
     bool tty_ = false, closed_ = false;
 };
 
-// CSV: epoch,train_loss,val_loss,dice_WT,dice_TC,dice_ET,lr,seconds,rollbacks (NaN as "nan").
+// CSV: epoch,train_loss,val_loss,dice_WT,dice_TC,dice_ET,lr,seconds,rollbacks, then the
+// telemetry columns (NaN as "nan"; unknown telemetry as an empty field).
 inline void write_history_csv(const std::string& path, const std::vector<EpochRecord>& history) {
     std::ofstream f(path);
     if (!f) throw std::runtime_error("write_history_csv: cannot open " + path + " for writing");
-    f << "epoch,train_loss,val_loss,dice_WT,dice_TC,dice_ET,lr,seconds,rollbacks\n";
+    f << "epoch,train_loss,val_loss,dice_WT,dice_TC,dice_ET,lr,seconds,rollbacks";
+    for (const char* column : telemetry_columns) f << ',' << column;
+    f << '\n';
     char buf[256];
     for (const auto& r : history) {
-        std::snprintf(buf, sizeof buf, "%ld,%.6f,%.6f,%.6f,%.6f,%.6f,%.6g,%.3f,%ld\n", r.epoch, r.train_loss, r.val_loss,
+        std::snprintf(buf, sizeof buf, "%ld,%.6f,%.6f,%.6f,%.6f,%.6f,%.6g,%.3f,%ld", r.epoch, r.train_loss, r.val_loss,
                       r.dice[0], r.dice[1], r.dice[2], r.lr, r.seconds, r.rollbacks);
         f << buf;
+        for (double v : r.telemetry) {
+            f << ',';
+            if (std::isfinite(v)) std::snprintf(buf, sizeof buf, "%.6g", v), f << buf;
+        }
+        f << '\n';
     }
     if (!f) throw std::runtime_error("write_history_csv: writing " + path + " failed");
 }
@@ -178,15 +200,26 @@ inline void write_history_json(const std::string& path, const std::vector<EpochR
         f << (i ? ",\n  " : "\n  ") << "{\"epoch\": " << r.epoch << ", \"train_loss\": " << num(r.train_loss)
           << ", \"val_loss\": " << num(r.val_loss) << ", \"dice\": {\"WT\": " << num(r.dice[0]) << ", \"TC\": " << num(r.dice[1])
           << ", \"ET\": " << num(r.dice[2]) << "}, \"lr\": " << num(r.lr) << ", \"seconds\": " << num(r.seconds)
-          << ", \"rollbacks\": " << r.rollbacks << "}";
+          << ", \"rollbacks\": " << r.rollbacks << ", \"telemetry\": {";
+        for (std::size_t k = 0; k < telemetry_count; ++k)
+            f << (k ? ", " : "") << '"' << telemetry_columns[k] << "\": " << num(r.telemetry[k]);
+        f << "}}";
     }
     f << (history.empty() ? "]}\n" : "\n]}\n");
     if (!f) throw std::runtime_error("write_history_json: writing " + path + " failed");
 }
 
-// Two panels: train / validation loss, and validation Dice WT/TC/ET, per epoch.
+// Two panels: train / validation loss, and validation Dice WT/TC/ET, per epoch; a third with the
+// temperatures (CPU, GPU) and the GPU's power draw when any epoch has them.
 inline void write_history_png(const std::string& path, const std::vector<EpochRecord>& history) {
-    io::Canvas canvas(960, 380);
+    std::vector<io::PlotSeries> heat{{"CPU C", {}, {127, 127, 127}}, {"GPU C", {}, {214, 39, 40}}, {"GPU W", {}, {23, 190, 207}}};
+    bool any_heat = false;
+    for (const auto& r : history) {
+        const double values[3] = {r.telemetry[0], r.telemetry[3], r.telemetry[4]};
+        for (int k = 0; k < 3; ++k) heat[k].values.push_back(values[k]), any_heat |= std::isfinite(values[k]);
+    }
+    io::Canvas canvas(any_heat ? 1440 : 960, 380);
+    if (any_heat) io::plot_series(canvas, 960, 0, 480, 380, "TEMPERATURE AND GPU POWER", heat);
     std::vector<io::PlotSeries> loss{{"train loss", {}, {31, 119, 180}}, {"val loss", {}, {255, 127, 14}}};
     std::vector<io::PlotSeries> dice{{"WT", {}, {44, 160, 44}}, {"TC", {}, {214, 39, 40}}, {"ET", {}, {148, 103, 189}}};
     for (const auto& r : history) {

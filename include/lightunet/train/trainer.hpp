@@ -343,6 +343,7 @@ public:
                 const double loss = step();
                 const double step_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
                 step_seconds_ = step_seconds_ > 0 ? 0.8 * step_seconds_ + 0.2 * step_seconds : step_seconds;
+                if (watchdog_) watchdog_->note_step_seconds(step_seconds);
                 ++state_.global_step;
                 state_.step = k + 1;
                 Anomaly anomaly = watchdog_ ? watchdog_->check_loss(loss) : Anomaly::none;
@@ -363,10 +364,12 @@ public:
                 // sensor's event and rank 0's autosave clock are made everyone's.
                 const auto [agreed_anomaly, agreed_autosave] = agree<2>({double(anomaly), double(autosave_due)});
                 if (Anomaly(int(agreed_anomaly)) != anomaly) anomaly = Anomaly(int(agreed_anomaly)), detail = "reported by another rank";
-                if (anomaly == Anomaly::none || anomaly == Anomaly::over_temperature) {
+                if (anomaly == Anomaly::none || anomaly == Anomaly::over_temperature || anomaly == Anomaly::thermal_throttling) {
                     if (std::isfinite(loss)) state_.epoch_loss_sum += loss, ++state_.epoch_loss_count;
                 }
-                if (anomaly != Anomaly::none) {
+                if (anomaly == Anomaly::thermal_throttling) {
+                    pause_to_cool(detail);  // slow steps are still right: nothing to roll back
+                } else if (anomaly != Anomaly::none) {
                     rollback(anomaly, detail);
                     ++result.rollbacks;
                     ++state_.epoch_rollbacks;
@@ -386,6 +389,13 @@ public:
                                                      : std::numeric_limits<double>::quiet_NaN();
             rec.lr = opt_.lr;
             rec.rollbacks = state_.epoch_rollbacks;
+            if (watchdog_) {
+                const telemetry::Telemetry t = watchdog_->telemetry();
+                const double throttle = t.gpu.throttle_known ? double(t.gpu.throttle_reasons) : std::numeric_limits<double>::quiet_NaN();
+                rec.telemetry = {t.temperature,         t.power_watts,      t.rss_mb,
+                                 t.gpu.temperature,     t.gpu.power_watts,  t.gpu.power_limit_watts,
+                                 t.gpu.sm_clock_mhz,    t.gpu.memory_used_mb, throttle};
+            }
             if (validation) {
                 const auto validation_start = std::chrono::steady_clock::now();
                 const auto scores = validate_unless_stopped(*validation, epoch);
@@ -567,14 +577,21 @@ private:
             msg += buf;
         }
         log_line("[WATCHDOG] " + msg);
-        if (anomaly == Anomaly::over_temperature && watchdog_ && watchdog_->options().pause_when_hot) {
-            log_line("[WATCHDOG] pausing until the temperature is below " + std::to_string(watchdog_->options().resume_temperature) + " C");
-            const double waited = watchdog_->wait_until_cool(
-                [this] { return stop_reason() != nullptr; });
-            char buf[96];
-            std::snprintf(buf, sizeof buf, "[WATCHDOG] resumed after %.1f s (%s)", waited, watchdog_->summary().c_str());
-            log_line(buf);
-        }
+        if (anomaly == Anomaly::over_temperature) pause_to_cool();
+    }
+
+    // With pause_when_hot: waits until the CPU and GPU are below their resume temperatures and
+    // the GPU is not thermally throttled (or the pause limit passes, or a stop is requested).
+    void pause_to_cool(const std::string& why = "") {
+        if (!watchdog_ || !watchdog_->options().pause_when_hot) return;
+        const auto& w = watchdog_->options();
+        char buf[256];
+        std::snprintf(buf, sizeof buf, "[WATCHDOG] %s%spausing until the CPU is below %.0f C and the GPU below %.0f C, not throttled",
+                      why.c_str(), why.empty() ? "" : ": ", w.resume_temperature, w.resume_gpu_temperature);
+        log_line(buf);
+        const double waited = watchdog_->wait_until_cool([this] { return stop_reason() != nullptr; });
+        std::snprintf(buf, sizeof buf, "[WATCHDOG] resumed after %.1f s (%s)", waited, watchdog_->summary().c_str());
+        log_line(buf);
     }
 
     void info(const std::string& m) { log_line("[INFO] " + m); }
