@@ -355,18 +355,10 @@ brats_cli::Options options_for(const std::string& command) {
 std::unique_ptr<lightunet::dist::Collective> g_group;
 int g_console = STDERR_FILENO;  // where a rank's fatal error goes (ranks other than 0 log to a file)
 
-// How many processes an MPI launcher started for this job (Open MPI, or PMI/PMIx launchers such
-// as Slurm's srun and MPICH's hydra); 1 without one.
-int launched_processes() {
-    for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE"})
-        if (const char* n = std::getenv(v)) return std::max(1, std::atoi(n));
-    return 1;
-}
-
 // Joins the job's process group (MPI) when several processes were launched; ranks other than 0
 // then write their log to <out>/logs/rank-N.log.
 void join_process_group(const brats_cli::Options& o) {
-    const int processes = launched_processes();
+    const int processes = lightunet::dist::launched_processes();
     if (processes < 2) return;
 #ifdef LIGHTUNET_BRATS_MPI
     g_group = std::make_unique<lightunet::dist::MpiCollective>(o.real("mpi-timeout", 1.0));

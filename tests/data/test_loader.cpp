@@ -112,16 +112,22 @@ private:
     std::size_t failing_;
 };
 
+// A training configuration whose batches are prepared inside next() (no workers).
+LoaderConfig in_order(Extent patch, int batch, std::size_t batches_per_epoch, std::uint64_t seed) {
+    LoaderConfig config;
+    config.patch = patch;
+    config.batch = batch;
+    config.batches_per_epoch = batches_per_epoch;
+    config.seed = seed;
+    config.workers = 0;
+    return config;
+}
+
 }  // namespace
 
 TEST_CASE("loader: batches depend only on (seed, epoch, batch), not on the workers", "[data][loader]") {
     const MemorySource& source = synthetic_source();
-    LoaderConfig config;
-    config.patch = {16, 32, 32};
-    config.batch = 2;
-    config.batches_per_epoch = 5;
-    config.seed = 42;
-    config.workers = 0;
+    LoaderConfig config = in_order({16, 32, 32}, 2, 5, 42);
     const std::vector<Batch> reference = collect(source, config, 10);
     CHECK(reference[4].last_in_epoch);
     CHECK(reference[5].epoch == 1);
@@ -151,12 +157,7 @@ TEST_CASE("loader: batches depend only on (seed, epoch, batch), not on the worke
 
 TEST_CASE("loader: ranks drawing disjoint item ranges see exactly the global batch", "[data][loader][distributed]") {
     const MemorySource& source = synthetic_source();
-    LoaderConfig config;
-    config.patch = {1, 32, 32};
-    config.batch = 6;
-    config.batches_per_epoch = 3;
-    config.seed = 7;
-    config.workers = 0;
+    LoaderConfig config = in_order({1, 32, 32}, 6, 3, 7);
     const std::vector<Batch> global = collect(source, config, 4);
     for (int ranks : {2, 3}) {
         const int local = config.batch / ranks;

@@ -2,7 +2,9 @@
 // Collective: what data-parallel training needs from a process group (rank, size, sums and
 // broadcasts across every process), behind an interface so the trainer does not depend on MPI.
 // lightunet::mpi provides MpiCollective (dist/mpi.hpp); tests use an in-process group.
+#include <algorithm>
 #include <cstddef>
+#include <cstdlib>
 #include <cstring>
 #include <span>
 #include <string>
@@ -10,6 +12,15 @@
 #include "cross_batch.hpp"
 
 namespace lightunet::dist {
+
+// How many processes an MPI launcher started for this job (Open MPI's mpirun, or a PMI/PMIx one
+// such as Slurm's srun or MPICH's hydra), read from its environment before MPI is initialised;
+// 1 without one. Needs no MPI, so a build without it can refuse a launch.
+inline int launched_processes() {
+    for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE"})
+        if (const char* n = std::getenv(v)) return std::max(1, std::atoi(n));
+    return 1;
+}
 
 class Collective {
 public:

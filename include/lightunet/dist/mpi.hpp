@@ -62,14 +62,6 @@ public:
     MpiCollective(const MpiCollective&) = delete;
     MpiCollective& operator=(const MpiCollective&) = delete;
 
-    // Whether this process was started by an MPI launcher (Open MPI's mpirun, or a PMI/PMIx one
-    // such as Slurm's srun or MPICH's hydra), before MPI is initialised.
-    static bool launched() {
-        for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE", "PMI_RANK"})
-            if (std::getenv(v)) return true;
-        return false;
-    }
-
     using Collective::broadcast;  // the string and single-value helpers, beside the overrides
     using Collective::max;
     int rank() const override { return rank_; }
