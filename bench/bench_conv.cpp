@@ -6,7 +6,9 @@
 #include <chrono>
 #include <vector>
 
-#include <lightunet/backend/cpu/conv.hpp>
+#include <lightunet/backend/cpu/kernels.hpp>
+
+#include "bench_main.hpp"
 
 using namespace lightunet;
 
@@ -29,10 +31,10 @@ ConvProblem with_algorithm(ConvProblem p, ConvAlgorithm a) {
 void conv_forward(benchmark::State& state) {
     const ConvProblem p = problem_from(state);
     std::vector<float> x(p.cin * p.extent.size(), 0.5f), y(p.cout * p.extent.size()), w(p.weight_count(), 0.01f), b(p.cout);
-    std::vector<float> ws(cpu_kernels::conv_workspace_size<float>(p));
+    std::vector<float> ws(Kernels<cpu>::conv_workspace_size<float>(p));
     const ChannelSource<float> src{x.data(), p.cin, std::ptrdiff_t(x.size())};
     for (auto _ : state) {
-        cpu_kernels::conv_forward<float>(p, 1, {&src, 1}, w.data(), b.data(), y.data(), 0, ws.data());
+        Kernels<cpu>::conv_forward<float>(p, 1, {&src, 1}, w.data(), b.data(), y.data(), 0, ws.data());
         benchmark::DoNotOptimize(y.data());
     }
     state.counters["GFLOPs"] = benchmark::Counter(p.flops_per_image() * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
@@ -42,11 +44,11 @@ void conv_backward(benchmark::State& state) {
     const ConvProblem p = problem_from(state);
     std::vector<float> x(p.cin * p.extent.size(), 0.5f), g(p.cout * p.extent.size(), 0.1f), dx(x.size());
     std::vector<float> w(p.weight_count(), 0.01f), dw(w.size()), db(p.cout);
-    std::vector<float> ws(cpu_kernels::conv_workspace_size<float>(p));
+    std::vector<float> ws(Kernels<cpu>::conv_workspace_size<float>(p));
     const ChannelSource<float> src{x.data(), p.cin, std::ptrdiff_t(x.size())};
     const ChannelSink<float> sink{dx.data(), p.cin, std::ptrdiff_t(x.size()), false};
     for (auto _ : state) {
-        cpu_kernels::conv_backward<float>(p, 1, {&src, 1}, w.data(), g.data(), 0, {&sink, 1}, dw.data(), db.data(), ws.data());
+        Kernels<cpu>::conv_backward<float>(p, 1, {&src, 1}, w.data(), g.data(), 0, {&sink, 1}, dw.data(), db.data(), ws.data());
         benchmark::DoNotOptimize(dx.data());
     }
     state.counters["GFLOPs"] = benchmark::Counter(2 * p.flops_per_image() * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
@@ -61,17 +63,17 @@ void winograd_vs_direct(benchmark::State& state) {
     const bool backward = state.range(5) == 1;
     std::vector<float> x(p.cin * p.extent.size(), 0.5f), y(p.cout * p.extent.size()), w(p.weight_count(), 0.01f), b(p.cout);
     std::vector<float> g(y.size(), 0.1f), dx(x.size()), dw(w.size()), db(p.cout);
-    std::vector<float> ws(std::max(cpu_kernels::conv_workspace_size<float>(with_algorithm(p, ConvAlgorithm::direct)),
-                                   cpu_kernels::conv_workspace_size<float>(p)));
+    std::vector<float> ws(std::max(Kernels<cpu>::conv_workspace_size<float>(with_algorithm(p, ConvAlgorithm::direct)),
+                                   Kernels<cpu>::conv_workspace_size<float>(p)));
     const ChannelSource<float> src{x.data(), p.cin, std::ptrdiff_t(x.size())};
     const ChannelSink<float> sink{dx.data(), p.cin, std::ptrdiff_t(x.size()), false};
     auto seconds = [&](ConvAlgorithm algorithm) {
         const ConvProblem q = with_algorithm(p, algorithm);
         const auto start = std::chrono::steady_clock::now();
         if (backward)
-            cpu_kernels::conv_backward<float>(q, 1, {&src, 1}, w.data(), g.data(), 0, {&sink, 1}, dw.data(), db.data(), ws.data());
+            Kernels<cpu>::conv_backward<float>(q, 1, {&src, 1}, w.data(), g.data(), 0, {&sink, 1}, dw.data(), db.data(), ws.data());
         else
-            cpu_kernels::conv_forward<float>(q, 1, {&src, 1}, w.data(), b.data(), y.data(), 0, ws.data());
+            Kernels<cpu>::conv_forward<float>(q, 1, {&src, 1}, w.data(), b.data(), y.data(), 0, ws.data());
         benchmark::DoNotOptimize(backward ? dx.data() : y.data());
         return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     };
@@ -140,4 +142,4 @@ BENCHMARK(fma_peak)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(conv_forward)->Apply(shapes);
 BENCHMARK(conv_backward)->Apply(shapes);
 BENCHMARK(winograd_vs_direct)->Apply(winograd_shapes);
-BENCHMARK_MAIN();
+LIGHTUNET_BENCHMARK_MAIN()

@@ -31,6 +31,8 @@
 #include <lightunet/model/unet.hpp>
 #include <lightunet/optim/optimizers.hpp>
 
+#include "bench_main.hpp"
+
 #include "../examples/brats/models.hpp"
 
 using namespace lightunet;
@@ -210,4 +212,4 @@ BENCHMARK(step_in_memory)->MinTime(10.0)->UseRealTime()->Unit(benchmark::kMillis
 BENCHMARK(loader_alone)->ArgName("workers")->Arg(0)->Arg(1)->MinTime(3.0)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(loader_alone_3d)->MinTime(3.0)->UseRealTime()->Unit(benchmark::kMillisecond);
 
-BENCHMARK_MAIN();
+LIGHTUNET_BENCHMARK_MAIN()

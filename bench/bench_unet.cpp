@@ -5,6 +5,8 @@
 
 #include <lightunet/lightunet.hpp>
 
+#include "bench_main.hpp"
+
 using namespace lightunet;
 
 namespace {
@@ -73,4 +75,4 @@ BENCHMARK(inference_2d_reprepare)->Unit(benchmark::kMillisecond)->UseRealTime()-
 BENCHMARK(training_step_2d)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(5);
 BENCHMARK(inference_3d)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(5);
 BENCHMARK(training_step_3d)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
-BENCHMARK_MAIN();
+LIGHTUNET_BENCHMARK_MAIN()

@@ -1,12 +1,13 @@
-# lightunet_target_options(<target> [SANITIZE])
+# lightunet_target_options(<target> [PORTABLE] [SANITIZE])
 #
 # Applies the flags of lightunet's own executables (tests, benchmarks, examples): -Wall -Wextra,
-# -march=native when LIGHTUNET_NATIVE, and with SANITIZE, ASan + UBSan when LIGHTUNET_SANITIZE.
+# -march=native when LIGHTUNET_NATIVE unless PORTABLE (a program that links lightunet::cpu_targets
+# and runs on any x86-64-v2 CPU), and with SANITIZE, ASan + UBSan when LIGHTUNET_SANITIZE.
 # Not installed, and never applied to the interface target that users link.
 function(lightunet_target_options target)
-    cmake_parse_arguments(PARSE_ARGV 1 arg "SANITIZE" "" "")
+    cmake_parse_arguments(PARSE_ARGV 1 arg "PORTABLE;SANITIZE" "" "")
     target_compile_options(${target} PRIVATE -Wall -Wextra)
-    if(LIGHTUNET_NATIVE)
+    if(LIGHTUNET_NATIVE AND NOT arg_PORTABLE)
         target_compile_options(${target} PRIVATE -march=native)
     endif()
     if(arg_SANITIZE AND LIGHTUNET_SANITIZE)

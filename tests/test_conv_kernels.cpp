@@ -4,7 +4,7 @@
 #include <random>
 #include <vector>
 
-#include <lightunet/backend/cpu/conv.hpp>
+#include <lightunet/backend/cpu/kernels.hpp>
 
 #include "reference_ops.hpp"
 #include "test_support.hpp"
@@ -37,14 +37,14 @@ void check_conv(const ConvProblem& p, int images, double tol) {
     auto w = random_vector<T>(p.weight_count(), 2);
     auto b = random_vector<T>(p.cout, 3);
     auto g = random_vector<T>(std::size_t(images) * p.cout * S, 4);
-    std::vector<T> ws(cpu_kernels::conv_workspace_size<T>(p));
+    std::vector<T> ws(Kernels<cpu>::conv_workspace_size<T>(p));
 
     // Split the input across two sources, as the decoder's skip concatenation does.
     const int first = p.cin / 2;
     const ChannelSource<T> sources[2] = {{x.data(), first, std::ptrdiff_t(p.cin * S)},
                                          {x.data() + first * S, p.cin - first, std::ptrdiff_t(p.cin * S)}};
     std::vector<T> y(std::size_t(images) * p.cout * S);
-    cpu_kernels::conv_forward<T>(p, images, sources, w.data(), b.data(), y.data(), std::ptrdiff_t(p.cout * S), ws.data());
+    Kernels<cpu>::conv_forward<T>(p, images, sources, w.data(), b.data(), y.data(), std::ptrdiff_t(p.cout * S), ws.data());
     check_close(y, reference::conv_forward(p, images, x, w, b), tol);
 
     std::vector<T> dx_ref, dw_ref, db_ref;
@@ -53,7 +53,7 @@ void check_conv(const ConvProblem& p, int images, double tol) {
     // The first sink accumulates onto 7s, the second overwrites.
     const ChannelSink<T> sinks[2] = {{dx.data(), first, std::ptrdiff_t(p.cin * S), true},
                                      {dx.data() + first * S, p.cin - first, std::ptrdiff_t(p.cin * S), false}};
-    cpu_kernels::conv_backward<T>(p, images, sources, w.data(), g.data(), std::ptrdiff_t(p.cout * S), sinks, dw.data(),
+    Kernels<cpu>::conv_backward<T>(p, images, sources, w.data(), g.data(), std::ptrdiff_t(p.cout * S), sinks, dw.data(),
                                   db.data(), ws.data());
     for (int n = 0; n < images; ++n)
         for (std::size_t i = 0; i < first * S; ++i) dx_ref[n * p.cin * S + i] += T(7);
@@ -167,10 +167,10 @@ TEST_CASE("convolutions refuse outputs that overlap their inputs, on every algor
         auto x = random_vector<float>(images * image, 1);
         auto w = random_vector<float>(p.weight_count(), 2);
         std::vector<float> g = random_vector<float>(images * image, 3), dw(w.size()), db(p.cout), y(images * image);
-        std::vector<float> ws(cpu_kernels::conv_workspace_size<float>(p));
+        std::vector<float> ws(Kernels<cpu>::conv_workspace_size<float>(p));
         const ChannelSource<float> src{x.data(), p.cin, std::ptrdiff_t(image)};
         auto backward = [&](std::span<const ChannelSink<float>> sinks, const float* grad) {
-            cpu_kernels::conv_backward<float>(p, images, {&src, 1}, w.data(), grad, std::ptrdiff_t(image), sinks, dw.data(),
+            Kernels<cpu>::conv_backward<float>(p, images, {&src, 1}, w.data(), grad, std::ptrdiff_t(image), sinks, dw.data(),
                                               db.data(), ws.data());
         };
         const int half = p.cin / 2;
@@ -208,7 +208,7 @@ TEST_CASE("convolutions refuse outputs that overlap their inputs, on every algor
             std::vector<float> room((images + 1) * image);
             const ChannelSource<float> in{room.data(), p.cin, std::ptrdiff_t(image)};
             CHECK_THAT(thrown_message<std::invalid_argument>([&] {
-                           cpu_kernels::conv_forward<float>(p, images, {&in, 1}, w.data(), nullptr, room.data() + S,
+                           Kernels<cpu>::conv_forward<float>(p, images, {&in, 1}, w.data(), nullptr, room.data() + S,
                                                             std::ptrdiff_t(image), ws.data());
                        }),
                        Catch::Contains("conv_forward: the output overlaps input source 0"));
@@ -223,7 +223,7 @@ TEST_CASE("convolutions refuse outputs that overlap their inputs, on every algor
                                                  {dx.data() + half * S, p.cin - half, std::ptrdiff_t(image), false}};
             CHECK_NOTHROW(backward(split, g.data()));
             for (std::size_t i = 0; i < dx.size(); ++i) REQUIRE(dx[i] == both[images * image + i]);
-            CHECK_NOTHROW(cpu_kernels::conv_forward<float>(p, images, {&src, 1}, w.data(), nullptr, y.data(),
+            CHECK_NOTHROW(Kernels<cpu>::conv_forward<float>(p, images, {&src, 1}, w.data(), nullptr, y.data(),
                                                            std::ptrdiff_t(image), ws.data()));
         }
     }
@@ -243,23 +243,23 @@ void check_prepared(const ConvProblem& p, int images) {
     const std::span<const ChannelSource<T>> input(&in, 1);
     const std::ptrdiff_t stride = std::ptrdiff_t(p.cout * S);
     std::vector<T> want(std::size_t(images) * p.cout * S), got(want.size());
-    std::vector<T> ws(cpu_kernels::conv_forward_workspace_size<T>(p));
-    cpu_kernels::conv_forward(p, images, input, w.data(), b.data(), want.data(), stride, ws.data());
+    std::vector<T> ws(Kernels<cpu>::conv_forward_workspace_size<T>(p));
+    Kernels<cpu>::conv_forward(p, images, input, w.data(), b.data(), want.data(), stride, ws.data());
 
     constexpr std::size_t guard = 256;
     const T poison = T(-12345.5);
-    std::vector<T> prepared(cpu_kernels::conv_prepared_size<T>(p) + guard, poison);
-    std::vector<T> scratch(cpu_kernels::conv_forward_prepared_workspace_size<T>(p) + guard, poison);
-    cpu_kernels::conv_prepare(p, w.data(), prepared.data());
+    std::vector<T> prepared(Kernels<cpu>::conv_prepared_size<T>(p) + guard, poison);
+    std::vector<T> scratch(Kernels<cpu>::conv_forward_prepared_workspace_size<T>(p) + guard, poison);
+    Kernels<cpu>::conv_prepare(p, w.data(), prepared.data());
     // Preparing twice and running twice changes nothing (the kernel reads only what it prepared).
     for (int run = 0; run < 2; ++run)
-        cpu_kernels::conv_forward_prepared(p, images, input, static_cast<const T*>(prepared.data()), b.data(), got.data(), stride,
+        Kernels<cpu>::conv_forward_prepared(p, images, input, static_cast<const T*>(prepared.data()), b.data(), got.data(), stride,
                                            scratch.data());
     CHECK(std::memcmp(got.data(), want.data(), got.size() * sizeof(T)) == 0);
     for (std::size_t i = prepared.size() - guard; i < prepared.size(); ++i) REQUIRE(prepared[i] == poison);
     for (std::size_t i = scratch.size() - guard; i < scratch.size(); ++i) REQUIRE(scratch[i] == poison);
-    CHECK(cpu_kernels::conv_forward_workspace_size<T>(p) ==
-          cpu_kernels::conv_prepared_size<T>(p) + cpu_kernels::conv_forward_prepared_workspace_size<T>(p));
+    CHECK(Kernels<cpu>::conv_forward_workspace_size<T>(p) ==
+          Kernels<cpu>::conv_prepared_size<T>(p) + Kernels<cpu>::conv_forward_prepared_workspace_size<T>(p));
 }
 
 }  // namespace

@@ -43,6 +43,12 @@ int export_3d(const brats_cli::Options& o, const RunInfo& run);
 int export_2d_resenc(const brats_cli::Options& o, const RunInfo& run);
 int export_3d_resenc(const brats_cli::Options& o, const RunInfo& run);
 
+// Which kernels run (a portable build chooses them for this CPU at start, LIGHTUNET_CPU_TARGET
+// overrides; a bad value fails here, before any work), so that every log names its ISA.
+inline void report_cpu_kernels(int threads) {
+    std::fprintf(stderr, "[INFO] CPU kernels: %s, %d threads\n", lightunet::Kernels<lightunet::cpu>::target().c_str(), threads);
+}
+
 template <lightunet::UNetConfig C>
 struct Pipeline {
     using Model = lightunet::UNet<C>;
@@ -118,6 +124,7 @@ int Pipeline<C>::train(const brats_cli::Options& o, const RunInfo& run, Optimize
     const int threads = int(o.integer("threads", 1, 256));
     const std::uint64_t seed = std::uint64_t(o.integer("seed", 0));
     lightunet::Kernels<lightunet::cpu>::set_threads(threads);
+    report_cpu_kernels(threads);
     // Data parallel under mpirun: each rank draws its share of every global batch, rank 0 speaks.
     lightunet::dist::Collective* const group = process_group();
     const int rank = group ? group->rank() : 0, ranks = group ? group->size() : 1;
@@ -272,6 +279,7 @@ int Pipeline<C>::predict(const brats_cli::Options& o, const RunInfo& run) {
     namespace eval = lightunet::eval;
     const int threads = int(o.integer("threads", 1, 256));
     lightunet::Kernels<lightunet::cpu>::set_threads(threads);
+    report_cpu_kernels(threads);
     Model model(0);
     model.set_threads(threads);
     load(o, run, model);

@@ -30,5 +30,9 @@ int main() {
     int mpi_started = 1;
     if (MPI_Initialized(&mpi_started) != MPI_SUCCESS || mpi_started) return 1;
 #endif
+#ifdef LIGHTUNET_CONSUMER_CPU_TARGETS
+    // The optional component: the model ran the kernels chosen for this CPU at run time.
+    if (lightunet::Kernels<lightunet::cpu>::target().find("chosen at run time") == std::string::npos) return 1;
+#endif
     return y.size() == 2 * 64 ? 0 : 1;
 }

@@ -5,18 +5,18 @@
 #include "conv_direct.hpp"
 #include "winograd.hpp"
 
-namespace lightunet::cpu_kernels {
+namespace lightunet::cpu_kernels::inline LIGHTUNET_CPU_TARGET {
 
 // ---------------------------------------------------------------------------------------------
 // Whole operations over a batch
 
 inline constexpr std::size_t output_group_bytes = std::size_t(32) << 20;
 
-template <class T>
+template <class T, VectorGeometry G = geometry>
 constexpr int output_group_channels(const PaddedLayout& l, int channels) {
     const std::ptrdiff_t fit = std::ptrdiff_t(output_group_bytes / (sizeof(T) * std::size_t(l.stride)));
-    const std::ptrdiff_t group = std::max<std::ptrdiff_t>(fprop_rows, fit / fprop_rows * fprop_rows);
-    return int(std::min<std::ptrdiff_t>(group, round_up(channels, fprop_rows)));
+    const std::ptrdiff_t group = std::max<std::ptrdiff_t>(G.fprop_rows(), fit / G.fprop_rows() * G.fprop_rows());
+    return int(std::min<std::ptrdiff_t>(group, round_up(channels, G.fprop_rows())));
 }
 
 // The problem's ConvAlgorithm picks the kernels; workspace sizes depend on the choice.
@@ -46,59 +46,59 @@ constexpr ConvProblem dgrad_problem(const ConvProblem& p) { return {p.extent, p.
 // transformed kernel U, or the direct kernel's packed rows. A layer whose weights do not change
 // (inference) prepares them once (conv_prepare) and calls conv_forward_prepared; conv_forward
 // prepares them into its workspace on every call.
-template <class T>
+template <class T, VectorGeometry G = geometry>
 constexpr std::size_t conv_prepared_size(const ConvProblem& p) {
-    if (use_winograd<T>(p)) return std::size_t(winograd::plan<T>(p).kernel_size()) + winograd::alignment_slack;
-    return std::size_t(round_up(p.cout, fprop_rows)) * p.cin * p.taps();
+    if (use_winograd<T>(p)) return std::size_t(winograd::plan<T, G>(p).kernel_size()) + winograd::alignment_slack;
+    return std::size_t(round_up(p.cout, G.fprop_rows())) * p.cin * p.taps();
 }
 
 // Scratch (in elements of T) of conv_forward_prepared.
-template <class T>
+template <class T, VectorGeometry G = geometry>
 constexpr std::size_t conv_forward_prepared_workspace_size(const ConvProblem& p) {
     if (use_winograd<T>(p)) {
-        const winograd::Plan pl = winograd::plan<T>(p);
+        const winograd::Plan pl = winograd::plan<T, G>(p);
         return std::size_t(pl.input_size() + pl.output_size()) + winograd::alignment_slack;
     }
     const PaddedLayout l = padded_layout(p);
-    const std::size_t out_group = std::size_t(output_group_channels<T>(l, std::max(p.cin, p.cout))) * l.stride;
+    const std::size_t out_group = std::size_t(output_group_channels<T, G>(l, std::max(p.cin, p.cout))) * l.stride;
     return std::size_t(p.cin) * l.stride + out_group;
 }
 
 // Scratch (in elements of T) that conv_forward needs alone (inference): the prepared weights,
 // then what the prepared forward needs.
-template <class T>
+template <class T, VectorGeometry G = geometry>
 constexpr std::size_t conv_forward_workspace_size(const ConvProblem& p) {
-    return conv_prepared_size<T>(p) + conv_forward_prepared_workspace_size<T>(p);
+    return conv_prepared_size<T, G>(p) + conv_forward_prepared_workspace_size<T, G>(p);
 }
 
 // Scratch of conv_forward and conv_backward (training). Backward: the Dgrad kernel (packed or
 // transformed), the Winograd weight gradient's dU when it applies, then space that each pass of
 // an image uses in turn (Wgrad, then Dgrad).
-template <class T>
+template <class T, VectorGeometry G = geometry>
 constexpr std::size_t conv_workspace_size(const ConvProblem& p) {
     const PaddedLayout l = padded_layout(p);
     const std::size_t in_pad = std::size_t(p.cin) * l.stride;
-    const std::size_t out_group = std::size_t(output_group_channels<T>(l, std::max(p.cin, p.cout))) * l.stride;
+    const std::size_t out_group = std::size_t(output_group_channels<T, G>(l, std::max(p.cin, p.cout))) * l.stride;
     const std::size_t grad_pad = std::size_t(p.cout) * l.stride;
-    const std::size_t partial = wgrad_partial_size<T>(p.cin, p.cout, p.taps()) + lanes<T>;
+    const std::size_t partial = wgrad_partial_size<T, G>(p.cin, p.cout, p.taps()) + G.lanes(sizeof(T));
     const ConvProblem d = dgrad_problem(p);
     std::size_t kernels = 2 * winograd::alignment_slack, passes = 0;
     if (use_winograd_weight_gradient<T>(p)) {
-        const winograd::Plan pl = winograd::plan<T>(p);
+        const winograd::Plan pl = winograd::plan<T, G>(p);
         kernels += std::size_t(pl.kernel_size());
         passes = std::size_t(pl.input_size() + pl.output_size());
     } else {
         passes = in_pad + grad_pad + partial;
     }
     if (use_winograd<T>(d)) {
-        const winograd::Plan pl = winograd::plan<T>(d);
+        const winograd::Plan pl = winograd::plan<T, G>(d);
         kernels += std::size_t(pl.kernel_size());
         passes = std::max(passes, std::size_t(pl.input_size() + pl.output_size()));
     } else {
-        kernels += std::size_t(round_up(p.cin, fprop_rows)) * p.cout * p.taps();
+        kernels += std::size_t(round_up(p.cin, G.fprop_rows())) * p.cout * p.taps();
         passes = std::max(passes, in_pad + grad_pad + out_group);
     }
-    return std::max(conv_forward_workspace_size<T>(p), kernels + passes + winograd::alignment_slack);
+    return std::max(conv_forward_workspace_size<T, G>(p), kernels + passes + winograd::alignment_slack);
 }
 
 // Channel c of image n among sources that split the channels between them.
@@ -121,11 +121,12 @@ void conv_prepare(const ConvProblem& p, const T* weight, T* prepared) {
     pack_fprop_weights(weight, p.cout, p.cin * p.taps(), prepared);
 }
 
+// The memory contract (conv_problem.hpp) is checked by Kernels<cpu>, before it calls these.
+
 // `prepared` holds conv_prepare's output for this problem (the weights themselves are not read).
 template <class T>
 void conv_forward_prepared(const ConvProblem& p, int images, std::span<const ChannelSource<T>> input, const T* prepared,
                            const T* bias, T* output, std::ptrdiff_t output_image_stride, T* workspace) {
-    check_conv_forward_memory(p, images, input, static_cast<const T*>(output), output_image_stride);
     if (use_winograd<T>(p)) {
         const winograd::Plan pl = winograd::plan<T>(p);
         const T* u = winograd::align(prepared);
@@ -176,7 +177,6 @@ template <class T>
 void conv_backward(const ConvProblem& p, int images, std::span<const ChannelSource<T>> input, const T* weight,
                    const T* grad_output, std::ptrdiff_t grad_output_image_stride, std::span<const ChannelSink<T>> grad_input,
                    T* dweight, T* dbias, T* workspace) {
-    check_conv_backward_memory(p, images, input, grad_output, grad_output_image_stride, grad_input);
     const PaddedLayout l = padded_layout(p);
     const ConvProblem d = dgrad_problem(p);
     const bool winograd_wgrad = dweight != nullptr && use_winograd_weight_gradient<T>(p);
@@ -253,4 +253,4 @@ void conv_backward(const ConvProblem& p, int images, std::span<const ChannelSour
     if (winograd_wgrad) winograd::add_kernel_gradient(wgrad_plan, du, dweight);
 }
 
-}  // namespace lightunet::cpu_kernels
+}  // namespace lightunet::cpu_kernels::inline LIGHTUNET_CPU_TARGET

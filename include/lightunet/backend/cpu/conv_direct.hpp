@@ -19,20 +19,17 @@
 #include "parallel.hpp"
 #include "simd.hpp"
 
-namespace lightunet::cpu_kernels {
+namespace lightunet::cpu_kernels::inline LIGHTUNET_CPU_TARGET {
 
 using detail::ceil_div;
 using detail::round_up;
 using detail::static_for;
 
-// Register tiles. Fprop: R output channels x V vectors of voxels. Wgrad: RW output channels x
-// TW (input channel, tap) pairs, each accumulator a vector over voxels.
-inline constexpr int fprop_rows = wide_register_file ? 8 : 4;
-inline constexpr int fprop_vectors = 3;
-// With 16 registers, 2 x 6 (12 accumulators, 8 loads per 12 FMAs) measured 11-19 % faster
-// backward passes than 1 x 9 (10 loads per 9 FMAs) on a Zen 3 AVX2 host.
-inline constexpr int wgrad_rows = wide_register_file ? 3 : 2;
-inline constexpr int wgrad_pairs = wide_register_file ? 9 : 6;
+// Register tiles (geometry.hpp says what they are).
+inline constexpr int fprop_rows = geometry.fprop_rows();
+inline constexpr int fprop_vectors = VectorGeometry::fprop_vectors;
+inline constexpr int wgrad_rows = geometry.wgrad_rows();
+inline constexpr int wgrad_pairs = geometry.wgrad_pairs();
 inline constexpr std::ptrdiff_t max_chunk = 256;  // >= fprop_vectors * lanes for any T
 
 struct PaddedLayout {
@@ -398,10 +395,10 @@ bool fprop_padded(const PaddedLayout& l, int cin, const T* x_pad, const T* packe
 // g_pad is zero outside the interior, so the padded run may be summed whole. Work items are
 // (block of R output channels, block of P (channel, tap) pairs); tiles of voxels keep the rows
 // an item reads in cache, and items are ordered so neighbours share the larger of the two.
-template <class T>
+template <class T, VectorGeometry G = geometry>
 constexpr std::size_t wgrad_partial_size(int cin, int cout, int taps) {
-    return std::size_t(ceil_div(cout, wgrad_rows)) * ceil_div(cin * taps, wgrad_pairs) * wgrad_rows * wgrad_pairs *
-           lanes<T>;
+    return std::size_t(ceil_div(cout, G.wgrad_rows())) * ceil_div(cin * taps, G.wgrad_pairs()) * G.wgrad_rows() *
+           G.wgrad_pairs() * G.lanes(sizeof(T));
 }
 
 template <class T>
@@ -445,4 +442,4 @@ void wgrad_padded(const PaddedLayout& l, int cin, int cout, const T* x_pad, cons
     });
 }
 
-}  // namespace lightunet::cpu_kernels
+}  // namespace lightunet::cpu_kernels::inline LIGHTUNET_CPU_TARGET

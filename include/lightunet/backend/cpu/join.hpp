@@ -5,7 +5,7 @@
 
 #include "parallel.hpp"
 
-namespace lightunet::cpu_kernels {
+namespace lightunet::cpu_kernels::inline LIGHTUNET_CPU_TARGET {
 
 inline constexpr std::ptrdiff_t join_block = 1 << 14;
 constexpr std::ptrdiff_t join_blocks(std::ptrdiff_t count) { return (count + join_block - 1) / join_block; }
@@ -36,4 +36,4 @@ void add_act_backward(std::ptrdiff_t count, const T* out, const T* grad_out, T s
     });
 }
 
-}  // namespace lightunet::cpu_kernels
+}  // namespace lightunet::cpu_kernels::inline LIGHTUNET_CPU_TARGET

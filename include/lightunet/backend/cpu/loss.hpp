@@ -12,7 +12,7 @@
 #include "../../loss/dice.hpp"
 #include "parallel.hpp"
 
-namespace lightunet::cpu_kernels {
+namespace lightunet::cpu_kernels::inline LIGHTUNET_CPU_TARGET {
 
 template <class T>
 void softmax_channels(int images, int channels, std::ptrdiff_t plane, const T* logits, T* probs) {
@@ -191,4 +191,4 @@ inline std::ptrdiff_t first_invalid_label(Head head, int classes, std::ptrdiff_t
     return -1;
 }
 
-}  // namespace lightunet::cpu_kernels
+}  // namespace lightunet::cpu_kernels::inline LIGHTUNET_CPU_TARGET

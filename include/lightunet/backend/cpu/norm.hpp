@@ -12,7 +12,7 @@
 #include "parallel.hpp"
 #include "simd.hpp"
 
-namespace lightunet::cpu_kernels {
+namespace lightunet::cpu_kernels::inline LIGHTUNET_CPU_TARGET {
 
 using lightunet::Activation;
 using lightunet::NormGrouping;
@@ -233,4 +233,4 @@ void norm_act_backward(const NormGrouping& g, const Activation& a, const T* z, c
     });
 }
 
-}  // namespace lightunet::cpu_kernels
+}  // namespace lightunet::cpu_kernels::inline LIGHTUNET_CPU_TARGET

@@ -8,7 +8,7 @@
 #include "../../optim/step.hpp"
 #include "parallel.hpp"
 
-namespace lightunet::cpu_kernels {
+namespace lightunet::cpu_kernels::inline LIGHTUNET_CPU_TARGET {
 
 using optim::update_block;
 
@@ -70,4 +70,4 @@ void sgd_update(std::ptrdiff_t count, T* param, const T* grad, T* velocity, cons
     });
 }
 
-}  // namespace lightunet::cpu_kernels
+}  // namespace lightunet::cpu_kernels::inline LIGHTUNET_CPU_TARGET

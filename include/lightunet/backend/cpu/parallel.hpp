@@ -2,11 +2,13 @@
 // Work items are partitioned statically and each writes only its own outputs, so results do
 // not depend on the number of threads.
 #include <cstddef>
+
+#include "geometry.hpp"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
-namespace lightunet::cpu_kernels {
+namespace lightunet::cpu_kernels::inline LIGHTUNET_CPU_TARGET {
 
 inline int thread_count() {
 #ifdef _OPENMP
@@ -53,4 +55,4 @@ void parallel_ranges(std::ptrdiff_t count, F&& f) {
     f(std::ptrdiff_t(0), count);
 }
 
-}  // namespace lightunet::cpu_kernels
+}  // namespace lightunet::cpu_kernels::inline LIGHTUNET_CPU_TARGET

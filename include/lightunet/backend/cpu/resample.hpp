@@ -6,7 +6,7 @@
 #include "../conv_problem.hpp"
 #include "parallel.hpp"
 
-namespace lightunet::cpu_kernels {
+namespace lightunet::cpu_kernels::inline LIGHTUNET_CPU_TARGET {
 
 using lightunet::Cells;
 
@@ -111,4 +111,4 @@ void subsample_nearest(const Cells& g, std::ptrdiff_t planes, const T* fine, T* 
     for_each_cell(g, planes, [&](std::ptrdiff_t, std::ptrdiff_t o, const std::ptrdiff_t* cell) { coarse[o] = fine[cell[0]]; });
 }
 
-}  // namespace lightunet::cpu_kernels
+}  // namespace lightunet::cpu_kernels::inline LIGHTUNET_CPU_TARGET

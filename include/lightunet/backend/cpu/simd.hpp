@@ -3,7 +3,9 @@
 // target's unless LIGHTUNET_CPU_ARCH names another xsimd tag (e.g. xsimd::avx2).
 #include <xsimd/xsimd.hpp>
 
-namespace lightunet::cpu_kernels {
+#include "geometry.hpp"
+
+namespace lightunet::cpu_kernels::inline LIGHTUNET_CPU_TARGET {
 
 #ifdef LIGHTUNET_CPU_ARCH
 using Arch = LIGHTUNET_CPU_ARCH;
@@ -20,4 +22,7 @@ inline constexpr int lanes = int(Batch<T>::size);
 // Register tiles: 32 vector registers with AVX-512, 16 otherwise.
 inline constexpr bool wide_register_file = sizeof(Batch<float>) >= 64;
 
-}  // namespace lightunet::cpu_kernels
+// This compilation's geometry: the default of every size function.
+inline constexpr VectorGeometry geometry{lanes<float>, lanes<double>, wide_register_file};
+
+}  // namespace lightunet::cpu_kernels::inline LIGHTUNET_CPU_TARGET

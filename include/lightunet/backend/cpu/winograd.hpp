@@ -29,7 +29,7 @@
 #define LIGHTUNET_WINOGRAD_DIAGNOSTICS_PUSHED
 #endif
 
-namespace lightunet::cpu_kernels::winograd {
+namespace lightunet::cpu_kernels::inline LIGHTUNET_CPU_TARGET::winograd {
 
 inline constexpr int positions = 16;  // of a transformed 4x4 tile
 // One position's transformed band, all input channels: kept in the core's L2 (512 KiB and up).
@@ -83,9 +83,9 @@ struct Plan {
     std::ptrdiff_t skew = 0;  // elements in 64 bytes
 };
 
-template <class T>
+template <class T, VectorGeometry G = geometry>
 constexpr Plan plan(const ConvProblem& p) {
-    constexpr std::ptrdiff_t chunk = std::ptrdiff_t(fprop_vectors) * lanes<T>;
+    constexpr std::ptrdiff_t chunk = std::ptrdiff_t(G.fprop_vectors) * G.lanes(sizeof(T));
     Plan pl;
     pl.h = p.extent.h;
     pl.w = p.extent.w;
@@ -93,9 +93,9 @@ constexpr Plan plan(const ConvProblem& p) {
     pl.tile_cols = int(ceil_div(pl.w, 2));
     pl.cin = p.cin;
     pl.cout = p.cout;
-    pl.cout_padded = int(round_up(p.cout, fprop_rows));
+    pl.cout_padded = int(round_up(p.cout, G.fprop_rows()));
     pl.skew = std::ptrdiff_t(64 / sizeof(T));
-    pl.row_stride = int(round_up(pl.tile_cols, lanes<T>));
+    pl.row_stride = int(round_up(pl.tile_cols, G.lanes(sizeof(T))));
     auto stride_for = [&](std::ptrdiff_t rows) { return round_up(rows * pl.row_stride, chunk); };
     std::ptrdiff_t rows = 1;
     while (rows < pl.tile_rows && std::ptrdiff_t(sizeof(T)) * pl.cin * stride_for(rows + 1) <= band_bytes) ++rows;
@@ -114,9 +114,9 @@ T* align(T* p) {
 }
 
 // Scratch (elements of T): transformed kernel, input band and output band, each aligned.
-template <class T>
+template <class T, VectorGeometry G = geometry>
 constexpr std::size_t workspace_size(const ConvProblem& p) {
-    const Plan pl = plan<T>(p);
+    const Plan pl = plan<T, G>(p);
     return std::size_t(pl.kernel_size() + pl.input_size() + pl.output_size()) + 2 * alignment_slack;
 }
 
@@ -512,7 +512,7 @@ void add_kernel_gradient(const Plan& pl, const T* du, T* dweight) {
     });
 }
 
-}  // namespace lightunet::cpu_kernels::winograd
+}  // namespace lightunet::cpu_kernels::inline LIGHTUNET_CPU_TARGET::winograd
 
 #ifdef LIGHTUNET_WINOGRAD_DIAGNOSTICS_PUSHED
 #pragma GCC diagnostic pop
