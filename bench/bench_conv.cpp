@@ -1,4 +1,6 @@
-// Per-operation convolution throughput, reported as GFLOP/s (counter "GFLOPs").
+// Per-operation convolution throughput, reported as GFLOP/s (counter "GFLOPs"); with oneDNN
+// (Debian libdnnl-dev) found at configure time, vs_onednn times every convolution of the two
+// BraTS networks in each of its three passes against oneDNN's on the same shapes.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -7,6 +9,11 @@
 #include <vector>
 
 #include <lightunet/backend/cpu/kernels.hpp>
+#ifdef LIGHTUNET_BENCH_ONEDNN
+#include <unordered_map>
+
+#include <dnnl.hpp>
+#endif
 
 #include "bench_main.hpp"
 
@@ -88,6 +95,7 @@ void winograd_vs_direct(benchmark::State& state) {
     state.counters["direct_over_winograd"] = direct / winograd;
 }
 
+#ifndef LIGHTUNET_CPU_DISPATCH
 // The machine's FP32 FMA peak in this run, for "% of peak": independent accumulator chains per
 // thread, enough to fill two FMA pipes of latency <= 6, and few enough that the chains and the
 // two constants stay in registers (16 with AVX2: 16 chains spilled and halved the figure).
@@ -111,6 +119,7 @@ void fma_peak(benchmark::State& state) {
     const double flops = double(steps) * chains * B::size * 2 * cpu_kernels::thread_count();
     state.counters["GFLOPs"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
+#endif
 
 // dims, spatial size, cin, cout, kernel, algorithm (2D 3x3 shapes: both, back to back)
 void shapes(benchmark::internal::Benchmark* b) {
@@ -136,10 +145,146 @@ void winograd_shapes(benchmark::internal::Benchmark* b) {
     b->Unit(benchmark::kMillisecond)->UseRealTime();
 }
 
+
+#ifdef LIGHTUNET_BENCH_ONEDNN
+// One convolution in oneDNN: forward, backward data and backward weights, each in the layouts
+// oneDNN prefers (format `any`: blocked, e.g. nChw16c) and the algorithm it picks
+// (convolution_auto), with the reorders a framework would do once left out: oneDNN at its best.
+class OneDnnConvolution {
+public:
+    explicit OneDnnConvolution(const ConvProblem& p) {
+        using namespace dnnl;
+        using dt = memory::data_type;
+        const bool volume = p.kd > 1 || p.extent.d > 1;
+        const memory::dim d = p.extent.d, h = p.extent.h, w = p.extent.w;
+        auto dims = [&](memory::dim channels) {
+            return volume ? memory::dims{1, channels, d, h, w} : memory::dims{1, channels, h, w};
+        };
+        const memory::dims weights = volume ? memory::dims{p.cout, p.cin, p.kd, p.kh, p.kw} : memory::dims{p.cout, p.cin, p.kh, p.kw};
+        const memory::dims strides = volume ? memory::dims{1, 1, 1} : memory::dims{1, 1};
+        const memory::dims padding = volume ? memory::dims{p.kd / 2, p.kh / 2, p.kw / 2} : memory::dims{p.kh / 2, p.kw / 2};
+        auto any = [](const memory::dims& x) { return memory::desc(x, dt::f32, memory::format_tag::any); };
+        const memory::desc bias({p.cout}, dt::f32, memory::format_tag::a);
+        const auto forward_pd = convolution_forward::primitive_desc(
+            convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_auto, any(dims(p.cin)), any(weights), bias,
+                                      any(dims(p.cout)), strides, padding, padding),
+            engine_);
+        const auto data_pd = convolution_backward_data::primitive_desc(
+            convolution_backward_data::desc(algorithm::convolution_auto, any(dims(p.cin)), any(weights), any(dims(p.cout)), strides,
+                                            padding, padding),
+            engine_, forward_pd);
+        const auto weights_pd = convolution_backward_weights::primitive_desc(
+            convolution_backward_weights::desc(algorithm::convolution_auto, any(dims(p.cin)), any(weights), bias, any(dims(p.cout)),
+                                               strides, padding, padding),
+            engine_, forward_pd);
+        implementation_ = std::string(forward_pd.impl_info_str()) + " / " + data_pd.impl_info_str() + " / " + weights_pd.impl_info_str();
+        forward_ = convolution_forward(forward_pd);
+        data_ = convolution_backward_data(data_pd);
+        weights_ = convolution_backward_weights(weights_pd);
+        forward_args_ = {{DNNL_ARG_SRC, filled(forward_pd.src_desc(), 0.5f)}, {DNNL_ARG_WEIGHTS, filled(forward_pd.weights_desc(), 0.01f)},
+                         {DNNL_ARG_BIAS, filled(bias, 0.0f)}, {DNNL_ARG_DST, filled(forward_pd.dst_desc(), 0.0f)}};
+        data_args_ = {{DNNL_ARG_DIFF_DST, filled(data_pd.diff_dst_desc(), 0.1f)}, {DNNL_ARG_WEIGHTS, filled(data_pd.weights_desc(), 0.01f)},
+                      {DNNL_ARG_DIFF_SRC, filled(data_pd.diff_src_desc(), 0.0f)}};
+        weights_args_ = {{DNNL_ARG_SRC, filled(weights_pd.src_desc(), 0.5f)}, {DNNL_ARG_DIFF_DST, filled(weights_pd.diff_dst_desc(), 0.1f)},
+                         {DNNL_ARG_DIFF_WEIGHTS, filled(weights_pd.diff_weights_desc(), 0.0f)},
+                         {DNNL_ARG_DIFF_BIAS, filled(bias, 0.0f)}};
+    }
+    void forward() { run(forward_, forward_args_); }
+    void backward_data() { run(data_, data_args_); }
+    void backward_weights() { run(weights_, weights_args_); }
+    const std::string& implementation() const { return implementation_; }
+
+private:
+    dnnl::memory filled(const dnnl::memory::desc& desc, float value) {
+        dnnl::memory m(desc, engine_);
+        float* data = static_cast<float*>(m.get_data_handle());
+        std::fill(data, data + desc.get_size() / sizeof(float), value);
+        return m;
+    }
+    void run(dnnl::primitive& primitive, const std::unordered_map<int, dnnl::memory>& args) {
+        primitive.execute(stream_, args);
+        stream_.wait();
+    }
+    dnnl::engine engine_{dnnl::engine::kind::cpu, 0};
+    dnnl::stream stream_{engine_};
+    dnnl::primitive forward_, data_, weights_;
+    std::unordered_map<int, dnnl::memory> forward_args_, data_args_, weights_args_;
+    std::string implementation_;
+};
+
+// Each pass of ours and oneDNN's in turn within every iteration (the shared host's speed drifts
+// for seconds at a time). Counters per pass (fwd, dgrad, wgrad): GFLOP/s of each side (the direct
+// convolution's multiply-adds, whatever the algorithm) and ours / oneDNN's time; the label names
+// oneDNN's implementations and the target our kernels ran.
+void vs_onednn(benchmark::State& state) {
+    const ConvProblem p = problem_from(state);
+    std::vector<float> x(p.cin * p.extent.size(), 0.5f), y(p.cout * p.extent.size()), g(y.size(), 0.1f), dx(x.size());
+    std::vector<float> w(p.weight_count(), 0.01f), b(p.cout), dw(w.size()), db(p.cout);
+    std::vector<float> ws(Kernels<cpu>::conv_workspace_size<float>(p));
+    const ChannelSource<float> src{x.data(), p.cin, std::ptrdiff_t(x.size())};
+    const ChannelSink<float> sink{dx.data(), p.cin, std::ptrdiff_t(x.size()), false};
+    const ChannelSink<float> no_sink{nullptr, p.cin, std::ptrdiff_t(x.size()), false};
+    OneDnnConvolution onednn(p);
+    using clock = std::chrono::steady_clock;
+    double ours[3] = {}, theirs[3] = {};
+    auto timed = [](double& total, auto&& f) {
+        const auto t0 = clock::now();
+        f();
+        total += std::chrono::duration<double>(clock::now() - t0).count();
+    };
+    for (auto _ : state) {
+        timed(ours[0], [&] { Kernels<cpu>::conv_forward<float>(p, 1, {&src, 1}, w.data(), b.data(), y.data(), 0, ws.data()); });
+        timed(theirs[0], [&] { onednn.forward(); });
+        timed(ours[1], [&] {
+            Kernels<cpu>::conv_backward<float>(p, 1, {&src, 1}, w.data(), g.data(), 0, {&sink, 1}, nullptr, nullptr, ws.data());
+        });
+        timed(theirs[1], [&] { onednn.backward_data(); });
+        timed(ours[2], [&] {
+            Kernels<cpu>::conv_backward<float>(p, 1, {&src, 1}, w.data(), g.data(), 0, {&no_sink, 1}, dw.data(), db.data(), ws.data());
+        });
+        timed(theirs[2], [&] { onednn.backward_weights(); });
+        benchmark::DoNotOptimize(dx.data());
+    }
+    const double calls = double(state.iterations()), flops = p.flops_per_image();
+    const char* pass[3] = {"fwd", "dgrad", "wgrad"};
+    for (int i = 0; i < 3; ++i) {
+        state.counters[std::string(pass[i]) + "_ours_GFLOPs"] = flops * calls / ours[i] * 1e-9;
+        state.counters[std::string(pass[i]) + "_onednn_GFLOPs"] = flops * calls / theirs[i] * 1e-9;
+        state.counters[std::string(pass[i]) + "_ours_over_onednn"] = ours[i] / theirs[i];
+    }
+    state.SetLabel(Kernels<cpu>::target() + "; oneDNN " + onednn.implementation());
+}
+
+// Every convolution of the two BraTS networks of docs/performance.md: 2D 240^2 widths 32..512
+// and 3D 128^3 widths 16..256 (encoder and decoder 3x3(x3) convolutions; the decoder's first
+// takes the up-sampled and the skip halves together; the 1x1 head). Automatic algorithm.
+void network_shapes(benchmark::internal::Benchmark* b) {
+    b->ArgNames({"dims", "size", "cin", "cout", "k", "algo"});
+    const int widths_2d[] = {32, 64, 128, 256, 512}, widths_3d[] = {16, 32, 64, 128, 256};
+    for (int dims : {2, 3}) {
+        const int* widths = dims == 2 ? widths_2d : widths_3d;
+        const int top = dims == 2 ? 240 : 128;
+        for (int level = 0; level < 5; ++level) {
+            const int size = top >> level, width = widths[level];
+            b->Args({dims, size, level == 0 ? 4 : widths[level - 1], width, 3, 0});
+            b->Args({dims, size, width, width, 3, 0});
+            if (level < 4) b->Args({dims, size, 2 * width, width, 3, 0});  // decoder, after the concatenation
+        }
+        b->Args({dims, top, widths[0], 4, 1, 0});
+    }
+    b->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
+}
+#endif
+
 }  // namespace
 
+#ifndef LIGHTUNET_CPU_DISPATCH  // a portable build's own code is baseline x86-64: no peak to show
 BENCHMARK(fma_peak)->Unit(benchmark::kMillisecond)->UseRealTime();
+#endif
 BENCHMARK(conv_forward)->Apply(shapes);
 BENCHMARK(conv_backward)->Apply(shapes);
 BENCHMARK(winograd_vs_direct)->Apply(winograd_shapes);
+#ifdef LIGHTUNET_BENCH_ONEDNN
+BENCHMARK(vs_onednn)->Apply(network_shapes);
+#endif
 LIGHTUNET_BENCHMARK_MAIN()

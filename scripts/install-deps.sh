@@ -18,6 +18,7 @@ packages=(
     libpng-dev
     catch2
     libbenchmark-dev
+    libdnnl-dev
     libonnx-dev
     libopenmpi-dev
     openmpi-bin

@@ -12,6 +12,15 @@
 #include "parallel.hpp"
 #include "simd.hpp"
 
+// GCC 12 flags the pass-through operand of the AVX-512 extracts behind xsimd::hadd (as in
+// winograd.hpp) as maybe uninitialised once inlined here; fixed in GCC 13.
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#define LIGHTUNET_NORM_DIAGNOSTICS_PUSHED
+#endif
+
 namespace lightunet::cpu_kernels::inline LIGHTUNET_CPU_TARGET {
 
 using lightunet::Activation;
@@ -78,9 +87,18 @@ void norm_act_forward(const NormGrouping& g, const Activation& a, const T* z, co
             g.for_each_plane(int(s), [&](int n, int c) {
                 const T* in = z + (std::ptrdiff_t(n) * g.channels + c) * P;
                 if (!shift_set) shift = double(in[0]), shift_set = true;
-                double part = 0, part_sq = 0;
-#pragma omp simd reduction(+ : part, part_sq)
-                for (std::ptrdiff_t k = 0; k < P; ++k) {
+                using D = Batch<double>;
+                constexpr std::ptrdiff_t LD = D::size;
+                const D vshift(shift);
+                D vpart(0.0), vpart_sq(0.0);
+                std::ptrdiff_t k = 0;
+                for (; k + LD <= P; k += LD) {
+                    const D d = load_as_double(in + k) - vshift;
+                    vpart += d;
+                    vpart_sq = xsimd::fma(d, d, vpart_sq);
+                }
+                double part = xsimd::hadd(vpart), part_sq = xsimd::hadd(vpart_sq);
+                for (; k < P; ++k) {
                     const double d = double(in[k]) - shift;
                     part += d;
                     part_sq += d * d;
@@ -160,13 +178,24 @@ void norm_act_backward(const NormGrouping& g, const Activation& a, const T* z, c
         const int n = int(i / g.channels), c = int(i % g.channels);
         const int s = g.stat_of(n, c);
         const double mu = double(mean[s]), is = double(invstd[s]);
-        double su = 0, sux = 0;
         const T* zi = z + i * P;
         const T* yi = y + i * P;
         const T* dyi = dy + i * P;
-#pragma omp simd reduction(+ : su, sux)
-        for (std::ptrdiff_t k = 0; k < P; ++k) {
-            const double u = double(act_grad(yi[k], dyi[k]));
+        // In double: u = dy or dy * slope (by the sign of y), and its products with xhat.
+        using D = Batch<double>;
+        constexpr std::ptrdiff_t LD = D::size;
+        const D vmu(mu), vis(is), dzero(0.0), dslope = D(double(slope));
+        D vsu(0.0), vsux(0.0);
+        std::ptrdiff_t k = 0;
+        for (; k + LD <= P; k += LD) {
+            const D dyv = load_as_double(dyi + k);
+            const D u = xsimd::select(load_as_double(yi + k) > dzero, dyv, dyv * dslope);
+            vsu += u;
+            vsux = xsimd::fma(u, (load_as_double(zi + k) - vmu) * vis, vsux);
+        }
+        double su = xsimd::hadd(vsu), sux = xsimd::hadd(vsux);
+        for (; k < P; ++k) {
+            const double u = yi[k] > T(0) ? double(dyi[k]) : double(dyi[k]) * double(slope);
             su += u;
             sux += u * (double(zi[k]) - mu) * is;
         }
@@ -234,3 +263,8 @@ void norm_act_backward(const NormGrouping& g, const Activation& a, const T* z, c
 }
 
 }  // namespace lightunet::cpu_kernels::inline LIGHTUNET_CPU_TARGET
+
+#ifdef LIGHTUNET_NORM_DIAGNOSTICS_PUSHED
+#pragma GCC diagnostic pop
+#undef LIGHTUNET_NORM_DIAGNOSTICS_PUSHED
+#endif

@@ -22,6 +22,14 @@ inline constexpr int lanes = int(Batch<T>::size);
 // Register tiles: 32 vector registers with AVX-512, 16 otherwise.
 inline constexpr bool wide_register_file = sizeof(Batch<float>) >= 64;
 
+// Batch<double>::size values of T as doubles: the double sums of float data (statistics,
+// gradients of the normalisation) written as batches, so that every target vectorises them
+// whatever the compiler's cost model makes of a reduction loop under its tuning.
+template <class T>
+inline Batch<double> load_as_double(const T* p) {
+    return Batch<double>::load_unaligned(p);  // from float: xsimd converts
+}
+
 // This compilation's geometry: the default of every size function.
 inline constexpr VectorGeometry geometry{lanes<float>, lanes<double>, wide_register_file};
 
