@@ -78,8 +78,8 @@ TEMPLATE_TEST_CASE("convolution kernels equal the naive reference on odd sizes",
     SECTION("2D 1x1, 36 -> 4 channels, 9x11") { check_conv<TestType>({{1, 9, 11}, 1, 1, 1, 36, 4}, 2, tol); }
 }
 
-// Large enough 2D planes take Winograd F(2x2, 3x3) in float (Fprop, Dgrad and, on larger
-// planes, Wgrad): odd sizes (partial tiles at the right and bottom), several bands of tile rows,
+// Large enough 2D planes take Winograd F(2x2, 3x3) in float for Fprop and Dgrad (Wgrad only
+// when forced: the direct one is faster): odd sizes (partial tiles at the right and bottom), several bands of tile rows,
 // output blocks partly past cout, the direct kernels where a side has too few channels.
 TEST_CASE("Winograd convolution equals the naive reference", "[conv][winograd]") {
     using cpu_kernels::winograd::applies;
@@ -87,7 +87,7 @@ TEST_CASE("Winograd convolution equals the naive reference", "[conv][winograd]")
     SECTION("17 -> 20 channels, 33x35, two images") {
         const ConvProblem p{{1, 33, 35}, 1, 3, 3, 17, 20};
         REQUIRE(applies<float>(p));
-        REQUIRE(cpu_kernels::winograd::applies_to_weight_gradient<float>(p));
+        REQUIRE_FALSE(cpu_kernels::winograd::applies_to_weight_gradient<float>(p));
         REQUIRE(applies<float>(cpu_kernels::dgrad_problem(p)));
         check_conv<float>(p, 2, tol);
     }
@@ -109,7 +109,7 @@ TEST_CASE("Winograd convolution equals the naive reference", "[conv][winograd]")
         REQUIRE(applies<float>(p));
         check_conv<float>(p, 1, tol);
     }
-    SECTION("20 -> 16 channels, 17x16: Winograd Fprop and Dgrad, direct Wgrad (72 tiles)") {
+    SECTION("20 -> 16 channels, 17x16: Winograd Fprop and Dgrad, direct Wgrad") {
         const ConvProblem p{{1, 17, 16}, 1, 3, 3, 20, 16};
         REQUIRE(applies<float>(p));
         REQUIRE_FALSE(cpu_kernels::winograd::applies_to_weight_gradient<float>(p));

@@ -80,7 +80,7 @@ constexpr std::size_t conv_workspace_size(const ConvProblem& p) {
     const std::size_t in_pad = std::size_t(p.cin) * l.stride;
     const std::size_t out_group = std::size_t(output_group_channels<T, G>(l, std::max(p.cin, p.cout))) * l.stride;
     const std::size_t grad_pad = std::size_t(p.cout) * l.stride;
-    const std::size_t partial = wgrad_partial_size<T, G>(p.cin, p.cout, p.taps()) + G.lanes(sizeof(T));
+    const std::size_t partial = wgrad_scratch_size<T, G>(l, p.cin, p.cout);
     const ConvProblem d = dgrad_problem(p);
     std::size_t kernels = 2 * winograd::alignment_slack, passes = 0;
     if (use_winograd_weight_gradient<T>(p)) {
@@ -215,8 +215,7 @@ void conv_backward(const ConvProblem& p, int images, std::span<const ChannelSour
         } else if (dweight) {
             pad_sources(l, input, n, x_pad);
             pad_sources(l, std::span<const ChannelSource<T>>(&grad_source, 1), n, g_pad);
-            T* partial = dx_pad + (lanes<T> - (reinterpret_cast<std::uintptr_t>(dx_pad) / sizeof(T)) % lanes<T>) % lanes<T>;
-            wgrad_padded(l, p.cin, p.cout, x_pad, g_pad, dweight, partial);
+            wgrad_padded(l, p.cin, p.cout, x_pad, g_pad, dweight, dx_pad);
         }
         if (!need_input_grad) continue;
         auto output_of = [&](int channel) {

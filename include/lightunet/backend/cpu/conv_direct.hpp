@@ -333,6 +333,46 @@ inline void wgrad_tile(const T* const* g_rows, const T* const* x_pairs, std::ptr
     for (int g = 0; g < groups; ++g) reduce_lanes(flat + g * L, sums + g * L);
 }
 
+// dw_blk[block][k][lane] += sum over the padded run of g_blk[block][q][lane] * x_pad[k / taps][q +
+// offset(k % taps)], for R blocks of L output channels from block b0 and P (input channel, tap)
+// pairs from k0 (clamped to the counts): each input value is broadcast, each accumulator is a
+// vector of weight gradients, summed per tile of voxels (short sums) and the tiles added up.
+template <class T, int R, int P>
+inline void wgrad_blocked_tile(const PaddedLayout& l, int blocks, int k_count, const T* x_pad, const T* g_blk, int b0, int k0,
+                               T* dw_blk) {
+    using B = Batch<T>;
+    constexpr int L = lanes<T>;
+    constexpr std::ptrdiff_t tile = 512;
+    const T* x_at[P];
+    for (int p = 0; p < P; ++p) {
+        const int k = std::min(k0 + p, k_count - 1);
+        x_at[p] = x_pad + (k / l.taps) * l.stride + l.tap_offset[k % l.taps] + l.run_begin;
+    }
+    const T* g_at[R];
+    for (int r = 0; r < R; ++r) g_at[r] = g_blk + std::ptrdiff_t(std::min(b0 + r, blocks - 1)) * l.run_length * L;
+    B total[R][P];
+    static_for<R>([&](auto r) { static_for<P>([&](auto p) { total[r][p] = B(T(0)); }); });
+    for (std::ptrdiff_t q0 = 0; q0 < l.run_length; q0 += tile) {
+        const std::ptrdiff_t q1 = std::min(l.run_length, q0 + tile);
+        B acc[R][P];
+        static_for<R>([&](auto r) { static_for<P>([&](auto p) { acc[r][p] = B(T(0)); }); });
+        for (std::ptrdiff_t q = q0; q < q1; ++q) {
+            B g[R];
+            static_for<R>([&](auto r) { g[r] = B::load_aligned(g_at[r] + q * L); });
+            static_for<P>([&](auto p) {
+                const B x(x_at[p][q]);
+                static_for<R>([&](auto r) { acc[r][p] = xsimd::fma(g[r], x, acc[r][p]); });
+            });
+        }
+        static_for<R>([&](auto r) { static_for<P>([&](auto p) { total[r][p] += acc[r][p]; }); });
+    }
+    for (int r = 0; r < R && b0 + r < blocks; ++r)
+        for (int p = 0; p < P && k0 + p < k_count; ++p) {
+            T* at = dw_blk + (std::ptrdiff_t(b0 + r) * k_count + k0 + p) * L;
+            (B::load_aligned(at) + total[r][p]).store_aligned(at);
+        }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Drivers over one image
 
@@ -392,6 +432,65 @@ bool fprop_padded(const PaddedLayout& l, int cin, const T* x_pad, const T* packe
 }
 
 // dweight[oc][ci * taps + t] += sum over interior q of g_pad[oc][q] * x_pad[ci][q + offset(t)].
+// g_pad is zero outside the interior, so the padded run may be summed whole. The output gradient
+// is first copied into blocks of L channels ([block][q][lane], aligned), so the kernel reads one
+// aligned vector per L output channels and broadcasts input values (wgrad_blocked_tile); work
+// items are (R blocks, P pairs), each summed by one thread whatever the thread count.
+// Vectorising over output channels needs two blocks of them for its register tile and enough
+// work items for the threads; otherwise the voxels are the vector dimension (wgrad_by_voxels).
+template <class T, VectorGeometry G = geometry>
+constexpr bool wgrad_over_channels(int cin, int cout, int taps) {
+    const int blocks = int(ceil_div(cout, G.lanes(sizeof(T))));
+    const int items = int(ceil_div(blocks, G.blocked_wgrad_rows)) * int(ceil_div(cin * taps, G.blocked_wgrad_pairs()));
+    return blocks >= G.blocked_wgrad_rows && items >= 8;
+}
+
+template <class T, VectorGeometry G = geometry>
+constexpr std::size_t wgrad_scratch_size(const PaddedLayout& l, int cin, int cout) {
+    const std::size_t lanes_t = std::size_t(G.lanes(sizeof(T)));
+    if (!wgrad_over_channels<T, G>(cin, cout, l.taps))
+        return std::size_t(ceil_div(cout, G.wgrad_rows())) * ceil_div(cin * l.taps, G.wgrad_pairs()) * G.wgrad_rows() *
+                   G.wgrad_pairs() * lanes_t + lanes_t;
+    const std::size_t blocks = std::size_t(ceil_div(cout, int(lanes_t)));
+    return blocks * lanes_t * (std::size_t(l.run_length) + std::size_t(cin) * std::size_t(l.taps)) + lanes_t;
+}
+
+template <class T>
+void wgrad_by_channels(const PaddedLayout& l, int cin, int cout, const T* x_pad, const T* g_pad, T* dweight, T* scratch) {
+    constexpr int L = lanes<T>;
+    constexpr int R = VectorGeometry::blocked_wgrad_rows, P = geometry.blocked_wgrad_pairs();
+    const int k_count = cin * l.taps, blocks = int(ceil_div(cout, L));
+    T* g_blk = scratch + (L - (reinterpret_cast<std::uintptr_t>(scratch) / sizeof(T)) % L) % L;
+    T* dw_blk = g_blk + std::ptrdiff_t(blocks) * l.run_length * L;
+    parallel_for(blocks, [&](std::ptrdiff_t b) {
+        T* out = g_blk + b * l.run_length * L;
+        for (int j = 0; j < L; ++j) {
+            const int o = int(b) * L + j;
+            const T* in = o < cout ? g_pad + std::ptrdiff_t(o) * l.stride + l.run_begin : nullptr;
+            for (std::ptrdiff_t q = 0; q < l.run_length; ++q) out[q * L + j] = in ? in[q] : T(0);
+        }
+        std::fill(dw_blk + b * k_count * L, dw_blk + (b + 1) * k_count * L, T(0));
+    });
+    if (blocks >= R) {
+        const int row_items = int(ceil_div(blocks, R)), pair_items = int(ceil_div(k_count, P));
+        parallel_for(std::ptrdiff_t(row_items) * pair_items, [&](std::ptrdiff_t item) {
+            wgrad_blocked_tile<T, R, P>(l, blocks, k_count, x_pad, g_blk, int(item / pair_items) * R, int(item % pair_items) * P,
+                                        dw_blk);
+        });
+    } else {  // one block of output channels: the registers go to more pairs
+        const int pair_items = int(ceil_div(k_count, R * P));
+        parallel_for(pair_items, [&](std::ptrdiff_t item) {
+            wgrad_blocked_tile<T, 1, R * P>(l, blocks, k_count, x_pad, g_blk, 0, int(item) * R * P, dw_blk);
+        });
+    }
+    parallel_for(cout, [&](std::ptrdiff_t o) {
+        const T* from = dw_blk + (o / L) * k_count * L + o % L;
+        T* to = dweight + o * k_count;
+        for (int k = 0; k < k_count; ++k) to[k] += from[std::ptrdiff_t(k) * L];
+    });
+}
+
+// The weight gradient vectorised over voxels (for one block of output channels or few work items):
 // g_pad is zero outside the interior, so the padded run may be summed whole. Work items are
 // (block of R output channels, block of P (channel, tap) pairs); tiles of voxels keep the rows
 // an item reads in cache, and items are ordered so neighbours share the larger of the two.
@@ -402,7 +501,7 @@ constexpr std::size_t wgrad_partial_size(int cin, int cout, int taps) {
 }
 
 template <class T>
-void wgrad_padded(const PaddedLayout& l, int cin, int cout, const T* x_pad, const T* g_pad, T* dweight, T* partial) {
+void wgrad_by_voxels(const PaddedLayout& l, int cin, int cout, const T* x_pad, const T* g_pad, T* dweight, T* partial) {
     constexpr int R = wgrad_rows, P = wgrad_pairs, L = lanes<T>;
     const int k_count = cin * l.taps;
     const int row_blocks = int(ceil_div(cout, R));
@@ -440,6 +539,14 @@ void wgrad_padded(const PaddedLayout& l, int cin, int cout, const T* x_pad, cons
             }
         }
     });
+}
+
+template <class T>
+void wgrad_padded(const PaddedLayout& l, int cin, int cout, const T* x_pad, const T* g_pad, T* dweight, T* scratch) {
+    if (wgrad_over_channels<T>(cin, cout, l.taps)) return wgrad_by_channels(l, cin, cout, x_pad, g_pad, dweight, scratch);
+    constexpr int L = lanes<T>;
+    T* partial = scratch + (L - (reinterpret_cast<std::uintptr_t>(scratch) / sizeof(T)) % L) % L;
+    wgrad_by_voxels(l, cin, cout, x_pad, g_pad, dweight, partial);
 }
 
 }  // namespace lightunet::cpu_kernels::inline LIGHTUNET_CPU_TARGET

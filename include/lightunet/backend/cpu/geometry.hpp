@@ -29,6 +29,10 @@ struct VectorGeometry {
     static constexpr int fprop_vectors = 3;
     constexpr int wgrad_rows() const { return wide_register_file ? 3 : 2; }
     constexpr int wgrad_pairs() const { return wide_register_file ? 9 : 6; }
+    // The direct Wgrad's tile: 2 vectors of output channels x (input channel, tap) pairs, each
+    // accumulator a vector of weight gradients (2 x 12: 24 of the 32 registers; 2 x 6 of 16).
+    static constexpr int blocked_wgrad_rows = 2;
+    constexpr int blocked_wgrad_pairs() const { return wide_register_file ? 12 : 6; }
 };
 
 // The instruction sets a program can carry kernels for (cpu_targets.hpp).

@@ -54,14 +54,13 @@ constexpr bool applies(const ConvProblem& p) {
     return computes<T>(p) && p.cin >= min_input_channels && tiles >= min_tiles;
 }
 
-// The weight gradient sums each position's products over the tiles and pays a transform of
-// dU per call: below 30x30 planes (225 tiles) the direct Wgrad wins (at 15x15, 512 -> 512 the
-// Winograd one took 1.7x as long).
-inline constexpr std::ptrdiff_t min_weight_gradient_tiles = 225;
-
+// The weight gradient: the direct kernel, vectorised over output channels (conv_direct.hpp),
+// beat this one on every 2D shape of both BraTS networks (bench_wgrad, AVX-512, 2 threads: 240^2
+// 32 -> 32 5.1 against 9.6 ms, 120^2 64 -> 64 3.5 / 6.1, 60^2 128 -> 128 3.0 / 4.75, 30^2
+// 256 -> 256 3.1 / 6.4), so the automatic choice never takes it; ConvAlgorithm::winograd does.
 template <class T>
-constexpr bool applies_to_weight_gradient(const ConvProblem& p) {
-    return applies<T>(p) && std::ptrdiff_t(ceil_div(p.extent.h, 2)) * ceil_div(p.extent.w, 2) >= min_weight_gradient_tiles;
+constexpr bool applies_to_weight_gradient(const ConvProblem&) {
+    return false;
 }
 
 struct Plan {
