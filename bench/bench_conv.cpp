@@ -16,6 +16,7 @@
 #endif
 
 #include "bench_main.hpp"
+#include "network_shapes.hpp"
 
 using namespace lightunet;
 
@@ -255,23 +256,10 @@ void vs_onednn(benchmark::State& state) {
     state.SetLabel(Kernels<cpu>::target() + "; oneDNN " + onednn.implementation());
 }
 
-// Every convolution of the two BraTS networks of docs/performance.md: 2D 240^2 widths 32..512
-// and 3D 128^3 widths 16..256 (encoder and decoder 3x3(x3) convolutions; the decoder's first
-// takes the up-sampled and the skip halves together; the 1x1 head). Automatic algorithm.
+// Every convolution of both networks (network_shapes.hpp), automatic algorithm.
 void network_shapes(benchmark::internal::Benchmark* b) {
     b->ArgNames({"dims", "size", "cin", "cout", "k", "algo"});
-    const int widths_2d[] = {32, 64, 128, 256, 512}, widths_3d[] = {16, 32, 64, 128, 256};
-    for (int dims : {2, 3}) {
-        const int* widths = dims == 2 ? widths_2d : widths_3d;
-        const int top = dims == 2 ? 240 : 128;
-        for (int level = 0; level < 5; ++level) {
-            const int size = top >> level, width = widths[level];
-            b->Args({dims, size, level == 0 ? 4 : widths[level - 1], width, 3, 0});
-            b->Args({dims, size, width, width, 3, 0});
-            if (level < 4) b->Args({dims, size, 2 * width, width, 3, 0});  // decoder, after the concatenation
-        }
-        b->Args({dims, top, widths[0], 4, 1, 0});
-    }
+    for_each_network_convolution([&](int dims, int size, int cin, int cout, int k) { b->Args({dims, size, cin, cout, k, 0}); });
     b->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
 }
 #endif

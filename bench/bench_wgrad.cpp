@@ -13,6 +13,7 @@
 #include <lightunet/backend/cpu/kernels.hpp>
 
 #include "bench_main.hpp"
+#include "network_shapes.hpp"
 
 using namespace lightunet;
 
@@ -58,20 +59,12 @@ void wgrad(benchmark::State& state) {
     state.SetLabel(Kernels<cpu>::target());
 }
 
-// The 3x3(x3) convolutions of both networks (as bench_conv's network_shapes).
+// The 3x3(x3) convolutions of both networks (network_shapes.hpp).
 void shapes(benchmark::internal::Benchmark* b) {
     b->ArgNames({"dims", "size", "cin", "cout"});
-    const int widths_2d[] = {32, 64, 128, 256, 512}, widths_3d[] = {16, 32, 64, 128, 256};
-    for (int dims : {2, 3}) {
-        const int* widths = dims == 2 ? widths_2d : widths_3d;
-        const int top = dims == 2 ? 240 : 128;
-        for (int level = 0; level < 5; ++level) {
-            const int size = top >> level, width = widths[level];
-            b->Args({dims, size, level == 0 ? 4 : widths[level - 1], width});
-            b->Args({dims, size, width, width});
-            if (level < 4) b->Args({dims, size, 2 * width, width});
-        }
-    }
+    for_each_network_convolution([&](int dims, int size, int cin, int cout, int k) {
+        if (k == 3) b->Args({dims, size, cin, cout});
+    });
     b->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
 }
 
