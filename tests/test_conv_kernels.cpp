@@ -32,6 +32,10 @@ void check_close(const std::vector<T>& a, const std::vector<T>& b, double tol) {
 
 template <class T>
 void check_conv(const ConvProblem& p, int images, double tol) {
+#ifdef LIGHTUNET_TEST_DEPTH_SLABS
+    // This program's tiny slab bound (tests/CMakeLists.txt) must cut every deeper 3D volume.
+    if (p.extent.d >= 5) CHECK(cpu_kernels::slab_depth<T>(p) < p.extent.d);
+#endif
     const std::size_t S = p.extent.size();
     auto x = random_vector<T>(std::size_t(images) * p.cin * S, 1);
     auto w = random_vector<T>(p.weight_count(), 2);
@@ -71,6 +75,8 @@ TEMPLATE_TEST_CASE("convolution kernels equal the naive reference on odd sizes",
     SECTION("2D 3x3, 17 -> 9 channels, 19x5") { check_conv<TestType>({{1, 19, 5}, 1, 3, 3, 17, 9}, 1, tol); }
     SECTION("3D 3x3x3, 3 -> 10 channels, 5x6x7") { check_conv<TestType>({{5, 6, 7}, 3, 3, 3, 3, 10}, 2, tol); }
     SECTION("3D 1x1x1, 13 -> 5 channels, 3x4x9") { check_conv<TestType>({{3, 4, 9}, 1, 1, 1, 13, 5}, 1, tol); }
+    SECTION("3D 1x1x1, 13 -> 5 channels, 7x4x9") { check_conv<TestType>({{7, 4, 9}, 1, 1, 1, 13, 5}, 2, tol); }
+    SECTION("3D 3x3x3, 6 -> 4 channels, 11x5x6") { check_conv<TestType>({{11, 5, 6}, 3, 3, 3, 6, 4}, 1, tol); }
     // Enough input channels that the kernel takes several passes through padded output rows.
     SECTION("3D 3x3x3, 90 -> 9 channels, 3x4x5 (several input-channel passes)") {
         check_conv<TestType>({{3, 4, 5}, 3, 3, 3, 90, 9}, 1, tol);
@@ -81,6 +87,23 @@ TEMPLATE_TEST_CASE("convolution kernels equal the naive reference on odd sizes",
 // Large enough 2D planes take Winograd F(2x2, 3x3) in float for Fprop and Dgrad (Wgrad only
 // when forced: the direct one is faster): odd sizes (partial tiles at the right and bottom), several bands of tile rows,
 // output blocks partly past cout, the direct kernels where a side has too few channels.
+// 3D convolutions hold one slab of padded depth planes in their workspace, not the volume.
+TEST_CASE("a 3D convolution's workspace holds slabs, not the padded volume", "[conv][slab]") {
+    // The 3D BraTS network's largest convolutions at 128^3: the decoder's first at level 0
+    // (32 -> 16 channels) and the head's 1x1.
+    constexpr ConvProblem decoder{{128, 128, 128}, 3, 3, 3, 32, 16};
+    constexpr ConvProblem head{{128, 128, 128}, 1, 1, 1, 16, 4};
+    constexpr std::size_t MiB = std::size_t(1) << 20;
+    // The padded input and output gradient alone took 411 MiB and 160 MiB. Now: a slab of
+    // padded input, of output gradient, and of outputs or weight-gradient partials, and weights.
+    constexpr std::size_t bound = cpu_kernels::slab_bytes / MiB * 3 + 24;
+    CHECK(Kernels<cpu>::conv_workspace_size<float>(decoder) * sizeof(float) / MiB <= bound);
+    CHECK(Kernels<cpu>::conv_workspace_size<float>(head) * sizeof(float) / MiB <= bound);
+    CHECK(cpu_kernels::slab_depth<float>(decoder) < 128);
+    // 2D problems are one slab.
+    CHECK(cpu_kernels::slab_depth<float>(ConvProblem{{1, 240, 240}, 1, 3, 3, 512, 512}) == 1);
+}
+
 TEST_CASE("Winograd convolution equals the naive reference", "[conv][winograd]") {
     using cpu_kernels::winograd::applies;
     const double tol = 2e-4;

@@ -19,6 +19,43 @@ constexpr int output_group_channels(const PaddedLayout& l, int channels) {
     return int(std::min<std::ptrdiff_t>(group, round_up(channels, G.fprop_rows())));
 }
 
+// 3D convolutions run the direct kernels over slabs of output depth planes, so the workspace
+// holds one slab's padded copies (with the halo planes the taps read), not the whole volume's:
+// padding a 32-channel 128^3 volume alone took 274 MiB. Slabs are as deep as slab_bytes of the
+// wider side's padded planes allow, and of equal depth but the last. 2D problems are one slab.
+// LIGHTUNET_CONV_SLAB_BYTES changes the bound for a whole program (the tests run every 3D shape
+// in slabs of a plane or two with a tiny one); every translation unit must see the same value.
+#ifndef LIGHTUNET_CONV_SLAB_BYTES
+#define LIGHTUNET_CONV_SLAB_BYTES (std::size_t(32) << 20)
+#endif
+inline constexpr std::size_t slab_bytes = LIGHTUNET_CONV_SLAB_BYTES;
+
+template <class T>
+constexpr int slab_depth(const ConvProblem& p) {
+    const PaddedLayout whole = padded_layout(p);
+    const std::ptrdiff_t plane_bytes = std::ptrdiff_t(sizeof(T)) * whole.hp * whole.wp * std::max(p.cin, p.cout);
+    const std::ptrdiff_t fit = std::max<std::ptrdiff_t>(1, std::ptrdiff_t(slab_bytes) / plane_bytes - 2 * whole.pd);
+    const std::ptrdiff_t slabs = ceil_div(std::ptrdiff_t(p.extent.d), fit);
+    return int(ceil_div(std::ptrdiff_t(p.extent.d), slabs));
+}
+// The padded layout of `depth` output planes; slab_layout(p, slab_depth(p)) is the largest, the
+// one the workspace is sized for.
+constexpr PaddedLayout slab_layout(const ConvProblem& p, int depth) {
+    ConvProblem slab = p;
+    slab.extent.d = depth;
+    return padded_layout(slab);
+}
+template <class T>
+constexpr PaddedLayout largest_slab_layout(const ConvProblem& p) {
+    return slab_layout(p, slab_depth<T>(p));
+}
+// Calls f(first plane, depth) for each slab of the problem's volume.
+template <class T, class F>
+void for_each_slab(const ConvProblem& p, F&& f) {
+    const int depth = slab_depth<T>(p);
+    for (int first = 0; first < p.extent.d; first += depth) f(first, std::min(depth, p.extent.d - first));
+}
+
 // The problem's ConvAlgorithm picks the kernels; workspace sizes depend on the choice.
 // `fast_enough`: automatic's speed threshold for this pass (Fprop/Dgrad or Wgrad).
 template <class T>
@@ -59,7 +96,7 @@ constexpr std::size_t conv_forward_prepared_workspace_size(const ConvProblem& p)
         const winograd::Plan pl = winograd::plan<T, G>(p);
         return std::size_t(pl.input_size() + pl.output_size()) + winograd::alignment_slack;
     }
-    const PaddedLayout l = padded_layout(p);
+    const PaddedLayout l = largest_slab_layout<T>(p);
     const std::size_t out_group = std::size_t(output_group_channels<T, G>(l, std::max(p.cin, p.cout))) * l.stride;
     return std::size_t(p.cin) * l.stride + out_group;
 }
@@ -76,7 +113,7 @@ constexpr std::size_t conv_forward_workspace_size(const ConvProblem& p) {
 // an image uses in turn (Wgrad, then Dgrad).
 template <class T, VectorGeometry G = geometry>
 constexpr std::size_t conv_workspace_size(const ConvProblem& p) {
-    const PaddedLayout l = padded_layout(p);
+    const PaddedLayout l = largest_slab_layout<T>(p);
     const std::size_t in_pad = std::size_t(p.cin) * l.stride;
     const std::size_t out_group = std::size_t(output_group_channels<T, G>(l, std::max(p.cin, p.cout))) * l.stride;
     const std::size_t grad_pad = std::size_t(p.cout) * l.stride;
@@ -141,26 +178,30 @@ void conv_forward_prepared(const ConvProblem& p, int images, std::span<const Cha
         }
         return;
     }
-    const PaddedLayout l = padded_layout(p);
+    const PaddedLayout largest = largest_slab_layout<T>(p);
     const T* packed = prepared;
     T* x_pad = workspace;
-    T* y_pad = x_pad + std::size_t(p.cin) * l.stride;
-    const int group = output_group_channels<T>(l, std::max(p.cin, p.cout));
+    T* y_pad = x_pad + std::size_t(p.cin) * largest.stride;
+    // One group size for every slab: the workspace holds it at the largest slab's stride.
+    const int group = output_group_channels<T>(largest, std::max(p.cin, p.cout));
     const std::ptrdiff_t plane = std::ptrdiff_t(p.extent.size());
-    for (int n = 0; n < images; ++n) {
-        pad_sources(l, input, n, x_pad);
-        for (int oc0 = 0; oc0 < p.cout; oc0 += group) {
-            const int oc1 = std::min(p.cout, oc0 + group);
-            auto output_of = [&](int oc) {
-                return CompactChannel<T>{output + n * output_image_stride + oc * plane, bias ? bias[oc] : T(0), false};
-            };
-            if (fprop_padded(l, p.cin, x_pad, packed, oc0, oc1, y_pad, output_of)) continue;
-            parallel_for(oc1 - oc0, [&](std::ptrdiff_t c) {
-                unpad_channel(l, y_pad + c * l.stride, output + n * output_image_stride + (oc0 + c) * plane,
-                              bias ? bias[oc0 + c] : T(0), false);
-            });
-        }
-    }
+    for (int n = 0; n < images; ++n)
+        for_each_slab<T>(p, [&](int first, int depth) {
+            const PaddedLayout l = slab_layout(p, depth);
+            const std::ptrdiff_t offset = std::ptrdiff_t(first) * p.extent.h * p.extent.w;
+            pad_sources(l, input, n, plane, VolumeSlab::with_halo(first, p.extent.d), x_pad);
+            for (int oc0 = 0; oc0 < p.cout; oc0 += group) {
+                const int oc1 = std::min(p.cout, oc0 + group);
+                auto output_of = [&](int oc) {
+                    return CompactChannel<T>{output + n * output_image_stride + oc * plane + offset, bias ? bias[oc] : T(0), false};
+                };
+                if (fprop_padded(l, p.cin, x_pad, packed, oc0, oc1, y_pad, output_of)) continue;
+                parallel_for(oc1 - oc0, [&](std::ptrdiff_t c) {
+                    unpad_channel(l, y_pad + c * l.stride, output + n * output_image_stride + (oc0 + c) * plane + offset,
+                                  bias ? bias[oc0 + c] : T(0), false);
+                });
+            }
+        });
 }
 
 template <class T>
@@ -177,7 +218,7 @@ template <class T>
 void conv_backward(const ConvProblem& p, int images, std::span<const ChannelSource<T>> input, const T* weight,
                    const T* grad_output, std::ptrdiff_t grad_output_image_stride, std::span<const ChannelSink<T>> grad_input,
                    T* dweight, T* dbias, T* workspace) {
-    const PaddedLayout l = padded_layout(p);
+    const PaddedLayout largest = largest_slab_layout<T>(p);
     const ConvProblem d = dgrad_problem(p);
     const bool winograd_wgrad = dweight != nullptr && use_winograd_weight_gradient<T>(p);
     const bool winograd_dgrad = use_winograd<T>(d);
@@ -187,9 +228,9 @@ void conv_backward(const ConvProblem& p, int images, std::span<const ChannelSour
     T* du = winograd::align(packed + (winograd_dgrad ? std::size_t(dgrad_plan.kernel_size())
                                                      : std::size_t(round_up(p.cin, fprop_rows)) * p.cout * p.taps()));
     T* x_pad = winograd::align(du + (winograd_wgrad ? wgrad_plan.kernel_size() : 0));
-    T* g_pad = x_pad + std::size_t(p.cin) * l.stride;
-    T* dx_pad = g_pad + std::size_t(p.cout) * l.stride;
-    const int group = output_group_channels<T>(l, std::max(p.cin, p.cout));
+    T* g_pad = x_pad + std::size_t(p.cin) * largest.stride;
+    T* dx_pad = g_pad + std::size_t(p.cout) * largest.stride;
+    const int group = output_group_channels<T>(largest, std::max(p.cin, p.cout));
     const std::ptrdiff_t plane = std::ptrdiff_t(p.extent.size());
     bool need_input_grad = false;
     for (const auto& s : grad_input) need_input_grad |= s.data != nullptr;
@@ -200,6 +241,7 @@ void conv_backward(const ConvProblem& p, int images, std::span<const ChannelSour
         pack_dgrad_weights(weight, p.cout, p.cin, p.taps(), packed);
     if (winograd_wgrad) std::fill(du, du + wgrad_plan.kernel_size(), T(0));
     const ChannelSource<T> grad_source{grad_output, p.cout, grad_output_image_stride};
+    const std::span<const ChannelSource<T>> grad_sources(&grad_source, 1);
     for (int n = 0; n < images; ++n) {
         auto gradient_of = [&](int oc) { return grad_output + n * grad_output_image_stride + oc * plane; };
         if (dbias)
@@ -212,42 +254,62 @@ void conv_backward(const ConvProblem& p, int images, std::span<const ChannelSour
         if (winograd_wgrad) {
             auto input_of = [&](int c) { return channel_plane(p, input, n, c); };
             winograd::accumulate_kernel_gradient(wgrad_plan, input_of, gradient_of, du, x_pad);
-        } else if (dweight) {
-            pad_sources(l, input, n, x_pad);
-            pad_sources(l, std::span<const ChannelSource<T>>(&grad_source, 1), n, g_pad);
-            wgrad_padded(l, p.cin, p.cout, x_pad, g_pad, dweight, dx_pad);
         }
-        if (!need_input_grad) continue;
-        auto output_of = [&](int channel) {
-            for (const auto& sink : grad_input) {
-                if (channel < sink.channels)
-                    return CompactChannel<T>{sink.data ? sink.data + n * sink.image_stride + channel * plane : nullptr, T(0),
-                                             sink.accumulate};
-                channel -= sink.channels;
-            }
-            return CompactChannel<T>{nullptr, T(0), false};
-        };
-        if (winograd_dgrad) {
-            winograd::convolve_image(dgrad_plan, packed, gradient_of, output_of, x_pad);
-            continue;
-        }
-        if (!dweight || winograd_wgrad) pad_sources(l, std::span<const ChannelSource<T>>(&grad_source, 1), n, g_pad);
-        for (int ci0 = 0; ci0 < p.cin; ci0 += group) {
-            const int ci1 = std::min(p.cin, ci0 + group);
-            if (fprop_padded(l, p.cout, g_pad, packed, ci0, ci1, dx_pad, output_of)) continue;
-            parallel_for(ci1 - ci0, [&](std::ptrdiff_t c) {
-                int channel = ci0 + int(c);
+        if (winograd_dgrad && need_input_grad) {
+            auto output_of = [&](int channel) {
                 for (const auto& sink : grad_input) {
-                    if (channel < sink.channels) {
-                        if (sink.data)
-                            unpad_channel(l, dx_pad + c * l.stride, sink.data + n * sink.image_stride + channel * plane, T(0),
-                                          sink.accumulate);
-                        return;
-                    }
+                    if (channel < sink.channels)
+                        return CompactChannel<T>{sink.data ? sink.data + n * sink.image_stride + channel * plane : nullptr, T(0),
+                                                 sink.accumulate};
                     channel -= sink.channels;
                 }
-            });
+                return CompactChannel<T>{nullptr, T(0), false};
+            };
+            winograd::convolve_image(dgrad_plan, packed, gradient_of, output_of, x_pad);
         }
+        const bool direct_wgrad = dweight && !winograd_wgrad, direct_dgrad = need_input_grad && !winograd_dgrad;
+        if (!direct_wgrad && !direct_dgrad) continue;
+        for_each_slab<T>(p, [&](int first, int depth) {
+            const PaddedLayout l = slab_layout(p, depth);
+            const std::ptrdiff_t offset = std::ptrdiff_t(first) * p.extent.h * p.extent.w;
+            // The weight gradient sums the slab's own output planes, so its output gradient has
+            // zeros where the data gradient (a convolution of it) reads the neighbours' planes.
+            const bool whole_volume = depth == p.extent.d;
+            if (direct_wgrad) {
+                pad_sources(l, input, n, plane, VolumeSlab::with_halo(first, p.extent.d), x_pad);
+                pad_sources(l, grad_sources, n, plane, VolumeSlab::alone(first, depth), g_pad);
+                wgrad_padded(l, p.cin, p.cout, x_pad, g_pad, dweight, dx_pad);
+            }
+            if (!direct_dgrad) return;
+            if (!direct_wgrad || !whole_volume)
+                pad_sources(l, grad_sources, n, plane, VolumeSlab::with_halo(first, p.extent.d), g_pad);
+            auto output_of = [&](int channel) {
+                for (const auto& sink : grad_input) {
+                    if (channel < sink.channels)
+                        return CompactChannel<T>{sink.data ? sink.data + n * sink.image_stride + channel * plane + offset : nullptr,
+                                                 T(0), sink.accumulate};
+                    channel -= sink.channels;
+                }
+                return CompactChannel<T>{nullptr, T(0), false};
+            };
+            for (int ci0 = 0; ci0 < p.cin; ci0 += group) {
+                const int ci1 = std::min(p.cin, ci0 + group);
+                if (fprop_padded(l, p.cout, g_pad, packed, ci0, ci1, dx_pad, output_of)) continue;
+                parallel_for(ci1 - ci0, [&](std::ptrdiff_t c) {
+                    int channel = ci0 + int(c);
+                    for (const auto& sink : grad_input) {
+                        if (channel < sink.channels) {
+                            if (sink.data)
+                                unpad_channel(l, dx_pad + c * l.stride,
+                                              sink.data + n * sink.image_stride + channel * plane + offset, T(0),
+                                              sink.accumulate);
+                            return;
+                        }
+                        channel -= sink.channels;
+                    }
+                });
+            }
+        });
     }
     if (winograd_wgrad) winograd::add_kernel_gradient(wgrad_plan, du, dweight);
 }

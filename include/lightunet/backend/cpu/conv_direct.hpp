@@ -72,19 +72,33 @@ constexpr PaddedLayout padded_layout(const ConvProblem& p) {
 // ---------------------------------------------------------------------------------------------
 // Layout conversions
 
+// Which planes of a volume a padded layout holds. 3D convolutions run over slabs of output depth
+// planes (conv.hpp), so the workspace holds one slab's padded copy, not the whole volume's: the
+// slab's first interior plane is the volume's plane `first`; volume planes outside
+// [begin, end) are copied as zeros (the volume's border, or all but the slab's own planes where
+// a kernel must not see its neighbours, as the weight gradient's output gradient).
+struct VolumeSlab {
+    int first = 0, begin = 0, end = 0;
+    static constexpr VolumeSlab whole(int depth) { return {0, 0, depth}; }
+    static constexpr VolumeSlab with_halo(int first, int depth) { return {first, 0, depth}; }
+    static constexpr VolumeSlab alone(int first, int slab_depth) { return {first, first, first + slab_depth}; }
+};
+
+// `src`: a channel of the volume (l.extent's rows and columns; depth planes per `slab`).
 template <class T>
-void pad_channel(const PaddedLayout& l, const T* src, T* dst) {
+void pad_channel(const PaddedLayout& l, const T* src, T* dst, const VolumeSlab& slab) {
     const auto [d, h, w] = l.extent;
     for (std::ptrdiff_t z = 0; z < l.dp; ++z)
         for (std::ptrdiff_t y = 0; y < l.hp; ++y) {
             T* row = dst + (z * l.hp + y) * l.wp;
-            const bool inner = z >= l.pd && z < l.pd + d && y >= l.ph && y < l.ph + h;
+            const std::ptrdiff_t plane = slab.first + z - l.pd;
+            const bool inner = plane >= slab.begin && plane < slab.end && y >= l.ph && y < l.ph + h;
             if (!inner) {
                 std::fill(row, row + l.wp, T(0));
                 continue;
             }
             std::fill(row, row + l.pw, T(0));
-            std::memcpy(row + l.pw, src + ((z - l.pd) * h + (y - l.ph)) * w, sizeof(T) * w);
+            std::memcpy(row + l.pw, src + (plane * h + (y - l.ph)) * w, sizeof(T) * w);
             std::fill(row + l.pw + w, row + l.wp, T(0));
         }
     std::fill(dst + l.plane, dst + l.stride, T(0));
@@ -105,16 +119,17 @@ void unpad_channel(const PaddedLayout& l, const T* src, T* dst, T bias, bool acc
         }
 }
 
+// `channel_size`: voxels of one channel of the sources' volume.
 template <class T>
-void pad_sources(const PaddedLayout& l, std::span<const ChannelSource<T>> sources, int image, T* dst) {
+void pad_sources(const PaddedLayout& l, std::span<const ChannelSource<T>> sources, int image, std::ptrdiff_t channel_size,
+                 const VolumeSlab& slab, T* dst) {
     std::ptrdiff_t channels = 0;
     for (const auto& s : sources) channels += s.channels;
-    const std::ptrdiff_t plane = std::ptrdiff_t(l.extent.size());
     parallel_for(channels, [&](std::ptrdiff_t c) {
         std::ptrdiff_t local = c;
         for (const auto& s : sources) {
             if (local < s.channels) {
-                pad_channel(l, s.data + image * s.image_stride + local * plane, dst + c * l.stride);
+                pad_channel(l, s.data + image * s.image_stride + local * channel_size, dst + c * l.stride, slab);
                 return;
             }
             local -= s.channels;
