@@ -4,9 +4,10 @@
 //
 // Inference: a tensor takes a pooled buffer from its producing op until its last reader is done
 // (best fit among free buffers, growing the largest if none fits; never the buffer an op reads
-// from, as no op works in place). Training: every tensor the backward pass reads is kept, but
-// inner activations (Op::recomputed) share one buffer and are recomputed; gradients take pooled
-// buffers over the reverse walk, and a norm (or a residual join's first term) hands its output
+// from, as no op works in place). Training: every tensor the backward pass reads is kept until
+// its last reader in the reverse walk, but inner activations (Op::recomputed) share one buffer
+// and are recomputed; gradients take pooled buffers over the reverse walk (those of activations
+// already dead among them), and a norm (or a residual join's first term) hands its output
 // gradient's buffer on to its input.
 #include <algorithm>
 #include <array>
@@ -105,7 +106,19 @@ struct MemoryPlan {
 
         // Gradients over the reverse walk. The loss writes every head's logits gradient before
         // the walk starts, so each holds its own buffer from there until its head's conv ran.
+        // A value's buffer is free after its last reader in the walk (values no op of the walk
+        // reads, such as the logits and the heads' probabilities, once the loss ran).
+        std::array<int, G::slot_count> last_use{};
+        last_use.fill(none);
+        for (int i = 0; i < G::op_count; ++i)
+            for (int slot = 0; slot < G::slot_count; ++slot)
+                if (p.value[slot] != none && last_use[slot] == none && backward_reads(G::ops[i], slot)) last_use[slot] = i;
         for (int h = 0; h < G::head_count; ++h) p.gradient[G::head_logits[h]] = acquire(size(G::head_logits[h]));
+        auto release_values_read_last_by = [&](int i) {
+            for (int slot = 0; slot < G::slot_count; ++slot)
+                if (p.value[slot] != none && last_use[slot] == i) busy[p.value[slot]] = false;
+        };
+        release_values_read_last_by(none);
         for (int i = G::op_count - 1; i >= 0; --i) {
             const graph::Op& op = G::ops[i];
             if (op.kind == graph::OpKind::output) continue;
@@ -123,8 +136,21 @@ struct MemoryPlan {
                 }
             }
             if (!handed_on) busy[p.gradient[op.out]] = false;
+            release_values_read_last_by(i);
         }
         return p;
+    }
+
+    // Whether op's backward (UNet::run_backward) reads slot's value: an op its inputs, a norm
+    // also its output (the activation's mask), a residual join its output only.
+    static constexpr bool backward_reads(const graph::Op& op, int slot) {
+        using graph::OpKind;
+        switch (op.kind) {
+            case OpKind::output: return false;
+            case OpKind::add_act: return op.out == slot;
+            case OpKind::norm_act: return op.in[0] == slot || op.out == slot;
+            default: return op.in[0] == slot || op.in[1] == slot;
+        }
     }
 
     static constexpr std::size_t op_scratch(const graph::Op& op, const Shape& s, bool training, ConvAlgorithm a) {

@@ -119,19 +119,26 @@ public:
             throw std::invalid_argument("UNet::forward: the input holds NaN or Inf values");
         if (across_ && mode == Mode::train) across_->check(x.shape().n, "UNet::forward");
         plan(x.shape(), mode);
+        activations_kept_ = false;
         run_forward(x, mode == Mode::train);
+        activations_kept_ = mode == Mode::train;
         return probs_;
     }
     const Tensor<T, Backend>& predict(const Tensor<T, Backend>& x) { return forward(x, Mode::eval); }
 
     // After forward(x, Mode::train): the loss (summed over the heads with head_weight), with
     // gradients of every parameter in gradients() (overwritten) and, if given, of the input.
+    // The gradients reuse the memory of the activations as the walk leaves them behind, so each
+    // backward needs a training forward of its own (a second one throws std::logic_error).
     // Distributed (distribute()): the global batch's loss, and this share's part of the
     // gradients, which sum across the processes to the global batch's.
     double backward(const Tensor<T, Backend>& x, const Labels& labels, const DiceLoss& loss,
                     Tensor<T, Backend>* input_grad = nullptr) {
         using Loss = HeadLoss<T, Backend>;
         const Shape& s = planned_shape_;
+        if (!activations_kept_)
+            throw std::logic_error("UNet::backward: needs forward(x, Mode::train) first, once per backward (the backward pass "
+                                   "overwrites the activations it has used with gradients)");
         Loss::check_targets(C.head, C.classes, labels, {s.n, C.head == Head::softmax ? 1 : C.classes, s.d, s.h, s.w}, "UNet::backward");
         grads_.fill(T(0));
         double value = 0;
@@ -144,6 +151,7 @@ public:
                                  loss_sums_.data(), across_);
         }
         if (input_grad) input_grad->resize(x.shape());
+        activations_kept_ = false;
         run_backward(x, input_grad);
         return value;
     }
@@ -443,6 +451,7 @@ private:
     std::uint64_t weights_version_ = 0;
     Shape planned_shape_{};
     bool planned_training_ = false, planned_eval_ = false, training_ = false;
+    bool activations_kept_ = false;  // a training forward's activations, not yet used by a backward
 };
 
 }  // namespace lightunet
