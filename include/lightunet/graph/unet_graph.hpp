@@ -85,7 +85,7 @@ struct Op {
     std::size_t running = no_offset;                   // buffer offset: running mean, then running var
     int head = -1;                 // output, and the conv feeding it: 0 the top head, 1.. deep supervision
     bool training_only = false;    // deep-supervision heads: inference skips them
-    bool recomputed = false;       // norm_act whose output training does not keep: backward recomputes it
+    bool recomputed = false;       // norm_act whose output training does not keep: rebuilt where read
     Name module;                   // the PyTorch module path, without ".weight"
 
     constexpr bool has_input2() const { return in[1] != no_slot; }
@@ -209,14 +209,18 @@ constexpr GraphBuilder build_graph(const UNetConfig& c) {
     const int depth = c.depth();
     const int input = g.slot(0, c.in_channels);
 
-    // Two 3x3 convolutions, each normalised and activated; the inner activation is recomputed
-    // in the backward pass rather than kept.
+    // Two 3x3 convolutions, each normalised and activated. Training keeps the convolutions'
+    // outputs only: both activations are rebuilt from them when read (an element-wise pass)
+    // rather than kept, the block's output (read by the next level and, much later, by the
+    // decoder's skip) included.
     auto plain_block = [&](const Name& prefix, int in0, int in1, int width, int level) {
         const int z1 = e.conv(prefix.with("conv1"), OpKind::conv, in0, in1, width, 3, level);
         const int y1 = e.norm_act(prefix.with("norm1"), z1, act);
         e.mark_recomputed(y1);
         const int z2 = e.conv(prefix.with("conv2"), OpKind::conv, y1, no_slot, width, 3, level);
-        return e.norm_act(prefix.with("norm2"), z2, act);
+        const int y2 = e.norm_act(prefix.with("norm2"), z2, act);
+        e.mark_recomputed(y2);
+        return y2;
     };
     auto residual_block = [&](const Name& prefix, int in, int width, int level) {
         const int z1 = e.conv(prefix.with("conv1"), OpKind::conv, in, no_slot, width, 3, level);

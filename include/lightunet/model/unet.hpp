@@ -267,16 +267,26 @@ private:
     using Layer = std::variant<Conv, NormAct, MaxPool, StridedDown, UpTransposed, UpInterpolate, AddAct, Output>;
     using Plan = MemoryPlan<C, Backend, T>;
 
-    // The graph promises what the walks below rely on.
-    static constexpr bool recomputed_right_before_reader() {
+    // The graph promises what the walks below rely on. Recomputed activations share one buffer:
+    // each is a norm's output rebuilt from its kept input, and no op reads two of them.
+    static constexpr bool recomputed_slot(int slot) {
+        return slot != graph::no_slot && slot != Graph::input_slot && Graph::ops[Graph::producer[slot]].recomputed;
+    }
+    static constexpr bool recomputed_from_kept_inputs() {
         for (int i = 0; i < Graph::op_count; ++i) {
-            if (!Graph::ops[i].recomputed) continue;
-            const int out = Graph::ops[i].out;
-            if (i + 1 >= Graph::op_count || Graph::ops[i + 1].in[0] != out || Graph::last_reader(out, true) != i + 1) return false;
+            const graph::Op& op = Graph::ops[i];
+            if (!op.recomputed) continue;
+            if (op.kind != graph::OpKind::norm_act || recomputed_slot(op.in[0])) return false;
         }
         return true;
     }
-    static_assert(recomputed_right_before_reader(), "a recomputed activation must be read only by the op right after it");
+    static_assert(recomputed_from_kept_inputs(), "a recomputed activation must be a norm's output, rebuilt from a kept input");
+    static constexpr bool reads_one_recomputed_at_a_time() {
+        for (const graph::Op& op : Graph::ops)
+            if (op.has_input2() && op.in[0] != op.in[1] && recomputed_slot(op.in[0]) && recomputed_slot(op.in[1])) return false;
+        return true;
+    }
+    static_assert(reads_one_recomputed_at_a_time(), "an op may read only one recomputed activation (they share a buffer)");
     static constexpr bool norms_read_once() {
         for (int i = 0; i < Graph::op_count; ++i)
             if (Graph::ops[i].kind == graph::OpKind::norm_act && Graph::accumulates(i, 0)) return false;
@@ -386,6 +396,14 @@ private:
         return pool_[p.value[slot]].data();
     }
     T* gradient(int slot) { return pool_[training_plan_.gradient[slot]].data(); }
+    // Rebuilds a recomputed activation in the shared buffer unless it holds it already (from its
+    // input, kept, with the statistics the norm's training forward saved: the same bits).
+    void ensure_recomputed(int slot, const Tensor<T, Backend>& x, const layers::Pass<T>& p) {
+        if (!recomputed_slot(slot) || recomputed_holds_ == slot) return;
+        const int producer = Graph::producer[slot];
+        std::get<NormAct>(layers_[producer]).recompute(p, value_of(Graph::ops[producer].in[0], x), recomputed_.data());
+        recomputed_holds_ = slot;
+    }
 
     layers::Pass<T> pass() {
         return {planned_shape_.n, params_.data(), buffers_.data(), grads_.data(), scratch_.data(), training_, weights_version_,
@@ -395,9 +413,15 @@ private:
     void run_forward(const Tensor<T, Backend>& x, bool training) {
         training_ = training;
         const layers::Pass<T> p = pass();
+        recomputed_holds_ = graph::no_slot;
         for (int i = 0; i < Graph::op_count; ++i) {
             const graph::Op& op = Graph::ops[i];
             if (op.training_only && !training) continue;
+            if (training) {
+                ensure_recomputed(op.in[0], x, p);
+                if (op.has_input2()) ensure_recomputed(op.in[1], x, p);
+                if (op.recomputed) recomputed_holds_ = op.out;
+            }
             const T* in0 = value_of(op.in[0], x);
             const T* in1 = op.has_input2() ? value_of(op.in[1], x) : nullptr;
             T* out = value_of(op.out, x);
@@ -406,8 +430,8 @@ private:
     }
 
     // The reverse walk. Each op turns its output's gradient into its inputs' (added to what a
-    // later reader wrote, when the graph says so); norms work in place, and a recomputed input
-    // is rebuilt from its own input (with the statistics its forward saved) just before use.
+    // later reader wrote, when the graph says so); norms work in place, and a recomputed
+    // activation the op reads is rebuilt first unless the buffer holds it.
     void run_backward(const Tensor<T, Backend>& x, Tensor<T, Backend>* input_grad) {
         const layers::Pass<T> p = pass();
         auto sink = [&](int i, int k) -> layers::GradSink<T> {
@@ -419,11 +443,9 @@ private:
         for (int i = Graph::op_count - 1; i >= 0; --i) {
             const graph::Op& op = Graph::ops[i];
             if (op.kind == graph::OpKind::output) continue;  // the loss wrote d loss / d logits
+            for (int slot : {op.in[0], op.in[1], op.out})
+                if (slot != graph::no_slot && Plan::backward_reads(op, slot)) ensure_recomputed(slot, x, p);
             const T* in0 = value_of(op.in[0], x);
-            if (op.in[0] != Graph::input_slot && Graph::ops[Graph::producer[op.in[0]]].recomputed) {
-                const int producer = Graph::producer[op.in[0]];
-                std::get<NormAct>(layers_[producer]).recompute(p, value_of(Graph::ops[producer].in[0], x), recomputed_.data());
-            }
             const T* in1 = op.has_input2() ? value_of(op.in[1], x) : nullptr;
             T* grad_out = gradient(op.out);
             std::visit(
@@ -452,6 +474,7 @@ private:
     Shape planned_shape_{};
     bool planned_training_ = false, planned_eval_ = false, training_ = false;
     bool activations_kept_ = false;  // a training forward's activations, not yet used by a backward
+    int recomputed_holds_ = graph::no_slot;  // the slot whose value recomputed_ holds
 };
 
 }  // namespace lightunet
