@@ -187,3 +187,12 @@ TEST_CASE("training plan: the heads' logits gradients have buffers of their own"
     check_head_gradients_apart<ds3d>({1, 1, 16, 8, 16});
     check_head_gradients_apart<batch2d>({2, 4, 1, 16, 24});  // one head: trivially
 }
+
+#ifdef LIGHTUNET_TEST_DEPTH_SLABS
+// lightunet_slab_tests: its staging bound must split the small networks' up-samplings.
+TEST_CASE("the transposed up-sampling of a test network runs in groups of channels here", "[model][memory]") {
+    const ConvProblem coarse{{1, 4, 6}, 1, 1, 1, 8, 4 * 4};  // 2D: 4 fine channels of 4 cells each
+    CHECK(layers::UpTransposed<double, cpu>::group_channels(coarse, 2, 4) < 4);
+    CHECK(layers::UpTransposed<float, cpu>::group_channels(coarse, 2, 4) < 4);
+}
+#endif

@@ -7,6 +7,12 @@
 #include "../backend/kernels.hpp"
 #include "conv.hpp"
 
+// The most a transposed up-sampling stages of its coarse output in training (UpTransposed); as
+// LIGHTUNET_CONV_SLAB_BYTES, the tests shrink it, and a program must use one value throughout.
+#ifndef LIGHTUNET_STAGED_GROUP_BYTES
+#define LIGHTUNET_STAGED_GROUP_BYTES (std::size_t(32) << 20)
+#endif
+
 namespace lightunet::layers {
 
 template <class T, class Backend>
@@ -93,27 +99,45 @@ struct UpTransposed {
         conv.plan(input);
         cells = {conv.problem.extent, conv.dims == 3 ? 2 : 1};
     }
+    // Training runs the coarse convolution for groups of fine output channels (their cells are
+    // consecutive rows of the transposed weights), so only a group's coarse output or gradient
+    // is staged: at 128^3 the whole one took 128 MiB. Inference stages it whole (its prepared
+    // weights are packed for the whole problem).
+    static constexpr std::size_t staged_group_bytes = LIGHTUNET_STAGED_GROUP_BYTES;
+    static constexpr int group_channels(const ConvProblem& c, int images, int channels) {
+        const std::size_t per_channel = sizeof(T) * std::size_t(images) * std::size_t(c.cout / channels) * c.extent.size();
+        return int(std::clamp<std::size_t>(staged_group_bytes / per_channel, 1, std::size_t(channels)));
+    }
+    // The coarse convolution of fine channels [first, first + count).
+    static constexpr ConvProblem group_problem(const ConvProblem& c, int channels, int count) {
+        ConvProblem g = c;
+        g.cout = c.cout / channels * count;
+        return g;
+    }
+    // The training convolution's workspace: enough for a whole group and for the last, shorter one.
+    static constexpr std::size_t group_workspace_size(const ConvProblem& c, int images, int channels) {
+        const int group = group_channels(c, images, channels);
+        const int last = channels - (channels - 1) / group * group;
+        return std::max(Conv<T, Backend>::scratch_size(group_problem(c, channels, group), true),
+                        Conv<T, Backend>::scratch_size(group_problem(c, channels, last), true));
+    }
     // Layout: [conv workspace][transposed weights][staged coarse output | rearranged gradient]
     // [transposed weight gradient (training)].
     static constexpr std::size_t scratch_size(const graph::Op& op, const Shape& input, int dims, bool training, ConvAlgorithm a) {
         const ConvProblem c = conv_problem(op, input, dims, a);
-        return Conv<T, Backend>::scratch_size(c, training) + (training ? 2 : 1) * c.weight_count() +
-               std::size_t(input.n) * c.cout * c.extent.size();
+        if (!training) return Conv<T, Backend>::scratch_size(c, false) + c.weight_count() + std::size_t(input.n) * c.cout * c.extent.size();
+        const ConvProblem g = group_problem(c, op.cout, group_channels(c, input.n, op.cout));
+        return group_workspace_size(c, input.n, op.cout) + 2 * c.weight_count() + std::size_t(input.n) * g.cout * g.extent.size();
     }
     // Inference transposes and prepares the weights once per weights version.
     void forward(const Pass<T>& p, const T* below, const T*, T* out) {
         using K = Kernels<Backend>;
         const ConvProblem& problem = conv.problem;
-        T* transposed = p.scratch + Conv<T, Backend>::scratch_size(problem, p.training);
-        T* staged = transposed + problem.weight_count();
         const ChannelSource<T> in{below, problem.cin, std::ptrdiff_t(problem.cin * problem.extent.size())};
         const std::span<const ChannelSource<T>> input(&in, 1);
-        const std::ptrdiff_t stride = std::ptrdiff_t(problem.cout * problem.extent.size());
-        if (p.training) {
-            K::transpose(problem.cin, problem.cout, p.params + conv.weight, transposed);
-            K::conv_forward(problem, p.images, input, static_cast<const T*>(transposed), static_cast<const T*>(nullptr), staged, stride,
-                            p.scratch);
-        } else {
+        if (!p.training) {
+            T* transposed = p.scratch + Conv<T, Backend>::scratch_size(problem, false);
+            T* staged = transposed + problem.weight_count();
             conv.prepare_from(
                 [&] {
                     K::transpose(problem.cin, problem.cout, p.params + conv.weight, transposed);
@@ -121,30 +145,62 @@ struct UpTransposed {
                 },
                 p.weights_version);
             K::conv_forward_prepared(problem, p.images, input, static_cast<const T*>(conv.prepared.data()), static_cast<const T*>(nullptr),
-                                     staged, stride, p.scratch);
+                                     staged, std::ptrdiff_t(problem.cout * problem.extent.size()), p.scratch);
+            K::depth_to_space(cells, std::ptrdiff_t(p.images) * channels, channels, static_cast<const T*>(staged),
+                              static_cast<const T*>(p.params + conv.bias), out, false);
+            return;
         }
-        K::depth_to_space(cells, std::ptrdiff_t(p.images) * channels, channels, static_cast<const T*>(staged),
-                          static_cast<const T*>(p.params + conv.bias), out, false);
+        T* transposed = p.scratch + group_workspace_size(problem, p.images, channels);
+        T* staged = transposed + problem.weight_count();
+        K::transpose(problem.cin, problem.cout, p.params + conv.weight, transposed);
+        for_each_group(p.images, [&](const ConvProblem& g, int first, int count) {
+            const std::ptrdiff_t stride = std::ptrdiff_t(g.cout * g.extent.size());
+            K::conv_forward(g, p.images, input, static_cast<const T*>(transposed + std::size_t(first) * rows_per_channel() * g.cin),
+                            static_cast<const T*>(nullptr), staged, stride, p.scratch);
+            for (int n = 0; n < p.images; ++n)
+                K::depth_to_space(cells, count, count, static_cast<const T*>(staged + n * stride),
+                                  static_cast<const T*>(p.params + conv.bias + first), out + fine_offset(n, first), false);
+        });
     }
     void backward(const Pass<T>& p, const T* below, const T* grad_out, GradSink<T> grad_below) const {
         using K = Kernels<Backend>;
         const ConvProblem& problem = conv.problem;
         const std::size_t weight = conv.weight, bias = conv.bias;
-        T* transposed = p.scratch + Conv<T, Backend>::scratch_size(problem, true);
+        const int group = group_channels(problem, p.images, channels);
+        T* transposed = p.scratch + group_workspace_size(problem, p.images, channels);
         T* rearranged = transposed + problem.weight_count();
-        T* transposed_grad = rearranged + std::size_t(p.images) * problem.cout * problem.extent.size();
+        T* transposed_grad = rearranged + std::size_t(p.images) * group_problem(problem, channels, group).cout * problem.extent.size();
         const ChannelSource<T> in{below, problem.cin, std::ptrdiff_t(problem.cin * problem.extent.size())};
-        const ChannelSink<T> sink{grad_below.data, problem.cin, in.image_stride, grad_below.accumulate};
         K::channel_sums(p.images, channels, std::ptrdiff_t(cells.fine().size()), grad_out, p.grads + bias);
-        K::space_to_depth(cells, std::ptrdiff_t(p.images) * channels, grad_out, rearranged);
         K::transpose(problem.cin, problem.cout, p.params + weight, transposed);
         Backend::fill(transposed_grad, T(0), problem.weight_count());
-        K::conv_backward(problem, p.images, std::span<const ChannelSource<T>>(&in, 1), static_cast<const T*>(transposed),
-                         static_cast<const T*>(rearranged), std::ptrdiff_t(problem.cout * problem.extent.size()),
-                         std::span<const ChannelSink<T>>(&sink, 1), transposed_grad, static_cast<T*>(nullptr), p.scratch);
+        for_each_group(p.images, [&](const ConvProblem& g, int first, int count) {
+            const std::ptrdiff_t stride = std::ptrdiff_t(g.cout * g.extent.size());
+            for (int n = 0; n < p.images; ++n) K::space_to_depth(cells, count, grad_out + fine_offset(n, first), rearranged + n * stride);
+            // Every group adds its part of the input gradient to the first's.
+            const ChannelSink<T> sink{grad_below.data, problem.cin, in.image_stride, grad_below.accumulate || first > 0};
+            const std::size_t rows = std::size_t(first) * rows_per_channel() * g.cin;
+            K::conv_backward(g, p.images, std::span<const ChannelSource<T>>(&in, 1), static_cast<const T*>(transposed + rows),
+                             static_cast<const T*>(rearranged), stride, std::span<const ChannelSink<T>>(&sink, 1),
+                             transposed_grad + rows, static_cast<T*>(nullptr), p.scratch);
+        });
         // d W[in][out] is the transpose of d W^T[out][in] (the transposed weights are free again).
         K::transpose(problem.cout, problem.cin, static_cast<const T*>(transposed_grad), transposed);
         K::add(std::ptrdiff_t(problem.weight_count()), static_cast<const T*>(transposed), p.grads + weight);
+    }
+
+private:
+    int rows_per_channel() const { return conv.problem.cout / channels; }  // the cells
+    std::ptrdiff_t fine_offset(int image, int channel) const {
+        return (std::ptrdiff_t(image) * channels + channel) * std::ptrdiff_t(cells.fine().size());
+    }
+    template <class F>
+    void for_each_group(int images, F&& f) const {
+        const int group = group_channels(conv.problem, images, channels);
+        for (int first = 0; first < channels; first += group) {
+            const int count = std::min(group, channels - first);
+            f(group_problem(conv.problem, channels, count), first, count);
+        }
     }
 
 };
