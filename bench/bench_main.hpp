@@ -10,7 +10,8 @@
     int main(int argc, char** argv) {                                                              \
         benchmark::Initialize(&argc, argv);                                                        \
         if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;                          \
-        benchmark::AddCustomContext("cpu_kernels", lightunet::Kernels<lightunet::cpu>::target()); \
+        benchmark::AddCustomContext("cpu_kernels", lightunet::Kernels<lightunet::cpu>::target());   \
+        benchmark::AddCustomContext("bf16_kernels", lightunet::Kernels<lightunet::cpu>::bf16_kernels()); \
         benchmark::RunSpecifiedBenchmarks();                                                       \
         benchmark::Shutdown();                                                                     \
         return 0;                                                                                  \

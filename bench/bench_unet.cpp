@@ -32,8 +32,9 @@ void fill_input(Tensor<float>& x, Tensor<std::uint8_t>& labels) {
 // reprepare: the weights count as changed before every pass, so each convolution prepares
 // (transforms or packs) its weights again, as inference did before it kept them.
 template <UNetConfig C>
-void inference(benchmark::State& state, Shape shape, bool reprepare = false) {
+void inference(benchmark::State& state, Shape shape, bool reprepare = false, Precision precision = Precision::fp32) {
     auto net = std::make_unique<UNet<C>>(1);
+    net->set_conv_precision(precision);
     Tensor<float> x(shape);
     Tensor<std::uint8_t> labels({shape.n, 1, shape.d, shape.h, shape.w});
     fill_input<C>(x, labels);
@@ -48,8 +49,9 @@ void inference(benchmark::State& state, Shape shape, bool reprepare = false) {
 }
 
 template <UNetConfig C>
-void training_step(benchmark::State& state, Shape shape) {
+void training_step(benchmark::State& state, Shape shape, Precision precision = Precision::fp32) {
     auto net = std::make_unique<UNet<C>>(1);
+    net->set_conv_precision(precision);
     Tensor<float> x(shape);
     Tensor<std::uint8_t> labels({shape.n, 1, shape.d, shape.h, shape.w});
     fill_input<C>(x, labels);
@@ -66,6 +68,11 @@ void inference_2d_reprepare(benchmark::State& s) { inference<brats2d>(s, {1, 4, 
 void training_step_2d(benchmark::State& s) { training_step<brats2d>(s, {8, 4, 1, 240, 240}); }
 void inference_3d(benchmark::State& s) { inference<brats3d>(s, {1, 4, 128, 128, 128}); }
 void training_step_3d(benchmark::State& s) { training_step<brats3d>(s, {1, 4, 128, 128, 128}); }
+// Precision::bf16 convolutions (bf16_kernels in the context says which kernels ran them).
+void inference_2d_bf16(benchmark::State& s) { inference<brats2d>(s, {1, 4, 1, 240, 240}, false, Precision::bf16); }
+void training_step_2d_bf16(benchmark::State& s) { training_step<brats2d>(s, {8, 4, 1, 240, 240}, Precision::bf16); }
+void inference_3d_bf16(benchmark::State& s) { inference<brats3d>(s, {1, 4, 128, 128, 128}, false, Precision::bf16); }
+void training_step_3d_bf16(benchmark::State& s) { training_step<brats3d>(s, {1, 4, 128, 128, 128}, Precision::bf16); }
 
 }  // namespace
 
@@ -75,4 +82,8 @@ BENCHMARK(inference_2d_reprepare)->Unit(benchmark::kMillisecond)->UseRealTime()-
 BENCHMARK(training_step_2d)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(5);
 BENCHMARK(inference_3d)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(5);
 BENCHMARK(training_step_3d)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
+BENCHMARK(inference_2d_bf16)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2);
+BENCHMARK(training_step_2d_bf16)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(5);
+BENCHMARK(inference_3d_bf16)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(5);
+BENCHMARK(training_step_3d_bf16)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
 LIGHTUNET_BENCHMARK_MAIN()

@@ -1,6 +1,8 @@
 #include <catch2/catch.hpp>
 
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <random>
 #include <vector>
 
@@ -66,7 +68,70 @@ void check_conv(const ConvProblem& p, int images, double tol) {
     check_close(db, db_ref, tol);
 }
 
+// Precision::bf16: the sums of the naive reference (in double) over operands rounded to bf16
+// (inputs, weights, output gradients; the bias gradient sums the output gradient as given), to
+// fp32 accuracy; and visibly not the fp32 convolution.
+std::vector<double> bf16_rounded(const std::vector<float>& v) {
+    std::vector<double> r(v.size());
+    for (std::size_t i = 0; i < v.size(); ++i) r[i] = cpu_kernels::round_to_bf16(v[i]);
+    return r;
+}
+template <class A, class B>
+double worst_relative(const std::vector<A>& a, const std::vector<B>& b) {
+    double worst = 0;
+    for (std::size_t i = 0; i < a.size(); ++i)
+        worst = std::max(worst, std::abs(double(a[i]) - double(b[i])) / (1.0 + std::abs(double(b[i]))));
+    return worst;
+}
+void check_conv_bf16(ConvProblem p, int images) {
+    p.precision = Precision::bf16;
+    const std::size_t S = p.extent.size();
+    auto x = random_vector<float>(std::size_t(images) * p.cin * S, 11);
+    auto w = random_vector<float>(p.weight_count(), 12);
+    auto b = random_vector<float>(p.cout, 13);
+    auto g = random_vector<float>(std::size_t(images) * p.cout * S, 14);
+    std::vector<float> ws(Kernels<cpu>::conv_workspace_size<float>(p));
+    const int first = p.cin / 2;
+    const ChannelSource<float> sources[2] = {{x.data(), first, std::ptrdiff_t(p.cin * S)},
+                                             {x.data() + first * S, p.cin - first, std::ptrdiff_t(p.cin * S)}};
+    std::vector<float> y(std::size_t(images) * p.cout * S);
+    Kernels<cpu>::conv_forward<float>(p, images, sources, w.data(), b.data(), y.data(), std::ptrdiff_t(p.cout * S), ws.data());
+    const std::vector<double> xr = bf16_rounded(x), wr = bf16_rounded(w), gr = bf16_rounded(g);
+    const std::vector<double> bd(b.begin(), b.end()), gd(g.begin(), g.end());
+    CHECK(worst_relative(y, reference::conv_forward(p, images, xr, wr, bd)) < 2e-5);
+    CHECK(worst_relative(y, reference::conv_forward(p, images, std::vector<double>(x.begin(), x.end()),
+                                                    std::vector<double>(w.begin(), w.end()), bd)) > 2e-4);
+
+    std::vector<double> dx_ref, dw_ref, db_ref, dx_unused, dw_unused;
+    reference::conv_backward(p, images, xr, wr, gr, dx_ref, dw_ref, db_ref);
+    reference::conv_backward(p, images, xr, wr, gd, dx_unused, dw_unused, db_ref);  // the bias sums g as given
+    std::vector<float> dx(x.size(), 7.0f), dw(w.size(), 0.0f), db(p.cout, 0.0f);
+    const ChannelSink<float> sinks[2] = {{dx.data(), first, std::ptrdiff_t(p.cin * S), true},
+                                         {dx.data() + first * S, p.cin - first, std::ptrdiff_t(p.cin * S), false}};
+    Kernels<cpu>::conv_backward<float>(p, images, sources, w.data(), g.data(), std::ptrdiff_t(p.cout * S), sinks, dw.data(),
+                                      db.data(), ws.data());
+    for (int n = 0; n < images; ++n)
+        for (std::size_t i = 0; i < first * S; ++i) dx_ref[n * p.cin * S + i] += 7.0;
+    CHECK(worst_relative(dx, dx_ref) < 2e-5);
+    CHECK(worst_relative(dw, dw_ref) < 2e-5);
+    CHECK(worst_relative(db, db_ref) < 2e-5);
+}
+
 }  // namespace
+
+TEST_CASE("bf16 convolutions sum bf16-rounded operands in fp32", "[conv][bf16]") {
+#if defined(__AVX512BF16__) && !defined(LIGHTUNET_CPU_DISPATCH)
+    // This program was built for a CPU with AVX512_BF16: the vdpbf16ps kernels run unless turned off.
+    const char* off = std::getenv("LIGHTUNET_CPU_BF16");
+    CHECK(cpu_kernels::bf16_dot_runs() == !(off && std::string(off) == "0"));
+#endif
+    SECTION("2D 3x3, 5 -> 11 channels, 7x13, two images") { check_conv_bf16({{1, 7, 13}, 1, 3, 3, 5, 11}, 2); }
+    SECTION("2D 3x3, 33 -> 17 channels, 20x37") { check_conv_bf16({{1, 20, 37}, 1, 3, 3, 33, 17}, 1); }
+    SECTION("3D 3x3x3, 7 -> 10 channels, 5x6x7") { check_conv_bf16({{5, 6, 7}, 3, 3, 3, 7, 10}, 1); }
+    SECTION("3D 1x1x1, 13 -> 5 channels, 7x4x9") { check_conv_bf16({{7, 4, 9}, 1, 1, 1, 13, 5}, 2); }
+    SECTION("2D 1x1, 64 -> 4 channels, 16x16 (a head)") { check_conv_bf16({{1, 16, 16}, 1, 1, 1, 64, 4}, 1); }
+    SECTION("2D 3x3, 32 -> 32 channels, 40x36 (Winograd's in fp32)") { check_conv_bf16({{1, 40, 36}, 1, 3, 3, 32, 32}, 1); }
+}
 
 TEMPLATE_TEST_CASE("convolution kernels equal the naive reference on odd sizes", "[conv]", float, double) {
     const double tol = std::is_same_v<TestType, float> ? 2e-4 : 1e-12;

@@ -52,7 +52,7 @@ void check(Shape s) {
 template <UNetConfig C>
 void check_head_gradients_apart(Shape s) {
     using G = graph::UNetGraph<C>;
-    const auto plan = MemoryPlan<C, cpu, float>::make(s, Mode::train, ConvAlgorithm::automatic);
+    const auto plan = MemoryPlan<C, cpu, float>::make(s, Mode::train, ConvSettings{});
     REQUIRE(G::head_count == 1 + C.auxiliary_heads());
     for (int a = 0; a < G::head_count; ++a)
         for (int b = a + 1; b < G::head_count; ++b) {
@@ -70,7 +70,7 @@ template <UNetConfig C>
 void check_training_lifetimes(Shape s) {
     using G = graph::UNetGraph<C>;
     using graph::OpKind;
-    const auto plan = MemoryPlan<C, cpu, float>::make(s, Mode::train, ConvAlgorithm::automatic);
+    const auto plan = MemoryPlan<C, cpu, float>::make(s, Mode::train, ConvSettings{});
     constexpr int loss_step = G::op_count;
     auto reads = [](const graph::Op& op, int slot) {
         if (op.kind == OpKind::output) return false;

@@ -300,6 +300,8 @@ brats_cli::Options options_for(const std::string& command) {
             .value("val-batches", "8", "validation batches (drawn once, un-augmented)")
             .value("seed", "1", "seed of the weights, the split and the loader")
             .value("threads", "2", "compute threads")
+            .value("precision", "fp32", "convolution operands: fp32, or bf16 (rounded to bfloat16 and summed in fp32; "
+                                        "fp32 weights and checkpoints; fast where the CPU has AVX512_BF16)", {"fp32", "bf16"})
             .value("workers", "1", "loader threads")
             .value("keep", "3", "rolling checkpoints kept")
             .value("autosave", "300", "seconds between time-based checkpoints (0: off)")
@@ -324,6 +326,8 @@ brats_cli::Options options_for(const std::string& command) {
             .value("checkpoint", "", "checkpoint file [<run>/checkpoints/best.h5]")
             .value("overlap", "0.5", "sliding-window overlap")
             .value("threads", "2", "compute threads")
+            .value("precision", "fp32", "convolution operands: fp32, or bf16 (rounded to bfloat16 and summed in fp32)",
+                   {"fp32", "bf16"})
             .value("pictures", "3", "cases drawn as overlay PNGs")
             .flag("tta", "mirror test-time augmentation")
             .flag("no-channel-check", "Kaggle slices: do not judge the declared channel order against the intensities (it is "

@@ -48,6 +48,15 @@ int export_3d_resenc(const brats_cli::Options& o, const RunInfo& run);
 inline void report_cpu_kernels(int threads) {
     std::fprintf(stderr, "[INFO] CPU kernels: %s, %d threads\n", lightunet::Kernels<lightunet::cpu>::target().c_str(), threads);
 }
+// --precision: the convolutions' operands, said in the log with the kernels that run them.
+template <class Model>
+void set_precision(const brats_cli::Options& o, Model& model) {
+    const bool bf16 = o.str("precision") == "bf16";
+    model.set_conv_precision(bf16 ? lightunet::Precision::bf16 : lightunet::Precision::fp32);
+    if (bf16)
+        std::fprintf(stderr, "[INFO] Convolutions: bf16 operands, fp32 sums: %s\n",
+                     lightunet::Kernels<lightunet::cpu>::bf16_kernels().c_str());
+}
 
 template <lightunet::UNetConfig C>
 struct Pipeline {
@@ -188,6 +197,7 @@ int Pipeline<C>::train(const brats_cli::Options& o, const RunInfo& run, Optimize
 
     Model model(seed);
     model.set_threads(threads);
+    set_precision(o, model);
     // --minutes: epochs until the budget is spent (--epochs, if given, caps them) and the schedule
     // over the clock: evaluated at a step of `ticks` in proportion to the time spent.
     const bool budgeted = o.given("minutes") && o.real("minutes", 0.0) > 0;
@@ -282,6 +292,7 @@ int Pipeline<C>::predict(const brats_cli::Options& o, const RunInfo& run) {
     report_cpu_kernels(threads);
     Model model(0);
     model.set_threads(threads);
+    set_precision(o, model);
     load(o, run, model);
 
     eval::SlidingWindowOptions so;

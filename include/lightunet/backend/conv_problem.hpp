@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "../config/unet_config.hpp"
 #include "../tensor/shape.hpp"
 
 namespace lightunet {
@@ -26,6 +27,13 @@ inline const char* to_string(ConvAlgorithm a) {
     }
 }
 
+// How a model runs its convolutions (UNet::set_conv_algorithm, set_conv_precision); the
+// configuration's precision is its default.
+struct ConvSettings {
+    ConvAlgorithm algorithm = ConvAlgorithm::automatic;
+    Precision precision = Precision::fp32;
+};
+
 // A stride-1 'same' convolution: kernel kd x kh x kw, padding k/2 on each axis, so the output
 // extent equals the input extent. 3x3(x3) blocks, 1x1 heads and (after a space-to-depth
 // rearrangement) the 2x2(x2) stride-2 down and up convolutions are all of this form.
@@ -41,6 +49,7 @@ struct ConvProblem {
     int kd = 1, kh = 1, kw = 1;
     int cin = 0, cout = 0;
     ConvAlgorithm algorithm = ConvAlgorithm::automatic;
+    Precision precision = Precision::fp32;  // bf16: direct kernels only (no Winograd), float only
     constexpr int taps() const { return kd * kh * kw; }
     constexpr std::size_t weight_count() const { return std::size_t(cout) * cin * taps(); }
     constexpr double flops_per_image() const { return 2.0 * double(extent.size()) * cout * cin * taps(); }

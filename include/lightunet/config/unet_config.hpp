@@ -15,6 +15,12 @@ enum class Head { softmax, sigmoid };
 // plus a skip, projected by a 1x1 conv and norm where the channels change, then act), several per
 // level (`encoder_blocks`). The decoder is plain in both.
 enum class Encoder { plain, residual };
+// The operands of the convolutions. fp32: float throughout. bf16: inputs, weights and output
+// gradients rounded to bfloat16 (8-bit mantissa), products summed in fp32, fp32 master weights
+// and everything else fp32 (AVX512_BF16's vdpbf16ps where the CPU has it, the same rounding
+// with fp32 multiply-adds elsewhere). A float model's choice; double models ignore it.
+enum class Precision { fp32, bf16 };
+inline const char* to_string(Precision p) { return p == Precision::bf16 ? "bf16" : "fp32"; }
 
 inline constexpr int max_depth = 8;
 
@@ -38,6 +44,7 @@ struct UNetConfig {
     // does (halving per level, normalised; nnU-Net's head on the lowest decoder level has weight 0,
     // so it is left out); inference runs the top head only.
     bool deep_supervision = false;
+    Precision precision = Precision::fp32;  // of the convolutions' operands (see Precision)
 
     constexpr int depth() const {
         int d = 0;

@@ -24,7 +24,7 @@ struct Conv {
 
     static Conv from(const graph::Op& op, int dims) {
         Conv c;
-        c.problem = conv_problem(op, {}, dims, ConvAlgorithm::automatic);
+        c.problem = conv_problem(op, {}, dims, ConvSettings{});
         c.weight = op.weight;
         c.bias = op.bias;
         c.level = op.level;
@@ -40,7 +40,7 @@ struct Conv {
         return training ? 0 : Kernels<Backend>::template conv_prepared_size<T>(p);
     }
     void plan(const Shape& input) { problem.extent = level_extent(input, level, dims); }
-    static constexpr std::size_t scratch_size(const graph::Op& op, const Shape& input, int dims, bool training, ConvAlgorithm a) {
+    static constexpr std::size_t scratch_size(const graph::Op& op, const Shape& input, int dims, bool training, ConvSettings a) {
         return scratch_size(conv_problem(op, input, dims, a), training);
     }
     std::size_t parameter_count() const { return problem.weight_count() + problem.cout; }

@@ -44,18 +44,25 @@ constexpr Shape level_shape(const Shape& input, int level, int dims, int channel
 // The convolution a conv-like op runs at an input shape: stride-2 ops as 1x1 convolutions at
 // the coarse level (the down op's own level, the up ops' input level) over space-to-depth
 // rearranged channels.
-constexpr ConvProblem conv_problem(const graph::Op& op, const Shape& input, int dims, ConvAlgorithm algorithm) {
+constexpr ConvProblem conv_problem(const graph::Op& op, const Shape& input, int dims, ConvSettings settings) {
+    const ConvAlgorithm algorithm = settings.algorithm;
     const int cells = dims == 3 ? 8 : 4;
+    ConvProblem p;
     switch (op.kind) {
         case graph::OpKind::strided_down:
-            return {level_extent(input, op.level, dims), 1, 1, 1, op.cin * cells, op.cout, algorithm};
+            p = {level_extent(input, op.level, dims), 1, 1, 1, op.cin * cells, op.cout, algorithm};
+            break;
         case graph::OpKind::up_transposed:
-            return {level_extent(input, op.level + 1, dims), 1, 1, 1, op.cin, op.cout * cells, algorithm};
+            p = {level_extent(input, op.level + 1, dims), 1, 1, 1, op.cin, op.cout * cells, algorithm};
+            break;
         case graph::OpKind::up_interpolate:
-            return {level_extent(input, op.level + 1, dims), 1, 1, 1, op.cin, op.cout, algorithm};
+            p = {level_extent(input, op.level + 1, dims), 1, 1, 1, op.cin, op.cout, algorithm};
+            break;
         default:
-            return {level_extent(input, op.level, dims), dims == 3 ? op.kernel : 1, op.kernel, op.kernel, op.cin, op.cout, algorithm};
+            p = {level_extent(input, op.level, dims), dims == 3 ? op.kernel : 1, op.kernel, op.kernel, op.cin, op.cout, algorithm};
     }
+    p.precision = settings.precision;
+    return p;
 }
 
 // A parameter offset as a pointer offset (absent parameters point at the buffer's start and

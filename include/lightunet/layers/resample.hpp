@@ -57,7 +57,7 @@ struct StridedDown {
         cells = {conv.problem.extent, conv.dims == 3 ? 2 : 1};
     }
     // Layout: [conv workspace][rearranged input][rearranged input gradient (training)].
-    static constexpr std::size_t scratch_size(const graph::Op& op, const Shape& input, int dims, bool training, ConvAlgorithm a) {
+    static constexpr std::size_t scratch_size(const graph::Op& op, const Shape& input, int dims, bool training, ConvSettings a) {
         const ConvProblem c = conv_problem(op, input, dims, a);
         const std::size_t rearranged = std::size_t(input.n) * c.cin * c.extent.size();
         return Conv<T, Backend>::scratch_size(c, training) + (training ? 2 : 1) * rearranged;
@@ -123,7 +123,7 @@ struct UpTransposed {
     }
     // Layout: [conv workspace][transposed weights][staged coarse output | rearranged gradient]
     // [transposed weight gradient (training)].
-    static constexpr std::size_t scratch_size(const graph::Op& op, const Shape& input, int dims, bool training, ConvAlgorithm a) {
+    static constexpr std::size_t scratch_size(const graph::Op& op, const Shape& input, int dims, bool training, ConvSettings a) {
         const ConvProblem c = conv_problem(op, input, dims, a);
         if (!training) return Conv<T, Backend>::scratch_size(c, false) + c.weight_count() + std::size_t(input.n) * c.cout * c.extent.size();
         const ConvProblem g = group_problem(c, op.cout, group_channels(c, input.n, op.cout));
@@ -224,7 +224,7 @@ struct UpInterpolate {
         cells = {conv.problem.extent, conv.dims == 3 ? 2 : 1};
     }
     // Layout: [conv workspace][staged coarse output | its gradient].
-    static constexpr std::size_t scratch_size(const graph::Op& op, const Shape& input, int dims, bool training, ConvAlgorithm a) {
+    static constexpr std::size_t scratch_size(const graph::Op& op, const Shape& input, int dims, bool training, ConvSettings a) {
         const ConvProblem c = conv_problem(op, input, dims, a);
         return Conv<T, Backend>::scratch_size(c, training) + std::size_t(input.n) * c.cout * c.extent.size();
     }

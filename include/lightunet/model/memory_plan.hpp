@@ -48,7 +48,7 @@ struct MemoryPlan {
     }
     constexpr std::size_t bytes() const { return elements() * sizeof(T) + loss_sums * sizeof(double) + label_bytes; }
 
-    static constexpr MemoryPlan make(const Shape& s, Mode mode, ConvAlgorithm algorithm) {
+    static constexpr MemoryPlan make(const Shape& s, Mode mode, ConvSettings settings) {
         MemoryPlan p;
         const bool training = mode == Mode::train;
         p.value.fill(none);
@@ -71,9 +71,9 @@ struct MemoryPlan {
 
         for (const graph::Op& op : G::ops) {
             if (!active(op)) continue;
-            p.scratch = std::max(p.scratch, op_scratch(op, s, training, algorithm));
+            p.scratch = std::max(p.scratch, op_scratch(op, s, training, settings));
             if (op.is_conv_like())
-                p.prepared += layers::Conv<T, Backend>::prepared_size(layers::conv_problem(op, s, C.dims, algorithm), training);
+                p.prepared += layers::Conv<T, Backend>::prepared_size(layers::conv_problem(op, s, C.dims, settings), training);
             if (op.kind == graph::OpKind::norm_act)
                 p.norm_state += layers::NormAct<T, Backend>::state_size(C.norm, C.norm == Norm::group ? C.groups : 1,
                                                                         layers::level_shape(s, op.level, C.dims, op.cout));
@@ -153,7 +153,7 @@ struct MemoryPlan {
         }
     }
 
-    static constexpr std::size_t op_scratch(const graph::Op& op, const Shape& s, bool training, ConvAlgorithm a) {
+    static constexpr std::size_t op_scratch(const graph::Op& op, const Shape& s, bool training, ConvSettings a) {
         using graph::OpKind;
         switch (op.kind) {
             case OpKind::conv: return layers::Conv<T, Backend>::scratch_size(op, s, C.dims, training, a);

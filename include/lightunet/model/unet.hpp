@@ -63,6 +63,7 @@ public:
         grads_.resize({1, 1, 1, 1, int(parameter_count)});
         buffers_.resize({1, 1, 1, 1, int(std::max<std::size_t>(1, buffer_count))});
         for (int i = 0; i < Graph::op_count; ++i) layers_[i] = make_layer(Graph::ops[i]);
+        set_conv_precision(C.precision);
         initialize(seed);
     }
 
@@ -79,8 +80,11 @@ public:
 
     // Bytes of activations, gradients and scratch a step at this input shape holds (parameters,
     // gradients and optimiser state not included).
-    static constexpr std::size_t workspace_bytes(const Shape& s, Mode mode, ConvAlgorithm algorithm = ConvAlgorithm::automatic) {
-        return MemoryPlan<C, Backend, T>::make(s, mode, algorithm).bytes();
+    static constexpr std::size_t workspace_bytes(const Shape& s, Mode mode, ConvSettings settings = {ConvAlgorithm::automatic, C.precision}) {
+        return MemoryPlan<C, Backend, T>::make(s, mode, settings).bytes();
+    }
+    static constexpr std::size_t workspace_bytes(const Shape& s, Mode mode, ConvAlgorithm algorithm) {
+        return workspace_bytes(s, mode, ConvSettings{algorithm, C.precision});
     }
     // What the tensors planned so far hold (equals workspace_bytes after one pass in one mode).
     std::size_t planned_bytes() const {
@@ -235,12 +239,23 @@ public:
     // direct or winograd force one path through the whole network, for tests and benchmarks.
     // Workspace sizes depend on it, so the next pass plans its buffers again.
     void set_conv_algorithm(ConvAlgorithm algorithm) {
-        algorithm_ = algorithm;
+        settings_.algorithm = algorithm;
         for (auto& layer : layers_)
             if (Conv* c = conv_of(layer)) c->problem.algorithm = algorithm;
         planned_training_ = planned_eval_ = false;
     }
-    ConvAlgorithm conv_algorithm() const { return algorithm_; }
+    ConvAlgorithm conv_algorithm() const { return settings_.algorithm; }
+    // The precision of every convolution's operands (UNetConfig::precision unless set): bf16
+    // rounds inputs, weights and output gradients to bfloat16 and sums in fp32 (see Precision);
+    // the parameters, their gradients and the optimiser stay fp32, so a model's checkpoints serve
+    // either precision. A float model on the CPU only (the CUDA backend refuses bf16).
+    void set_conv_precision(Precision precision) {
+        settings_.precision = precision;
+        for (auto& layer : layers_)
+            if (Conv* c = conv_of(layer)) c->problem.precision = precision;
+        planned_training_ = planned_eval_ = false;
+    }
+    Precision conv_precision() const { return settings_.precision; }
 
 private:
     static void to_host(std::span<T> out, const Tensor<T, Backend>& t, std::size_t count, const char* what) {
@@ -359,7 +374,7 @@ private:
         const bool training = mode == Mode::train;
         if (s != planned_shape_) planned_training_ = planned_eval_ = false;
         if (training ? planned_training_ : planned_eval_) return;
-        const Plan p = Plan::make(s, mode, algorithm_);
+        const Plan p = Plan::make(s, mode, settings_);
         auto vec = [](std::size_t n) { return Shape{1, 1, 1, 1, int(std::max<std::size_t>(n, 1))}; };
         auto grow = [&](auto& t, std::size_t n) {
             if (n > t.capacity()) t.resize(vec(n));
@@ -468,7 +483,7 @@ private:
     Tensor<double, Backend> loss_sums_;
     std::array<Tensor<std::uint8_t, Backend>, std::max(1, Graph::head_count - 1)> labels_;  // down-sampled targets
     Plan training_plan_{}, eval_plan_{};
-    ConvAlgorithm algorithm_ = ConvAlgorithm::automatic;
+    ConvSettings settings_{};
     CrossBatch* across_ = nullptr;
     std::uint64_t weights_version_ = 0;
     Shape planned_shape_{};

@@ -2,6 +2,7 @@
 // Stride-1 'same' convolution on the CPU over a batch: forward (Fprop), data gradient (Dgrad)
 // and weight gradient (Wgrad). Direct kernels (conv_direct.hpp) serve every shape; 2D 3x3
 // Fprop and Dgrad on large enough planes go through Winograd F(2x2, 3x3) (winograd.hpp).
+#include "conv_bf16.hpp"
 #include "conv_direct.hpp"
 #include "winograd.hpp"
 
@@ -58,8 +59,11 @@ void for_each_slab(const ConvProblem& p, F&& f) {
 
 // The problem's ConvAlgorithm picks the kernels; workspace sizes depend on the choice.
 // `fast_enough`: automatic's speed threshold for this pass (Fprop/Dgrad or Wgrad).
+// bf16 operands run the direct kernels only: Winograd's transforms would round values that are
+// no longer the operands themselves.
 template <class T>
 constexpr bool choose_winograd(const ConvProblem& p, bool fast_enough) {
+    if (uses_bf16<T>(p)) return false;
     switch (p.algorithm) {
         case ConvAlgorithm::direct: return false;
         case ConvAlgorithm::winograd: return winograd::computes<T>(p);
@@ -77,7 +81,7 @@ constexpr bool use_winograd_weight_gradient(const ConvProblem& p) {
 
 // The data gradient is the convolution of the output gradient with the mirrored kernel, input
 // and output channels exchanged.
-constexpr ConvProblem dgrad_problem(const ConvProblem& p) { return {p.extent, p.kd, p.kh, p.kw, p.cout, p.cin, p.algorithm}; }
+constexpr ConvProblem dgrad_problem(const ConvProblem& p) { return {p.extent, p.kd, p.kh, p.kw, p.cout, p.cin, p.algorithm, p.precision}; }
 
 // The weights a forward pass runs on, prepared from the PyTorch-layout kernel: Winograd's
 // transformed kernel U, or the direct kernel's packed rows. A layer whose weights do not change
@@ -86,7 +90,8 @@ constexpr ConvProblem dgrad_problem(const ConvProblem& p) { return {p.extent, p.
 template <class T, VectorGeometry G = geometry>
 constexpr std::size_t conv_prepared_size(const ConvProblem& p) {
     if (use_winograd<T>(p)) return std::size_t(winograd::plan<T, G>(p).kernel_size()) + winograd::alignment_slack;
-    return std::size_t(round_up(p.cout, G.fprop_rows())) * p.cin * p.taps();
+    const std::size_t fp32 = std::size_t(round_up(p.cout, G.fprop_rows())) * p.cin * p.taps();
+    return uses_bf16<T>(p) ? std::max(fp32, packed_weights_bf16_size<T, G>(p.cout, p.cin, p.taps())) : fp32;
 }
 
 // Scratch (in elements of T) of conv_forward_prepared.
@@ -106,6 +111,13 @@ constexpr std::size_t conv_forward_prepared_workspace_size(const ConvProblem& p)
 template <class T, VectorGeometry G = geometry>
 constexpr std::size_t conv_forward_workspace_size(const ConvProblem& p) {
     return conv_prepared_size<T, G>(p) + conv_forward_prepared_workspace_size<T, G>(p);
+}
+
+// The direct data gradient's packed kernel (elements of T; bf16 pairs fit in the same).
+template <class T, VectorGeometry G = geometry>
+constexpr std::size_t dgrad_weights_size(const ConvProblem& p) {
+    const std::size_t fp32 = std::size_t(round_up(p.cin, G.fprop_rows())) * p.cout * p.taps();
+    return uses_bf16<T>(p) ? std::max(fp32, packed_weights_bf16_size<T, G>(p.cin, p.cout, p.taps())) : fp32;
 }
 
 // Scratch of conv_forward and conv_backward (training). Backward: the Dgrad kernel (packed or
@@ -132,7 +144,7 @@ constexpr std::size_t conv_workspace_size(const ConvProblem& p) {
         kernels += std::size_t(pl.kernel_size());
         passes = std::max(passes, std::size_t(pl.input_size() + pl.output_size()));
     } else {
-        kernels += std::size_t(round_up(p.cin, G.fprop_rows())) * p.cout * p.taps();
+        kernels += dgrad_weights_size<T, G>(p);
         passes = std::max(passes, in_pad + grad_pad + out_group);
     }
     return std::max(conv_forward_workspace_size<T, G>(p), kernels + passes + winograd::alignment_slack);
@@ -155,7 +167,12 @@ void conv_prepare(const ConvProblem& p, const T* weight, T* prepared) {
                                    winograd::align(prepared));
         return;
     }
+    if (uses_bf16<T>(p) && bf16_dot_runs()) {
+        pack_weights_bf16(weight, p.cout, p.cin, p.taps(), false, reinterpret_cast<std::uint32_t*>(prepared));
+        return;
+    }
     pack_fprop_weights(weight, p.cout, p.cin * p.taps(), prepared);
+    if (uses_bf16<T>(p)) round_to_bf16(prepared, std::ptrdiff_t(round_up(p.cout, fprop_rows)) * p.cin * p.taps());
 }
 
 // The memory contract (conv_problem.hpp) is checked by Kernels<cpu>, before it calls these.
@@ -185,11 +202,24 @@ void conv_forward_prepared(const ConvProblem& p, int images, std::span<const Cha
     // One group size for every slab: the workspace holds it at the largest slab's stride.
     const int group = output_group_channels<T>(largest, std::max(p.cin, p.cout));
     const std::ptrdiff_t plane = std::ptrdiff_t(p.extent.size());
+    const bool bf16_dot = uses_bf16<T>(p) && bf16_dot_runs();
     for (int n = 0; n < images; ++n)
         for_each_slab<T>(p, [&](int first, int depth) {
             const PaddedLayout l = slab_layout(p, depth);
             const std::ptrdiff_t offset = std::ptrdiff_t(first) * p.extent.h * p.extent.w;
-            pad_sources(l, input, n, plane, VolumeSlab::with_halo(first, p.extent.d), x_pad);
+            const VolumeSlab slab = VolumeSlab::with_halo(first, p.extent.d);
+            auto output_at = [&](int oc) {
+                return CompactChannel<T>{output + n * output_image_stride + oc * plane + offset, bias ? bias[oc] : T(0), false};
+            };
+            if constexpr (std::is_same_v<T, float>)
+                if (bf16_dot) {
+                    std::uint16_t* x2 = reinterpret_cast<std::uint16_t*>(x_pad);
+                    pad_source_pairs(l, input, n, plane, slab, x2);
+                    fprop_padded_bf16(l, p.cin, x2, reinterpret_cast<const std::uint32_t*>(packed), 0, p.cout, output_at);
+                    return;
+                }
+            pad_sources(l, input, n, plane, slab, x_pad);
+            if (uses_bf16<T>(p)) round_to_bf16(x_pad, std::ptrdiff_t(p.cin) * l.stride);
             for (int oc0 = 0; oc0 < p.cout; oc0 += group) {
                 const int oc1 = std::min(p.cout, oc0 + group);
                 auto output_of = [&](int oc) {
@@ -222,11 +252,11 @@ void conv_backward(const ConvProblem& p, int images, std::span<const ChannelSour
     const ConvProblem d = dgrad_problem(p);
     const bool winograd_wgrad = dweight != nullptr && use_winograd_weight_gradient<T>(p);
     const bool winograd_dgrad = use_winograd<T>(d);
+    const bool bf16_dot = uses_bf16<T>(p) && bf16_dot_runs();
     const winograd::Plan wgrad_plan = winograd_wgrad ? winograd::plan<T>(p) : winograd::Plan{};
     const winograd::Plan dgrad_plan = winograd_dgrad ? winograd::plan<T>(d) : winograd::Plan{};
     T* packed = winograd::align(workspace);
-    T* du = winograd::align(packed + (winograd_dgrad ? std::size_t(dgrad_plan.kernel_size())
-                                                     : std::size_t(round_up(p.cin, fprop_rows)) * p.cout * p.taps()));
+    T* du = winograd::align(packed + (winograd_dgrad ? std::size_t(dgrad_plan.kernel_size()) : dgrad_weights_size<T>(p)));
     T* x_pad = winograd::align(du + (winograd_wgrad ? wgrad_plan.kernel_size() : 0));
     T* g_pad = x_pad + std::size_t(p.cin) * largest.stride;
     T* dx_pad = g_pad + std::size_t(p.cout) * largest.stride;
@@ -237,8 +267,12 @@ void conv_backward(const ConvProblem& p, int images, std::span<const ChannelSour
     if (need_input_grad && winograd_dgrad)
         winograd::transform_kernel(
             dgrad_plan, [&](int o, int i, int k) { return weight[(std::ptrdiff_t(i) * p.cin + o) * 9 + (8 - k)]; }, packed);
-    else if (need_input_grad)
+    else if (need_input_grad && bf16_dot)
+        pack_weights_bf16(weight, p.cout, p.cin, p.taps(), true, reinterpret_cast<std::uint32_t*>(packed));
+    else if (need_input_grad) {
         pack_dgrad_weights(weight, p.cout, p.cin, p.taps(), packed);
+        if (uses_bf16<T>(p)) round_to_bf16(packed, std::ptrdiff_t(round_up(p.cin, fprop_rows)) * p.cout * p.taps());
+    }
     if (winograd_wgrad) std::fill(du, du + wgrad_plan.kernel_size(), T(0));
     const ChannelSource<T> grad_source{grad_output, p.cout, grad_output_image_stride};
     const std::span<const ChannelSource<T>> grad_sources(&grad_source, 1);
@@ -278,11 +312,13 @@ void conv_backward(const ConvProblem& p, int images, std::span<const ChannelSour
             if (direct_wgrad) {
                 pad_sources(l, input, n, plane, VolumeSlab::with_halo(first, p.extent.d), x_pad);
                 pad_sources(l, grad_sources, n, plane, VolumeSlab::alone(first, depth), g_pad);
+                if (uses_bf16<T>(p)) {
+                    round_to_bf16(x_pad, std::ptrdiff_t(p.cin) * l.stride);
+                    round_to_bf16(g_pad, std::ptrdiff_t(p.cout) * l.stride);
+                }
                 wgrad_padded(l, p.cin, p.cout, x_pad, g_pad, dweight, dx_pad);
             }
             if (!direct_dgrad) return;
-            if (!direct_wgrad || !whole_volume)
-                pad_sources(l, grad_sources, n, plane, VolumeSlab::with_halo(first, p.extent.d), g_pad);
             auto output_of = [&](int channel) {
                 for (const auto& sink : grad_input) {
                     if (channel < sink.channels)
@@ -292,6 +328,17 @@ void conv_backward(const ConvProblem& p, int images, std::span<const ChannelSour
                 }
                 return CompactChannel<T>{nullptr, T(0), false};
             };
+            if constexpr (std::is_same_v<T, float>)
+                if (bf16_dot) {
+                    std::uint16_t* g2 = reinterpret_cast<std::uint16_t*>(g_pad);
+                    pad_source_pairs(l, grad_sources, n, plane, VolumeSlab::with_halo(first, p.extent.d), g2);
+                    fprop_padded_bf16(l, p.cout, g2, reinterpret_cast<const std::uint32_t*>(packed), 0, p.cin, output_of);
+                    return;
+                }
+            if (!direct_wgrad || !whole_volume) {
+                pad_sources(l, grad_sources, n, plane, VolumeSlab::with_halo(first, p.extent.d), g_pad);
+                if (uses_bf16<T>(p)) round_to_bf16(g_pad, std::ptrdiff_t(p.cout) * l.stride);
+            }
             for (int ci0 = 0; ci0 < p.cin; ci0 += group) {
                 const int ci1 = std::min(p.cin, ci0 + group);
                 if (fprop_padded(l, p.cout, g_pad, packed, ci0, ci1, dx_pad, output_of)) continue;

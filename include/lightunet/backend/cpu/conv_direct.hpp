@@ -183,42 +183,13 @@ struct CompactRows {
     bool accumulate[R];
 };
 
-// Output channel block x one chunk of the padded run. Writes either padded rows (y, y_stride),
-// or, with `compact`, the chunk's interior voxels straight into the unpadded planes, adding
-// bias and accumulating as asked.
+// Writes a chunk's accumulators: padded rows (y, y_stride), or, with `compact`, the chunk's
+// interior voxels straight into the unpadded planes, adding bias and accumulating as asked.
 template <class T, int R, int V>
-inline void fprop_chunk(const T* x, std::ptrdiff_t x_stride, const std::ptrdiff_t* tap_offset, int taps, int ci_begin,
-                        int ci_end, const T* w, T* y, std::ptrdiff_t y_stride, int rows, bool first, int row_taps,
-                        const CompactRows<T, R>* compact = nullptr, const PaddedLayout* l = nullptr,
-                        std::ptrdiff_t q = 0) {
+inline void store_fprop_chunk(const Batch<T> (&acc)[R][V], T* y, std::ptrdiff_t y_stride, int rows, const CompactRows<T, R>* compact,
+                              const PaddedLayout* l, std::ptrdiff_t q) {
     using B = Batch<T>;
     constexpr int L = lanes<T>;
-    B acc[R][V];
-    static_for<R>([&](auto r) {
-        static_for<V>([&](auto v) {
-            acc[r][v] = (first || r >= rows) ? B(T(0)) : B::load_unaligned(y + r * y_stride + v * L);
-        });
-    });
-    for (int ci = ci_begin; ci < ci_end; ++ci) {
-        const T* xc = x + ci * x_stride;
-        const T* wc = w + std::ptrdiff_t(ci) * taps * R;
-        // The next chunk's input rows go towards L2 while this chunk computes, once per row of
-        // taps. A countdown, not t % row_taps: the division cost as much as the tap's FMAs.
-        for (int t = 0, row_left = 0; t < taps; ++t, --row_left) {
-            const T* xp = xc + tap_offset[t];
-            if (row_left == 0) {
-                static_for<V + 1>([&](auto v) { __builtin_prefetch(xp + V * L + v * L, 0, 2); });
-                row_left = row_taps;
-            }
-            B xv[V];
-            static_for<V>([&](auto v) { xv[v] = B::load_unaligned(xp + v * L); });
-            const T* wt = wc + t * R;
-            static_for<R>([&](auto r) {
-                const B wr(wt[r]);
-                static_for<V>([&](auto v) { acc[r][v] = xsimd::fma(wr, xv[v], acc[r][v]); });
-            });
-        }
-    }
     if (!compact) {
         static_for<R>([&](auto r) {
             if (r < rows) static_for<V>([&](auto v) { acc[r][v].store_unaligned(y + r * y_stride + v * L); });
@@ -257,6 +228,45 @@ inline void fprop_chunk(const T* x, std::ptrdiff_t x_stride, const std::ptrdiff_
             compact->base[r][at] = compact->accumulate[r] ? compact->base[r][at] + val : val;
         }
     }
+}
+
+// Output channel block x one chunk of the padded run. Writes either padded rows (y, y_stride),
+// or, with `compact`, the chunk's interior voxels straight into the unpadded planes, adding
+// bias and accumulating as asked.
+template <class T, int R, int V>
+inline void fprop_chunk(const T* x, std::ptrdiff_t x_stride, const std::ptrdiff_t* tap_offset, int taps, int ci_begin,
+                        int ci_end, const T* w, T* y, std::ptrdiff_t y_stride, int rows, bool first, int row_taps,
+                        const CompactRows<T, R>* compact = nullptr, const PaddedLayout* l = nullptr,
+                        std::ptrdiff_t q = 0) {
+    using B = Batch<T>;
+    constexpr int L = lanes<T>;
+    B acc[R][V];
+    static_for<R>([&](auto r) {
+        static_for<V>([&](auto v) {
+            acc[r][v] = (first || r >= rows) ? B(T(0)) : B::load_unaligned(y + r * y_stride + v * L);
+        });
+    });
+    for (int ci = ci_begin; ci < ci_end; ++ci) {
+        const T* xc = x + ci * x_stride;
+        const T* wc = w + std::ptrdiff_t(ci) * taps * R;
+        // The next chunk's input rows go towards L2 while this chunk computes, once per row of
+        // taps. A countdown, not t % row_taps: the division cost as much as the tap's FMAs.
+        for (int t = 0, row_left = 0; t < taps; ++t, --row_left) {
+            const T* xp = xc + tap_offset[t];
+            if (row_left == 0) {
+                static_for<V + 1>([&](auto v) { __builtin_prefetch(xp + V * L + v * L, 0, 2); });
+                row_left = row_taps;
+            }
+            B xv[V];
+            static_for<V>([&](auto v) { xv[v] = B::load_unaligned(xp + v * L); });
+            const T* wt = wc + t * R;
+            static_for<R>([&](auto r) {
+                const B wr(wt[r]);
+                static_for<V>([&](auto v) { acc[r][v] = xsimd::fma(wr, xv[v], acc[r][v]); });
+            });
+        }
+    }
+    store_fprop_chunk<T, R, V>(acc, y, y_stride, rows, compact, l, q);
 }
 
 // sums[i] = sum of rows[i]'s lanes, for L rows, through xsimd's transposing reduction haddp.

@@ -63,6 +63,7 @@ struct CpuTarget {
     VectorGeometry geometry;
     KernelTable<float> f32;
     KernelTable<double> f64;
+    bool (*bf16_dot_runs)();  // Precision::bf16 runs vdpbf16ps kernels (else fp32 ones on rounded operands)
 
     template <class T>
     constexpr const KernelTable<T>& kernels() const {

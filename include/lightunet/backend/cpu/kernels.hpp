@@ -83,6 +83,16 @@ struct Kernels<cpu> {
 #endif
     }
 
+    // What Precision::bf16 convolutions run on in this process.
+    static std::string bf16_kernels() {
+#ifdef LIGHTUNET_CPU_DISPATCH
+        const bool dot = cpu_kernels::selected_cpu_target().bf16_dot_runs();
+#else
+        const bool dot = cpu_kernels::bf16_dot_runs();
+#endif
+        return dot ? "vdpbf16ps (AVX512_BF16)" : "fp32 multiply-adds on bf16-rounded operands (no AVX512_BF16 kernels here)";
+    }
+
     template <class T>
     static constexpr std::size_t conv_workspace_size(const ConvProblem& p) {
         return LIGHTUNET_CPU_SIZE(conv_workspace_size, T, p);

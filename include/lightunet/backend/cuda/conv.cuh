@@ -443,6 +443,9 @@ void launch_gemm(const T* A, int M, int K, const Sources<T>& src, const Sinks<T>
 inline void check_algorithm(const ConvProblem& p, const char* call) {
     if (p.algorithm == ConvAlgorithm::winograd)
         throw std::invalid_argument(std::string(call) + ": the CUDA backend has no Winograd convolution; use ConvAlgorithm::automatic or direct");
+    if (p.precision == lightunet::Precision::bf16)
+        throw std::invalid_argument(std::string(call) + ": the CUDA backend has no bf16 convolution (Precision::bf16 is a CPU setting; "
+                                                        "its reduced precision is TF32, set_tf32)");
 }
 
 template <class T>

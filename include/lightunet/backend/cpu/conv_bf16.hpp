@@ -1,0 +1,239 @@
+#pragma once
+// bfloat16 operands for the direct convolution (Precision::bf16): inputs, weights and output
+// gradients rounded to bfloat16 (round to nearest even), products summed in fp32.
+//
+// Where the CPU has AVX512_BF16, Fprop and Dgrad run on vdpbf16ps, which multiplies pairs of
+// bf16 values and adds both products to an fp32 lane: twice the multiply-adds of an fp32 FMA per
+// instruction, and half the bytes per operand. Its reduction pairs are two input channels of one
+// voxel, so the padded input is stored as channel pairs interleaved per voxel
+// ([pair][q][2] bf16) and the weights as pairs of input channels ([block][pair][tap][R] of two
+// bf16); a chunk's accumulators are the fp32 kernel's, and so is everything after them.
+// Elsewhere (and for Wgrad) the same rounded operands go through the fp32 kernels: a product of
+// two bf16 values is exact in fp32, so both compute the same sums up to their order.
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+#include "conv_direct.hpp"
+
+#if defined(__AVX512F__) && defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+#define LIGHTUNET_BF16_DOT_COMPILED 1
+#else
+#define LIGHTUNET_BF16_DOT_COMPILED 0
+#endif
+
+namespace lightunet::cpu_kernels::inline LIGHTUNET_CPU_TARGET {
+
+// The upper half of a float's bits, rounded to nearest even (NaN stays NaN).
+inline std::uint16_t bf16_bits(float v) {
+    std::uint32_t u;
+    std::memcpy(&u, &v, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return std::uint16_t((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return std::uint16_t(u >> 16);
+}
+inline float from_bf16_bits(std::uint16_t b) {
+    const std::uint32_t u = std::uint32_t(b) << 16;
+    float v;
+    std::memcpy(&v, &u, sizeof v);
+    return v;
+}
+inline float round_to_bf16(float v) { return from_bf16_bits(bf16_bits(v)); }
+
+template <class T>
+constexpr bool uses_bf16(const ConvProblem& p) {
+    return std::is_same_v<T, float> && p.precision == Precision::bf16;
+}
+
+// Rounds n values to bf16 in place (the fp32 kernels' operands).
+template <class T>
+void round_to_bf16(T* data, std::ptrdiff_t n) {
+    if constexpr (std::is_same_v<T, float>) {
+        constexpr std::ptrdiff_t block = 1 << 14;
+        parallel_for(ceil_div(n, block), [&](std::ptrdiff_t b) {
+            const std::ptrdiff_t end = std::min(n, (b + 1) * block);
+            for (std::ptrdiff_t i = b * block; i < end; ++i) data[i] = round_to_bf16(data[i]);
+        });
+    }
+}
+
+// Whether this process runs the vdpbf16ps kernels: compiled into this target (AVX-512 ones) and
+// the CPU has AVX512_BF16. LIGHTUNET_CPU_BF16=0 turns them off (the fp32 kernels on rounded
+// operands then run), for tests and benchmarks.
+inline bool bf16_dot_runs() {
+#if LIGHTUNET_BF16_DOT_COMPILED
+    static const bool runs = [] {
+        const char* env = std::getenv("LIGHTUNET_CPU_BF16");
+        if (env && std::string(env) == "0") return false;
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512bf16") != 0;
+    }();
+    return runs;
+#else
+    return false;
+#endif
+}
+
+// Elements of T the pair layouts need at most (they fit the fp32 layouts' sizes: asserted).
+constexpr std::ptrdiff_t channel_pairs(int channels) { return (channels + 1) / 2; }
+
+// Pads channel pairs of the sources into dst ([pair][padded q][2] bf16); an odd last channel is
+// paired with zeros.
+template <class T>
+void pad_source_pairs(const PaddedLayout& l, std::span<const ChannelSource<T>> sources, int image, std::ptrdiff_t channel_size,
+                      const VolumeSlab& slab, std::uint16_t* dst) {
+    int channels = 0;
+    for (const auto& s : sources) channels += s.channels;
+    auto channel = [&](int c) -> const T* {
+        for (const auto& s : sources) {
+            if (c < s.channels) return s.data + image * s.image_stride + c * channel_size;
+            c -= s.channels;
+        }
+        return nullptr;
+    };
+    const auto [d, h, w] = l.extent;
+    parallel_for(channel_pairs(channels), [&](std::ptrdiff_t pair) {
+        const T* src[2] = {channel(int(2 * pair)), 2 * pair + 1 < channels ? channel(int(2 * pair + 1)) : nullptr};
+        std::uint16_t* out = dst + pair * l.stride * 2;
+        for (std::ptrdiff_t z = 0; z < l.dp; ++z)
+            for (std::ptrdiff_t y = 0; y < l.hp; ++y) {
+                std::uint16_t* row = out + (z * l.hp + y) * l.wp * 2;
+                const std::ptrdiff_t plane = slab.first + z - l.pd;
+                const bool inner = plane >= slab.begin && plane < slab.end && y >= l.ph && y < l.ph + h;
+                if (!inner) {
+                    std::fill(row, row + 2 * l.wp, std::uint16_t(0));
+                    continue;
+                }
+                std::fill(row, row + 2 * l.pw, std::uint16_t(0));
+                const std::ptrdiff_t at = (plane * h + (y - l.ph)) * w;
+                for (int j = 0; j < 2; ++j) {
+                    std::uint16_t* o = row + 2 * l.pw + j;
+                    if (!src[j]) {
+                        for (int x = 0; x < w; ++x) o[2 * x] = 0;
+                        continue;
+                    }
+                    const T* in = src[j] + at;
+                    for (int x = 0; x < w; ++x) o[2 * x] = bf16_bits(float(in[x]));
+                }
+                std::fill(row + 2 * (l.pw + w), row + 2 * l.wp, std::uint16_t(0));
+            }
+        std::fill(out + 2 * l.plane, out + 2 * l.stride, std::uint16_t(0));
+    });
+}
+
+// Weights [cout][cin][taps] as [block of R outputs][input pair][tap][R] of two bf16 (the pair's
+// first channel in the low half), zero past cout and cin. `dgrad`: the data gradient's kernel
+// (outputs and inputs exchanged, taps mirrored), as pack_dgrad_weights.
+template <class T>
+void pack_weights_bf16(const T* weight, int cout, int cin, int taps, bool dgrad, std::uint32_t* packed) {
+    constexpr int R = fprop_rows;
+    const int outs = dgrad ? cin : cout, ins = dgrad ? cout : cin;
+    const std::ptrdiff_t pairs = channel_pairs(ins);
+    auto at = [&](int o, int i, int t) -> float {
+        if (o >= outs || i >= ins) return 0.0f;
+        return float(dgrad ? weight[(std::ptrdiff_t(i) * cin + o) * taps + (taps - 1 - t)] : weight[(std::ptrdiff_t(o) * cin + i) * taps + t]);
+    };
+    parallel_for(ceil_div(outs, R), [&](std::ptrdiff_t b) {
+        std::uint32_t* dst = packed + b * pairs * taps * R;
+        for (std::ptrdiff_t pr = 0; pr < pairs; ++pr)
+            for (int t = 0; t < taps; ++t)
+                for (int r = 0; r < R; ++r) {
+                    const int o = int(b) * R + r, i = int(2 * pr);
+                    dst[(pr * taps + t) * R + r] = std::uint32_t(bf16_bits(at(o, i, t))) | (std::uint32_t(bf16_bits(at(o, i + 1, t))) << 16);
+                }
+    });
+}
+template <class T, VectorGeometry G = geometry>
+constexpr std::size_t packed_weights_bf16_size(int outs, int ins, int taps) {  // in uint32
+    return std::size_t(round_up(outs, G.fprop_rows())) * std::size_t(channel_pairs(ins)) * std::size_t(taps);
+}
+
+#if LIGHTUNET_BF16_DOT_COMPILED
+// One chunk of V vectors of voxels x R output channels over input pairs [cp_begin, cp_end): x2
+// points at the chunk's first voxel of pair 0. No lambdas: code inlined into this function gets
+// its AVX512_BF16 target, a lambda would not.
+template <int R, int V>
+__attribute__((target("avx512f,avx512bf16"))) inline void fprop_chunk_bf16(const std::uint16_t* x2, std::ptrdiff_t pair_stride,
+                                                                          const std::ptrdiff_t* tap_offset, int taps, int cp_begin,
+                                                                          int cp_end, const std::uint32_t* w, float* acc_out) {
+    __m512 acc[R][V];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+        for (int v = 0; v < V; ++v) acc[r][v] = _mm512_loadu_ps(acc_out + (r * V + v) * 16);
+    for (int cp = cp_begin; cp < cp_end; ++cp) {
+        const std::uint16_t* xc = x2 + cp * pair_stride;
+        const std::uint32_t* wc = w + std::ptrdiff_t(cp) * taps * R;
+        for (int t = 0; t < taps; ++t) {
+            const std::uint16_t* xp = xc + 2 * tap_offset[t];
+            __m512bh xv[V];
+#pragma GCC unroll 4
+            for (int v = 0; v < V; ++v) xv[v] = (__m512bh)_mm512_loadu_si512(xp + 32 * v);
+            const std::uint32_t* wt = wc + t * R;
+#pragma GCC unroll 16
+            for (int r = 0; r < R; ++r) {
+                const __m512bh wr = (__m512bh)_mm512_set1_epi32(int(wt[r]));
+#pragma GCC unroll 4
+                for (int v = 0; v < V; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], xv[v], wr);
+            }
+        }
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+        for (int v = 0; v < V; ++v) _mm512_storeu_ps(acc_out + (r * V + v) * 16, acc[r][v]);
+}
+#endif
+
+// fprop_padded on bf16 channel pairs (pad_source_pairs) and pack_weights_bf16's weights. Every
+// input pair goes into a chunk's accumulators at once, so the outputs are always written
+// straight through output_of.
+template <class OutputOf>
+void fprop_padded_bf16(const PaddedLayout& l, int cin, const std::uint16_t* x2, const std::uint32_t* packed, int oc_begin,
+                       int oc_end, OutputOf&& output_of) {
+#if LIGHTUNET_BF16_DOT_COMPILED
+    using T = float;
+    using B = Batch<T>;
+    constexpr int R = fprop_rows, V = fprop_vectors, L = lanes<T>;
+    static_assert(L == 16, "the bf16 kernel's vectors are AVX-512's");
+    constexpr std::ptrdiff_t chunk = std::ptrdiff_t(V) * L;
+    const std::ptrdiff_t chunks = ceil_div(l.run_length, chunk);
+    constexpr std::ptrdiff_t tile_chunks = 8;
+    const std::ptrdiff_t tiles = ceil_div(chunks, tile_chunks);
+    const int blocks = int(ceil_div(oc_end - oc_begin, R));
+    const int pairs = int(channel_pairs(cin));
+    parallel_for(tiles * blocks, [&](std::ptrdiff_t item) {
+        const std::ptrdiff_t tile = item / blocks;
+        const int block = int(item % blocks);
+        const int oc0 = oc_begin + block * R;
+        const int rows = std::min(R, oc_end - oc0);
+        const std::uint32_t* w = packed + std::ptrdiff_t(oc0 / R) * pairs * l.taps * R;
+        const std::ptrdiff_t c_end = std::min(chunks, (tile + 1) * tile_chunks);
+        CompactRows<T, R> compact{};
+        for (int r = 0; r < rows; ++r) {
+            const CompactChannel<T> c = output_of(oc0 + r);
+            compact.base[r] = c.base;
+            compact.bias[r] = c.bias;
+            compact.accumulate[r] = c.accumulate;
+        }
+        alignas(64) T acc[R * V * L];
+        for (std::ptrdiff_t c = tile * tile_chunks; c < c_end; ++c) {
+            const std::ptrdiff_t q = l.run_begin + c * chunk;
+            std::fill(acc, acc + R * V * L, T(0));
+            fprop_chunk_bf16<R, V>(x2 + 2 * q, 2 * l.stride, l.tap_offset.data(), l.taps, 0, pairs, w, acc);
+            B sums[R][V];
+            static_for<R>([&](auto r) { static_for<V>([&](auto v) { sums[r][v] = B::load_aligned(acc + (r * V + v) * L); }); });
+            store_fprop_chunk<T, R, V>(sums, nullptr, 0, rows, &compact, &l, q);
+        }
+    });
+#else
+    (void)l, (void)cin, (void)x2, (void)packed, (void)oc_begin, (void)oc_end, (void)output_of;
+    throw std::logic_error("fprop_padded_bf16: not compiled for this target");
+#endif
+}
+
+}  // namespace lightunet::cpu_kernels::inline LIGHTUNET_CPU_TARGET
