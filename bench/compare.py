@@ -33,7 +33,8 @@ def run_json_lines(cmd, env=None):
 
 def run_lightunet(binary, bench, threads):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    out = subprocess.run([binary, f"--benchmark_filter=^{bench}", "--benchmark_format=json"], check=True,
+    # Exactly this benchmark: its name is a prefix of others (inference_2d_reprepare, *_bf16).
+    out = subprocess.run([binary, f"--benchmark_filter=^{bench}(/|$)", "--benchmark_format=json"], check=True,
                          capture_output=True, text=True, env=env).stdout
     result = json.loads(out)["benchmarks"][0]
     scale = {"ms": 1.0, "us": 1e-3, "ns": 1e-6, "s": 1e3}[result["time_unit"]]
@@ -47,6 +48,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--no-ort", action="store_true")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                    help="lightunet's convolution operands (bf16: the *_bf16 benchmarks; the peers stay fp32)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -54,7 +57,7 @@ def main():
     for r in range(args.rounds):
         for w in rows:
             bench, torch_wl, onnx, repeats = WORKLOADS[w]
-            ours = run_lightunet(args.lightunet, bench, args.threads)
+            ours = run_lightunet(args.lightunet, bench + ("_bf16" if args.precision == "bf16" else ""), args.threads)
             torch = run_json_lines([sys.executable, os.path.join(REF, "bench_torch.py"), "--workload", torch_wl,
                                     "--threads", str(args.threads), "--warmup", "1", "--repeats", str(repeats)])[0]
             rows[w]["lightunet"].append(ours["median_ms"])
