@@ -129,7 +129,8 @@ constexpr std::size_t conv_workspace_size(const ConvProblem& p) {
     const std::size_t in_pad = std::size_t(p.cin) * l.stride;
     const std::size_t out_group = std::size_t(output_group_channels<T, G>(l, std::max(p.cin, p.cout))) * l.stride;
     const std::size_t grad_pad = std::size_t(p.cout) * l.stride;
-    const std::size_t partial = wgrad_scratch_size<T, G>(l, p.cin, p.cout);
+    const std::size_t partial = uses_bf16<T>(p) ? std::max(wgrad_scratch_size<T, G>(l, p.cin, p.cout), bf16_wgrad_scratch_size<G>(l, p.cin, p.cout))
+                                                : wgrad_scratch_size<T, G>(l, p.cin, p.cout);
     const ConvProblem d = dgrad_problem(p);
     std::size_t kernels = 2 * winograd::alignment_slack, passes = 0;
     if (use_winograd_weight_gradient<T>(p)) {
@@ -309,7 +310,16 @@ void conv_backward(const ConvProblem& p, int images, std::span<const ChannelSour
             // The weight gradient sums the slab's own output planes, so its output gradient has
             // zeros where the data gradient (a convolution of it) reads the neighbours' planes.
             const bool whole_volume = depth == p.extent.d;
-            if (direct_wgrad) {
+            bool wgrad_done = false;
+            if constexpr (std::is_same_v<T, float>)
+                if (direct_wgrad && bf16_dot) {
+                    std::uint16_t *x16 = reinterpret_cast<std::uint16_t*>(x_pad), *g16 = reinterpret_cast<std::uint16_t*>(g_pad);
+                    pad_sources_bf16(l, input, n, plane, VolumeSlab::with_halo(first, p.extent.d), x16);
+                    pad_sources_bf16(l, grad_sources, n, plane, VolumeSlab::alone(first, depth), g16);
+                    wgrad_bf16(l, p.cin, p.cout, x16, g16, dweight, dx_pad);
+                    wgrad_done = true;
+                }
+            if (direct_wgrad && !wgrad_done) {
                 pad_sources(l, input, n, plane, VolumeSlab::with_halo(first, p.extent.d), x_pad);
                 pad_sources(l, grad_sources, n, plane, VolumeSlab::alone(first, depth), g_pad);
                 if (uses_bf16<T>(p)) {

@@ -16,6 +16,7 @@
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #include "conv_direct.hpp"
 
@@ -125,6 +126,41 @@ void pad_source_pairs(const PaddedLayout& l, std::span<const ChannelSource<T>> s
     });
 }
 
+// Pads channels of the sources into dst as bf16 ([channel][padded q], the fp32 layout's strides).
+template <class T>
+void pad_sources_bf16(const PaddedLayout& l, std::span<const ChannelSource<T>> sources, int image, std::ptrdiff_t channel_size,
+                      const VolumeSlab& slab, std::uint16_t* dst) {
+    std::ptrdiff_t channels = 0;
+    for (const auto& s : sources) channels += s.channels;
+    const auto [d, h, w] = l.extent;
+    parallel_for(channels, [&](std::ptrdiff_t c) {
+        const T* src = nullptr;
+        std::ptrdiff_t local = c;
+        for (const auto& s : sources) {
+            if (local < s.channels) {
+                src = s.data + image * s.image_stride + local * channel_size;
+                break;
+            }
+            local -= s.channels;
+        }
+        std::uint16_t* out = dst + c * l.stride;
+        for (std::ptrdiff_t z = 0; z < l.dp; ++z)
+            for (std::ptrdiff_t y = 0; y < l.hp; ++y) {
+                std::uint16_t* row = out + (z * l.hp + y) * l.wp;
+                const std::ptrdiff_t plane = slab.first + z - l.pd;
+                if (!(plane >= slab.begin && plane < slab.end && y >= l.ph && y < l.ph + h)) {
+                    std::fill(row, row + l.wp, std::uint16_t(0));
+                    continue;
+                }
+                std::fill(row, row + l.pw, std::uint16_t(0));
+                const T* in = src + (plane * h + (y - l.ph)) * w;
+                for (int x = 0; x < w; ++x) row[l.pw + x] = bf16_bits(float(in[x]));
+                std::fill(row + l.pw + w, row + l.wp, std::uint16_t(0));
+            }
+        std::fill(out + l.plane, out + l.stride, std::uint16_t(0));
+    });
+}
+
 // Weights [cout][cin][taps] as [block of R outputs][input pair][tap][R] of two bf16 (the pair's
 // first channel in the low half), zero past cout and cin. `dgrad`: the data gradient's kernel
 // (outputs and inputs exchanged, taps mirrored), as pack_dgrad_weights.
@@ -188,6 +224,116 @@ __attribute__((target("avx512f,avx512bf16"))) inline void fprop_chunk_bf16(const
         for (int v = 0; v < V; ++v) _mm512_storeu_ps(acc_out + (r * V + v) * 16, acc[r][v]);
 }
 #endif
+
+// The weight gradient on vdpbf16ps, vectorised over output channels as wgrad_by_channels:
+// lanes are 16 output channels, and a pair of voxels is the instruction's reduction pair. The
+// output gradient goes into blocks [block][voxel pair][16 channels][2] (zeros past the run and
+// cout); input values are broadcast as the bf16 pair (q + offset, q + 1 + offset), one 32-bit
+// load from the plain bf16 padding. Scratch: bf16_wgrad_scratch_size.
+template <VectorGeometry G = geometry>
+constexpr std::size_t bf16_wgrad_scratch_size(const PaddedLayout& l, int cin, int cout) {  // in floats
+    const std::size_t blocks = std::size_t(ceil_div(cout, 16));
+    const std::size_t pairs = std::size_t(ceil_div(l.run_length, std::ptrdiff_t(2)));
+    return blocks * pairs * 16 + blocks * 16 * std::size_t(cin) * std::size_t(l.taps) + 32;
+}
+
+#if LIGHTUNET_BF16_DOT_COMPILED
+template <int R, int P>
+__attribute__((target("avx512f,avx512bf16"))) inline void wgrad_tile_bf16(const std::uint16_t* const* x_at, const std::uint16_t* const* g_at,
+                                                                         std::ptrdiff_t pairs, float* const* dw_at) {
+    constexpr std::ptrdiff_t tile = 256;  // voxel pairs per short sum
+    __m512 total[R][P];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 32
+        for (int p = 0; p < P; ++p) total[r][p] = _mm512_setzero_ps();
+    for (std::ptrdiff_t p0 = 0; p0 < pairs; p0 += tile) {
+        const std::ptrdiff_t p1 = std::min(pairs, p0 + tile);
+        __m512 acc[R][P];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r)
+#pragma GCC unroll 32
+            for (int p = 0; p < P; ++p) acc[r][p] = _mm512_setzero_ps();
+        for (std::ptrdiff_t qp = p0; qp < p1; ++qp) {
+            __m512bh g[R];
+#pragma GCC unroll 4
+            for (int r = 0; r < R; ++r) g[r] = (__m512bh)_mm512_load_si512(g_at[r] + qp * 32);
+#pragma GCC unroll 32
+            for (int p = 0; p < P; ++p) {
+                std::uint32_t pair;
+                std::memcpy(&pair, x_at[p] + 2 * qp, sizeof pair);
+                const __m512bh x = (__m512bh)_mm512_set1_epi32(int(pair));
+#pragma GCC unroll 4
+                for (int r = 0; r < R; ++r) acc[r][p] = _mm512_dpbf16_ps(acc[r][p], g[r], x);
+            }
+        }
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r)
+#pragma GCC unroll 32
+            for (int p = 0; p < P; ++p) total[r][p] = _mm512_add_ps(total[r][p], acc[r][p]);
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 32
+        for (int p = 0; p < P; ++p)
+            if (dw_at[r * P + p]) _mm512_store_ps(dw_at[r * P + p], _mm512_add_ps(_mm512_load_ps(dw_at[r * P + p]), total[r][p]));
+}
+#endif
+
+// dweight[oc][ci * taps + t] += sum over the slab's run of g[oc][q] * x[ci][q + offset(t)], from
+// the plain bf16 paddings x16 (halo planes of data) and g16 (zeros outside the slab's interior).
+inline void wgrad_bf16(const PaddedLayout& l, int cin, int cout, const std::uint16_t* x16, const std::uint16_t* g16, float* dweight,
+                       float* scratch) {
+#if LIGHTUNET_BF16_DOT_COMPILED
+    constexpr int L = 16;
+    const int k_count = cin * l.taps, blocks = int(ceil_div(cout, L));
+    const std::ptrdiff_t pairs = ceil_div(l.run_length, std::ptrdiff_t(2));
+    std::uint16_t* g_blk = reinterpret_cast<std::uint16_t*>(scratch + (16 - (reinterpret_cast<std::uintptr_t>(scratch) / 4) % 16) % 16);
+    float* dw_blk = reinterpret_cast<float*>(g_blk + std::ptrdiff_t(blocks) * pairs * 32);
+    parallel_for(blocks, [&](std::ptrdiff_t b) {
+        std::uint16_t* out = g_blk + b * pairs * 32;
+        for (int j = 0; j < L; ++j) {
+            const int o = int(b) * L + j;
+            const std::uint16_t* in = o < cout ? g16 + std::ptrdiff_t(o) * l.stride + l.run_begin : nullptr;
+            for (std::ptrdiff_t q = 0; q < 2 * pairs; ++q) out[(q / 2) * 32 + 2 * j + (q % 2)] = in && q < l.run_length ? in[q] : 0;
+        }
+        std::fill(dw_blk + b * k_count * L, dw_blk + (b + 1) * k_count * L, 0.0f);
+    });
+    constexpr int R = 2, P = 12;
+    auto run = [&](auto rows, int b0, int k0) {
+        constexpr int RR = decltype(rows)::value, PP = R * P / RR;
+        const std::uint16_t* x_at[PP];
+        float* dw_at[RR * PP];
+        const std::uint16_t* g_at[RR];
+        for (int p = 0; p < PP; ++p) {
+            const int k = std::min(k0 + p, k_count - 1);
+            x_at[p] = x16 + (k / l.taps) * l.stride + l.tap_offset[k % l.taps] + l.run_begin;
+        }
+        for (int r = 0; r < RR; ++r) {
+            g_at[r] = g_blk + std::ptrdiff_t(std::min(b0 + r, blocks - 1)) * pairs * 32;
+            for (int p = 0; p < PP; ++p)
+                dw_at[r * PP + p] = b0 + r < blocks && k0 + p < k_count ? dw_blk + (std::ptrdiff_t(b0 + r) * k_count + k0 + p) * L : nullptr;
+        }
+        wgrad_tile_bf16<RR, PP>(x_at, g_at, pairs, dw_at);
+    };
+    if (blocks >= R) {
+        const int row_items = int(ceil_div(blocks, R)), pair_items = int(ceil_div(k_count, P));
+        parallel_for(std::ptrdiff_t(row_items) * pair_items, [&](std::ptrdiff_t item) {
+            run(std::integral_constant<int, R>{}, int(item / pair_items) * R, int(item % pair_items) * P);
+        });
+    } else {  // one block of output channels: the registers go to more pairs
+        parallel_for(ceil_div(k_count, R * P), [&](std::ptrdiff_t item) { run(std::integral_constant<int, 1>{}, 0, int(item) * R * P); });
+    }
+    parallel_for(cout, [&](std::ptrdiff_t o) {
+        const float* from = dw_blk + (o / L) * k_count * L + o % L;
+        float* to = dweight + o * k_count;
+        for (int k = 0; k < k_count; ++k) to[k] += from[std::ptrdiff_t(k) * L];
+    });
+#else
+    (void)l, (void)cin, (void)cout, (void)x16, (void)g16, (void)dweight, (void)scratch;
+    throw std::logic_error("wgrad_bf16: not compiled for this target");
+#endif
+}
 
 // fprop_padded on bf16 channel pairs (pad_source_pairs) and pack_weights_bf16's weights. Every
 // input pair goes into a chunk's accumulators at once, so the outputs are always written
