@@ -1,5 +1,6 @@
 #include <catch2/catch.hpp>
 
+#include <array>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -32,37 +33,60 @@ void check_close(const std::vector<T>& a, const std::vector<T>& b, double tol) {
     CHECK(worst < tol);
 }
 
+// One convolution's operands (seeded), its input split across two sources as the decoder's
+// skip concatenation does, and its passes through Kernels<cpu>. The backward pass's first sink
+// accumulates onto 7s, the second overwrites.
+template <class T>
+struct ConvRun {
+    ConvProblem p;
+    int images;
+    std::size_t S = p.extent.size();
+    std::vector<T> x, w, b, g, ws;
+    int first = p.cin / 2;
+    ConvRun(const ConvProblem& problem, int n, unsigned seed)
+        : p(problem), images(n), x(random_vector<T>(std::size_t(n) * p.cin * S, seed)), w(random_vector<T>(p.weight_count(), seed + 1)),
+          b(random_vector<T>(p.cout, seed + 2)), g(random_vector<T>(std::size_t(n) * p.cout * S, seed + 3)),
+          ws(Kernels<cpu>::conv_workspace_size<T>(p)) {}
+    std::array<ChannelSource<T>, 2> sources() const {
+        return {ChannelSource<T>{x.data(), first, std::ptrdiff_t(p.cin * S)},
+                ChannelSource<T>{x.data() + first * S, p.cin - first, std::ptrdiff_t(p.cin * S)}};
+    }
+    std::vector<T> forward() {
+        std::vector<T> y(std::size_t(images) * p.cout * S);
+        const auto in = sources();
+        Kernels<cpu>::conv_forward<T>(p, images, in, w.data(), b.data(), y.data(), std::ptrdiff_t(p.cout * S), ws.data());
+        return y;
+    }
+    void backward(std::vector<T>& dx, std::vector<T>& dw, std::vector<T>& db) {
+        dx.assign(x.size(), T(7));
+        dw.assign(w.size(), T(0));
+        db.assign(std::size_t(p.cout), T(0));
+        const auto in = sources();
+        const ChannelSink<T> sinks[2] = {{dx.data(), first, std::ptrdiff_t(p.cin * S), true},
+                                         {dx.data() + first * S, p.cin - first, std::ptrdiff_t(p.cin * S), false}};
+        Kernels<cpu>::conv_backward<T>(p, images, in, w.data(), g.data(), std::ptrdiff_t(p.cout * S), sinks, dw.data(), db.data(),
+                                      ws.data());
+    }
+    // The reference's input gradient with the 7s the first sink accumulated onto.
+    template <class R>
+    void add_sevens(std::vector<R>& dx_ref) const {
+        for (int n = 0; n < images; ++n)
+            for (std::size_t i = 0; i < first * S; ++i) dx_ref[n * p.cin * S + i] += R(7);
+    }
+};
+
 template <class T>
 void check_conv(const ConvProblem& p, int images, double tol) {
 #ifdef LIGHTUNET_TEST_DEPTH_SLABS
     // This program's tiny slab bound (tests/CMakeLists.txt) must cut every deeper 3D volume.
     if (p.extent.d >= 5) CHECK(cpu_kernels::slab_depth<T>(p) < p.extent.d);
 #endif
-    const std::size_t S = p.extent.size();
-    auto x = random_vector<T>(std::size_t(images) * p.cin * S, 1);
-    auto w = random_vector<T>(p.weight_count(), 2);
-    auto b = random_vector<T>(p.cout, 3);
-    auto g = random_vector<T>(std::size_t(images) * p.cout * S, 4);
-    std::vector<T> ws(Kernels<cpu>::conv_workspace_size<T>(p));
-
-    // Split the input across two sources, as the decoder's skip concatenation does.
-    const int first = p.cin / 2;
-    const ChannelSource<T> sources[2] = {{x.data(), first, std::ptrdiff_t(p.cin * S)},
-                                         {x.data() + first * S, p.cin - first, std::ptrdiff_t(p.cin * S)}};
-    std::vector<T> y(std::size_t(images) * p.cout * S);
-    Kernels<cpu>::conv_forward<T>(p, images, sources, w.data(), b.data(), y.data(), std::ptrdiff_t(p.cout * S), ws.data());
-    check_close(y, reference::conv_forward(p, images, x, w, b), tol);
-
-    std::vector<T> dx_ref, dw_ref, db_ref;
-    reference::conv_backward(p, images, x, w, g, dx_ref, dw_ref, db_ref);
-    std::vector<T> dx(x.size(), T(7)), dw(w.size(), T(0)), db(p.cout, T(0));
-    // The first sink accumulates onto 7s, the second overwrites.
-    const ChannelSink<T> sinks[2] = {{dx.data(), first, std::ptrdiff_t(p.cin * S), true},
-                                     {dx.data() + first * S, p.cin - first, std::ptrdiff_t(p.cin * S), false}};
-    Kernels<cpu>::conv_backward<T>(p, images, sources, w.data(), g.data(), std::ptrdiff_t(p.cout * S), sinks, dw.data(),
-                                  db.data(), ws.data());
-    for (int n = 0; n < images; ++n)
-        for (std::size_t i = 0; i < first * S; ++i) dx_ref[n * p.cin * S + i] += T(7);
+    ConvRun<T> run(p, images, 1);
+    check_close(run.forward(), reference::conv_forward(p, images, run.x, run.w, run.b), tol);
+    std::vector<T> dx_ref, dw_ref, db_ref, dx, dw, db;
+    reference::conv_backward(p, images, run.x, run.w, run.g, dx_ref, dw_ref, db_ref);
+    run.backward(dx, dw, db);
+    run.add_sevens(dx_ref);
     check_close(dx, dx_ref, tol);
     check_close(dw, dw_ref, tol);
     check_close(db, db_ref, tol);
@@ -85,33 +109,20 @@ double worst_relative(const std::vector<A>& a, const std::vector<B>& b) {
 }
 void check_conv_bf16(ConvProblem p, int images) {
     p.precision = Precision::bf16;
-    const std::size_t S = p.extent.size();
-    auto x = random_vector<float>(std::size_t(images) * p.cin * S, 11);
-    auto w = random_vector<float>(p.weight_count(), 12);
-    auto b = random_vector<float>(p.cout, 13);
-    auto g = random_vector<float>(std::size_t(images) * p.cout * S, 14);
-    std::vector<float> ws(Kernels<cpu>::conv_workspace_size<float>(p));
-    const int first = p.cin / 2;
-    const ChannelSource<float> sources[2] = {{x.data(), first, std::ptrdiff_t(p.cin * S)},
-                                             {x.data() + first * S, p.cin - first, std::ptrdiff_t(p.cin * S)}};
-    std::vector<float> y(std::size_t(images) * p.cout * S);
-    Kernels<cpu>::conv_forward<float>(p, images, sources, w.data(), b.data(), y.data(), std::ptrdiff_t(p.cout * S), ws.data());
-    const std::vector<double> xr = bf16_rounded(x), wr = bf16_rounded(w), gr = bf16_rounded(g);
-    const std::vector<double> bd(b.begin(), b.end()), gd(g.begin(), g.end());
+    ConvRun<float> run(p, images, 11);
+    const std::vector<float> y = run.forward();
+    const std::vector<double> xr = bf16_rounded(run.x), wr = bf16_rounded(run.w), gr = bf16_rounded(run.g);
+    const std::vector<double> bd(run.b.begin(), run.b.end()), gd(run.g.begin(), run.g.end());
     CHECK(worst_relative(y, reference::conv_forward(p, images, xr, wr, bd)) < 2e-5);
-    CHECK(worst_relative(y, reference::conv_forward(p, images, std::vector<double>(x.begin(), x.end()),
-                                                    std::vector<double>(w.begin(), w.end()), bd)) > 2e-4);
+    CHECK(worst_relative(y, reference::conv_forward(p, images, std::vector<double>(run.x.begin(), run.x.end()),
+                                                    std::vector<double>(run.w.begin(), run.w.end()), bd)) > 2e-4);
 
     std::vector<double> dx_ref, dw_ref, db_ref, dx_unused, dw_unused;
     reference::conv_backward(p, images, xr, wr, gr, dx_ref, dw_ref, db_ref);
     reference::conv_backward(p, images, xr, wr, gd, dx_unused, dw_unused, db_ref);  // the bias sums g as given
-    std::vector<float> dx(x.size(), 7.0f), dw(w.size(), 0.0f), db(p.cout, 0.0f);
-    const ChannelSink<float> sinks[2] = {{dx.data(), first, std::ptrdiff_t(p.cin * S), true},
-                                         {dx.data() + first * S, p.cin - first, std::ptrdiff_t(p.cin * S), false}};
-    Kernels<cpu>::conv_backward<float>(p, images, sources, w.data(), g.data(), std::ptrdiff_t(p.cout * S), sinks, dw.data(),
-                                      db.data(), ws.data());
-    for (int n = 0; n < images; ++n)
-        for (std::size_t i = 0; i < first * S; ++i) dx_ref[n * p.cin * S + i] += 7.0;
+    std::vector<float> dx, dw, db;
+    run.backward(dx, dw, db);
+    run.add_sevens(dx_ref);
     CHECK(worst_relative(dx, dx_ref) < 2e-5);
     CHECK(worst_relative(dw, dw_ref) < 2e-5);
     CHECK(worst_relative(db, db_ref) < 2e-5);
