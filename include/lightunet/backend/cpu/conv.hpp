@@ -223,10 +223,7 @@ void conv_forward_prepared(const ConvProblem& p, int images, std::span<const Cha
             if (uses_bf16<T>(p)) round_to_bf16(x_pad, std::ptrdiff_t(p.cin) * l.stride);
             for (int oc0 = 0; oc0 < p.cout; oc0 += group) {
                 const int oc1 = std::min(p.cout, oc0 + group);
-                auto output_of = [&](int oc) {
-                    return CompactChannel<T>{output + n * output_image_stride + oc * plane + offset, bias ? bias[oc] : T(0), false};
-                };
-                if (fprop_padded(l, p.cin, x_pad, packed, oc0, oc1, y_pad, output_of)) continue;
+                if (fprop_padded(l, p.cin, x_pad, packed, oc0, oc1, y_pad, output_at)) continue;
                 parallel_for(oc1 - oc0, [&](std::ptrdiff_t c) {
                     unpad_channel(l, y_pad + c * l.stride, output + n * output_image_stride + (oc0 + c) * plane + offset,
                                   bias ? bias[oc0 + c] : T(0), false);
