@@ -166,6 +166,22 @@ TEST_CASE("A network without buffers round-trips through empty datasets", "[chec
     CHECK(loaded.rng.empty());
 }
 
+TEST_CASE("A checkpoint serves either convolution precision: the weights are fp32 in both", "[checkpoint][bf16]") {
+    constexpr UNetConfig small_bf16{.dims = 2, .in_channels = 1, .classes = 2, .widths = {8, 16}, .precision = Precision::bf16};
+    test::ScratchDir dir("ckpt_bf16");
+    Net fp32(1), back(3);
+    UNet<small_bf16> bf16(2);
+    Adam<float> a(1e-3), b(1e-3), c(1e-3);
+    TrainState s, loaded;
+    CHECK(config_string<Net>() == config_string<UNet<small_bf16>>());
+    save_checkpoint(dir.file("fp32.h5"), fp32, a, s);
+    load_checkpoint(dir.file("fp32.h5"), bf16, b, loaded);
+    CHECK(same_bytes<float>(fp32.parameters(), bf16.parameters()));
+    save_checkpoint(dir.file("bf16.h5"), bf16, b, s);
+    load_checkpoint(dir.file("bf16.h5"), back, c, loaded);
+    CHECK(same_bytes<float>(fp32.parameters(), back.parameters()));
+}
+
 TEST_CASE("Loading names what differs: configuration, optimiser, corrupt or truncated files", "[checkpoint]") {
     test::ScratchDir dir("ckpt_errors");
     Net net(1);
