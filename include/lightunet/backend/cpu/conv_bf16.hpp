@@ -96,7 +96,7 @@ void pad_source_pairs(const PaddedLayout& l, std::span<const ChannelSource<T>> s
         }
         return nullptr;
     };
-    const auto [d, h, w] = l.extent;
+    const int h = l.extent.h, w = l.extent.w;  // named, not bound: lambdas capture them (clang < 16)
     parallel_for(channel_pairs(channels), [&](std::ptrdiff_t pair) {
         const T* src[2] = {channel(int(2 * pair)), 2 * pair + 1 < channels ? channel(int(2 * pair + 1)) : nullptr};
         std::uint16_t* out = dst + pair * l.stride * 2;
@@ -132,7 +132,7 @@ void pad_sources_bf16(const PaddedLayout& l, std::span<const ChannelSource<T>> s
                       const VolumeSlab& slab, std::uint16_t* dst) {
     std::ptrdiff_t channels = 0;
     for (const auto& s : sources) channels += s.channels;
-    const auto [d, h, w] = l.extent;
+    const int h = l.extent.h, w = l.extent.w;  // named, not bound: lambdas capture them (clang < 16)
     parallel_for(channels, [&](std::ptrdiff_t c) {
         const T* src = nullptr;
         std::ptrdiff_t local = c;
