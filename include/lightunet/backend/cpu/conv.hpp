@@ -154,11 +154,7 @@ constexpr std::size_t conv_workspace_size(const ConvProblem& p) {
 // Channel c of image n among sources that split the channels between them.
 template <class T>
 const T* channel_plane(const ConvProblem& p, std::span<const ChannelSource<T>> sources, int n, int c) {
-    for (const auto& s : sources) {
-        if (c < s.channels) return s.data + n * s.image_stride + c * std::ptrdiff_t(p.extent.size());
-        c -= s.channels;
-    }
-    return nullptr;
+    return source_channel(sources, n, std::ptrdiff_t(p.extent.size()), c);
 }
 
 template <class T>

@@ -87,41 +87,20 @@ constexpr std::ptrdiff_t channel_pairs(int channels) { return (channels + 1) / 2
 template <class T>
 void pad_source_pairs(const PaddedLayout& l, std::span<const ChannelSource<T>> sources, int image, std::ptrdiff_t channel_size,
                       const VolumeSlab& slab, std::uint16_t* dst) {
-    int channels = 0;
-    for (const auto& s : sources) channels += s.channels;
-    auto channel = [&](int c) -> const T* {
-        for (const auto& s : sources) {
-            if (c < s.channels) return s.data + image * s.image_stride + c * channel_size;
-            c -= s.channels;
-        }
-        return nullptr;
-    };
-    const int h = l.extent.h, w = l.extent.w;  // named, not bound: lambdas capture them (clang < 16)
+    const int channels = channel_count(sources);
+    const std::ptrdiff_t w = l.extent.w;
     parallel_for(channel_pairs(channels), [&](std::ptrdiff_t pair) {
-        const T* src[2] = {channel(int(2 * pair)), 2 * pair + 1 < channels ? channel(int(2 * pair + 1)) : nullptr};
+        const T* src[2] = {source_channel(sources, image, channel_size, 2 * pair),
+                           source_channel(sources, image, channel_size, 2 * pair + 1)};
         std::uint16_t* out = dst + pair * l.stride * 2;
-        for (std::ptrdiff_t z = 0; z < l.dp; ++z)
-            for (std::ptrdiff_t y = 0; y < l.hp; ++y) {
-                std::uint16_t* row = out + (z * l.hp + y) * l.wp * 2;
-                const std::ptrdiff_t plane = slab.first + z - l.pd;
-                const bool inner = plane >= slab.begin && plane < slab.end && y >= l.ph && y < l.ph + h;
-                if (!inner) {
-                    std::fill(row, row + 2 * l.wp, std::uint16_t(0));
-                    continue;
-                }
-                std::fill(row, row + 2 * l.pw, std::uint16_t(0));
-                const std::ptrdiff_t at = (plane * h + (y - l.ph)) * w;
-                for (int j = 0; j < 2; ++j) {
-                    std::uint16_t* o = row + 2 * l.pw + j;
-                    if (!src[j]) {
-                        for (int x = 0; x < w; ++x) o[2 * x] = 0;
-                        continue;
-                    }
-                    const T* in = src[j] + at;
-                    for (int x = 0; x < w; ++x) o[2 * x] = bf16_bits(float(in[x]));
-                }
-                std::fill(row + 2 * (l.pw + w), row + 2 * l.wp, std::uint16_t(0));
-            }
+        for_each_padded_row(l, slab, [&](std::ptrdiff_t r, std::ptrdiff_t at) {
+            std::uint16_t* row = out + r * l.wp * 2;
+            std::fill(row, row + 2 * l.wp, std::uint16_t(0));
+            if (at < 0) return;
+            for (int j = 0; j < 2; ++j)
+                if (src[j])
+                    for (std::ptrdiff_t x = 0; x < w; ++x) row[2 * (l.pw + x) + j] = bf16_bits(float(src[j][at + x]));
+        });
         std::fill(out + 2 * l.plane, out + 2 * l.stride, std::uint16_t(0));
     });
 }
@@ -130,33 +109,16 @@ void pad_source_pairs(const PaddedLayout& l, std::span<const ChannelSource<T>> s
 template <class T>
 void pad_sources_bf16(const PaddedLayout& l, std::span<const ChannelSource<T>> sources, int image, std::ptrdiff_t channel_size,
                       const VolumeSlab& slab, std::uint16_t* dst) {
-    std::ptrdiff_t channels = 0;
-    for (const auto& s : sources) channels += s.channels;
-    const int h = l.extent.h, w = l.extent.w;  // named, not bound: lambdas capture them (clang < 16)
-    parallel_for(channels, [&](std::ptrdiff_t c) {
-        const T* src = nullptr;
-        std::ptrdiff_t local = c;
-        for (const auto& s : sources) {
-            if (local < s.channels) {
-                src = s.data + image * s.image_stride + local * channel_size;
-                break;
-            }
-            local -= s.channels;
-        }
+    const std::ptrdiff_t w = l.extent.w;
+    parallel_for(channel_count(sources), [&](std::ptrdiff_t c) {
+        const T* src = source_channel(sources, image, channel_size, c);
         std::uint16_t* out = dst + c * l.stride;
-        for (std::ptrdiff_t z = 0; z < l.dp; ++z)
-            for (std::ptrdiff_t y = 0; y < l.hp; ++y) {
-                std::uint16_t* row = out + (z * l.hp + y) * l.wp;
-                const std::ptrdiff_t plane = slab.first + z - l.pd;
-                if (!(plane >= slab.begin && plane < slab.end && y >= l.ph && y < l.ph + h)) {
-                    std::fill(row, row + l.wp, std::uint16_t(0));
-                    continue;
-                }
-                std::fill(row, row + l.pw, std::uint16_t(0));
-                const T* in = src + (plane * h + (y - l.ph)) * w;
-                for (int x = 0; x < w; ++x) row[l.pw + x] = bf16_bits(float(in[x]));
-                std::fill(row + l.pw + w, row + l.wp, std::uint16_t(0));
-            }
+        for_each_padded_row(l, slab, [&](std::ptrdiff_t r, std::ptrdiff_t at) {
+            std::uint16_t* row = out + r * l.wp;
+            std::fill(row, row + l.wp, std::uint16_t(0));
+            if (at >= 0)
+                for (std::ptrdiff_t x = 0; x < w; ++x) row[l.pw + x] = bf16_bits(float(src[at + x]));
+        });
         std::fill(out + l.plane, out + l.stride, std::uint16_t(0));
     });
 }

@@ -84,23 +84,34 @@ struct VolumeSlab {
     static constexpr VolumeSlab alone(int first, int slab_depth) { return {first, first, first + slab_depth}; }
 };
 
+// Calls row(padded_row, source_at) for every row of a padded slab (padded_row counts rows of
+// l.wp voxels; source_at is the offset of the row's first voxel in a volume channel, or -1 for a
+// row of zeros). Every padding of a slab, fp32 or bf16, walks it.
+template <class Row>
+void for_each_padded_row(const PaddedLayout& l, const VolumeSlab& slab, Row&& row) {
+    const std::ptrdiff_t h = l.extent.h, w = l.extent.w;
+    for (std::ptrdiff_t z = 0; z < l.dp; ++z)
+        for (std::ptrdiff_t y = 0; y < l.hp; ++y) {
+            const std::ptrdiff_t plane = slab.first + z - l.pd;
+            const bool inner = plane >= slab.begin && plane < slab.end && y >= l.ph && y < l.ph + h;
+            row(z * l.hp + y, inner ? (plane * h + (y - l.ph)) * w : std::ptrdiff_t(-1));
+        }
+}
+
 // `src`: a channel of the volume (l.extent's rows and columns; depth planes per `slab`).
 template <class T>
 void pad_channel(const PaddedLayout& l, const T* src, T* dst, const VolumeSlab& slab) {
-    const auto [d, h, w] = l.extent;
-    for (std::ptrdiff_t z = 0; z < l.dp; ++z)
-        for (std::ptrdiff_t y = 0; y < l.hp; ++y) {
-            T* row = dst + (z * l.hp + y) * l.wp;
-            const std::ptrdiff_t plane = slab.first + z - l.pd;
-            const bool inner = plane >= slab.begin && plane < slab.end && y >= l.ph && y < l.ph + h;
-            if (!inner) {
-                std::fill(row, row + l.wp, T(0));
-                continue;
-            }
-            std::fill(row, row + l.pw, T(0));
-            std::memcpy(row + l.pw, src + (plane * h + (y - l.ph)) * w, sizeof(T) * w);
-            std::fill(row + l.pw + w, row + l.wp, T(0));
+    const std::ptrdiff_t w = l.extent.w;
+    for_each_padded_row(l, slab, [&](std::ptrdiff_t r, std::ptrdiff_t at) {
+        T* row = dst + r * l.wp;
+        if (at < 0) {
+            std::fill(row, row + l.wp, T(0));
+            return;
         }
+        std::fill(row, row + l.pw, T(0));
+        std::memcpy(row + l.pw, src + at, sizeof(T) * w);
+        std::fill(row + l.pw + w, row + l.wp, T(0));
+    });
     std::fill(dst + l.plane, dst + l.stride, T(0));
 }
 
@@ -119,21 +130,28 @@ void unpad_channel(const PaddedLayout& l, const T* src, T* dst, T bias, bool acc
         }
 }
 
-// `channel_size`: voxels of one channel of the sources' volume.
+// Channel c of image `image` among sources that split the channels between them (null past
+// them); `channel_size`: voxels of one channel of the sources' volume.
+template <class T>
+const T* source_channel(std::span<const ChannelSource<T>> sources, int image, std::ptrdiff_t channel_size, std::ptrdiff_t c) {
+    for (const auto& s : sources) {
+        if (c < s.channels) return s.data + image * s.image_stride + c * channel_size;
+        c -= s.channels;
+    }
+    return nullptr;
+}
+template <class T>
+int channel_count(std::span<const ChannelSource<T>> sources) {
+    int channels = 0;
+    for (const auto& s : sources) channels += s.channels;
+    return channels;
+}
+
 template <class T>
 void pad_sources(const PaddedLayout& l, std::span<const ChannelSource<T>> sources, int image, std::ptrdiff_t channel_size,
                  const VolumeSlab& slab, T* dst) {
-    std::ptrdiff_t channels = 0;
-    for (const auto& s : sources) channels += s.channels;
-    parallel_for(channels, [&](std::ptrdiff_t c) {
-        std::ptrdiff_t local = c;
-        for (const auto& s : sources) {
-            if (local < s.channels) {
-                pad_channel(l, s.data + image * s.image_stride + local * channel_size, dst + c * l.stride, slab);
-                return;
-            }
-            local -= s.channels;
-        }
+    parallel_for(channel_count(sources), [&](std::ptrdiff_t c) {
+        pad_channel(l, source_channel(sources, image, channel_size, c), dst + c * l.stride, slab);
     });
 }
 
