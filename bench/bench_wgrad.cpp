@@ -55,7 +55,6 @@ void wgrad(benchmark::State& state) {
         state.counters["winograd_ms"] = 1e3 * winograd_s / calls;
         state.counters["winograd_GFLOPs"] = flops * calls / winograd_s * 1e-9;
     }
-    state.counters["automatic_is_winograd"] = cpu_kernels::use_winograd_weight_gradient<float>(problem(ConvAlgorithm::automatic));
     state.SetLabel(Kernels<cpu>::target());
 }
 

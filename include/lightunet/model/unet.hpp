@@ -238,26 +238,26 @@ public:
     // The algorithm every convolution of the model runs (ConvAlgorithm::automatic unless set):
     // direct or winograd force one path through the whole network, for tests and benchmarks.
     // Workspace sizes depend on it, so the next pass plans its buffers again.
-    void set_conv_algorithm(ConvAlgorithm algorithm) {
-        settings_.algorithm = algorithm;
-        for (auto& layer : layers_)
-            if (Conv* c = conv_of(layer)) c->problem.algorithm = algorithm;
-        planned_training_ = planned_eval_ = false;
-    }
+    void set_conv_algorithm(ConvAlgorithm algorithm) { set_conv_settings({algorithm, settings_.precision}); }
     ConvAlgorithm conv_algorithm() const { return settings_.algorithm; }
     // The precision of every convolution's operands (UNetConfig::precision unless set): bf16
     // rounds inputs, weights and output gradients to bfloat16 and sums in fp32 (see Precision);
     // the parameters, their gradients and the optimiser stay fp32, so a model's checkpoints serve
     // either precision. A float model on the CPU only (the CUDA backend refuses bf16).
-    void set_conv_precision(Precision precision) {
-        settings_.precision = precision;
-        for (auto& layer : layers_)
-            if (Conv* c = conv_of(layer)) c->problem.precision = precision;
-        planned_training_ = planned_eval_ = false;
-    }
+    void set_conv_precision(Precision precision) { set_conv_settings({settings_.algorithm, precision}); }
     Precision conv_precision() const { return settings_.precision; }
 
 private:
+    void set_conv_settings(ConvSettings settings) {
+        settings_ = settings;
+        for (auto& layer : layers_)
+            if (Conv* c = conv_of(layer)) {
+                c->problem.algorithm = settings.algorithm;
+                c->problem.precision = settings.precision;
+            }
+        planned_training_ = planned_eval_ = false;
+    }
+
     static void to_host(std::span<T> out, const Tensor<T, Backend>& t, std::size_t count, const char* what) {
         if (out.size() != count)
             throw std::invalid_argument(std::string("UNet::") + what + ": " + std::to_string(out.size()) + " values given, " +
