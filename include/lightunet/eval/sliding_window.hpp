@@ -6,7 +6,8 @@
 //
 // Model: any type with `static constexpr UNetConfig config`, `static constexpr int
 // size_multiple` and `predict(const Tensor<float>&)` returning probabilities
-// [n][classes][d][h][w] (UNet<...> is one).
+// [n][classes][d][h][w] (UNet<...> is one). A model in device memory (UNet<C, cuda>) gets
+// each batch of windows uploaded and its probabilities read back; the weighting stays on the host.
 //
 // Memory: the caller's float32 output [classes][D][H][W] is the accumulator, plus one float32
 // weight per voxel and one batch of windows in and out; nothing in fp64, nothing per window.
@@ -22,6 +23,7 @@
 
 #include "../config/unet_config.hpp"
 #include "../data/case.hpp"
+#include "../model/staging.hpp"
 #include "../tensor/tensor.hpp"
 #include "metrics.hpp"
 
@@ -131,7 +133,7 @@ private:
                         else std::copy_n(src, wn, dst);
                     }
         }
-        const Tensor<float>& probs = model_.predict(input_);
+        const Tensor<float>& probs = staging_.to_host(model_.predict(staging_.images(input_)));
         if (probs.shape() != Shape{n, config.classes, p.d, p.h, p.w})
             throw ShapeError("SlidingWindowPredictor: the model returned " + probs.shape().str() + " for input " + input_.shape().str());
         for (int b = 0; b < n; ++b) {
@@ -174,6 +176,7 @@ private:
     Model& model_;
     SlidingWindowOptions opt_;
     Tensor<float> input_;
+    Staging<Model> staging_;  // a device model: windows uploaded, probabilities read back
     std::vector<float> weights_, weight_sum_, probs_;
     Extent weights_extent_{0, 0, 0};
     std::vector<std::array<int, 3>> windows_;

@@ -39,6 +39,7 @@
 #include "../config/unet_config.hpp"
 #include "../graph/unet_graph.hpp"
 #include "../io/hdf5_support.hpp"
+#include "../model/staging.hpp"
 #include "../optim/optimizers.hpp"
 #include "progress.hpp"
 
@@ -441,8 +442,9 @@ void save_checkpoint(const std::string& path, const Model& model, const Optimize
                 const auto [params, buffers] = parameter_layout(Model::config);
                 detail::write_text(g.get(), "parameter_layout", layout_string(params), context);
                 detail::write_text(g.get(), "buffer_layout", layout_string(buffers), context);
-                detail::write_vector(g.get(), "parameters", {hsize_t(Model::parameter_count)}, model.parameters().data(), context);
-                detail::write_vector(g.get(), "buffers", {hsize_t(Model::buffer_count)}, model.buffers().data(), context);
+                std::vector<T> staging;  // device models: values pass through the host
+                detail::write_vector(g.get(), "parameters", {hsize_t(Model::parameter_count)}, host_parameters(model, staging).data(), context);
+                detail::write_vector(g.get(), "buffers", {hsize_t(Model::buffer_count)}, host_buffers(model, staging).data(), context);
             }
             {
                 h5::H5Handle g = h5::create_group(root, "optimizer", context);
@@ -453,8 +455,9 @@ void save_checkpoint(const std::string& path, const Model& model, const Optimize
                 detail::write_scalar(g.get(), "weight_decay", double(opt.weight_decay), context);
                 detail::write_scalar(g.get(), "clip_norm", double(opt.clip_norm), context);
                 detail::write_scalar(g.get(), "last_grad_norm", double(opt.last_grad_norm), context);
+                std::vector<T> staging;
                 for (auto& [name, t] : detail::optimizer_tensors(opt))
-                    detail::write_vector(g.get(), name, {hsize_t(t->size())}, static_cast<const T*>(t->data()), context);
+                    detail::write_vector(g.get(), name, {hsize_t(t->size())}, host_values(*t, staging), context);
             }
             {
                 h5::H5Handle g = h5::create_group(root, "progress", context);
@@ -668,16 +671,17 @@ void load_checkpoint(const std::string& path, Model& model, Optimizer& optimizer
         return l;
     });
     // Everything read and checked: commit.
-    std::copy(loaded.params.begin(), loaded.params.end(), model.parameters().begin());
-    std::copy(loaded.buffers.begin(), loaded.buffers.end(), model.buffers().begin());
+    model.load_parameters_from_host(loaded.params);
+    model.load_buffers_from_host(loaded.buffers);
     std::size_t i = 0;
     for (auto& [name, t] : detail::optimizer_tensors(optimizer)) {
         const auto& m = loaded.moments[i++];
+        using Moments = std::remove_reference_t<decltype(*t)>;
         if (m.empty()) {
-            *t = std::remove_reference_t<decltype(*t)>();
+            *t = Moments();
         } else {
             t->resize({1, 1, 1, 1, int(m.size())});
-            std::copy(m.begin(), m.end(), t->data());
+            Moments::backend::upload(t->data(), m.data(), m.size());
         }
     }
     optimizer.steps = loaded.steps;

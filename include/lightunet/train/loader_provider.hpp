@@ -50,7 +50,7 @@ public:
     template <class Model>
     BatchProvider<Model> provider() {
         return {[this](long e) { return batches(e); },
-                [this](long e, long k, typename Model::Input& x, typename Model::Labels& y) { fill(e, k, x, y); }};
+                [this](long e, long k, typename BatchProvider<Model>::Images& x, typename BatchProvider<Model>::Labels& y) { fill(e, k, x, y); }};
     }
 
 private:

@@ -12,6 +12,10 @@
 // partial epoch loss and the caller's named RNG states, so resume() followed by fit() gives
 // final weights bit-identical to an uninterrupted run with the same seed and thread count.
 // Watchdog rollbacks change the trajectory (by design); runs without anomalies are unaffected.
+//
+// Any backend: a model in device memory (UNet<C, cuda>) gets its batches uploaded from the
+// providers' host tensors, validation reads its probabilities back, and checkpoints and the
+// rollback state pass through host copies, so they are the same files as a CPU model's.
 #include <signal.h>
 #include <unistd.h>
 
@@ -31,6 +35,7 @@
 #include "../dist/gradients.hpp"
 #include "../eval/metrics.hpp"
 #include "../loss/dice.hpp"
+#include "../model/staging.hpp"
 #include "../model/unet.hpp"
 #include "../telemetry/watchdog.hpp"
 #include "checkpoint.hpp"
@@ -39,11 +44,14 @@
 namespace lightunet::train {
 
 // Batches by position: `batches(epoch)` is the epoch's length, `fill(epoch, index, x, y)`
-// writes batch `index` (inputs [n][in_channels][d][h][w], labels as UNet::backward takes them).
+// writes batch `index` into host tensors (inputs [n][in_channels][d][h][w], labels as
+// UNet::backward takes them), which the trainer hands a device model through Staging.
 template <class Model>
 struct BatchProvider {
+    using Images = Tensor<typename Model::scalar, cpu>;  // Model::Input for a CPU model
+    using Labels = Tensor<std::uint8_t, cpu>;            // Model::Labels for a CPU model
     std::function<long(long epoch)> batches;
-    std::function<void(long epoch, long index, typename Model::Input& x, typename Model::Labels& y)> fill;
+    std::function<void(long epoch, long index, Images& x, Labels& y)> fill;
 };
 
 struct TrainerOptions {
@@ -206,8 +214,8 @@ private:
 template <class Model, class Optimizer>
 class Trainer {
 public:
-    using Input = typename Model::Input;
-    using Labels = typename Model::Labels;
+    using Images = typename BatchProvider<Model>::Images;
+    using Labels = typename BatchProvider<Model>::Labels;
     using T = typename Model::scalar;
 
     Trainer(Model& model, Optimizer& optimizer, TrainerOptions options)
@@ -465,7 +473,7 @@ private:
         for (long k = first; k < n; k += stride) {
             if (interruptible && !distributed() && stop_reason() != nullptr) return std::nullopt;
             val.fill(epoch, k, vx_, vy_);
-            const auto& probs = model_.forward(vx_, Mode::eval);
+            const Images& probs = staging_.to_host(model_.forward(staging_.images(vx_), Mode::eval));
             const Shape s = probs.shape();
             const std::size_t plane = s.spatial();
             loss_sum += evaluation_loss(C.head, s.n, C.classes, plane, probs.data(), vy_.data(), o_.loss) * s.n;
@@ -504,11 +512,12 @@ private:
                     cross_ = o_.collective->cross_batch(x_.shape().n);
                     model_.distribute(&cross_);
                 }
-                return model_.train_step(x_, y_, o_.loss, opt_, [this](Tensor<T, typename Model::backend>& g) {
-                    dist::sum_across(*o_.collective, g, Model::parameter_count, gradient_staging_);
-                });
+                return model_.train_step(staging_.images(x_), staging_.labels(y_), o_.loss, opt_,
+                                         [this](Tensor<T, typename Model::backend>& g) {
+                                             dist::sum_across(*o_.collective, g, Model::parameter_count, gradient_staging_);
+                                         });
             }
-            return model_.train_step(x_, y_, o_.loss, opt_);
+            return model_.train_step(staging_.images(x_), staging_.labels(y_), o_.loss, opt_);
         } catch (const std::runtime_error& e) {
             if (!watchdog_ || std::string(e.what()).rfind("UNet::train_step: the loss is", 0) != 0) throw;
             return std::numeric_limits<double>::quiet_NaN();
@@ -555,18 +564,27 @@ private:
         return spent + step + 1.1 * (validation + checkpoints) < o_.time_budget_seconds;
     }
 
+    // The rollback weights live in host memory (a device model's copied out); the optimiser's
+    // copy stays in its own backend's memory.
     void keep_good_state() {
-        const auto p = model_.parameters();
-        const auto b = model_.buffers();
-        good_params_.assign(p.begin(), p.end());
-        good_buffers_.assign(b.begin(), b.end());
+        if constexpr (runs_on_host<Model>) {
+            const auto p = model_.parameters();
+            const auto b = model_.buffers();
+            good_params_.assign(p.begin(), p.end());
+            good_buffers_.assign(b.begin(), b.end());
+        } else {
+            good_params_.resize(Model::parameter_count);
+            good_buffers_.resize(Model::buffer_count);
+            model_.copy_parameters_to_host(good_params_);
+            model_.copy_buffers_to_host(good_buffers_);
+        }
         good_opt_ = opt_;
         good_step_ = state_.global_step;
     }
 
     void rollback(Anomaly anomaly, const std::string& detail) {
-        std::copy(good_params_.begin(), good_params_.end(), model_.parameters().begin());
-        std::copy(good_buffers_.begin(), good_buffers_.end(), model_.buffers().begin());
+        model_.load_parameters_from_host(good_params_);
+        model_.load_buffers_from_host(good_buffers_);
         opt_ = *good_opt_;
         std::string msg = std::string(telemetry::anomaly_name(anomaly)) + " at step " + std::to_string(state_.global_step) + " (" + detail +
                           "): rolled back to the state of step " + std::to_string(good_step_);
@@ -607,8 +625,9 @@ private:
     TrainState state_;
     std::unique_ptr<CheckpointManager> manager_;
     std::unique_ptr<telemetry::Watchdog> watchdog_;
-    Input x_, vx_;
+    Images x_, vx_;  // host batches; staging_ uploads them for a device model
     Labels y_, vy_;
+    Staging<Model> staging_;
     std::vector<std::uint8_t> pred_, truth_;
     std::vector<T> good_params_, good_buffers_;
     std::optional<Optimizer> good_opt_;
