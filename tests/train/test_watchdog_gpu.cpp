@@ -82,6 +82,31 @@ TEST_CASE("GPU telemetry comes from NVML loaded at run time", "[watchdog][gpu]")
     CHECK(g.said("GPU") == 0);  // nothing failed
 }
 
+TEST_CASE("The GPU a CUDA run uses is found in NVML by its PCI bus id", "[watchdog][gpu]") {
+    GpuWatch g;
+    WatchdogOptions o = g.options("64 1 1 1 1 0\n");
+    SECTION("the bus id of the CUDA device") {
+        o.gpu_pci_bus_id = "00000000:3B:00.0";
+        o.gpu_index = 5;  // NVML's numbering is not used then
+        Watchdog w(o);
+        w.poll();
+        CHECK(w.telemetry().gpu.temperature == 64);
+        CHECK(g.said("GPU") == 0);
+    }
+    SECTION("a bus id NVML does not know: said, and the GPU is not watched") {
+        o.gpu_pci_bus_id = "00000000:FF:00.0";
+        Watchdog w(o);
+        w.poll();
+        CHECK(std::isnan(w.telemetry().gpu.temperature));
+        CHECK(g.said("no GPU telemetry (nvmlDeviceGetHandleByPciBusId_v2(00000000:FF:00.0): Not Found (6))") == 1);
+    }
+    SECTION("by index, an index NVML does not have") {
+        o.gpu_index = 3;
+        Watchdog w(o);
+        CHECK(g.said("no GPU telemetry (GPU 3 asked for, NVML sees 1)") == 1);
+    }
+}
+
 TEST_CASE("Without NVML, or with NVML failing, the GPU is left out and said so once", "[watchdog][gpu]") {
     GpuWatch g;
     SECTION("no library: CPU-only machines run unchanged") {

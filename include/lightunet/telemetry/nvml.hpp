@@ -28,9 +28,11 @@ struct GpuTelemetry {
 
 class Nvml {
 public:
-    // Loads `library` and initialises NVML for device `index`; when that fails, available() is
-    // false and why() says what failed (a missing library, NVML's own error text).
-    Nvml(const std::string& library, unsigned index) {
+    // Loads `library` and initialises NVML for the device with PCI bus id `pci_bus_id` (as
+    // cudaDeviceGetPCIBusId gives it: CUDA and NVML number devices differently), or device
+    // `index` in NVML's order when that is empty; when that fails, available() is false and why()
+    // says what failed (a missing library, NVML's own error text).
+    Nvml(const std::string& library, unsigned index, const std::string& pci_bus_id = "") {
         handle_ = ::dlopen(library.c_str(), RTLD_NOW | RTLD_LOCAL);
         if (!handle_) {
             const char* e = ::dlerror();
@@ -53,11 +55,17 @@ public:
             why_ = "nvmlDeviceGetCount_v2: " + error(r);
             return;
         }
-        if (index >= devices) {
+        if (!pci_bus_id.empty()) {
+            int (*handle_by_bus_id)(const char*, Device*) = nullptr;
+            if (!bind(handle_by_bus_id, "nvmlDeviceGetHandleByPciBusId_v2")) return;
+            if (const int r = handle_by_bus_id(pci_bus_id.c_str(), &device_); r != success) {
+                why_ = "nvmlDeviceGetHandleByPciBusId_v2(" + pci_bus_id + "): " + error(r);
+                return;
+            }
+        } else if (index >= devices) {
             why_ = "GPU " + std::to_string(index) + " asked for, NVML sees " + std::to_string(devices);
             return;
-        }
-        if (const int r = handle_by_index_(index, &device_); r != success) {
+        } else if (const int r = handle_by_index_(index, &device_); r != success) {
             why_ = "nvmlDeviceGetHandleByIndex_v2(" + std::to_string(index) + "): " + error(r);
             return;
         }

@@ -67,7 +67,8 @@ struct WatchdogOptions {
     // GPU (NVML, loaded at run time).
     bool watch_gpu = true;
     std::string nvml_library = "libnvidia-ml.so.1";
-    unsigned gpu_index = 0;
+    unsigned gpu_index = 0;      // in NVML's order (PCI bus order)
+    std::string gpu_pci_bus_id;  // when set, the GPU watched (cuda::use_device's pci_bus_id), not gpu_index
     double max_gpu_temperature = 90.0;
     double resume_gpu_temperature = 75.0;
     int throttle_polls = 3;          // consecutive polls with a thermal throttle bit
@@ -295,7 +296,7 @@ private:
             std::sort(energy_files_.begin(), energy_files_.end());
         }
         if (opt_.watch_gpu) {
-            nvml_ = std::make_unique<Nvml>(opt_.nvml_library, opt_.gpu_index);
+            nvml_ = std::make_unique<Nvml>(opt_.nvml_library, opt_.gpu_index, opt_.gpu_pci_bus_id);
             if (!nvml_->available()) {
                 once("gpu", "no GPU telemetry (" + nvml_->why() + "); the GPU is not watched");
                 nvml_.reset();
