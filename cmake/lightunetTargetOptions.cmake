@@ -6,9 +6,10 @@
 # Not installed, and never applied to the interface target that users link.
 function(lightunet_target_options target)
     cmake_parse_arguments(PARSE_ARGV 1 arg "PORTABLE;SANITIZE" "" "")
-    target_compile_options(${target} PRIVATE -Wall -Wextra)
+    # nvcc takes host-compiler flags through -Xcompiler (targets with .cu sources: brats).
+    target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra> $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall,-Wextra>)
     if(LIGHTUNET_NATIVE AND NOT arg_PORTABLE)
-        target_compile_options(${target} PRIVATE -march=native)
+        target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-march=native> $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-march=native>)
     endif()
     if(arg_SANITIZE AND LIGHTUNET_SANITIZE)
         set(flags -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer)

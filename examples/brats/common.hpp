@@ -291,4 +291,29 @@ inline PredictInputs inputs_to_predict(const fs::path& input) {
     return inputs;
 }
 
+// --device of train and predict: "cpu", "cuda" (the first GPU) or "cuda:N" (as the CUDA runtime
+// numbers them, after CUDA_VISIBLE_DEVICES).
+struct Device {
+    bool cuda = false;
+    int index = 0;
+    std::string name() const { return cuda ? "cuda:" + std::to_string(index) : "cpu"; }
+};
+inline Device device_option(const brats_cli::Options& o) {
+    const std::string v = o.str("device");
+    if (v == "cpu") return {};
+    if (v == "cuda") return {true, 0};
+    if (v.rfind("cuda:", 0) == 0 && v.size() > 5 && v.size() <= 8 &&
+        std::all_of(v.begin() + 5, v.end(), [](char c) { return c >= '0' && c <= '9'; }))
+        return {true, std::stoi(v.substr(5))};
+    throw brats_cli::UsageError("--device must be cpu, cuda or cuda:N (N = 0, 1, ...), not '" + v + "'");
+}
+// The operand precisions each device has: bf16 on the CPU (AVX512_BF16), TF32 tensor cores on CUDA.
+inline void check_precision_for(const Device& device, const brats_cli::Options& o) {
+    const std::string p = o.str("precision");
+    if (device.cuda && p == "bf16")
+        throw brats_cli::UsageError("--precision bf16 runs on the CPU; with --device " + device.name() + " use fp32 or tf32");
+    if (!device.cuda && p == "tf32")
+        throw brats_cli::UsageError("--precision tf32 needs --device cuda (TF32 tensor cores); the CPU has fp32 and bf16");
+}
+
 }  // namespace brats

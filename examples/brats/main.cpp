@@ -300,8 +300,11 @@ brats_cli::Options options_for(const std::string& command) {
             .value("val-batches", "8", "validation batches (drawn once, un-augmented)")
             .value("seed", "1", "seed of the weights, the split and the loader")
             .value("threads", "2", "compute threads")
-            .value("precision", "fp32", "convolution operands: fp32, or bf16 (rounded to bfloat16 and summed in fp32; "
-                                        "fp32 weights and checkpoints; fast where the CPU has AVX512_BF16)", {"fp32", "bf16"})
+            .value("device", "cpu", "where the network runs: cpu, cuda (the first GPU) or cuda:N; checkpoints are the same "
+                                    "files on either")
+            .value("precision", "fp32", "convolution operands: fp32; bf16 on the CPU (rounded to bfloat16 and summed in fp32; "
+                                        "fp32 weights and checkpoints; fast where the CPU has AVX512_BF16); tf32 on CUDA "
+                                        "(tensor cores)", {"fp32", "bf16", "tf32"})
             .value("workers", "1", "loader threads")
             .value("keep", "3", "rolling checkpoints kept")
             .value("autosave", "300", "seconds between time-based checkpoints (0: off)")
@@ -326,8 +329,9 @@ brats_cli::Options options_for(const std::string& command) {
             .value("checkpoint", "", "checkpoint file [<run>/checkpoints/best.h5]")
             .value("overlap", "0.5", "sliding-window overlap")
             .value("threads", "2", "compute threads")
-            .value("precision", "fp32", "convolution operands: fp32, or bf16 (rounded to bfloat16 and summed in fp32)",
-                   {"fp32", "bf16"})
+            .value("device", "cpu", "where the network runs: cpu, cuda (the first GPU) or cuda:N")
+            .value("precision", "fp32", "convolution operands: fp32; bf16 on the CPU (rounded to bfloat16 and summed in "
+                                        "fp32); tf32 on CUDA (tensor cores)", {"fp32", "bf16", "tf32"})
             .value("pictures", "3", "cases drawn as overlay PNGs")
             .flag("tta", "mirror test-time augmentation")
             .flag("no-channel-check", "Kaggle slices: do not judge the declared channel order against the intensities (it is "
@@ -399,6 +403,28 @@ void report_traffic([[maybe_unused]] double run_seconds) {
 #endif
 }
 
+// --device cuda: the CUDA pipelines (model_*_cuda.cu), or an error naming why there are none.
+int train_on_cuda(const brats_cli::Options& o, const RunInfo& run) {
+#ifdef LIGHTUNET_BRATS_CUDA
+    if (run.arch == "resenc") return run.model == "2d" ? train_2d_resenc_cuda(o, run) : train_3d_resenc_cuda(o, run);
+    return run.model == "2d" ? train_2d_cuda(o, run) : train_3d_cuda(o, run);
+#else
+    (void)run;
+    throw std::runtime_error("--device " + o.str("device") + ": this brats was built without CUDA (no nvcc was found when it "
+                             "was configured; docs/cuda.md says how to build it with CUDA)");
+#endif
+}
+int predict_on_cuda(const brats_cli::Options& o, const RunInfo& run) {
+#ifdef LIGHTUNET_BRATS_CUDA
+    if (run.arch == "resenc") return run.model == "2d" ? predict_2d_resenc_cuda(o, run) : predict_3d_resenc_cuda(o, run);
+    return run.model == "2d" ? predict_2d_cuda(o, run) : predict_3d_cuda(o, run);
+#else
+    (void)run;
+    throw std::runtime_error("--device " + o.str("device") + ": this brats was built without CUDA (no nvcc was found when it "
+                             "was configured; docs/cuda.md says how to build it with CUDA)");
+#endif
+}
+
 int dispatch(const std::string& command, const brats_cli::Options& o) {
     if (command == "synth") return synth_command(o);
     if (command == "convert") return convert_command(o);
@@ -423,11 +449,14 @@ int dispatch(const std::string& command, const brats_cli::Options& o) {
                 std::fprintf(stderr, "[WARN] %s predates recorded training options: %s not checked\n", recorded_file.c_str(),
                              brats_cli::join(unrecorded).c_str());
         }
+        const Device device = device_option(o);
+        check_precision_for(device, o);
         // Every rank has checked the run folder before rank 0 writes run.cfg into it.
         if (g_group) g_group->max(0.0);
         const auto start = std::chrono::steady_clock::now();
-        const int status = run.arch == "resenc" ? (run.model == "2d" ? train_2d_resenc(o, run) : train_3d_resenc(o, run))
-                                                : (run.model == "2d" ? train_2d(o, run) : train_3d(o, run));
+        const int status = device.cuda            ? train_on_cuda(o, run)
+                           : run.arch == "resenc" ? (run.model == "2d" ? train_2d_resenc(o, run) : train_3d_resenc(o, run))
+                                                  : (run.model == "2d" ? train_2d(o, run) : train_3d(o, run));
         report_traffic(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
         return status;
     }
@@ -436,6 +465,9 @@ int dispatch(const std::string& command, const brats_cli::Options& o) {
         if (run.arch == "resenc") return run.model == "2d" ? export_2d_resenc(o, run) : export_3d_resenc(o, run);
         return run.model == "2d" ? export_2d(o, run) : export_3d(o, run);
     }
+    const Device device = device_option(o);
+    check_precision_for(device, o);
+    if (device.cuda) return predict_on_cuda(o, run);
     if (run.arch == "resenc") return run.model == "2d" ? predict_2d_resenc(o, run) : predict_3d_resenc(o, run);
     return run.model == "2d" ? predict_2d(o, run) : predict_3d(o, run);
 }

@@ -1,7 +1,7 @@
 #pragma once
-// `train` and `predict` for one compiled configuration. main.cpp picks the configuration;
-// model_2d.cpp and model_3d.cpp instantiate these templates (one translation unit each, so the
-// two networks compile in parallel).
+// `train` and `predict` for one compiled configuration on one backend. main.cpp picks the
+// configuration and the device; model_2d.cpp, model_3d.cpp, ... instantiate these templates for
+// the CPU and model_*_cuda.cu for CUDA (one translation unit each, so they compile in parallel).
 #include <chrono>
 #include <cstdio>
 #include <limits>
@@ -42,25 +42,58 @@ int export_2d(const brats_cli::Options& o, const RunInfo& run);
 int export_3d(const brats_cli::Options& o, const RunInfo& run);
 int export_2d_resenc(const brats_cli::Options& o, const RunInfo& run);
 int export_3d_resenc(const brats_cli::Options& o, const RunInfo& run);
+// --device cuda (model_*_cuda.cu, built when nvcc was found: LIGHTUNET_BRATS_CUDA).
+int train_2d_cuda(const brats_cli::Options& o, const RunInfo& run);
+int train_3d_cuda(const brats_cli::Options& o, const RunInfo& run);
+int predict_2d_cuda(const brats_cli::Options& o, const RunInfo& run);
+int predict_3d_cuda(const brats_cli::Options& o, const RunInfo& run);
+int train_2d_resenc_cuda(const brats_cli::Options& o, const RunInfo& run);
+int train_3d_resenc_cuda(const brats_cli::Options& o, const RunInfo& run);
+int predict_2d_resenc_cuda(const brats_cli::Options& o, const RunInfo& run);
+int predict_3d_resenc_cuda(const brats_cli::Options& o, const RunInfo& run);
+// Makes --device's GPU the backend's (cuda_device.cu); returns its PCI bus id for the watchdog.
+std::string use_cuda_device(int index);
 
 // Which kernels run (a portable build chooses them for this CPU at start, LIGHTUNET_CPU_TARGET
 // overrides; a bad value fails here, before any work), so that every log names its ISA.
 inline void report_cpu_kernels(int threads) {
     std::fprintf(stderr, "[INFO] CPU kernels: %s, %d threads\n", lightunet::Kernels<lightunet::cpu>::target().c_str(), threads);
 }
-// --precision: the convolutions' operands, said in the log with the kernels that run them.
+// --precision: the convolutions' operands, said in the log with the kernels that run them
+// (main.cpp has checked that the device has them: bf16 on the CPU, tf32 on CUDA).
 template <class Model>
 void set_precision(const brats_cli::Options& o, Model& model) {
-    const bool bf16 = o.str("precision") == "bf16";
-    model.set_conv_precision(bf16 ? lightunet::Precision::bf16 : lightunet::Precision::fp32);
-    if (bf16)
-        std::fprintf(stderr, "[INFO] Convolutions: bf16 operands, fp32 sums: %s\n",
-                     lightunet::Kernels<lightunet::cpu>::bf16_kernels().c_str());
+    const std::string precision = o.str("precision");
+    if constexpr (lightunet::runs_on_host<Model>) {
+        const bool bf16 = precision == "bf16";
+        model.set_conv_precision(bf16 ? lightunet::Precision::bf16 : lightunet::Precision::fp32);
+        if (bf16)
+            std::fprintf(stderr, "[INFO] Convolutions: bf16 operands, fp32 sums: %s\n",
+                         lightunet::Kernels<lightunet::cpu>::bf16_kernels().c_str());
+    } else {
+        lightunet::Kernels<typename Model::backend>::set_tf32(precision == "tf32");
+        const int cc = Model::backend::compute_capability();
+        if (precision == "tf32" && cc >= 80)
+            std::fprintf(stderr, "[INFO] Convolutions: TF32 tensor cores for Fprop and Dgrad, fp32 sums\n");
+        else if (precision == "tf32")  // the kernels compiled for this GPU's architecture have no TF32 path
+            std::fprintf(stderr, "[WARN] --precision tf32: compute capability %d.%d has no TF32 tensor cores (8.0 and newer); "
+                                 "the fp32 kernels run\n", cc / 10, cc % 10);
+    }
 }
 
-template <lightunet::UNetConfig C>
+// The GPU of --device for a CUDA model (said in the log, with the versions); its PCI bus id, or
+// "" on the CPU.
+template <class Backend>
+std::string use_device(const brats_cli::Options& o) {
+    if constexpr (std::is_same_v<Backend, lightunet::cpu>) return "";
+    else return use_cuda_device(device_option(o).index);
+}
+
+template <lightunet::UNetConfig C, class Backend = lightunet::cpu>
 struct Pipeline {
-    using Model = lightunet::UNet<C>;
+    using Model = lightunet::UNet<C, Backend>;
+    using Images = lightunet::Tensor<float>;  // host batches: the trainer uploads them for a GPU model
+    using Labels = lightunet::Tensor<std::uint8_t>;
     static constexpr bool regions = C.head == lightunet::Head::sigmoid;
 
     template <class Optimizer>
@@ -73,17 +106,17 @@ private:
     static fs::path load(const brats_cli::Options& o, const RunInfo& run, Model& model);
 };
 
-template <lightunet::UNetConfig C>
-fs::path Pipeline<C>::load(const brats_cli::Options& o, const RunInfo& run, Model& model) {
+template <lightunet::UNetConfig C, class Backend>
+fs::path Pipeline<C, Backend>::load(const brats_cli::Options& o, const RunInfo& run, Model& model) {
     namespace train = lightunet::train;
     const fs::path run_dir = o.str("run");
     const fs::path checkpoint = o.given("checkpoint") ? fs::path(o.str("checkpoint")) : run_dir / "checkpoints" / "best.h5";
     train::TrainState state;
     if (run.optimizer == "sgd") {
-        lightunet::Sgd<float> optimizer;
+        lightunet::Sgd<float, Backend> optimizer;
         train::load_checkpoint(checkpoint.string(), model, optimizer, state);
     } else {
-        lightunet::Adam<float> optimizer;
+        lightunet::Adam<float, Backend> optimizer;
         train::load_checkpoint(checkpoint.string(), model, optimizer, state);
     }
     std::fprintf(stderr, "[INFO] Loaded %s (epoch %ld, step %ld)\n", checkpoint.c_str(), state.epoch, state.global_step);
@@ -92,8 +125,8 @@ fs::path Pipeline<C>::load(const brats_cli::Options& o, const RunInfo& run, Mode
 
 // The run's network with the checkpoint's weights as an ONNX model: input [batch, 4, (D,) H, W]
 // at the run's patch, or symbolic N, (D,) H, W; output the head's probabilities.
-template <lightunet::UNetConfig C>
-int Pipeline<C>::export_onnx(const brats_cli::Options& o, const RunInfo& run) {
+template <lightunet::UNetConfig C, class Backend>
+int Pipeline<C, Backend>::export_onnx(const brats_cli::Options& o, const RunInfo& run) {
     const fs::path out = o.str("out");
     const bool symbolic = o.flag_set("symbolic");
     [[maybe_unused]] const int batch = int(o.integer("batch", 1, 4096));
@@ -123,17 +156,18 @@ int Pipeline<C>::export_onnx(const brats_cli::Options& o, const RunInfo& run) {
 #endif
 }
 
-template <lightunet::UNetConfig C>
+template <lightunet::UNetConfig C, class Backend>
 template <class Optimizer>
-int Pipeline<C>::train(const brats_cli::Options& o, const RunInfo& run, Optimizer optimizer) {
+int Pipeline<C, Backend>::train(const brats_cli::Options& o, const RunInfo& run, Optimizer optimizer) {
     namespace train = lightunet::train;
     namespace eval = lightunet::eval;
-    const fs::path out = o.str("out");
-    fs::create_directories(out);
     const int threads = int(o.integer("threads", 1, 256));
-    const std::uint64_t seed = std::uint64_t(o.integer("seed", 0));
     lightunet::Kernels<lightunet::cpu>::set_threads(threads);
     report_cpu_kernels(threads);
+    const std::string gpu_bus_id = use_device<Backend>(o);  // no GPU: an error before anything is written
+    const fs::path out = o.str("out");
+    fs::create_directories(out);
+    const std::uint64_t seed = std::uint64_t(o.integer("seed", 0));
     // Data parallel under mpirun: each rank draws its share of every global batch, rank 0 speaks.
     lightunet::dist::Collective* const group = process_group();
     const int rank = group ? group->rank() : 0, ranks = group ? group->size() : 1;
@@ -170,8 +204,8 @@ int Pipeline<C>::train(const brats_cli::Options& o, const RunInfo& run, Optimize
     }
 
     // Validation: a fixed set of un-augmented patches drawn once (the same every epoch).
-    std::vector<typename Model::Input> val_x;
-    std::vector<typename Model::Labels> val_y;
+    std::vector<Images> val_x;
+    std::vector<Labels> val_y;
     if (val_cases.size() > 0) {
         data::LoaderConfig vc = lc;
         vc.batch = lc.batch * ranks;  // the same batches on every rank: the trainer splits them
@@ -190,7 +224,7 @@ int Pipeline<C>::train(const brats_cli::Options& o, const RunInfo& run, Optimize
         }
     }
     train::BatchProvider<Model> validation{[&](long) { return long(val_x.size()); },
-                                           [&](long, long i, typename Model::Input& x, typename Model::Labels& y) {
+                                           [&](long, long i, Images& x, Labels& y) {
                                                x = val_x[std::size_t(i)];
                                                y = val_y[std::size_t(i)];
                                            }};
@@ -230,6 +264,7 @@ int Pipeline<C>::train(const brats_cli::Options& o, const RunInfo& run, Optimize
     to.use_watchdog = !o.flag_set("no-watchdog");
     to.watchdog.poll_seconds = o.real("watchdog-seconds", 0.1);
     to.watchdog.max_temperature = o.real("max-temp", 0.0);
+    to.watchdog.gpu_pci_bus_id = gpu_bus_id;  // NVML numbers GPUs otherwise than CUDA
     if (o.flag_set("no-progress")) to.show_progress = false;
     to.save_rng = [seed] { return train::RngStates{{"loader_seed", {seed}}}; };
     to.restore_rng = [seed](const train::RngStates& s) {
@@ -283,13 +318,14 @@ int Pipeline<C>::train(const brats_cli::Options& o, const RunInfo& run, Optimize
     return 0;
 }
 
-template <lightunet::UNetConfig C>
-int Pipeline<C>::predict(const brats_cli::Options& o, const RunInfo& run) {
+template <lightunet::UNetConfig C, class Backend>
+int Pipeline<C, Backend>::predict(const brats_cli::Options& o, const RunInfo& run) {
     namespace train = lightunet::train;
     namespace eval = lightunet::eval;
     const int threads = int(o.integer("threads", 1, 256));
     lightunet::Kernels<lightunet::cpu>::set_threads(threads);
     report_cpu_kernels(threads);
+    use_device<Backend>(o);
     Model model(0);
     model.set_threads(threads);
     set_precision(o, model);
@@ -360,11 +396,11 @@ int Pipeline<C>::predict(const brats_cli::Options& o, const RunInfo& run) {
 }
 
 // The optimiser chosen on the command line (a type of its own: the trainer is compiled for it).
-template <lightunet::UNetConfig C>
+template <lightunet::UNetConfig C, class Backend = lightunet::cpu>
 int train_with_optimizer(const brats_cli::Options& o, const RunInfo& run) {
     const double lr = o.real("lr", 0.0, 10.0), wd = o.real("weight-decay", 0.0, 1.0);
-    if (run.optimizer == "sgd") return Pipeline<C>::train(o, run, lightunet::Sgd<float>(lr, 0.99, true, wd));
-    return Pipeline<C>::train(o, run, lightunet::Adam<float>(lr, wd, run.optimizer == "adamw"));
+    if (run.optimizer == "sgd") return Pipeline<C, Backend>::train(o, run, lightunet::Sgd<float, Backend>(lr, 0.99, true, wd));
+    return Pipeline<C, Backend>::train(o, run, lightunet::Adam<float, Backend>(lr, wd, run.optimizer == "adamw"));
 }
 
 }  // namespace brats

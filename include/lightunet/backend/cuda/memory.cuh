@@ -54,6 +54,7 @@ struct Context {
     std::mutex mutex;
 
     Context() {
+        created() = true;
         LIGHTUNET_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
         for (auto& s : staging) LIGHTUNET_CUDA_CHECK(cudaEventCreateWithFlags(&s.done, cudaEventDisableTiming));
         LIGHTUNET_CUDA_CHECK(cudaMallocHost(&host_result, 4096));
@@ -73,12 +74,69 @@ struct Context {
         static Context c;
         return c;
     }
+    // Whether the context (its stream, on the device current then) exists yet.
+    static bool& created() {
+        static bool made = false;
+        return made;
+    }
 };
 
 }  // namespace cuda_detail
 
+// What cuda::use_device found: the device and the versions of the runtime and driver.
+struct CudaDeviceInfo {
+    int index = 0;
+    std::string name;
+    int major = 0, minor = 0;     // compute capability
+    std::size_t memory_bytes = 0;
+    std::string pci_bus_id;       // "0000:3B:00.0", as NVML names the same device
+    int runtime_version = 0, driver_version = 0;  // 13000 = 13.0
+};
+
 struct cuda {
     static constexpr bool host_accessible = false;
+
+    // The current device's compute capability as 10 x major + minor (61: Pascal GTX 10x0, 90: Hopper).
+    static int compute_capability() {
+        int device = 0, major = 0, minor = 0;
+        LIGHTUNET_CUDA_CHECK(cudaGetDevice(&device));
+        LIGHTUNET_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+        LIGHTUNET_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+        return 10 * major + minor;
+    }
+
+    // Runs this process's work on device `index` (as the CUDA runtime numbers them, after
+    // CUDA_VISIBLE_DEVICES). Call before any other use of the backend: its stream belongs to the
+    // device current when it is first used. Throws CudaError when there is no usable device (no
+    // driver, no GPU, index out of range), naming what the runtime said.
+    static CudaDeviceInfo use_device(int index) {
+        int count = 0;
+        if (const cudaError_t e = cudaGetDeviceCount(&count); e != cudaSuccess)
+            throw CudaError("cuda:" + std::to_string(index) + ": no usable CUDA device (cudaGetDeviceCount: " + cudaGetErrorName(e) +
+                            ": " + cudaGetErrorString(e) + ")");
+        if (index < 0 || index >= count)
+            throw CudaError("cuda:" + std::to_string(index) + ": no such device; the CUDA runtime sees " + std::to_string(count) +
+                            (count == 1 ? " device (cuda:0)" : " devices (cuda:0 to cuda:" + std::to_string(count - 1) + ")"));
+        int current = 0;
+        LIGHTUNET_CUDA_CHECK(cudaGetDevice(&current));
+        if (cuda_detail::Context::created() && current != index)
+            throw std::logic_error("cuda::use_device(" + std::to_string(index) + "): the backend already runs on device " +
+                                   std::to_string(current));
+        LIGHTUNET_CUDA_CHECK(cudaSetDevice(index));
+        cudaDeviceProp prop{};
+        LIGHTUNET_CUDA_CHECK(cudaGetDeviceProperties(&prop, index));
+        CudaDeviceInfo info;
+        info.index = index;
+        info.name = prop.name;
+        info.major = prop.major;
+        info.minor = prop.minor;
+        info.memory_bytes = prop.totalGlobalMem;
+        char bus[32] = {};
+        if (cudaDeviceGetPCIBusId(bus, sizeof bus, index) == cudaSuccess) info.pci_bus_id = bus;
+        cudaRuntimeGetVersion(&info.runtime_version);
+        cudaDriverGetVersion(&info.driver_version);
+        return info;
+    }
 
     static cudaStream_t stream() { return cuda_detail::Context::get().stream; }
     static void synchronize() { LIGHTUNET_CUDA_CHECK(cudaStreamSynchronize(stream())); }
