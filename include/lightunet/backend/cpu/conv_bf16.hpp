@@ -45,6 +45,23 @@ inline float from_bf16_bits(std::uint16_t b) {
 }
 inline float round_to_bf16(float v) { return from_bf16_bits(bf16_bits(v)); }
 
+#if LIGHTUNET_BF16_DOT_COMPILED
+// bf16_bits of 16 floats, in the low halves of 32-bit lanes: the same integer rounding, so the
+// same bits (vcvtneps2bf16 would flush denormals to zero). GCC's vector arithmetic rather than
+// shift intrinsics, whose _mm512_undefined operand GCC 12 reports as uninitialised.
+using U32x16 = std::uint32_t __attribute__((vector_size(64)));
+inline U32x16 bf16_bits16(__m512 v) {
+    const U32x16 u = U32x16(_mm512_castps_si512(v));
+    const U32x16 rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    const U32x16 nan = U32x16((u & 0x7fffffffu) > 0x7f800000u);  // all ones where NaN
+    return (nan & ((u >> 16) | 0x40u)) | (~nan & rounded);
+}
+// Lanes [x, x + 16) of a row of n values, as a mask (the last vector of a row is partial).
+inline __mmask16 row_mask(std::ptrdiff_t x, std::ptrdiff_t n) {
+    return n - x >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - x)) - 1u);
+}
+#endif
+
 template <class T>
 constexpr bool uses_bf16(const ConvProblem& p) {
     return std::is_same_v<T, float> && p.precision == Precision::bf16;
@@ -82,8 +99,9 @@ inline bool bf16_dot_runs() {
 // Elements of T the pair layouts need at most (they fit the fp32 layouts' sizes: asserted).
 constexpr std::ptrdiff_t channel_pairs(int channels) { return (channels + 1) / 2; }
 
-// Pads channel pairs of the sources into dst ([pair][padded q][2] bf16); an odd last channel is
-// paired with zeros.
+// Pads channel pairs of the sources into dst ([pair][padded q][2] bf16, a pair as one 32-bit
+// word, its first channel in the low half); an odd last channel is paired with zeros. Each
+// value is written once: rows' interiors converted 16 at a time, only the borders zeroed.
 template <class T>
 void pad_source_pairs(const PaddedLayout& l, std::span<const ChannelSource<T>> sources, int image, std::ptrdiff_t channel_size,
                       const VolumeSlab& slab, std::uint16_t* dst) {
@@ -92,20 +110,38 @@ void pad_source_pairs(const PaddedLayout& l, std::span<const ChannelSource<T>> s
     parallel_for(channel_pairs(channels), [&](std::ptrdiff_t pair) {
         const T* src[2] = {source_channel(sources, image, channel_size, 2 * pair),
                            source_channel(sources, image, channel_size, 2 * pair + 1)};
-        std::uint16_t* out = dst + pair * l.stride * 2;
+        std::uint32_t* out = reinterpret_cast<std::uint32_t*>(dst) + pair * l.stride;
+        auto word = [&](std::ptrdiff_t at) {
+            return std::uint32_t(bf16_bits(float(src[0][at]))) | (src[1] ? std::uint32_t(bf16_bits(float(src[1][at]))) << 16 : 0u);
+        };
         for_each_padded_row(l, slab, [&](std::ptrdiff_t r, std::ptrdiff_t at) {
-            std::uint16_t* row = out + r * l.wp * 2;
-            std::fill(row, row + 2 * l.wp, std::uint16_t(0));
-            if (at < 0) return;
-            for (int j = 0; j < 2; ++j)
-                if (src[j])
-                    for (std::ptrdiff_t x = 0; x < w; ++x) row[2 * (l.pw + x) + j] = bf16_bits(float(src[j][at + x]));
+            std::uint32_t* row = out + r * l.wp;
+            if (at < 0) {
+                std::fill(row, row + l.wp, 0u);
+                return;
+            }
+            std::fill(row, row + l.pw, 0u);
+            std::fill(row + l.pw + w, row + l.wp, 0u);
+            std::uint32_t* interior = row + l.pw;
+#if LIGHTUNET_BF16_DOT_COMPILED
+            if constexpr (std::is_same_v<T, float>) {
+                for (std::ptrdiff_t x = 0; x < w; x += 16) {
+                    const __mmask16 m = row_mask(x, w);
+                    const U32x16 first = bf16_bits16(_mm512_maskz_loadu_ps(m, src[0] + at + x));
+                    const U32x16 second = src[1] ? bf16_bits16(_mm512_maskz_loadu_ps(m, src[1] + at + x)) : U32x16{};
+                    _mm512_mask_storeu_epi32(interior + x, m, __m512i(first | (second << 16)));
+                }
+                return;
+            }
+#endif
+            for (std::ptrdiff_t x = 0; x < w; ++x) interior[x] = word(at + x);
         });
-        std::fill(out + 2 * l.plane, out + 2 * l.stride, std::uint16_t(0));
+        std::fill(out + l.plane, out + l.stride, 0u);
     });
 }
 
-// Pads channels of the sources into dst as bf16 ([channel][padded q], the fp32 layout's strides).
+// Pads channels of the sources into dst as bf16 ([channel][padded q], the fp32 layout's
+// strides); each value written once, as pad_source_pairs.
 template <class T>
 void pad_sources_bf16(const PaddedLayout& l, std::span<const ChannelSource<T>> sources, int image, std::ptrdiff_t channel_size,
                       const VolumeSlab& slab, std::uint16_t* dst) {
@@ -115,9 +151,23 @@ void pad_sources_bf16(const PaddedLayout& l, std::span<const ChannelSource<T>> s
         std::uint16_t* out = dst + c * l.stride;
         for_each_padded_row(l, slab, [&](std::ptrdiff_t r, std::ptrdiff_t at) {
             std::uint16_t* row = out + r * l.wp;
-            std::fill(row, row + l.wp, std::uint16_t(0));
-            if (at >= 0)
-                for (std::ptrdiff_t x = 0; x < w; ++x) row[l.pw + x] = bf16_bits(float(src[at + x]));
+            if (at < 0) {
+                std::fill(row, row + l.wp, std::uint16_t(0));
+                return;
+            }
+            std::fill(row, row + l.pw, std::uint16_t(0));
+            std::fill(row + l.pw + w, row + l.wp, std::uint16_t(0));
+            std::uint16_t* interior = row + l.pw;
+#if LIGHTUNET_BF16_DOT_COMPILED
+            if constexpr (std::is_same_v<T, float>) {
+                for (std::ptrdiff_t x = 0; x < w; x += 16) {
+                    const __mmask16 m = row_mask(x, w);
+                    _mm512_mask_cvtepi32_storeu_epi16(interior + x, m, __m512i(bf16_bits16(_mm512_maskz_loadu_ps(m, src + at + x))));
+                }
+                return;
+            }
+#endif
+            for (std::ptrdiff_t x = 0; x < w; ++x) interior[x] = bf16_bits(float(src[at + x]));
         });
         std::fill(out + l.plane, out + l.stride, std::uint16_t(0));
     });
@@ -151,9 +201,9 @@ constexpr std::size_t packed_weights_bf16_size(int outs, int ins, int taps) {  /
 }
 
 #if LIGHTUNET_BF16_DOT_COMPILED
-// One chunk of V vectors of voxels x R output channels over input pairs [cp_begin, cp_end): x2
-// points at the chunk's first voxel of pair 0. No lambdas: code inlined into this function gets
-// its AVX512_BF16 target, a lambda would not.
+// One chunk of V vectors of voxels x R output channels, summed over input pairs [cp_begin,
+// cp_end) into acc_out (overwritten): x2 points at the chunk's first voxel of pair 0. No lambdas:
+// code inlined into this function gets its AVX512_BF16 target, a lambda would not.
 template <int R, int V>
 __attribute__((target("avx512f,avx512bf16"))) inline void fprop_chunk_bf16(const std::uint16_t* x2, std::ptrdiff_t pair_stride,
                                                                           const std::ptrdiff_t* tap_offset, int taps, int cp_begin,
@@ -162,7 +212,7 @@ __attribute__((target("avx512f,avx512bf16"))) inline void fprop_chunk_bf16(const
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-        for (int v = 0; v < V; ++v) acc[r][v] = _mm512_loadu_ps(acc_out + (r * V + v) * 16);
+        for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
     for (int cp = cp_begin; cp < cp_end; ++cp) {
         const std::uint16_t* xc = x2 + cp * pair_stride;
         const std::uint32_t* wc = w + std::ptrdiff_t(cp) * taps * R;
@@ -331,7 +381,6 @@ void fprop_padded_bf16(const PaddedLayout& l, int cin, const std::uint16_t* x2, 
         alignas(64) T acc[R * V * L];
         for (std::ptrdiff_t c = tile * tile_chunks; c < c_end; ++c) {
             const std::ptrdiff_t q = l.run_begin + c * chunk;
-            std::fill(acc, acc + R * V * L, T(0));
             fprop_chunk_bf16<R, V>(x2 + 2 * q, 2 * l.stride, l.tap_offset.data(), l.taps, 0, pairs, w, acc);
             B sums[R][V];
             static_for<R>([&](auto r) { static_for<V>([&](auto v) { sums[r][v] = B::load_aligned(acc + (r * V + v) * L); }); });
