@@ -302,12 +302,24 @@ inline void wgrad_bf16(const PaddedLayout& l, int cin, int cout, const std::uint
     const std::ptrdiff_t pairs = ceil_div(l.run_length, std::ptrdiff_t(2));
     std::uint16_t* g_blk = reinterpret_cast<std::uint16_t*>(scratch + (16 - (reinterpret_cast<std::uintptr_t>(scratch) / 4) % 16) % 16);
     float* dw_blk = reinterpret_cast<float*>(g_blk + std::ptrdiff_t(blocks) * pairs * 32);
+    // Block b: for each voxel pair, the 16 channels' pairs as 32-bit words (a channel's two voxels,
+    // the first in the low half), written in order; the channels' rows are read in step.
     parallel_for(blocks, [&](std::ptrdiff_t b) {
-        std::uint16_t* out = g_blk + b * pairs * 32;
+        std::uint32_t* out = reinterpret_cast<std::uint32_t*>(g_blk) + b * pairs * L;
+        const std::uint16_t* in[L];
         for (int j = 0; j < L; ++j) {
             const int o = int(b) * L + j;
-            const std::uint16_t* in = o < cout ? g16 + std::ptrdiff_t(o) * l.stride + l.run_begin : nullptr;
-            for (std::ptrdiff_t q = 0; q < 2 * pairs; ++q) out[(q / 2) * 32 + 2 * j + (q % 2)] = in && q < l.run_length ? in[q] : 0;
+            in[j] = o < cout ? g16 + std::ptrdiff_t(o) * l.stride + l.run_begin : nullptr;
+        }
+        const std::ptrdiff_t whole = l.run_length / 2;  // pairs with both voxels in the run
+        for (std::ptrdiff_t p = 0; p < pairs; ++p) {
+            std::uint32_t* word = out + p * L;
+            for (int j = 0; j < L; ++j) {
+                std::uint32_t w = 0;
+                if (in[j] && p < whole) std::memcpy(&w, in[j] + 2 * p, sizeof w);
+                else if (in[j]) w = in[j][2 * p];  // the run's odd last voxel, paired with zero
+                word[j] = w;
+            }
         }
         std::fill(dw_blk + b * k_count * L, dw_blk + (b + 1) * k_count * L, 0.0f);
     });
