@@ -404,25 +404,29 @@ void report_traffic([[maybe_unused]] double run_seconds) {
 }
 
 // --device cuda: the CUDA pipelines (model_*_cuda.cu), or an error naming why there are none.
-int train_on_cuda(const brats_cli::Options& o, const RunInfo& run) {
 #ifdef LIGHTUNET_BRATS_CUDA
+int train_on_cuda(const brats_cli::Options& o, const RunInfo& run) {
     if (run.arch == "resenc") return run.model == "2d" ? train_2d_resenc_cuda(o, run) : train_3d_resenc_cuda(o, run);
     return run.model == "2d" ? train_2d_cuda(o, run) : train_3d_cuda(o, run);
-#else
-    (void)run;
-    throw std::runtime_error("--device " + o.str("device") + ": this brats was built without CUDA (no nvcc was found when it "
-                             "was configured; docs/cuda.md says how to build it with CUDA)");
-#endif
 }
 int predict_on_cuda(const brats_cli::Options& o, const RunInfo& run) {
-#ifdef LIGHTUNET_BRATS_CUDA
     if (run.arch == "resenc") return run.model == "2d" ? predict_2d_resenc_cuda(o, run) : predict_3d_resenc_cuda(o, run);
     return run.model == "2d" ? predict_2d_cuda(o, run) : predict_3d_cuda(o, run);
+}
 #else
-    (void)run;
+[[noreturn]] int built_without_cuda(const brats_cli::Options& o, const RunInfo&) {
     throw std::runtime_error("--device " + o.str("device") + ": this brats was built without CUDA (no nvcc was found when it "
                              "was configured; docs/cuda.md says how to build it with CUDA)");
+}
+int (*const train_on_cuda)(const brats_cli::Options&, const RunInfo&) = built_without_cuda;
+int (*const predict_on_cuda)(const brats_cli::Options&, const RunInfo&) = built_without_cuda;
 #endif
+
+// --device, checked against --precision (bf16 is the CPU's, tf32 CUDA's).
+Device checked_device(const brats_cli::Options& o) {
+    const Device device = device_option(o);
+    check_precision_for(device, o);
+    return device;
 }
 
 int dispatch(const std::string& command, const brats_cli::Options& o) {
@@ -449,8 +453,7 @@ int dispatch(const std::string& command, const brats_cli::Options& o) {
                 std::fprintf(stderr, "[WARN] %s predates recorded training options: %s not checked\n", recorded_file.c_str(),
                              brats_cli::join(unrecorded).c_str());
         }
-        const Device device = device_option(o);
-        check_precision_for(device, o);
+        const Device device = checked_device(o);
         // Every rank has checked the run folder before rank 0 writes run.cfg into it.
         if (g_group) g_group->max(0.0);
         const auto start = std::chrono::steady_clock::now();
@@ -465,9 +468,7 @@ int dispatch(const std::string& command, const brats_cli::Options& o) {
         if (run.arch == "resenc") return run.model == "2d" ? export_2d_resenc(o, run) : export_3d_resenc(o, run);
         return run.model == "2d" ? export_2d(o, run) : export_3d(o, run);
     }
-    const Device device = device_option(o);
-    check_precision_for(device, o);
-    if (device.cuda) return predict_on_cuda(o, run);
+    if (checked_device(o).cuda) return predict_on_cuda(o, run);
     if (run.arch == "resenc") return run.model == "2d" ? predict_2d_resenc(o, run) : predict_3d_resenc(o, run);
     return run.model == "2d" ? predict_2d(o, run) : predict_3d(o, run);
 }
