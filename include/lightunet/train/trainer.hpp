@@ -567,17 +567,10 @@ private:
     // The rollback weights live in host memory (a device model's copied out); the optimiser's
     // copy stays in its own backend's memory.
     void keep_good_state() {
-        if constexpr (runs_on_host<Model>) {
-            const auto p = model_.parameters();
-            const auto b = model_.buffers();
-            good_params_.assign(p.begin(), p.end());
-            good_buffers_.assign(b.begin(), b.end());
-        } else {
-            good_params_.resize(Model::parameter_count);
-            good_buffers_.resize(Model::buffer_count);
-            model_.copy_parameters_to_host(good_params_);
-            model_.copy_buffers_to_host(good_buffers_);
-        }
+        good_params_.resize(Model::parameter_count);
+        good_buffers_.resize(Model::buffer_count);
+        model_.copy_parameters_to_host(good_params_);
+        model_.copy_buffers_to_host(good_buffers_);
         good_opt_ = opt_;
         good_step_ = state_.global_step;
     }
