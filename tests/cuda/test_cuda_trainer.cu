@@ -5,10 +5,8 @@
 // CPU's within the network tolerance of test_cuda_model.cu.
 #include <cmath>
 #include <cstdio>
-#include <filesystem>
 #include <limits>
 #include <string>
-#include <unistd.h>
 #include <vector>
 
 #include <lightunet/eval/sliding_window.hpp>
@@ -17,6 +15,7 @@
 #include <lightunet/train/checkpoint.hpp>
 #include <lightunet/train/trainer.hpp>
 
+#include "../train/train_test_support.hpp"
 #include "cuda_test_support.cuh"
 
 using namespace lightunet;
@@ -26,35 +25,11 @@ namespace {
 
 constexpr UNetConfig tiny{.dims = 2, .in_channels = 1, .classes = 2, .widths = {8, 16, 32}};
 
-// A bright disc on noise, a pure function of (seed, index).
-void blobs(std::uint64_t seed, long index, Tensor<float>& x, Tensor<std::uint8_t>& y) {
-    const int n = 4, s = 32;
-    x.resize({n, 1, 1, s, s});
-    y.resize({n, 1, 1, s, s});
-    InitRng rng(seed * 1000003ull + std::uint64_t(index) * 7919ull + 17);
-    for (int b = 0; b < n; ++b) {
-        const double cx = s * (0.3 + 0.4 * rng.uniform()), cy = s * (0.3 + 0.4 * rng.uniform()), r = s * (0.12 + 0.12 * rng.uniform());
-        for (int i = 0; i < s; ++i)
-            for (int j = 0; j < s; ++j) {
-                const bool in = (i - cy) * (i - cy) + (j - cx) * (j - cx) <= r * r;
-                x.at(b, 0, 0, i, j) = float((in ? 1.0 : 0.0) + 0.3 * rng.normal());
-                y.at(b, 0, 0, i, j) = in ? 1 : 0;
-            }
-    }
-}
-
 template <class Model>
 train::BatchProvider<Model> provider(std::uint64_t seed, long per_epoch) {
     return {[per_epoch](long) { return per_epoch; },
-            [seed](long e, long k, Tensor<float>& x, Tensor<std::uint8_t>& y) { blobs(seed, e * 1000 + k, x, y); }};
+            [seed](long e, long k, Tensor<float>& x, Tensor<std::uint8_t>& y) { test::make_blobs(seed, e * 1000 + k, 4, 32, x, y); }};
 }
-
-struct Folder {
-    std::filesystem::path path = std::filesystem::temp_directory_path() / ("lightunet_cuda_trainer_" + std::to_string(::getpid()));
-    Folder() { std::filesystem::create_directories(path); }
-    ~Folder() { std::filesystem::remove_all(path); }
-    std::string file(const std::string& name) const { return (path / name).string(); }
-};
 
 train::TrainerOptions options(const std::string& checkpoints) {
     train::TrainerOptions o;
@@ -79,7 +54,7 @@ std::vector<float> parameters_of(const UNet<tiny, cuda>& net) {
 std::vector<float> values(const Tensor<float>& t) { return {t.begin(), t.end()}; }
 
 TEST_CASE("The Trainer trains a CUDA model as it trains the CPU model; checkpoints are the same files", "[cuda][trainer]") {
-    Folder dir;
+    test::ScratchDir dir("cuda_trainer");
     using GpuNet = UNet<tiny, cuda>;
     using CpuNet = UNet<tiny, cpu>;
     GpuNet gpu(5);
@@ -123,7 +98,7 @@ TEST_CASE("The Trainer trains a CUDA model as it trains the CPU model; checkpoin
     CHECK(state.global_step == 24);
     Tensor<float> x;
     Tensor<std::uint8_t> y;
-    blobs(123, 0, x, y);
+    test::make_blobs(123, 0, 4, 32, x, y);
     Tensor<float, cuda> gx;
     copy_from_host(gx, x);
     const auto on_gpu = to_host(gpu.predict(gx));
@@ -160,7 +135,7 @@ TEST_CASE("The Trainer trains a CUDA model as it trains the CPU model; checkpoin
 }
 
 TEST_CASE("The watchdog rolls a CUDA model back to its last good weights", "[cuda][trainer][watchdog]") {
-    Folder dir;
+    test::ScratchDir dir("cuda_trainer");
     using GpuNet = UNet<tiny, cuda>;
     GpuNet net(4);
     Adam<float, cuda> opt(1e-3);

@@ -115,8 +115,8 @@ TEST_CASE("A model in device memory trains through the Trainer as the host model
     CHECK(staged_cpu::uploads - uploads == 2 * (2 * 4 + 2));
     CHECK(staged_cpu::downloads - downloads >= 2 * 2);
     check_same_history(host.history, device.history);
-    CHECK(host.history.back().val_loss < host.history.front().val_loss + 1.0);  // a real run, not NaN
     CHECK(std::isfinite(host.history.back().val_loss));
+    CHECK(host.history.back().val_loss < host.history.front().val_loss);  // a run that learns, not a constant
     CHECK(host.parameters == device.parameters);
 
     SECTION("its checkpoints are the host model's files") {
