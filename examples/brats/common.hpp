@@ -2,12 +2,14 @@
 // What every BraTS command shares: where the cases come from, the training/validation split,
 // and the run description (run.cfg) that `predict` reads back.
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
 #include <numeric>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -20,6 +22,7 @@
 #include <lightunet/io/kaggle_h5.hpp>
 #include <lightunet/io/nifti.hpp>
 #include <lightunet/dist/collective.hpp>
+#include <lightunet/eval/postprocess.hpp>
 #include <lightunet/io/store.hpp>
 
 #include "cli.hpp"
@@ -225,6 +228,74 @@ struct RunInfo {
         return r;
     }
 };
+
+// postprocess.cfg: the post-processing `train` chose on its validation cases with the best
+// weights, which `predict` applies unless --min-et-volume says otherwise.
+inline void write_postprocessing(const fs::path& file, const lightunet::eval::PostProcessingChoice& choice,
+                                 const std::string& checkpoint) {
+    const fs::path temporary = file.string() + ".tmp";
+    {
+        std::ofstream f(temporary);
+        f << "min_enhancing_mm3=" << choice.chosen.min_enhancing_mm3 << "\nvalidation_cases=" << choice.cases
+          << "\ncheckpoint=" << checkpoint << "\net_dice_without=" << choice.et_dice_without
+          << "\net_dice_with=" << choice.et_dice_with << "\n";
+        for (const auto& s : choice.scores)
+            f << "tried." << s.min_enhancing_mm3 << "=" << s.mean_et_dice << " (" << s.cases_changed << " cases changed)\n";
+        f.flush();
+        if (!f) throw std::runtime_error(temporary.string() + ": cannot write the post-processing choice");
+    }
+    fs::rename(temporary, file);
+}
+
+struct RecordedPostProcessing {
+    lightunet::eval::PostProcessing chosen;
+    std::string validation_cases, checkpoint;
+};
+
+// The choice in `file`; nothing when the run has none (no validation cases, or a run older than
+// the choice); an error naming the file when it is there but unreadable.
+inline std::optional<RecordedPostProcessing> read_postprocessing(const fs::path& file) {
+    std::error_code error;
+    if (!fs::exists(file, error)) return std::nullopt;
+    std::ifstream f(file);
+    if (!f) throw std::runtime_error(file.string() + ": cannot read the post-processing choice");
+    std::map<std::string, std::string> kv;
+    for (std::string line; std::getline(f, line);)
+        if (const auto eq = line.find('='); eq != std::string::npos) kv[line.substr(0, eq)] = line.substr(eq + 1);
+    const std::string value = kv["min_enhancing_mm3"];
+    char* end = nullptr;
+    const double threshold = std::strtod(value.c_str(), &end);
+    if (value.empty() || *end != '\0' || !(threshold >= 0) || threshold > 1e9)
+        throw std::runtime_error(file.string() + ": min_enhancing_mm3 must be a volume in mm^3, not '" + value + "'");
+    return RecordedPostProcessing{{threshold}, kv["validation_cases"], kv["checkpoint"]};
+}
+
+// predict's post-processing: --min-et-volume when given (0: off), else the run's postprocess.cfg,
+// else none; said in the log.
+inline lightunet::eval::PostProcessing postprocessing_for(const brats_cli::Options& o) {
+    if (o.given("min-et-volume")) {
+        const lightunet::eval::PostProcessing given{o.real("min-et-volume", 0.0, 1e9)};
+        if (given.active())
+            std::fprintf(stderr, "[INFO] Post-processing (--min-et-volume): enhancing tumour under %g mm^3 becomes necrosis\n",
+                         given.min_enhancing_mm3);
+        else
+            std::fprintf(stderr, "[INFO] Post-processing: off (--min-et-volume 0)\n");
+        return given;
+    }
+    const fs::path file = fs::path(o.str("run")) / "postprocess.cfg";
+    const auto recorded = read_postprocessing(file);
+    if (!recorded) {
+        std::fprintf(stderr, "[INFO] Post-processing: none (the run chose none: %s is absent; --min-et-volume sets one)\n", file.c_str());
+        return {};
+    }
+    if (recorded->chosen.active())
+        std::fprintf(stderr, "[INFO] Post-processing (%s, chosen on %s validation cases with %s): enhancing tumour under %g mm^3 becomes necrosis\n",
+                     file.c_str(), recorded->validation_cases.c_str(), recorded->checkpoint.c_str(), recorded->chosen.min_enhancing_mm3);
+    else
+        std::fprintf(stderr, "[INFO] Post-processing: off (%s: no threshold helped on the %s validation cases)\n", file.c_str(),
+                     recorded->validation_cases.c_str());
+    return recorded->chosen;
+}
 
 // Two option values mean the same when their texts are equal or both are the same number
 // (--lr 0.001 and --lr 1e-3).

@@ -78,7 +78,30 @@ expect_lines("${WORK}/run/metrics.csv" 4 "header + 3 epochs")
 if(NOT EXISTS "${WORK}/run/pictures")
     message(FATAL_ERROR "the finished run drew no pictures")
 endif()
-run("${BRATS}" predict --run "${WORK}/run" --data "${WORK}/test" --out "${WORK}/pred" --pictures 1)
+# The finished run predicted its validation case whole with best.h5: its metrics, and the
+# post-processing chosen on it, which predict applies unless told otherwise.
+foreach(f validation.csv postprocess.cfg)
+    if(NOT EXISTS "${WORK}/run/${f}")
+        message(FATAL_ERROR "the finished run wrote no ${f}")
+    endif()
+endforeach()
+expect_lines("${WORK}/run/validation.csv" 3 "header + 1 validation case + mean")
+file(READ "${WORK}/run/postprocess.cfg" post)
+if(NOT post MATCHES "min_enhancing_mm3=[0-9.e+]+\nvalidation_cases=1\ncheckpoint=best.h5\n")
+    message(FATAL_ERROR "postprocess.cfg:\n${post}")
+endif()
+run_expecting("Post-processing[^\n]*run/postprocess.cfg"
+    "${BRATS}" predict --run "${WORK}/run" --data "${WORK}/test" --out "${WORK}/pred" --pictures 1)
+run_expecting("Post-processing .--min-et-volume.: enhancing tumour under 1e\\+09 mm.3 becomes necrosis"
+    "${BRATS}" predict --run "${WORK}/run" --data "${WORK}/test" --out "${WORK}/pred_post" --pictures 0
+    --min-et-volume 1e9)
+file(WRITE "${WORK}/run/postprocess.cfg" "min_enhancing_mm3=-5\n")
+execute_process(COMMAND "${BRATS}" predict --run "${WORK}/run" --data "${WORK}/test" --out "${WORK}/pred_bad" RESULT_VARIABLE rc
+    ERROR_VARIABLE err)
+if(NOT rc EQUAL 1 OR NOT err MATCHES "postprocess.cfg: min_enhancing_mm3 must be a volume in mm.3, not '-5'")
+    message(FATAL_ERROR "predict with a corrupt postprocess.cfg: expected status 1 naming it, got ${rc}:\n${err}")
+endif()
+file(WRITE "${WORK}/run/postprocess.cfg" "${post}")
 file(GLOB written "${WORK}/pred/*-seg.nii.gz")
 list(LENGTH written count)
 if(NOT count EQUAL 2)

@@ -271,8 +271,8 @@ brats_cli::Options options_for(const std::string& command) {
             .flag("skip-bad", "skip unreadable cases and list them instead of stopping")
             .flag("no-channel-check", "Kaggle slices: do not judge the declared channel order against the intensities");
     if (command == "train")
-        return Options("train", "Train a U-Net; writes checkpoints/, metrics.csv, metrics.json, curves.png, pictures/ and "
-                                "run.cfg into --out.")
+        return Options("train", "Train a U-Net; writes checkpoints/, metrics.csv, metrics.json, curves.png, pictures/, "
+                                "validation.csv (the validation cases predicted whole), postprocess.cfg and run.cfg into --out.")
             .required("data", "store file, or folder of cases (converted into <out>/store.h5)")
             .required("out", "output folder")
             .value("model", "2d", "network", {"2d", "3d"})
@@ -311,7 +311,8 @@ brats_cli::Options options_for(const std::string& command) {
             .value("resume", "", "checkpoint to resume from, or 'latest'; the options that shape the run must be the run's own")
             .value("stop-after-steps", "", "stop with a checkpoint once this many steps are done in all (continue with --resume latest)")
             .value("mpi-timeout", "1800", "under mpirun: seconds a rank waits for the others in a collective before it ends the job")
-            .value("pictures", "3", "validation cases drawn as overlays at the end")
+            .value("pictures", "3", "validation cases drawn as overlays at the end (all are predicted whole then, with the best "
+                                    "weights: validation.csv, and the post-processing chosen on them: postprocess.cfg)")
             .value("watchdog-seconds", "5", "watchdog poll interval")
             .value("max-temp", "95", "watchdog CPU temperature limit (degrees C)")
             .flag("no-watchdog", "no telemetry watchdog")
@@ -333,6 +334,8 @@ brats_cli::Options options_for(const std::string& command) {
             .value("precision", "fp32", "convolution operands: fp32; bf16 on the CPU (rounded to bfloat16 and summed in "
                                         "fp32); tf32 on CUDA (tensor cores)", {"fp32", "bf16", "tf32"})
             .value("pictures", "3", "cases drawn as overlay PNGs")
+            .value("min-et-volume", "", "post-processing: a case's enhancing tumour under this volume (mm^3) becomes necrosis "
+                                        "(0: off); default: what train chose on its validation cases (<run>/postprocess.cfg)")
             .flag("tta", "mirror test-time augmentation")
             .flag("no-channel-check", "Kaggle slices: do not judge the declared channel order against the intensities (it is "
                                       "judged per volume; only a set that contradicts it stops the run)");

@@ -104,13 +104,24 @@ struct Pipeline {
 private:
     // Loads --checkpoint (default <run>/checkpoints/best.h5) into the model; returns its path.
     static fs::path load(const brats_cli::Options& o, const RunInfo& run, Model& model);
+    static void load_weights(const fs::path& checkpoint, const RunInfo& run, Model& model);
+    // The validation cases predicted whole: their metrics, the post-processing chosen on them,
+    // and overlays of the first `pictures`.
+    static void score_validation(const data::CaseSource& cases, Model& model, Extent patch, int pictures, const fs::path& out,
+                                 const std::string& checkpoint);
 };
 
 template <lightunet::UNetConfig C, class Backend>
 fs::path Pipeline<C, Backend>::load(const brats_cli::Options& o, const RunInfo& run, Model& model) {
-    namespace train = lightunet::train;
     const fs::path run_dir = o.str("run");
     const fs::path checkpoint = o.given("checkpoint") ? fs::path(o.str("checkpoint")) : run_dir / "checkpoints" / "best.h5";
+    load_weights(checkpoint, run, model);
+    return checkpoint;
+}
+
+template <lightunet::UNetConfig C, class Backend>
+void Pipeline<C, Backend>::load_weights(const fs::path& checkpoint, const RunInfo& run, Model& model) {
+    namespace train = lightunet::train;
     train::TrainState state;
     if (run.optimizer == "sgd") {
         lightunet::Sgd<float, Backend> optimizer;
@@ -120,7 +131,56 @@ fs::path Pipeline<C, Backend>::load(const brats_cli::Options& o, const RunInfo& 
         train::load_checkpoint(checkpoint.string(), model, optimizer, state);
     }
     std::fprintf(stderr, "[INFO] Loaded %s (epoch %ld, step %ld)\n", checkpoint.c_str(), state.epoch, state.global_step);
-    return checkpoint;
+}
+
+template <lightunet::UNetConfig C, class Backend>
+void Pipeline<C, Backend>::score_validation(const data::CaseSource& cases, Model& model, Extent patch, int pictures,
+                                            const fs::path& out, const std::string& checkpoint) {
+    namespace eval = lightunet::eval;
+    const auto t0 = std::chrono::steady_clock::now();
+    eval::SlidingWindowOptions so;
+    so.patch = patch;
+    eval::SlidingWindowPredictor<Model> predictor(model, so);
+    if (pictures > 0) fs::create_directories(out / "pictures");
+    std::vector<eval::CaseMetrics> metrics;
+    std::vector<eval::EnhancingCounts> enhancing;
+    std::vector<double> diagonal_mm;  // HD95 of a region predicted empty against a truth that is not
+    for (std::size_t i = 0; i < cases.size(); ++i) {
+        const data::Case c = cases.load(i);
+        const auto labels = eval::predict_case(predictor, c);
+        const double voxel_mm3 = eval::voxel_volume_mm3(c.geometry.spacing);
+        enhancing.push_back(eval::enhancing_counts(labels, c.labels, voxel_mm3));
+        metrics.push_back(eval::evaluate_case(c, labels));
+        const auto& sp = c.geometry.spacing;
+        diagonal_mm.push_back(eval::Grid{c.extent.x, c.extent.y, c.extent.z, {sp[0], sp[1], sp[2]}}.diagonal_mm());
+        if (int(i) < pictures) {
+            const fs::path png = out / "pictures" / (c.id + ".png");
+            lightunet::io::write_case_overlay(png.string(), c, labels, 3, 2);
+            std::fprintf(stderr, "[INFO] Wrote %s\n", png.c_str());
+        }
+    }
+    const eval::PostProcessingChoice choice = eval::choose_postprocessing(enhancing);
+    // The table holds what `predict` would give: each case's ET after the chosen post-processing.
+    for (std::size_t i = 0; i < metrics.size(); ++i) {
+        const auto& counts = enhancing[i].counts;
+        if (counts.predicted > 0 && double(counts.predicted) * enhancing[i].voxel_mm3 < choice.chosen.min_enhancing_mm3) {
+            metrics[i].dice[2] = counts.truth == 0 ? 1.0 : 0.0;
+            metrics[i].hd95[2] = counts.truth == 0 ? 0.0 : diagonal_mm[i];
+        }
+    }
+    const eval::CaseMetrics mean = eval::mean_metrics(metrics);
+    eval::write_metrics_csv((out / "validation.csv").string(), metrics);
+    write_postprocessing(out / "postprocess.cfg", choice, checkpoint);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::fprintf(stderr, "[INFO] Validation cases predicted whole (%zu, %s, %.1f s): mean Dice WT %.3f TC %.3f ET %.3f, HD95 %.1f / %.1f / %.1f mm -> %s\n",
+                 cases.size(), checkpoint.c_str(), seconds, mean.dice[0], mean.dice[1], mean.dice[2], mean.hd95[0], mean.hd95[1],
+                 mean.hd95[2], (out / "validation.csv").c_str());
+    if (choice.chosen.active())
+        std::fprintf(stderr, "[INFO] Post-processing: enhancing tumour under %.0f mm^3 becomes necrosis (mean ET Dice of the validation cases %.3f -> %.3f) -> %s\n",
+                     choice.chosen.min_enhancing_mm3, choice.et_dice_without, choice.et_dice_with, (out / "postprocess.cfg").c_str());
+    else
+        std::fprintf(stderr, "[INFO] Post-processing: off (no enhancing-tumour threshold raised the validation cases' mean ET Dice %.3f) -> %s\n",
+                     choice.et_dice_without, (out / "postprocess.cfg").c_str());
 }
 
 // The run's network with the checkpoint's weights as an ONNX model: input [batch, 4, (D,) H, W]
@@ -298,20 +358,13 @@ int Pipeline<C, Backend>::train(const brats_cli::Options& o, const RunInfo& run,
     }
 
     if (rank != 0) return 0;
-    // Overlay pictures of a few validation cases, predicted whole.
-    const int pictures = int(o.integer("pictures", 0, 1000));
-    if (pictures > 0 && val_cases.size() > 0) {
-        eval::SlidingWindowOptions so;
-        so.patch = patch;
-        eval::SlidingWindowPredictor<Model> predictor(model, so);
-        fs::create_directories(out / "pictures");
-        for (std::size_t i = 0; i < val_cases.size() && int(i) < pictures; ++i) {
-            const data::Case c = val_cases.load(i);
-            const auto labels = eval::predict_case(predictor, c);
-            const fs::path png = out / "pictures" / (c.id + ".png");
-            lightunet::io::write_case_overlay(png.string(), c, labels, 3, 2);
-            std::fprintf(stderr, "[INFO] Wrote %s\n", png.c_str());
-        }
+    // The validation cases predicted whole with the weights `predict` takes by default.
+    if (val_cases.size() > 0) {
+        const fs::path best = fs::path(to.checkpoint_dir) / "best.h5";
+        std::error_code error;
+        const bool have_best = fs::exists(best, error);
+        if (have_best) load_weights(best, run, model);
+        score_validation(val_cases, model, patch, int(o.integer("pictures", 0, 1000)), out, have_best ? "best.h5" : "last weights");
     }
     std::fprintf(stderr, "[INFO] Done: %ld steps; checkpoints in %s, metrics in %s\n", result.global_step,
                  to.checkpoint_dir.c_str(), to.metrics_csv.c_str());
@@ -336,6 +389,7 @@ int Pipeline<C, Backend>::predict(const brats_cli::Options& o, const RunInfo& ru
     so.overlap = o.real("overlap", 0.0, 0.95);
     so.mirror = o.flag_set("tta");
     eval::SlidingWindowPredictor<Model> predictor(model, so);
+    const eval::PostProcessing post = postprocessing_for(o);
     const fs::path out = o.str("out");
     fs::create_directories(out);
     const int pictures = int(o.integer("pictures", 0, 100000));
@@ -345,6 +399,10 @@ int Pipeline<C, Backend>::predict(const brats_cli::Options& o, const RunInfo& ru
     auto segment = [&](const data::Case& prepared) {
         const auto t0 = std::chrono::steady_clock::now();
         auto labels = eval::predict_case(predictor, prepared);
+        const double voxel_mm3 = eval::voxel_volume_mm3(prepared.geometry.spacing);
+        if (const std::size_t relabelled = eval::postprocess(post, labels, voxel_mm3))
+            std::fprintf(stderr, "[INFO] %s: post-processing: its enhancing tumour (%zu voxels, %.0f mm^3) became necrosis\n",
+                         prepared.id.c_str(), relabelled, double(relabelled) * voxel_mm3);
         const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         total_seconds += seconds;
         if (done < pictures) lightunet::io::write_case_overlay((out / (prepared.id + ".png")).string(), prepared, labels, 3, 2);
