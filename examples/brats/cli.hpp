@@ -81,6 +81,11 @@ public:
 
     const std::string& str(const std::string& name) const { return spec(name).value; }
     bool given(const std::string& name) const { return spec(name).given; }
+    // A value chosen for the user (a plan): used as the default, the option still not given.
+    void set_default(const std::string& name, std::string value) {
+        if (!specs_.count(name)) throw std::logic_error("option --" + name + " was never declared");
+        specs_[name].value = std::move(value);
+    }
     bool flag_set(const std::string& name) const { return spec(name).value == "1"; }
     long integer(const std::string& name, long min = 0, long max = 1L << 40) const {
         const std::string& v = str(name);

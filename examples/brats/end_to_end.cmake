@@ -157,6 +157,23 @@ file(READ "${WORK}/budget/run.cfg" budget_cfg)
 if(NOT budget_cfg MATCHES "train.minutes=0.1\n")
     message(FATAL_ERROR "run.cfg does not record --minutes:\n${budget_cfg}")
 endif()
+# --plan: the store's fingerprint and the settings planned from it, said and kept in plan.cfg;
+# a given option wins over the plan; run.cfg records the plan, so a resume must ask for it too;
+# predict mirrors by default for such a run.
+run_expecting("\\[PLAN\\]   cases: 4 .4 labelled.*\\[PLAN\\] --patch 64x64 as given .the plan: [0-9]+x[0-9]+.*\\[PLAN\\] --batch [0-9]+: .*\\[PLAN\\] --foreground 0\\.[35]3?: .*Done: 2 steps"
+    "${BRATS}" train --data "${WORK}/run/store.h5" --out "${WORK}/planned" --plan --patch 64x64 --epochs 1 --steps-per-epoch 2
+    --val-batches 1 --no-progress --pictures 0)
+file(READ "${WORK}/planned/plan.cfg" plan_cfg)
+file(READ "${WORK}/planned/run.cfg" planned_cfg)
+if(NOT plan_cfg MATCHES "train.patch=64x64  # given; planned [0-9x]+\ntrain.batch=[0-9]+\n.*predict.tta=on" OR
+   NOT planned_cfg MATCHES "train.plan=on\n")
+    message(FATAL_ERROR "plan.cfg / run.cfg of a planned run:\n${plan_cfg}\n${planned_cfg}")
+endif()
+expect_status(2 "--resume: [^\n]*--plan off .the run has on."
+    "${BRATS}" train --data "${WORK}/run/store.h5" --out "${WORK}/planned" --patch 64x64 --epochs 1 --steps-per-epoch 2
+    --val-batches 1 --no-progress --resume latest)
+run_expecting("Mirror test-time augmentation: the run's plan"
+    "${BRATS}" predict --run "${WORK}/planned" --data "${WORK}/test" --out "${WORK}/pred_planned" --pictures 0)
 # The residual encoder with deep supervision, 2D and 3D: trains, records both in run.cfg (a
 # resume without them is refused), and predicts with the top head.
 run_expecting("Done: 2 steps"

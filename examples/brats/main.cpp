@@ -225,7 +225,7 @@ int evaluate_command(const brats_cli::Options& o) {
 const std::vector<std::string> shaping_values = {"epochs", "minutes", "steps-per-epoch", "batch", "lr", "schedule", "weight-decay",
                                                  "clip", "loss", "foreground", "val-split", "val-cases", "val-batches",
                                                  "seed"};
-const std::vector<std::string> shaping_flags = {"sample-dice", "no-augment"};
+const std::vector<std::string> shaping_flags = {"sample-dice", "no-augment", "plan"};
 
 RunInfo run_info_for_training(const brats_cli::Options& o) {
     RunInfo run;
@@ -281,6 +281,8 @@ brats_cli::Options options_for(const std::string& command) {
             .value("arch", "plain", "encoder: plain (two convolutions per level) or resenc (nnU-Net's residual blocks)",
                    {"plain", "resenc"})
             .flag("deep-supervision", "auxiliary heads on the coarser decoder levels while training (nnU-Net's weights)")
+            .flag("plan", "plan --patch, --batch, --foreground, --labels and --loss from the data's fingerprint where not "
+                          "given (said at the start, kept in <out>/plan.cfg; predict then mirrors by default)")
             .value("patch", "96x96", "2D: slice HxW; 3D: patch DxHxW (multiples of 16)")
             .value("epochs", "10", "epochs")
             .value("minutes", "", "wall-clock budget: epochs until it is spent (--epochs, if given, caps them), the "
@@ -336,7 +338,8 @@ brats_cli::Options options_for(const std::string& command) {
             .value("pictures", "3", "cases drawn as overlay PNGs")
             .value("min-et-volume", "", "post-processing: a case's enhancing tumour under this volume (mm^3) becomes necrosis "
                                         "(0: off); default: what train chose on its validation cases (<run>/postprocess.cfg)")
-            .flag("tta", "mirror test-time augmentation")
+            .flag("tta", "mirror test-time augmentation (the default for a run trained with --plan)")
+            .flag("no-tta", "no mirror test-time augmentation, even for a run trained with --plan")
             .flag("no-channel-check", "Kaggle slices: do not judge the declared channel order against the intensities (it is "
                                       "judged per volume; only a set that contradicts it stops the run)");
     if (command == "evaluate")
@@ -432,12 +435,30 @@ Device checked_device(const brats_cli::Options& o) {
     return device;
 }
 
-int dispatch(const std::string& command, const brats_cli::Options& o) {
+// --plan: the store opened (a folder converted, by rank 0 first under mpirun) and fingerprinted,
+// the plan applied to the options not given.
+std::optional<TrainingPlan> plan_from_data(brats_cli::Options& o) {
+    if (!o.flag_set("plan")) return std::nullopt;
+    const int rank = g_group ? g_group->rank() : 0;
+    std::unique_ptr<io::StoreSource> store;
+    if (rank == 0) store = open_training_data(o.str("data"), o.str("out"), o.flag_set("skip-bad"));
+    if (g_group) g_group->max(0.0);
+    if (rank != 0) store = open_training_data(o.str("data"), o.str("out"), o.flag_set("skip-bad"));
+    TrainingPlan plan = plan_training(io::fingerprint(*store), o.str("model"));
+    if (rank == 0) apply_plan(plan, o);
+    else
+        for (const auto& s : plan.settings)
+            if (!o.given(s.option)) o.set_default(s.option, s.value);
+    return plan;
+}
+
+int dispatch(const std::string& command, brats_cli::Options& o) {
     if (command == "synth") return synth_command(o);
     if (command == "convert") return convert_command(o);
     if (command == "evaluate") return evaluate_command(o);
     if (command == "train") {
         join_process_group(o);
+        const std::optional<TrainingPlan> plan = plan_from_data(o);
         const RunInfo run = run_info_for_training(o);
         // An existing run is continued only with --resume and its own options; run.cfg is
         // (re)written by the pipeline once the data and the checkpoint are accepted.
@@ -457,6 +478,10 @@ int dispatch(const std::string& command, const brats_cli::Options& o) {
                              brats_cli::join(unrecorded).c_str());
         }
         const Device device = checked_device(o);
+        if (plan && (!g_group || g_group->rank() == 0)) {
+            fs::create_directories(o.str("out"));
+            write_plan(fs::path(o.str("out")) / "plan.cfg", *plan, o);
+        }
         // Every rank has checked the run folder before rank 0 writes run.cfg into it.
         if (g_group) g_group->max(0.0);
         const auto start = std::chrono::steady_clock::now();

@@ -24,6 +24,7 @@
 #endif
 
 #include "common.hpp"
+#include "plan.hpp"
 
 namespace brats {
 
@@ -387,7 +388,9 @@ int Pipeline<C, Backend>::predict(const brats_cli::Options& o, const RunInfo& ru
     eval::SlidingWindowOptions so;
     so.patch = Extent{run.patch[0], run.patch[1], run.patch[2]};
     so.overlap = o.real("overlap", 0.0, 0.95);
-    so.mirror = o.flag_set("tta");
+    if (o.flag_set("tta") && o.flag_set("no-tta")) throw brats_cli::UsageError("--tta and --no-tta contradict each other");
+    so.mirror = o.flag_set("tta") || (!o.flag_set("no-tta") && plan_asks_for_tta(o.str("run")));
+    if (so.mirror && !o.flag_set("tta")) std::fprintf(stderr, "[INFO] Mirror test-time augmentation: the run's plan (--no-tta: off)\n");
     eval::SlidingWindowPredictor<Model> predictor(model, so);
     const eval::PostProcessing post = postprocessing_for(o);
     const fs::path out = o.str("out");

@@ -1,0 +1,138 @@
+#pragma once
+// `brats train --plan`: settings planned from the store's fingerprint (io/fingerprint.hpp), for
+// the options a user did not give. The rules, and why:
+// - 2D patch: the median brain crop in-plane (y x), rounded up to multiples of 16 (four
+//   poolings), within 64..256: one window sees a whole median slice, so a slice is never cut
+//   where the network has no context. BraTS's median crop (about 136 x 170) gives 144 x 176.
+// - 2D batch: 8 at 160 x 192 pixels (the PyTorch reference's), scaled by the patch area, 2..16:
+//   a step costs about the same whatever the patch.
+// - 3D patch: the median crop (z y x) rounded up to multiples of 16 within 32..160, the longest
+//   axis cut by 16 until it holds at most 128^3 voxels (nnU-Net's BraTS patch; a 2-core step of
+//   it takes seconds), batch 2.
+// - Foreground oversampling: a third of the patches centred on tumour (nnU-Net's), half when the
+//   median whole tumour covers less than 3 % of a brain crop (small tumours are otherwise rarely
+//   in a patch).
+// - Loss and targets: the BraTS regions (WT, TC, ET; sigmoid) with Dice + BCE, the evaluation's
+//   own regions.
+// - Prediction: mirror test-time augmentation (recorded in the run; predict uses it unless
+//   --no-tta), and the enhancing-tumour post-processing train chooses on its validation cases.
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <lightunet/io/fingerprint.hpp>
+
+#include "cli.hpp"
+#include "common.hpp"
+
+namespace brats {
+
+struct TrainingPlan {
+    struct Setting {
+        std::string option, value, reason;
+    };
+    io::DatasetFingerprint fingerprint;
+    std::vector<Setting> settings;  // in the order they are said
+    bool mirror_tta = true;
+};
+
+inline int multiple_of_16_within(double v, int low, int high) {
+    const int up = int((v + 15) / 16) * 16;
+    return std::clamp(up, low, high);
+}
+
+inline TrainingPlan plan_training(const io::DatasetFingerprint& f, const std::string& model) {
+    TrainingPlan plan;
+    plan.fingerprint = f;
+    if (f.cases == 0) throw std::runtime_error("--plan: the store holds no cases to plan from");
+    const auto& m = f.median_extent;  // x y z
+    auto text = [](std::vector<int> e) {
+        std::string t;
+        for (std::size_t i = 0; i < e.size(); ++i) {  // appends: GCC 12 misreports "x" + to_string (PR 105651)
+            if (i) t.append("x");
+            t.append(std::to_string(e[i]));
+        }
+        return t;
+    };
+    if (model == "2d") {
+        const int h = multiple_of_16_within(m[1], 64, 256), w = multiple_of_16_within(m[0], 64, 256);
+        const int batch = std::clamp(int(8.0 * 160 * 192 / (double(h) * w)), 2, 16);
+        plan.settings.push_back({"patch", text({h, w}), "the median brain crop in-plane (" + std::to_string(m[1]) + " x " +
+                                                            std::to_string(m[0]) + ") rounded up to multiples of 16"});
+        plan.settings.push_back({"batch", std::to_string(batch), "8 at 160 x 192, scaled by the patch area"});
+    } else {
+        std::array<int, 3> p{multiple_of_16_within(m[2], 32, 160), multiple_of_16_within(m[1], 32, 160),
+                             multiple_of_16_within(m[0], 32, 160)};  // z y x
+        while (long(p[0]) * p[1] * p[2] > 128L * 128 * 128) {
+            int& longest = *std::max_element(p.begin(), p.end());
+            longest -= 16;
+        }
+        plan.settings.push_back({"patch", text({p[0], p[1], p[2]}), "the median brain crop (" + std::to_string(m[2]) + " x " +
+                                                                          std::to_string(m[1]) + " x " + std::to_string(m[0]) +
+                                                                          ") in multiples of 16, at most 128^3 voxels"});
+        plan.settings.push_back({"batch", "2", "nnU-Net's 3D batch"});
+    }
+    const bool small_tumours = f.labelled > 0 && f.median_tumour_fraction < 0.03;
+    char share[64];
+    std::snprintf(share, sizeof share, "%.2f %%", 100 * f.median_tumour_fraction);
+    plan.settings.push_back({"foreground", small_tumours ? "0.5" : "0.33",
+                             std::string("the median whole tumour covers ") + share + " of a brain crop" +
+                                 (small_tumours ? " (under 3 %: half the patches on tumour)" : " (a third of the patches on tumour)")});
+    plan.settings.push_back({"labels", "regions", "the BraTS regions WT, TC, ET, as they are scored"});
+    plan.settings.push_back({"loss", "dice_ce", "Dice for the class imbalance, plus cross-entropy for calibrated voxels"});
+    return plan;
+}
+
+// Applies the plan to the options the user did not give, and says what it did.
+inline void apply_plan(const TrainingPlan& plan, brats_cli::Options& o) {
+    std::fprintf(stderr, "[PLAN] Fingerprint of the training data:\n");
+    std::string lines = io::describe(plan.fingerprint);
+    for (std::size_t begin = 0; begin < lines.size();) {
+        const std::size_t end = lines.find('\n', begin);
+        std::fprintf(stderr, "[PLAN]   %s\n", lines.substr(begin, end - begin).c_str());
+        begin = end == std::string::npos ? lines.size() : end + 1;
+    }
+    for (const auto& s : plan.settings) {
+        if (o.given(s.option)) {
+            std::fprintf(stderr, "[PLAN] --%s %s as given (the plan: %s, %s)\n", s.option.c_str(), o.str(s.option).c_str(),
+                         s.value.c_str(), s.reason.c_str());
+        } else {
+            o.set_default(s.option, s.value);
+            std::fprintf(stderr, "[PLAN] --%s %s: %s\n", s.option.c_str(), s.value.c_str(), s.reason.c_str());
+        }
+    }
+    std::fprintf(stderr, "[PLAN] predict: mirror test-time augmentation (--no-tta turns it off), and the enhancing-tumour "
+                         "post-processing chosen on the validation cases\n");
+}
+
+// <run>/plan.cfg: the fingerprint and the settings as applied (what predict reads back: tta).
+inline void write_plan(const fs::path& file, const TrainingPlan& plan, const brats_cli::Options& o) {
+    const fs::path temporary = file.string() + ".tmp";
+    {
+        std::ofstream f(temporary);
+        std::string lines = io::describe(plan.fingerprint);
+        for (std::size_t begin = 0; begin < lines.size();) {
+            const std::size_t end = lines.find('\n', begin);
+            f << "# " << lines.substr(begin, end - begin) << "\n";
+            begin = end == std::string::npos ? lines.size() : end + 1;
+        }
+        for (const auto& s : plan.settings)
+            f << "train." << s.option << "=" << o.str(s.option) << (o.given(s.option) ? "  # given; planned " + s.value : "") << "\n";
+        f << "predict.tta=" << (plan.mirror_tta ? "on" : "off") << "\n";
+        f.flush();
+        if (!f) throw std::runtime_error(temporary.string() + ": cannot write the plan");
+    }
+    fs::rename(temporary, file);
+}
+
+// Whether <run>/plan.cfg asks predict for mirror test-time augmentation (no plan: no).
+inline bool plan_asks_for_tta(const fs::path& run_dir) {
+    std::ifstream f(run_dir / "plan.cfg");
+    for (std::string line; std::getline(f, line);)
+        if (line == "predict.tta=on") return true;
+    return false;
+}
+
+}  // namespace brats
