@@ -161,7 +161,7 @@ endif()
 # a given option wins over the plan; run.cfg records the plan, so a resume must ask for it too;
 # predict mirrors by default for such a run.
 run_expecting("\\[PLAN\\]   cases: 4 .4 labelled.*\\[PLAN\\] --patch 64x64 as given .the plan: [0-9]+x[0-9]+.*\\[PLAN\\] --batch [0-9]+: .*\\[PLAN\\] --foreground 0\\.[35]3?: .*Done: 2 steps"
-    "${BRATS}" train --data "${WORK}/run/store.h5" --out "${WORK}/planned" --plan --patch 64x64 --epochs 1 --steps-per-epoch 2
+    "${BRATS}" train --data "${WORK}/train" --out "${WORK}/planned" --plan --patch 64x64 --epochs 1 --steps-per-epoch 2
     --val-batches 1 --no-progress --pictures 0)
 file(READ "${WORK}/planned/plan.cfg" plan_cfg)
 file(READ "${WORK}/planned/run.cfg" planned_cfg)
@@ -170,7 +170,7 @@ if(NOT plan_cfg MATCHES "train.patch=64x64  # given; planned [0-9x]+\ntrain.batc
     message(FATAL_ERROR "plan.cfg / run.cfg of a planned run:\n${plan_cfg}\n${planned_cfg}")
 endif()
 expect_status(2 "--resume: [^\n]*--plan off .the run has on."
-    "${BRATS}" train --data "${WORK}/run/store.h5" --out "${WORK}/planned" --patch 64x64 --epochs 1 --steps-per-epoch 2
+    "${BRATS}" train --data "${WORK}/train" --out "${WORK}/planned" --patch 64x64 --epochs 1 --steps-per-epoch 2
     --val-batches 1 --no-progress --resume latest)
 run_expecting("Mirror test-time augmentation: the run's plan"
     "${BRATS}" predict --run "${WORK}/planned" --data "${WORK}/test" --out "${WORK}/pred_planned" --pictures 0)

@@ -441,6 +441,7 @@ std::optional<TrainingPlan> plan_from_data(brats_cli::Options& o) {
     if (!o.flag_set("plan")) return std::nullopt;
     const int rank = g_group ? g_group->rank() : 0;
     std::unique_ptr<io::StoreSource> store;
+    if (rank == 0) fs::create_directories(o.str("out"));  // a folder of cases is converted into it
     if (rank == 0) store = open_training_data(o.str("data"), o.str("out"), o.flag_set("skip-bad"));
     if (g_group) g_group->max(0.0);
     if (rank != 0) store = open_training_data(o.str("data"), o.str("out"), o.flag_set("skip-bad"));
