@@ -95,6 +95,25 @@ run_expecting("Post-processing[^\n]*run/postprocess.cfg"
 run_expecting("Post-processing .--min-et-volume.: enhancing tumour under 1e\\+09 mm.3 becomes necrosis"
     "${BRATS}" predict --run "${WORK}/run" --data "${WORK}/test" --out "${WORK}/pred_post" --pictures 0
     --min-et-volume 1e9)
+# Every predicted enhancing tumour became necrosis: ET Dice 0 (the cases have ET), WT and TC
+# exactly as without post-processing.
+run("${BRATS}" evaluate --pred "${WORK}/pred_post" --truth "${WORK}/test" --out "${WORK}/metrics_post.csv")
+run("${BRATS}" predict --run "${WORK}/run" --data "${WORK}/test" --out "${WORK}/pred_plain" --pictures 0 --min-et-volume 0)
+run("${BRATS}" evaluate --pred "${WORK}/pred_plain" --truth "${WORK}/test" --out "${WORK}/metrics_plain.csv")
+file(STRINGS "${WORK}/metrics_post.csv" post_rows)
+file(STRINGS "${WORK}/metrics_plain.csv" plain_rows)
+foreach(row 1 2)
+    list(GET post_rows ${row} post_row)
+    list(GET plain_rows ${row} plain_row)
+    string(REPLACE "," ";" post_fields "${post_row}")
+    string(REPLACE "," ";" plain_fields "${plain_row}")
+    list(GET post_fields 3 post_et)
+    list(SUBLIST post_fields 0 3 post_wt_tc)
+    list(SUBLIST plain_fields 0 3 plain_wt_tc)
+    if(NOT post_et STREQUAL "0.000000" OR NOT post_wt_tc STREQUAL plain_wt_tc)
+        message(FATAL_ERROR "predict --min-et-volume 1e9: expected ET Dice 0 and WT/TC unchanged, got\n${post_row}\nagainst\n${plain_row}")
+    endif()
+endforeach()
 file(WRITE "${WORK}/run/postprocess.cfg" "min_enhancing_mm3=-5\n")
 execute_process(COMMAND "${BRATS}" predict --run "${WORK}/run" --data "${WORK}/test" --out "${WORK}/pred_bad" RESULT_VARIABLE rc
     ERROR_VARIABLE err)
