@@ -123,6 +123,8 @@ brats_e2e() {  # bin out
     echo "train --device cuda: $((SECONDS - t0)) s"
     cp run/metrics.csv "$out/brats_train_metrics.csv"
     cp run/curves.png "$out/brats_curves.png"
+    cp run/validation.csv "$out/brats_validation.csv"
+    cp run/postprocess.cfg "$out/brats_postprocess.cfg"
     for device in cuda cpu; do
         t0=$SECONDS
         "$b" predict --run run --data data/test --out "pred_$device" --threads 8 --pictures 2 --device "$device"
@@ -143,10 +145,10 @@ brats_e2e() {  # bin out
     echo "train --device cuda --precision tf32: $((SECONDS - t0)) s"
     t0=$SECONDS
     "$b" train --data data/train --out run3d --model 3d --patch 48x64x64 --batch 2 --epochs 3 --steps-per-epoch 30 \
-        --val-batches 4 --threads 8 --device cuda --no-progress
+        --val-batches 4 --threads 8 --device cuda --no-progress --plan
     "$b" predict --run run3d --data data/test --out pred3d --threads 8 --pictures 0 --device cuda
     "$b" evaluate --pred pred3d --truth data/test --out "$out/brats_eval_3d.csv"
-    echo "3D train and predict --device cuda: $((SECONDS - t0)) s"
+    echo "3D train (--plan) and predict (mirrored) --device cuda: $((SECONDS - t0)) s"
 }
 timeout "$brats_s" bash -c "$(declare -f brats_e2e); brats_e2e '$bin' '$out'" >"$out/brats.log" 2>&1
 status $?
