@@ -16,7 +16,8 @@
 #     pointers to free (H5Dvlen_reclaim, H5Treclaim, H5free_memory). A fault in libhdf5 on a buffer
 #     we allocated (a read into a too-small array of ours) is ours; so is a report without an
 #     allocation stack. One exception: a heap-use-after-free READ in libhdf5 of a block that we
-#     allocated and freed with no libhdf5 frame on either stack, under a public call that takes no
+#     (or libFuzzer, whose buffers no target hands libhdf5) allocated and freed with no libhdf5
+#     frame on either stack, under a public call that takes no
 #     buffer of ours (open*, exists*, is_*, iterate, close), is libhdf5's stale pointer into memory
 #     the allocator gave us since: our code hands libhdf5 no pointer it keeps after a call
 #     (tests/fuzz/check_triage.sh checks the sources' H5 calls). Seen in 1.10.8: the memcpy under
@@ -146,14 +147,16 @@ awk '
         if (!is_read_api(api)) return "ours: " what " under " api ", which hands libhdf5 memory of ours to read"
         return "libhdf5: " what " under " api ", which hands libhdf5 no buffer of ours to read"
     }
-    # A heap block of ours, allocated and freed with no libhdf5 frame on either stack: libhdf5 was
-    # inside none of its life, so it never had the block as a buffer or a callback of ours.
-    function freed_by_us_alone(   s, i, blocks) {
+    # A heap block of ours or of libFuzzer (the targets hand libhdf5 none of its buffers),
+    # allocated and freed with no libhdf5 frame on either stack: libhdf5 was inside none of its
+    # life, so it never had the block as a buffer or a callback of ours.
+    function freed_by_us_alone(   s, i, blocks, o) {
         blocks = 0
         for (s = 1; s <= stacks; s++) {
             if (roles[s] != "alloc" && roles[s] != "free") continue
             blocks++
-            if (owner(s, 0) != "ours") return 0
+            o = owner(s, 0)
+            if (o != "ours" && o != "fuzzer") return 0
             for (i = 1; i <= count[s]; i++) if (frame_class(frame[s, i]) == "hdf5") return 0
         }
         return blocks > 0
@@ -170,7 +173,7 @@ awk '
         if (!is_api(api)) return "ours: " what " under no public libhdf5 call of ours"
         if (!(api ~ /^H5[A-Z]?(open[A-Za-z0-9_]*|exists[A-Za-z0-9_]*|is_[A-Za-z0-9_]*|iterate[0-9]*|close)$/))
             return "ours: " what " under " api ", which takes a buffer of ours"
-        return "libhdf5: " what " under " api ", which takes no buffer of ours (a stale pointer of libhdf5 into memory reused by us)"
+        return "libhdf5: " what " under " api ", which takes no buffer of ours (a stale pointer of libhdf5 into memory reused since)"
     }
     function decide(   f, fault_class, where, api, s, o, free_api, library_chunk, owners, frees, first_owner) {
         if (kind == "") return "ours: no sanitizer or libFuzzer report in the file"
@@ -207,7 +210,7 @@ awk '
         if (kind == "unknown-crash" && wild_pointer && fault_class == "hdf5" && stacks == 1)
             return wild_read("unknown-crash on a wild pointer (in no allocation, stack or global) in " where, api)
         if (kind == "heap-use-after-free" && fault_class == "hdf5" && freed_by_us_alone())
-            return stale_read("an access to a block we had freed, inside " where, api)
+            return stale_read("an access to a block allocated and freed outside libhdf5 (by us or libFuzzer), inside " where, api)
         owners = 0
         for (s = 1; s <= stacks; s++) {
             if (roles[s] != "alloc" && roles[s] != "free") continue
