@@ -149,7 +149,7 @@ void Pipeline<C, Backend>::score_validation(const data::CaseSource& cases, Model
     for (std::size_t i = 0; i < cases.size(); ++i) {
         const data::Case c = cases.load(i);
         const auto labels = eval::predict_case(predictor, c);
-        const double voxel_mm3 = eval::voxel_volume_mm3(c.geometry.spacing);
+        const double voxel_mm3 = c.geometry.voxel_mm3();
         enhancing.push_back(eval::enhancing_counts(labels, c.labels, voxel_mm3));
         metrics.push_back(eval::evaluate_case(c, labels));
         const auto& sp = c.geometry.spacing;
@@ -164,7 +164,7 @@ void Pipeline<C, Backend>::score_validation(const data::CaseSource& cases, Model
     // The table holds what `predict` would give: each case's ET after the chosen post-processing.
     for (std::size_t i = 0; i < metrics.size(); ++i) {
         const auto& counts = enhancing[i].counts;
-        if (counts.predicted > 0 && double(counts.predicted) * enhancing[i].voxel_mm3 < choice.chosen.min_enhancing_mm3) {
+        if (choice.chosen.removes_enhancing(counts.predicted, enhancing[i].voxel_mm3)) {
             metrics[i].dice[2] = counts.truth == 0 ? 1.0 : 0.0;
             metrics[i].hd95[2] = counts.truth == 0 ? 0.0 : diagonal_mm[i];
         }
@@ -402,7 +402,7 @@ int Pipeline<C, Backend>::predict(const brats_cli::Options& o, const RunInfo& ru
     auto segment = [&](const data::Case& prepared) {
         const auto t0 = std::chrono::steady_clock::now();
         auto labels = eval::predict_case(predictor, prepared);
-        const double voxel_mm3 = eval::voxel_volume_mm3(prepared.geometry.spacing);
+        const double voxel_mm3 = prepared.geometry.voxel_mm3();
         if (const std::size_t relabelled = eval::postprocess(post, labels, voxel_mm3))
             std::fprintf(stderr, "[INFO] %s: post-processing: its enhancing tumour (%zu voxels, %.0f mm^3) became necrosis\n",
                          prepared.id.c_str(), relabelled, double(relabelled) * voxel_mm3);

@@ -37,6 +37,7 @@ struct VolumeExtent {
 struct Geometry {
     VolumeExtent extent;                 // original extent (before any crop)
     std::array<float, 3> spacing{1, 1, 1};  // mm
+    double voxel_mm3() const { return double(spacing[0]) * double(spacing[1]) * double(spacing[2]); }
     int qform_code = 0, sform_code = 0;
     std::array<std::array<double, 4>, 3> sform{};  // rows of the voxel -> world affine
     std::array<float, 4> quatern{};               // quatern_b, c, d, qfac

@@ -23,19 +23,20 @@ namespace lightunet::eval {
 struct PostProcessing {
     double min_enhancing_mm3 = 0;  // predicted ET below this volume becomes necrosis (0: off)
     bool active() const { return min_enhancing_mm3 > 0; }
+    // Whether a case predicted with `enhancing` ET voxels of `voxel_mm3` loses them: the one rule
+    // that postprocess, the choice and the validation table share.
+    bool removes_enhancing(std::uint64_t enhancing, double voxel_mm3) const {
+        return enhancing > 0 && double(enhancing) * voxel_mm3 < min_enhancing_mm3;
+    }
 };
 
-// Volume of one voxel in mm^3 (spacing in mm along x, y, z).
-inline double voxel_volume_mm3(const std::array<float, 3>& spacing) {
-    return double(spacing[0]) * double(spacing[1]) * double(spacing[2]);
-}
-
-// Applies `p` to one case's canonical labels in place; returns the number of voxels relabelled.
+// Applies `p` to one case's canonical labels in place (`voxel_mm3`: data::Geometry::voxel_mm3);
+// returns the number of voxels relabelled.
 inline std::size_t postprocess(const PostProcessing& p, std::span<std::uint8_t> labels, double voxel_mm3) {
     if (!(voxel_mm3 > 0)) throw std::invalid_argument("postprocess: voxel volume " + std::to_string(voxel_mm3) + " mm^3");
     if (!p.active()) return 0;
     const auto enhancing = std::size_t(std::count(labels.begin(), labels.end(), std::uint8_t(3)));
-    if (enhancing == 0 || double(enhancing) * voxel_mm3 >= p.min_enhancing_mm3) return 0;
+    if (!p.removes_enhancing(enhancing, voxel_mm3)) return 0;
     std::replace(labels.begin(), labels.end(), std::uint8_t(3), std::uint8_t(1));
     return enhancing;
 }
@@ -78,7 +79,7 @@ inline PostProcessingChoice choose_postprocessing(std::span<const EnhancingCount
         ThresholdScore score{threshold, 0, 0};
         for (const EnhancingCounts& c : cases) {
             DiceCounts counts = c.counts;
-            if (counts.predicted > 0 && double(counts.predicted) * c.voxel_mm3 < threshold) {
+            if (PostProcessing{threshold}.removes_enhancing(counts.predicted, c.voxel_mm3)) {
                 counts.predicted = counts.intersection = 0;
                 ++score.cases_changed;
             }

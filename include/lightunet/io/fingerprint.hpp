@@ -59,9 +59,8 @@ inline DatasetFingerprint fingerprint(const StoreSource& store) {
         for (int k = 0; k < data::kClassCount; ++k) class_voxels[k] += info.class_voxels[k];
         const std::int64_t tumour = info.class_voxels[1] + info.class_voxels[2] + info.class_voxels[3];
         tumour_fraction.push_back(voxels > 0 ? double(tumour) / double(voxels) : 0.0);
-        const double voxel_mm3 = double(info.geometry.spacing[0]) * info.geometry.spacing[1] * info.geometry.spacing[2];
         if (info.class_voxels[3] == 0) ++f.cases_without_enhancing;
-        else enhancing_mm3.push_back(double(info.class_voxels[3]) * voxel_mm3);
+        else enhancing_mm3.push_back(double(info.class_voxels[3]) * info.geometry.voxel_mm3());
     }
     for (int a = 0; a < 3; ++a) {
         if (extents[a].empty()) break;
