@@ -115,6 +115,21 @@ inline std::unique_ptr<io::StoreSource> open_training_data(const fs::path& data_
     return std::make_unique<io::StoreSource>(store);
 }
 
+// The training data of `train` (--data, --out, --skip-bad): a folder of cases is converted once,
+// into --out, by rank 0 before the other ranks of an mpirun job open the store.
+inline std::unique_ptr<io::StoreSource> open_training_data_in_rank_order(const brats_cli::Options& o) {
+    lightunet::dist::Collective* const group = process_group();
+    const int rank = group ? group->rank() : 0;
+    std::unique_ptr<io::StoreSource> store;
+    if (rank == 0) {
+        fs::create_directories(o.str("out"));
+        store = open_training_data(o.str("data"), o.str("out"), o.flag_set("skip-bad"));
+    }
+    if (group) group->max(0.0);
+    if (rank != 0) store = open_training_data(o.str("data"), o.str("out"), o.flag_set("skip-bad"));
+    return store;
+}
+
 struct Split {
     std::vector<std::size_t> train, validation;
 };
@@ -159,6 +174,27 @@ inline Split split_cases(const data::CaseSource& all, double fraction, const std
     return split;
 }
 
+// The files a run keeps (run.cfg, postprocess.cfg, plan.cfg) are written to <file>.tmp and
+// renamed over `file`, so a failed write keeps the old one; `what` names the file in the error.
+inline void write_run_file(const fs::path& file, const std::string& text, const std::string& what) {
+    const fs::path temporary = file.string() + ".tmp";
+    {
+        std::ofstream f(temporary);
+        f << text;
+        f.flush();
+        if (!f) throw std::runtime_error(temporary.string() + ": cannot write " + what);
+    }
+    fs::rename(temporary, file);
+}
+
+// Their key=value lines (other lines skipped; a later key wins).
+inline std::map<std::string, std::string> read_key_values(std::istream& in) {
+    std::map<std::string, std::string> kv;
+    for (std::string line; std::getline(in, line);)
+        if (const auto eq = line.find('='); eq != std::string::npos) kv[line.substr(0, eq)] = line.substr(eq + 1);
+    return kv;
+}
+
 // The run description: which compiled model a checkpoint belongs to and how it was trained.
 // run.cfg: the network `predict` rebuilds (model, labels, optimizer, patch) and every other
 // option that shapes a training run (train.<option>=<value>), which `--resume` must repeat.
@@ -181,29 +217,19 @@ struct RunInfo {
     std::string patch_option() const {  // as --patch takes it: HxW for the 2D model
         return patch_text(model == "2d" && patch.size() == 3 ? 1 : 0);
     }
-    // Written to a temporary file and renamed over run.cfg, so a failed write keeps the old one.
     void write(const fs::path& file) const {
-        const fs::path temporary = file.string() + ".tmp";
-        {
-            std::ofstream f(temporary);
-            f << "model=" << model << "\nlabels=" << labels << "\noptimizer=" << optimizer << "\npatch=" << patch_text() << "\n";
-            f << "arch=" << arch << "\ndeep_supervision=" << (deep_supervision ? "on" : "off") << "\n";
-            for (const auto& [name, value] : settings) f << "train." << name << "=" << value << "\n";
-            f.flush();
-            if (!f) throw std::runtime_error(temporary.string() + ": cannot write the run description");
-        }
-        fs::rename(temporary, file);
+        std::ostringstream f;
+        f << "model=" << model << "\nlabels=" << labels << "\noptimizer=" << optimizer << "\npatch=" << patch_text() << "\n";
+        f << "arch=" << arch << "\ndeep_supervision=" << (deep_supervision ? "on" : "off") << "\n";
+        for (const auto& [name, value] : settings) f << "train." << name << "=" << value << "\n";
+        write_run_file(file, f.str(), "the run description");
     }
     static RunInfo read(const fs::path& file) {
         std::ifstream f(file);
         if (!f) throw std::runtime_error(file.string() + ": missing run description (is this a training output folder?)");
         RunInfo r;
         r.patch.clear();
-        std::map<std::string, std::string> kv;
-        for (std::string line; std::getline(f, line);) {
-            const auto eq = line.find('=');
-            if (eq != std::string::npos) kv[line.substr(0, eq)] = line.substr(eq + 1);
-        }
+        std::map<std::string, std::string> kv = read_key_values(f);
         for (const char* key : {"model", "labels", "optimizer", "patch"})
             if (!kv.count(key)) throw std::runtime_error(file.string() + ": no '" + key + "' entry");
         r.model = kv["model"];
@@ -233,18 +259,13 @@ struct RunInfo {
 // weights, which `predict` applies unless --min-et-volume says otherwise.
 inline void write_postprocessing(const fs::path& file, const lightunet::eval::PostProcessingChoice& choice,
                                  const std::string& checkpoint) {
-    const fs::path temporary = file.string() + ".tmp";
-    {
-        std::ofstream f(temporary);
-        f << "min_enhancing_mm3=" << choice.chosen.min_enhancing_mm3 << "\nvalidation_cases=" << choice.cases
-          << "\ncheckpoint=" << checkpoint << "\net_dice_without=" << choice.et_dice_without
-          << "\net_dice_with=" << choice.et_dice_with << "\n";
-        for (const auto& s : choice.scores)
-            f << "tried." << s.min_enhancing_mm3 << "=" << s.mean_et_dice << " (" << s.cases_changed << " cases changed)\n";
-        f.flush();
-        if (!f) throw std::runtime_error(temporary.string() + ": cannot write the post-processing choice");
-    }
-    fs::rename(temporary, file);
+    std::ostringstream f;
+    f << "min_enhancing_mm3=" << choice.chosen.min_enhancing_mm3 << "\nvalidation_cases=" << choice.cases
+      << "\ncheckpoint=" << checkpoint << "\net_dice_without=" << choice.et_dice_without << "\net_dice_with=" << choice.et_dice_with
+      << "\n";
+    for (const auto& s : choice.scores)
+        f << "tried." << s.min_enhancing_mm3 << "=" << s.mean_et_dice << " (" << s.cases_changed << " cases changed)\n";
+    write_run_file(file, f.str(), "the post-processing choice");
 }
 
 struct RecordedPostProcessing {
@@ -259,9 +280,7 @@ inline std::optional<RecordedPostProcessing> read_postprocessing(const fs::path&
     if (!fs::exists(file, error)) return std::nullopt;
     std::ifstream f(file);
     if (!f) throw std::runtime_error(file.string() + ": cannot read the post-processing choice");
-    std::map<std::string, std::string> kv;
-    for (std::string line; std::getline(f, line);)
-        if (const auto eq = line.find('='); eq != std::string::npos) kv[line.substr(0, eq)] = line.substr(eq + 1);
+    std::map<std::string, std::string> kv = read_key_values(f);
     const std::string value = kv["min_enhancing_mm3"];
     char* end = nullptr;
     const double threshold = std::strtod(value.c_str(), &end);

@@ -439,17 +439,8 @@ Device checked_device(const brats_cli::Options& o) {
 // the plan applied to the options not given.
 std::optional<TrainingPlan> plan_from_data(brats_cli::Options& o) {
     if (!o.flag_set("plan")) return std::nullopt;
-    const int rank = g_group ? g_group->rank() : 0;
-    std::unique_ptr<io::StoreSource> store;
-    if (rank == 0) fs::create_directories(o.str("out"));  // a folder of cases is converted into it
-    if (rank == 0) store = open_training_data(o.str("data"), o.str("out"), o.flag_set("skip-bad"));
-    if (g_group) g_group->max(0.0);
-    if (rank != 0) store = open_training_data(o.str("data"), o.str("out"), o.flag_set("skip-bad"));
-    TrainingPlan plan = plan_training(io::fingerprint(*store), o.str("model"));
-    if (rank == 0) apply_plan(plan, o);
-    else
-        for (const auto& s : plan.settings)
-            if (!o.given(s.option)) o.set_default(s.option, s.value);
+    TrainingPlan plan = plan_training(io::fingerprint(*open_training_data_in_rank_order(o)), o.str("model"));
+    apply_plan(plan, o, !g_group || g_group->rank() == 0);
     return plan;
 }
 

@@ -233,11 +233,7 @@ int Pipeline<C, Backend>::train(const brats_cli::Options& o, const RunInfo& run,
     lightunet::dist::Collective* const group = process_group();
     const int rank = group ? group->rank() : 0, ranks = group ? group->size() : 1;
 
-    // A folder of cases is converted once, by rank 0, before the others open the store.
-    std::unique_ptr<io::StoreSource> store;
-    if (rank == 0) store = open_training_data(o.str("data"), out, o.flag_set("skip-bad"));
-    if (group) group->max(0.0);
-    if (rank != 0) store = open_training_data(o.str("data"), out, o.flag_set("skip-bad"));
+    const std::unique_ptr<io::StoreSource> store = open_training_data_in_rank_order(o);
     const Split split = split_cases(*store, o.real("val-split", 0.0, 0.9), o.str("val-cases"), seed);
     SubsetSource train_cases(*store, split.train), val_cases(*store, split.validation);
     std::fprintf(stderr, "[INFO] %zu training cases, %zu validation cases\n", train_cases.size(), val_cases.size());

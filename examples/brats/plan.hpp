@@ -85,46 +85,44 @@ inline TrainingPlan plan_training(const io::DatasetFingerprint& f, const std::st
     return plan;
 }
 
-// Applies the plan to the options the user did not give, and says what it did.
-inline void apply_plan(const TrainingPlan& plan, brats_cli::Options& o) {
-    std::fprintf(stderr, "[PLAN] Fingerprint of the training data:\n");
-    std::string lines = io::describe(plan.fingerprint);
-    for (std::size_t begin = 0; begin < lines.size();) {
-        const std::size_t end = lines.find('\n', begin);
-        std::fprintf(stderr, "[PLAN]   %s\n", lines.substr(begin, end - begin).c_str());
-        begin = end == std::string::npos ? lines.size() : end + 1;
+// `text`'s lines, each after `prefix`.
+inline std::string prefixed_lines(const std::string& text, const std::string& prefix) {
+    std::string out;
+    for (std::size_t begin = 0; begin < text.size();) {
+        const std::size_t end = std::min(text.find('\n', begin), text.size());
+        out.append(prefix).append(text, begin, end - begin).append("\n");
+        begin = end + 1;
     }
+    return out;
+}
+
+// Applies the plan to the options the user did not give; says what it did when `speak` (rank 0).
+inline void apply_plan(const TrainingPlan& plan, brats_cli::Options& o, bool speak) {
+    if (speak)
+        std::fprintf(stderr, "[PLAN] Fingerprint of the training data:\n%s",
+                     prefixed_lines(io::describe(plan.fingerprint), "[PLAN]   ").c_str());
     for (const auto& s : plan.settings) {
-        if (o.given(s.option)) {
+        const bool given = o.given(s.option);
+        if (!given) o.set_default(s.option, s.value);
+        if (!speak) continue;
+        if (given)
             std::fprintf(stderr, "[PLAN] --%s %s as given (the plan: %s, %s)\n", s.option.c_str(), o.str(s.option).c_str(),
                          s.value.c_str(), s.reason.c_str());
-        } else {
-            o.set_default(s.option, s.value);
+        else
             std::fprintf(stderr, "[PLAN] --%s %s: %s\n", s.option.c_str(), s.value.c_str(), s.reason.c_str());
-        }
     }
-    std::fprintf(stderr, "[PLAN] predict: mirror test-time augmentation (--no-tta turns it off), and the enhancing-tumour "
-                         "post-processing chosen on the validation cases\n");
+    if (speak)
+        std::fprintf(stderr, "[PLAN] predict: mirror test-time augmentation (--no-tta turns it off), and the enhancing-tumour "
+                             "post-processing chosen on the validation cases\n");
 }
 
 // <run>/plan.cfg: the fingerprint and the settings as applied (what predict reads back: tta).
 inline void write_plan(const fs::path& file, const TrainingPlan& plan, const brats_cli::Options& o) {
-    const fs::path temporary = file.string() + ".tmp";
-    {
-        std::ofstream f(temporary);
-        std::string lines = io::describe(plan.fingerprint);
-        for (std::size_t begin = 0; begin < lines.size();) {
-            const std::size_t end = lines.find('\n', begin);
-            f << "# " << lines.substr(begin, end - begin) << "\n";
-            begin = end == std::string::npos ? lines.size() : end + 1;
-        }
-        for (const auto& s : plan.settings)
-            f << "train." << s.option << "=" << o.str(s.option) << (o.given(s.option) ? "  # given; planned " + s.value : "") << "\n";
-        f << "predict.tta=" << (plan.mirror_tta ? "on" : "off") << "\n";
-        f.flush();
-        if (!f) throw std::runtime_error(temporary.string() + ": cannot write the plan");
-    }
-    fs::rename(temporary, file);
+    std::string text = prefixed_lines(io::describe(plan.fingerprint), "# ");
+    for (const auto& s : plan.settings)
+        text += "train." + s.option + "=" + o.str(s.option) + (o.given(s.option) ? "  # given; planned " + s.value : "") + "\n";
+    text += std::string("predict.tta=") + (plan.mirror_tta ? "on" : "off") + "\n";
+    write_run_file(file, text, "the plan");
 }
 
 // Whether <run>/plan.cfg asks predict for mirror test-time augmentation (no plan: no).
