@@ -1,30 +1,43 @@
 #!/usr/bin/env bash
-# Usage: scripts/crossval.sh [--cases DIR] [--out DIR] [--folds K] [--minutes M] [-- train options...]
+# Usage: scripts/crossval.sh [--cases DIR] [--out DIR] [--folds K] [--fold k] [--minutes M] [--reference]
+#                            [-- train options...]
 # Cross-validation of `brats train` on a folder of labelled NIfTI cases (default: the 8 BraTS 2018
 # cases of ../shared/data/brats2018): the sorted cases are dealt into K folds (case i into fold
 # i mod K); each fold trains on the others with --plan and a --minutes budget (its own validation
 # split inside them picks the post-processing), predicts its held-out cases and scores them.
-# Writes <out>/fold_<k>/{train,test,run,pred,metrics.csv} and <out>/summary.csv: every held-out
-# case's Dice and HD95 per region, then the mean over all of them. BRATS names the program
-# (default build/demo/examples/brats, which scripts/demo.sh builds); THREADS the threads (2).
+# --reference trains and predicts with the PyTorch reference recipe instead
+# (bench/reference/train_brats_reference.py, the same budget and threads; options after -- go to
+# it); the same `brats evaluate` scores both. --fold k runs that fold only and keeps the others'
+# results in <out>, so that folds can run on different days.
+# Writes <out>/fold_<k>/{train,test,run,pred,metrics.csv,seconds} and <out>/summary.csv: every
+# held-out case of the folds done so far with its Dice and HD95 per region, then the mean over all
+# of them. BRATS names the program (default build/demo/examples/brats, which scripts/demo.sh
+# builds; `evaluate` is all --reference needs of it); THREADS the threads (2); PYTHON the
+# interpreter of the reference (/usr/bin/python3, which owns Debian's python3-torch).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cases=$root/../shared/data/brats2018
 out=$root/crossval
 folds=4
 minutes=38
+only=
+reference=0
 while [[ $# -gt 0 ]]; do
     case $1 in
         --cases) cases=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
         --folds) folds=$2; shift 2 ;;
         --minutes) minutes=$2; shift 2 ;;
+        --fold) only=$2; shift 2 ;;
+        --reference) reference=1; shift ;;
         --) shift; break ;;
         *) echo "crossval.sh: unknown option $1 (train options go after --)" >&2; exit 2 ;;
     esac
 done
 brats=${BRATS:-$root/build/demo/examples/brats}
 threads=${THREADS:-2}
+python=${PYTHON:-/usr/bin/python3}
+[[ -z $only ]] || [[ $only =~ ^[0-9]+$ && $only -lt $folds ]] || { echo "crossval.sh: --fold $only: expected 0 .. $((folds - 1))" >&2; exit 2; }
 [[ -x $brats ]] || { echo "crossval.sh: no brats at $brats (run scripts/demo.sh, or set BRATS)" >&2; exit 2; }
 mapfile -t all < <(find "$cases" -mindepth 1 -maxdepth 1 -type d | sort)
 (( ${#all[@]} >= 2 * folds )) || { echo "crossval.sh: ${#all[@]} cases in $cases, need at least $((2 * folds)) for $folds folds" >&2; exit 2; }
@@ -35,31 +48,47 @@ link_case() {  # case_dir target_parent
     for f in "$1"/*; do ln -sf "$(realpath "$f")" "$2/$(basename "$1")/"; done
 }
 
-rm -rf "$out"
-mkdir -p "$out"
+if (( reference )); then
+    "$python" -c 'import torch' 2> /dev/null || { echo "crossval.sh: --reference needs PyTorch in $python (apt install python3-torch)" >&2; exit 2; }
+fi
+# Results of another fold count or case split would mix into the summary: a changed split starts afresh.
+split="cases=$(realpath "$cases") folds=$folds minutes=$minutes reference=$reference"
+[[ -f $out/split && $(cat "$out/split") == "$split" ]] || { rm -rf "$out"; mkdir -p "$out"; echo "$split" > "$out/split"; }
 for ((k = 0; k < folds; k++)); do
+    [[ -z $only || $k == "$only" ]] || continue
     fold=$out/fold_$k
+    rm -rf "$fold"
     mkdir -p "$fold/train" "$fold/test"
     for i in "${!all[@]}"; do
         if (( i % folds == k )); then link_case "${all[$i]}" "$fold/test"; else link_case "${all[$i]}" "$fold/train"; fi
     done
     echo "crossval: fold $k of $folds: held out $(ls "$fold/test" | tr '\n' ' ')"
     start=$SECONDS
-    "$brats" train --data "$fold/train" --out "$fold/run" --plan --minutes "$minutes" --threads "$threads" --no-progress \
-        --pictures 1 "$@" > "$fold/train.log" 2>&1 || { tail -n 20 "$fold/train.log"; exit 1; }
-    "$brats" predict --run "$fold/run" --data "$fold/test" --out "$fold/pred" --threads "$threads" --pictures 2 \
-        > "$fold/predict.log" 2>&1 || { tail -n 20 "$fold/predict.log"; exit 1; }
+    if (( reference )); then
+        OMP_NUM_THREADS=$threads "$python" "$root/bench/reference/train_brats_reference.py" --train "$fold/train" \
+            --test "$fold/test" --out "$fold/run" --minutes "$minutes" --threads "$threads" "$@" \
+            > "$fold/train.log" 2>&1 || { tail -n 20 "$fold/train.log"; exit 1; }
+        ln -s run/pred "$fold/pred"
+    else
+        "$brats" train --data "$fold/train" --out "$fold/run" --plan --minutes "$minutes" --threads "$threads" --no-progress \
+            --pictures 1 "$@" > "$fold/train.log" 2>&1 || { tail -n 20 "$fold/train.log"; exit 1; }
+        "$brats" predict --run "$fold/run" --data "$fold/test" --out "$fold/pred" --threads "$threads" --pictures 2 \
+            > "$fold/predict.log" 2>&1 || { tail -n 20 "$fold/predict.log"; exit 1; }
+    fi
     "$brats" evaluate --pred "$fold/pred" --truth "$fold/test" --out "$fold/metrics.csv" > "$fold/evaluate.log" 2>&1 ||
         { tail -n 20 "$fold/evaluate.log"; exit 1; }
+    echo $((SECONDS - start)) > "$fold/seconds"
     echo "crossval: fold $k: $((SECONDS - start)) s; $(grep -E '^mean' "$fold/evaluate.log" || tail -n 1 "$fold/evaluate.log")"
 done
 
-# Every held-out case once, then the mean over them (not the mean of the folds' means).
+# Every held-out case of the folds done once, then the mean over them (not the mean of the folds' means).
+done_folds=()
+for ((k = 0; k < folds; k++)); do [[ -f $out/fold_$k/metrics.csv ]] && done_folds+=("$k"); done
 {
-    head -n 1 "$out/fold_0/metrics.csv"
-    for ((k = 0; k < folds; k++)); do tail -n +2 "$out/fold_$k/metrics.csv" | grep -v '^mean,'; done
+    head -n 1 "$out/fold_${done_folds[0]}/metrics.csv"
+    for k in "${done_folds[@]}"; do tail -n +2 "$out/fold_$k/metrics.csv" | grep -v '^mean,'; done
 } > "$out/summary.csv"
 awk -F, 'NR > 1 { n++; for (i = 2; i <= NF; i++) sum[i] += $i; fields = NF }
          END { printf "mean"; for (i = 2; i <= fields; i++) printf ",%.6f", sum[i] / n; printf "\n" }' "$out/summary.csv" >> "$out/summary.csv"
-echo "crossval: $(($(wc -l < "$out/summary.csv") - 2)) held-out cases; $out/summary.csv:"
+echo "crossval: ${#done_folds[@]} of $folds folds done (${done_folds[*]}), $(($(wc -l < "$out/summary.csv") - 2)) held-out cases; $out/summary.csv:"
 column -s, -t < "$out/summary.csv"
