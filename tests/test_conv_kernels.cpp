@@ -144,6 +144,57 @@ TEST_CASE("bf16 convolutions sum bf16-rounded operands in fp32", "[conv][bf16]")
     SECTION("2D 3x3, 32 -> 32 channels, 40x36 (Winograd's in fp32)") { check_conv_bf16({{1, 40, 36}, 1, 3, 3, 32, 32}, 1); }
 }
 
+// The bf16 weight gradient's two copies (its output gradient into blocks of 16 channels by voxel
+// pairs, its sums back from [k][16] to [cout][k]) move values: exact, in the vectorised
+// interiors and the word-by-word edges (a partial block, an odd run, k past a multiple of 16).
+TEST_CASE("the bf16 weight gradient's blocking copies move every value exactly", "[conv][bf16]") {
+#if LIGHTUNET_BF16_DOT_COMPILED
+    std::mt19937 rng(5);
+    for (const std::ptrdiff_t run : {1, 31, 32, 33, 64, 95, 130}) {
+        for (const int cout : {5, 16, 17, 40}) {
+            const std::ptrdiff_t stride = run + 7;  // channels apart by more than the run
+            std::vector<std::uint16_t> g(std::size_t(cout) * stride);
+            for (auto& v : g) v = std::uint16_t(rng());
+            const std::ptrdiff_t pairs = (run + 1) / 2;
+            for (int b = 0; b * 16 < cout; ++b) {
+                std::vector<std::uint32_t> out(std::size_t(pairs) * 16, 0xdeadbeefu);
+                cpu_kernels::block_gradient_pairs(g.data(), stride, run, cout, b, out.data());
+                std::size_t wrong = 0;
+                for (std::ptrdiff_t p = 0; p < pairs; ++p)
+                    for (int j = 0; j < 16; ++j) {
+                        const int o = b * 16 + j;
+                        const std::uint32_t low = o < cout ? g[std::size_t(o * stride + 2 * p)] : 0;
+                        const std::uint32_t high = o < cout && 2 * p + 1 < run ? g[std::size_t(o * stride + 2 * p + 1)] : 0;
+                        wrong += out[std::size_t(p * 16 + j)] != (low | high << 16);
+                    }
+                INFO("run " << run << ", cout " << cout << ", block " << b);
+                CHECK(wrong == 0);
+            }
+        }
+    }
+    for (const int k_count : {1, 15, 16, 17, 40, 432}) {
+        for (const int cout : {5, 16, 17, 40}) {
+            const std::vector<float> start = random_vector<float>(std::size_t(cout) * k_count, 7);
+            const int blocks = (cout + 15) / 16;
+            const std::vector<float> blocked = random_vector<float>(std::size_t(blocks) * k_count * 16, 8);
+            std::vector<float> dweight = start;
+            for (int b = 0; b < blocks; ++b)
+                cpu_kernels::add_blocked_weight_gradient(blocked.data() + std::size_t(b) * k_count * 16, k_count, cout, b, dweight.data());
+            std::size_t wrong = 0;
+            for (int o = 0; o < cout; ++o)
+                for (int k = 0; k < k_count; ++k) {
+                    const float expected = start[std::size_t(o) * k_count + k] + blocked[(std::size_t(o / 16) * k_count + k) * 16 + o % 16];
+                    wrong += std::memcmp(&dweight[std::size_t(o) * k_count + k], &expected, sizeof expected) != 0;
+                }
+            INFO("k_count " << k_count << ", cout " << cout);
+            CHECK(wrong == 0);
+        }
+    }
+#else
+    WARN("SKIPPED: the bf16 weight gradient's kernels are compiled for AVX-512 targets only");
+#endif
+}
+
 TEMPLATE_TEST_CASE("convolution kernels equal the naive reference on odd sizes", "[conv]", float, double) {
     const double tol = std::is_same_v<TestType, float> ? 2e-4 : 1e-12;
     SECTION("2D 3x3, 5 -> 11 channels, 7x13") { check_conv<TestType>({{1, 7, 13}, 1, 3, 3, 5, 11}, 2, tol); }

@@ -290,6 +290,91 @@ __attribute__((target("avx512f,avx512bf16"))) inline void wgrad_tile_bf16(const 
         for (int p = 0; p < P; ++p)
             if (dw_at[r * P + p]) _mm512_store_ps(dw_at[r * P + p], _mm512_add_ps(_mm512_load_ps(dw_at[r * P + p]), total[r][p]));
 }
+
+// A 16 x 16 block of 32-bit words transposed in registers: rows[i][j] <- rows[j][i]. Stage S
+// swaps element (i, j | S) with (i | S, j) for i, j without bit S: a two-source permute of rows
+// i and i | S each (vpermt2d). GCC's vector shuffles rather than unpack intrinsics, whose
+// _mm512_undefined operand GCC 12 reports as uninitialised.
+template <int S>
+inline void exchange_bit(U32x16& low, U32x16& high) {
+    U32x16 take_low, take_high;  // indices 0..15 pick from low, 16..31 from high
+    for (unsigned j = 0; j < 16; ++j) {
+        take_low[j] = (j & S) == 0 ? j : 16 + j - S;
+        take_high[j] = (j & S) == 0 ? j + S : 16 + j;
+    }
+    const U32x16 l = __builtin_shuffle(low, high, take_low), h = __builtin_shuffle(low, high, take_high);
+    low = l;
+    high = h;
+}
+template <int S>
+inline void exchange_stage(U32x16 rows[16]) {
+    for (int i = 0; i < 16; ++i)
+        if ((i & S) == 0) exchange_bit<S>(rows[i], rows[i | S]);
+}
+inline void transpose_16x16(U32x16 rows[16]) {
+    exchange_stage<8>(rows);
+    exchange_stage<4>(rows);
+    exchange_stage<2>(rows);
+    exchange_stage<1>(rows);
+}
+
+// wgrad_bf16's blocking of the output gradient: block b of 16 channels as, for each voxel pair p
+// of the run, the 16 channels' pairs (2p, 2p + 1) as 32-bit words (the first voxel in the low
+// half; an odd run's last voxel paired with zero; zeros past cout) at out[p * 16 + j]. g points
+// at the run's first voxel of channel 0, a channel `stride` values after the previous one.
+// Sixteen pairs of a whole block at a time through transpose_16x16; the rest word by word.
+inline void block_gradient_pairs(const std::uint16_t* g, std::ptrdiff_t stride, std::ptrdiff_t run_length, int cout, int b,
+                                 std::uint32_t* out) {
+    constexpr int L = 16;
+    const std::ptrdiff_t pairs = ceil_div(run_length, std::ptrdiff_t(2)), whole = run_length / 2;
+    const std::uint16_t* in[L];
+    for (int j = 0; j < L; ++j) in[j] = b * L + j < cout ? g + std::ptrdiff_t(b * L + j) * stride : nullptr;
+    std::ptrdiff_t p = 0;
+    if (b * L + L <= cout) {
+        for (; p + L <= whole; p += L) {
+            U32x16 rows[L];
+            for (int j = 0; j < L; ++j) std::memcpy(&rows[j], in[j] + 2 * p, sizeof rows[j]);
+            transpose_16x16(rows);
+            for (int i = 0; i < L; ++i) std::memcpy(out + (p + i) * L, &rows[i], sizeof rows[i]);
+        }
+    }
+    for (; p < pairs; ++p) {
+        std::uint32_t* word = out + p * L;
+        for (int j = 0; j < L; ++j) {
+            std::uint32_t w = 0;
+            if (in[j] && p < whole) std::memcpy(&w, in[j] + 2 * p, sizeof w);
+            else if (in[j]) w = in[j][2 * p];  // the run's odd last voxel, paired with zero
+            word[j] = w;
+        }
+    }
+}
+
+// dweight[o][k] += blocked[k * 16 + o % 16] for the channels o of block b: wgrad_bf16's sums,
+// laid out [k][16 channels], back to [cout][k] (k = input channel x tap), each value added once.
+inline void add_blocked_weight_gradient(const float* blocked, int k_count, int cout, int b, float* dweight) {
+    constexpr int L = 16;
+    const int channels = std::min(L, cout - b * L);
+    int k = 0;
+    if (channels == L) {
+        using F32x16 = float __attribute__((vector_size(64)));
+        for (; k + L <= k_count; k += L) {
+            U32x16 rows[L];
+            for (int i = 0; i < L; ++i) std::memcpy(&rows[i], blocked + std::ptrdiff_t(k + i) * L, sizeof rows[i]);
+            transpose_16x16(rows);
+            for (int j = 0; j < L; ++j) {
+                float* to = dweight + std::ptrdiff_t(b * L + j) * k_count + k;
+                F32x16 sum;
+                std::memcpy(&sum, to, sizeof sum);
+                sum += F32x16(rows[j]);  // the bits, reinterpreted (GCC vector casts do not convert)
+                std::memcpy(to, &sum, sizeof sum);
+            }
+        }
+    }
+    for (int j = 0; j < channels; ++j) {
+        float* to = dweight + std::ptrdiff_t(b * L + j) * k_count;
+        for (int kk = k; kk < k_count; ++kk) to[kk] += blocked[std::ptrdiff_t(kk) * L + j];
+    }
+}
 #endif
 
 // dweight[oc][ci * taps + t] += sum over the slab's run of g[oc][q] * x[ci][q + offset(t)], from
@@ -302,25 +387,8 @@ inline void wgrad_bf16(const PaddedLayout& l, int cin, int cout, const std::uint
     const std::ptrdiff_t pairs = ceil_div(l.run_length, std::ptrdiff_t(2));
     std::uint16_t* g_blk = reinterpret_cast<std::uint16_t*>(scratch + (16 - (reinterpret_cast<std::uintptr_t>(scratch) / 4) % 16) % 16);
     float* dw_blk = reinterpret_cast<float*>(g_blk + std::ptrdiff_t(blocks) * pairs * 32);
-    // Block b: for each voxel pair, the 16 channels' pairs as 32-bit words (a channel's two voxels,
-    // the first in the low half), written in order; the channels' rows are read in step.
     parallel_for(blocks, [&](std::ptrdiff_t b) {
-        std::uint32_t* out = reinterpret_cast<std::uint32_t*>(g_blk) + b * pairs * L;
-        const std::uint16_t* in[L];
-        for (int j = 0; j < L; ++j) {
-            const int o = int(b) * L + j;
-            in[j] = o < cout ? g16 + std::ptrdiff_t(o) * l.stride + l.run_begin : nullptr;
-        }
-        const std::ptrdiff_t whole = l.run_length / 2;  // pairs with both voxels in the run
-        for (std::ptrdiff_t p = 0; p < pairs; ++p) {
-            std::uint32_t* word = out + p * L;
-            for (int j = 0; j < L; ++j) {
-                std::uint32_t w = 0;
-                if (in[j] && p < whole) std::memcpy(&w, in[j] + 2 * p, sizeof w);
-                else if (in[j]) w = in[j][2 * p];  // the run's odd last voxel, paired with zero
-                word[j] = w;
-            }
-        }
+        block_gradient_pairs(g16 + l.run_begin, l.stride, l.run_length, cout, int(b), reinterpret_cast<std::uint32_t*>(g_blk) + b * pairs * L);
         std::fill(dw_blk + b * k_count * L, dw_blk + (b + 1) * k_count * L, 0.0f);
     });
     constexpr int R = 2, P = 12;
@@ -348,11 +416,7 @@ inline void wgrad_bf16(const PaddedLayout& l, int cin, int cout, const std::uint
     } else {  // one block of output channels: the registers go to more pairs
         parallel_for(ceil_div(k_count, R * P), [&](std::ptrdiff_t item) { run(std::integral_constant<int, 1>{}, 0, int(item) * R * P); });
     }
-    parallel_for(cout, [&](std::ptrdiff_t o) {
-        const float* from = dw_blk + (o / L) * k_count * L + o % L;
-        float* to = dweight + o * k_count;
-        for (int k = 0; k < k_count; ++k) to[k] += from[std::ptrdiff_t(k) * L];
-    });
+    parallel_for(blocks, [&](std::ptrdiff_t b) { add_blocked_weight_gradient(dw_blk + b * k_count * L, k_count, cout, int(b), dweight); });
 #else
     (void)l, (void)cin, (void)cout, (void)x16, (void)g16, (void)dweight, (void)scratch;
     throw std::logic_error("wgrad_bf16: not compiled for this target");
