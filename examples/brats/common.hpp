@@ -289,6 +289,43 @@ inline std::optional<RecordedPostProcessing> read_postprocessing(const fs::path&
     return RecordedPostProcessing{{threshold}, kv["validation_cases"], kv["checkpoint"]};
 }
 
+// The checkpoints a finished run offers predict: the best epoch by its validation patches, and
+// the weights the schedule ended with.
+inline constexpr const char* kBestCheckpoint = "best.h5";
+inline constexpr const char* kFinalCheckpoint = "final.h5";
+
+// predict's (and export's) weights without --checkpoint: the one the run chose on its validation
+// cases predicted whole (postprocess.cfg), else best.h5 (a run without validation cases, or
+// older than the choice).
+inline fs::path default_checkpoint(const fs::path& run_dir) {
+    const fs::path checkpoints = run_dir / "checkpoints";
+    const auto recorded = read_postprocessing(run_dir / "postprocess.cfg");
+    if (recorded && (recorded->checkpoint == kBestCheckpoint || recorded->checkpoint == kFinalCheckpoint)) {
+        std::error_code error;
+        if (fs::exists(checkpoints / recorded->checkpoint, error)) return checkpoints / recorded->checkpoint;
+        std::fprintf(stderr, "[WARN] %s names %s, which is gone: taking %s\n", (run_dir / "postprocess.cfg").c_str(),
+                     (checkpoints / recorded->checkpoint).c_str(), kBestCheckpoint);
+    }
+    return checkpoints / kBestCheckpoint;
+}
+
+// One set of weights' whole-case predictions of the validation cases, with what the end-of-run
+// choices need: Dice and HD95, the enhancing-tumour counts, each grid's diagonal (HD95 of a
+// region predicted empty against a truth that is not).
+struct ValidationPredictions {
+    std::string checkpoint;  // file name under <run>/checkpoints
+    double seconds = 0;
+    std::vector<std::vector<std::uint8_t>> labels;
+    std::vector<lightunet::eval::CaseMetrics> metrics;
+    std::vector<lightunet::eval::EnhancingCounts> enhancing;
+    std::vector<double> diagonal_mm;
+    // The mean over cases and the three regions.
+    double mean_dice() const {
+        const lightunet::eval::CaseMetrics m = lightunet::eval::mean_metrics(metrics);
+        return (m.dice[0] + m.dice[1] + m.dice[2]) / 3;
+    }
+};
+
 // predict's post-processing: --min-et-volume when given (0: off), else the run's postprocess.cfg,
 // else none; said in the log.
 inline lightunet::eval::PostProcessing postprocessing_for(const brats_cli::Options& o) {

@@ -71,27 +71,39 @@ run_refused("--resume: --loss dice .the run has dice_ce., --no-augment on .the r
     "${BRATS}" train ${same} --patch 64x64 --epochs 3 --loss dice --no-augment --resume latest)
 # The third epoch, resumed from the latest checkpoint with the run's options (--lr 1e-3 is the
 # default 0.001), from the folder again: its store in the run is reused, not converted again.
-run_expecting("Reusing [^\n]*run/store.h5[^\n]* unchanged since it was converted.*Resumed from [^\n]*checkpoints/[^\n]* at epoch 3"
+run_expecting("Reusing [^\n]*run/store.h5[^\n]* unchanged since it was converted.*Resumed from [^\n]*checkpoints/[^\n]* at epoch 3.*predicted whole with final.h5[^\n]*mean Dice WT [0-9.]+.*predicted whole with best.h5[^\n]*mean Dice WT [0-9.]+.*predict takes (best|final).h5: the higher mean Dice"
     "${BRATS}" train --data "${WORK}/train" --out "${WORK}/run" --batch 2 --steps-per-epoch 2 --val-batches 1 --no-progress
     --patch 64x64 --epochs 3 --lr 1e-3 --pictures 1 --resume latest)
 expect_lines("${WORK}/run/metrics.csv" 4 "header + 3 epochs")
 if(NOT EXISTS "${WORK}/run/pictures")
     message(FATAL_ERROR "the finished run drew no pictures")
 endif()
-# The finished run predicted its validation case whole with best.h5: its metrics, and the
-# post-processing chosen on it, which predict applies unless told otherwise.
-foreach(f validation.csv postprocess.cfg)
+# The finished run predicted its validation case whole with final.h5 (the last weights) and
+# best.h5: the better one's metrics, and the post-processing chosen on it, which predict applies
+# unless told otherwise, with those weights.
+foreach(f validation.csv postprocess.cfg checkpoints/final.h5)
     if(NOT EXISTS "${WORK}/run/${f}")
         message(FATAL_ERROR "the finished run wrote no ${f}")
     endif()
 endforeach()
 expect_lines("${WORK}/run/validation.csv" 3 "header + 1 validation case + mean")
 file(READ "${WORK}/run/postprocess.cfg" post)
-if(NOT post MATCHES "min_enhancing_mm3=[0-9.e+]+\nvalidation_cases=1\ncheckpoint=best.h5\n")
+if(NOT post MATCHES "min_enhancing_mm3=[0-9.e+]+\nvalidation_cases=1\ncheckpoint=(best|final).h5\n")
     message(FATAL_ERROR "postprocess.cfg:\n${post}")
 endif()
-run_expecting("Post-processing[^\n]*run/postprocess.cfg"
+set(chosen_checkpoint "${CMAKE_MATCH_1}.h5")
+run_expecting("Loaded [^\n]*run/checkpoints/${chosen_checkpoint} .epoch.*Post-processing[^\n]*run/postprocess.cfg"
     "${BRATS}" predict --run "${WORK}/run" --data "${WORK}/test" --out "${WORK}/pred" --pictures 1)
+# Either way round: postprocess.cfg naming final.h5, then final.h5 gone (best.h5 is taken, said).
+string(REGEX REPLACE "checkpoint=[a-z]+.h5" "checkpoint=final.h5" post_final "${post}")
+file(WRITE "${WORK}/run/postprocess.cfg" "${post_final}")
+run_expecting("Loaded [^\n]*run/checkpoints/final.h5 .epoch"
+    "${BRATS}" predict --run "${WORK}/run" --data "${WORK}/test" --out "${WORK}/pred_final" --pictures 0)
+file(RENAME "${WORK}/run/checkpoints/final.h5" "${WORK}/final.h5.away")
+run_expecting("postprocess.cfg names [^\n]*final.h5, which is gone: taking best.h5.*Loaded [^\n]*run/checkpoints/best.h5 .epoch"
+    "${BRATS}" predict --run "${WORK}/run" --data "${WORK}/test" --out "${WORK}/pred_final" --pictures 0)
+file(RENAME "${WORK}/final.h5.away" "${WORK}/run/checkpoints/final.h5")
+file(WRITE "${WORK}/run/postprocess.cfg" "${post}")
 run_expecting("Post-processing .--min-et-volume.: enhancing tumour under 1e\\+09 mm.3 becomes necrosis"
     "${BRATS}" predict --run "${WORK}/run" --data "${WORK}/test" --out "${WORK}/pred_post" --pictures 0
     --min-et-volume 1e9)
@@ -138,7 +150,7 @@ function(expect_status status regex)
     endif()
 endfunction()
 if(ONNX)
-    run_expecting("Wrote [^\n]*onnx/run.onnx .best.h5, ONNX opset 17; input 'input' 1 x 4 x 64x64, output 'probabilities' sigmoid of 3"
+    run_expecting("Wrote [^\n]*onnx/run.onnx .${chosen_checkpoint}, ONNX opset 17; input 'input' 1 x 4 x 64x64, output 'probabilities' sigmoid of 3"
         "${BRATS}" export --run "${WORK}/run" --out "${WORK}/onnx/run.onnx")
     run_expecting("Wrote [^\n]*run_symbolic.onnx [^\n]*input 'input' N x 4 x H x W"
         "${BRATS}" export --run "${WORK}/run" --out "${WORK}/onnx/run_symbolic.onnx" --symbolic --fold-batch-norm)

@@ -329,7 +329,7 @@ brats_cli::Options options_for(const std::string& command) {
             .required("run", "training output folder (run.cfg, checkpoints/)")
             .required("data", "folder of NIfTI cases, or of Kaggle volume_<v>_slice_<s>.h5 slices")
             .required("out", "output folder")
-            .value("checkpoint", "", "checkpoint file [<run>/checkpoints/best.h5]")
+            .value("checkpoint", "", "checkpoint file [the one the run chose on its validation cases (postprocess.cfg), else <run>/checkpoints/best.h5]")
             .value("overlap", "0.5", "sliding-window overlap")
             .value("threads", "2", "compute threads")
             .value("device", "cpu", "where the network runs: cpu, cuda (the first GPU) or cuda:N")
@@ -358,7 +358,7 @@ brats_cli::Options options_for(const std::string& command) {
                                  "(docs/onnx.md).")
             .required("run", "training output folder (run.cfg, checkpoints/)")
             .required("out", "ONNX file to write (.onnx)")
-            .value("checkpoint", "", "checkpoint file [<run>/checkpoints/best.h5]")
+            .value("checkpoint", "", "checkpoint file [the one the run chose on its validation cases (postprocess.cfg), else <run>/checkpoints/best.h5]")
             .flag("symbolic", "symbolic batch and extents N, (D,) H, W (multiples of 16) instead of the run's patch")
             .value("batch", "1", "batch size of the fixed input shape (not with --symbolic)")
             .flag("fold-batch-norm", "fold the 2D network's batch norms into the convolutions before them");

@@ -103,19 +103,22 @@ struct Pipeline {
     static int export_onnx(const brats_cli::Options& o, const RunInfo& run);
 
 private:
-    // Loads --checkpoint (default <run>/checkpoints/best.h5) into the model; returns its path.
+    // Loads --checkpoint (default: default_checkpoint(run)) into the model; returns its path.
     static fs::path load(const brats_cli::Options& o, const RunInfo& run, Model& model);
     static void load_weights(const fs::path& checkpoint, const RunInfo& run, Model& model);
-    // The validation cases predicted whole: their metrics, the post-processing chosen on them,
-    // and overlays of the first `pictures`.
-    static void score_validation(const data::CaseSource& cases, Model& model, Extent patch, int pictures, const fs::path& out,
-                                 const std::string& checkpoint);
+    // The validation cases predicted whole by the model as it stands, as predict would.
+    static ValidationPredictions predict_validation(const data::CaseSource& cases, Model& model, Extent patch);
+    // Of the candidates, the weights that predict the validation cases best, then the
+    // post-processing chosen on their predictions; validation.csv, postprocess.cfg (which names
+    // the checkpoint predict takes) and overlays of the first `pictures` cases.
+    static void score_validation(const data::CaseSource& cases, std::vector<ValidationPredictions> candidates, int pictures,
+                                 const fs::path& out);
 };
 
 template <lightunet::UNetConfig C, class Backend>
 fs::path Pipeline<C, Backend>::load(const brats_cli::Options& o, const RunInfo& run, Model& model) {
     const fs::path run_dir = o.str("run");
-    const fs::path checkpoint = o.given("checkpoint") ? fs::path(o.str("checkpoint")) : run_dir / "checkpoints" / "best.h5";
+    const fs::path checkpoint = o.given("checkpoint") ? fs::path(o.str("checkpoint")) : default_checkpoint(run_dir);
     load_weights(checkpoint, run, model);
     return checkpoint;
 }
@@ -135,46 +138,53 @@ void Pipeline<C, Backend>::load_weights(const fs::path& checkpoint, const RunInf
 }
 
 template <lightunet::UNetConfig C, class Backend>
-void Pipeline<C, Backend>::score_validation(const data::CaseSource& cases, Model& model, Extent patch, int pictures,
-                                            const fs::path& out, const std::string& checkpoint) {
+ValidationPredictions Pipeline<C, Backend>::predict_validation(const data::CaseSource& cases, Model& model, Extent patch) {
     namespace eval = lightunet::eval;
-    const auto t0 = std::chrono::steady_clock::now();
     eval::SlidingWindowOptions so;
     so.patch = patch;
     eval::SlidingWindowPredictor<Model> predictor(model, so);
-    if (pictures > 0) fs::create_directories(out / "pictures");
-    std::vector<eval::CaseMetrics> metrics;
-    std::vector<eval::EnhancingCounts> enhancing;
-    std::vector<double> diagonal_mm;  // HD95 of a region predicted empty against a truth that is not
+    ValidationPredictions v;
     for (std::size_t i = 0; i < cases.size(); ++i) {
         const data::Case c = cases.load(i);
-        const auto labels = eval::predict_case(predictor, c);
-        const double voxel_mm3 = c.geometry.voxel_mm3();
-        enhancing.push_back(eval::enhancing_counts(labels, c.labels, voxel_mm3));
-        metrics.push_back(eval::evaluate_case(c, labels));
+        v.labels.push_back(eval::predict_case(predictor, c));
+        v.enhancing.push_back(eval::enhancing_counts(v.labels.back(), c.labels, c.geometry.voxel_mm3()));
+        v.metrics.push_back(eval::evaluate_case(c, v.labels.back()));
         const auto& sp = c.geometry.spacing;
-        diagonal_mm.push_back(eval::Grid{c.extent.x, c.extent.y, c.extent.z, {sp[0], sp[1], sp[2]}}.diagonal_mm());
-        if (int(i) < pictures) {
-            const fs::path png = out / "pictures" / (c.id + ".png");
-            lightunet::io::write_case_overlay(png.string(), c, labels, 3, 2);
-            std::fprintf(stderr, "[INFO] Wrote %s\n", png.c_str());
-        }
+        v.diagonal_mm.push_back(eval::Grid{c.extent.x, c.extent.y, c.extent.z, {sp[0], sp[1], sp[2]}}.diagonal_mm());
     }
-    const eval::PostProcessingChoice choice = eval::choose_postprocessing(enhancing);
+    return v;
+}
+
+template <lightunet::UNetConfig C, class Backend>
+void Pipeline<C, Backend>::score_validation(const data::CaseSource& cases, std::vector<ValidationPredictions> candidates, int pictures,
+                                            const fs::path& out) {
+    namespace eval = lightunet::eval;
+    std::size_t chosen_index = 0;
+    for (std::size_t k = 0; k < candidates.size(); ++k) {
+        const ValidationPredictions& v = candidates[k];
+        const eval::CaseMetrics m = eval::mean_metrics(v.metrics);
+        std::fprintf(stderr, "[INFO] Validation cases predicted whole with %s (%.1f s): mean Dice WT %.3f TC %.3f ET %.3f, HD95 %.1f / %.1f / %.1f mm\n",
+                     v.checkpoint.c_str(), v.seconds, m.dice[0], m.dice[1], m.dice[2], m.hd95[0], m.hd95[1], m.hd95[2]);
+        if (v.mean_dice() > candidates[chosen_index].mean_dice()) chosen_index = k;
+    }
+    ValidationPredictions& v = candidates[chosen_index];
+    if (candidates.size() > 1)
+        std::fprintf(stderr, "[INFO] predict takes %s: the higher mean Dice over the regions on the validation cases (%.3f)\n",
+                     v.checkpoint.c_str(), v.mean_dice());
+    const eval::PostProcessingChoice choice = eval::choose_postprocessing(v.enhancing);
     // The table holds what `predict` would give: each case's ET after the chosen post-processing.
-    for (std::size_t i = 0; i < metrics.size(); ++i) {
-        const auto& counts = enhancing[i].counts;
-        if (choice.chosen.removes_enhancing(counts.predicted, enhancing[i].voxel_mm3)) {
-            metrics[i].dice[2] = counts.truth == 0 ? 1.0 : 0.0;
-            metrics[i].hd95[2] = counts.truth == 0 ? 0.0 : diagonal_mm[i];
+    for (std::size_t i = 0; i < v.metrics.size(); ++i) {
+        const auto& counts = v.enhancing[i].counts;
+        if (choice.chosen.removes_enhancing(counts.predicted, v.enhancing[i].voxel_mm3)) {
+            v.metrics[i].dice[2] = counts.truth == 0 ? 1.0 : 0.0;
+            v.metrics[i].hd95[2] = counts.truth == 0 ? 0.0 : v.diagonal_mm[i];
         }
     }
-    const eval::CaseMetrics mean = eval::mean_metrics(metrics);
-    eval::write_metrics_csv((out / "validation.csv").string(), metrics);
-    write_postprocessing(out / "postprocess.cfg", choice, checkpoint);
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::fprintf(stderr, "[INFO] Validation cases predicted whole (%zu, %s, %.1f s): mean Dice WT %.3f TC %.3f ET %.3f, HD95 %.1f / %.1f / %.1f mm -> %s\n",
-                 cases.size(), checkpoint.c_str(), seconds, mean.dice[0], mean.dice[1], mean.dice[2], mean.hd95[0], mean.hd95[1],
+    const eval::CaseMetrics mean = eval::mean_metrics(v.metrics);
+    eval::write_metrics_csv((out / "validation.csv").string(), v.metrics);
+    write_postprocessing(out / "postprocess.cfg", choice, v.checkpoint);
+    std::fprintf(stderr, "[INFO] Validation cases (%zu, %s, after post-processing): mean Dice WT %.3f TC %.3f ET %.3f, HD95 %.1f / %.1f / %.1f mm -> %s\n",
+                 cases.size(), v.checkpoint.c_str(), mean.dice[0], mean.dice[1], mean.dice[2], mean.hd95[0], mean.hd95[1],
                  mean.hd95[2], (out / "validation.csv").c_str());
     if (choice.chosen.active())
         std::fprintf(stderr, "[INFO] Post-processing: enhancing tumour under %.0f mm^3 becomes necrosis (mean ET Dice of the validation cases %.3f -> %.3f) -> %s\n",
@@ -182,6 +192,13 @@ void Pipeline<C, Backend>::score_validation(const data::CaseSource& cases, Model
     else
         std::fprintf(stderr, "[INFO] Post-processing: off (no enhancing-tumour threshold raised the validation cases' mean ET Dice %.3f) -> %s\n",
                      choice.et_dice_without, (out / "postprocess.cfg").c_str());
+    if (pictures > 0) fs::create_directories(out / "pictures");
+    for (std::size_t i = 0; i < cases.size() && int(i) < pictures; ++i) {
+        const data::Case c = cases.load(i);
+        const fs::path png = out / "pictures" / (c.id + ".png");
+        lightunet::io::write_case_overlay(png.string(), c, v.labels[i], 3, 2);
+        std::fprintf(stderr, "[INFO] Wrote %s\n", png.c_str());
+    }
 }
 
 // The run's network with the checkpoint's weights as an ONNX model: input [batch, 4, (D,) H, W]
@@ -355,13 +372,26 @@ int Pipeline<C, Backend>::train(const brats_cli::Options& o, const RunInfo& run,
     }
 
     if (rank != 0) return 0;
-    // The validation cases predicted whole with the weights `predict` takes by default.
+    // The weights the schedule ended with, kept as final.h5 beside best.h5 (the best epoch by a
+    // few validation patches, a noisy pick with one or two validation cases): both predict the
+    // validation cases whole, and postprocess.cfg names the better one for predict.
     if (val_cases.size() > 0) {
-        const fs::path best = fs::path(to.checkpoint_dir) / "best.h5";
+        const fs::path checkpoints = to.checkpoint_dir;
+        train::save_checkpoint((checkpoints / kFinalCheckpoint).string(), model, optimizer, trainer.state());
+        std::vector<ValidationPredictions> candidates;
+        auto predict_with = [&](const char* checkpoint) {
+            const auto t0 = std::chrono::steady_clock::now();
+            candidates.push_back(predict_validation(val_cases, model, patch));
+            candidates.back().checkpoint = checkpoint;
+            candidates.back().seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        };
+        predict_with(kFinalCheckpoint);
         std::error_code error;
-        const bool have_best = fs::exists(best, error);
-        if (have_best) load_weights(best, run, model);
-        score_validation(val_cases, model, patch, int(o.integer("pictures", 0, 1000)), out, have_best ? "best.h5" : "last weights");
+        if (fs::exists(checkpoints / kBestCheckpoint, error)) {
+            load_weights(checkpoints / kBestCheckpoint, run, model);
+            predict_with(kBestCheckpoint);
+        }
+        score_validation(val_cases, std::move(candidates), int(o.integer("pictures", 0, 1000)), out);
     }
     std::fprintf(stderr, "[INFO] Done: %ld steps; checkpoints in %s, metrics in %s\n", result.global_step,
                  to.checkpoint_dir.c_str(), to.metrics_csv.c_str());
