@@ -91,4 +91,4 @@ for ((k = 0; k < folds; k++)); do [[ -f $out/fold_$k/metrics.csv ]] && done_fold
 awk -F, 'NR > 1 { n++; for (i = 2; i <= NF; i++) sum[i] += $i; fields = NF }
          END { printf "mean"; for (i = 2; i <= fields; i++) printf ",%.6f", sum[i] / n; printf "\n" }' "$out/summary.csv" >> "$out/summary.csv"
 echo "crossval: ${#done_folds[@]} of $folds folds done (${done_folds[*]}), $(($(wc -l < "$out/summary.csv") - 2)) held-out cases; $out/summary.csv:"
-column -s, -t < "$out/summary.csv"
+if command -v column > /dev/null; then column -s, -t < "$out/summary.csv"; else cat "$out/summary.csv"; fi  # column: bsdextrautils
