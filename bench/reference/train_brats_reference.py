@@ -91,7 +91,7 @@ def case_files(folder):
         images = [os.path.join(folder, f"{case}{sep}{m}.nii.gz") for m in modalities]
         if all(os.path.exists(p) for p in images):
             labels = os.path.join(folder, f"{case}{sep}{seg}.nii.gz")
-            return case, images, (labels if os.path.exists(labels) else None), mapping
+            return case, images, labels, mapping
     raise ValueError(f"{folder}: no BraTS images (<case>_flair.nii.gz ... or <case>-t2f.nii.gz ...)")
 
 
@@ -110,7 +110,7 @@ def window_of(mask, size):
 
 class Case:
     def __init__(self, folder, window):
-        self.id, images, labels_path, mapping = case_files(folder)
+        self.id, images, self.labels_path, mapping = case_files(folder)
         volumes = []
         for p in images:
             v, header = read_nifti(p)
@@ -138,8 +138,8 @@ class Case:
             self.images[:, c] = np.transpose(normalised[sx, sy, z0:z1], (2, 0, 1))
         self.labels = None
         self.tumour_slices = []
-        if labels_path is not None:
-            seg, _ = read_nifti(labels_path)
+        if os.path.exists(self.labels_path):
+            seg, _ = read_nifti(self.labels_path)
             seg = np.asarray(seg)
             classes = np.zeros(seg.shape, dtype=np.int64)
             for label, cls in mapping.items():
@@ -269,9 +269,8 @@ def main():
     tests = case_folders(args.test)
     for folder in tests:
         case = Case(folder, window)
-        write_labels(os.path.join(args.out, "pred", f"{case.id}_seg.nii.gz"
-                                  if os.path.exists(os.path.join(folder, f"{case.id}_flair.nii.gz"))
-                                  else f"{case.id}-seg.nii.gz"),
+        # The prediction takes the name the case's own segmentation has (or would have).
+        write_labels(os.path.join(args.out, "pred", os.path.basename(case.labels_path)),
                      predict(model, case, window, 16), case.header)
     print(f"[reference] trained {steps} steps in {seconds:.0f} s ({seconds / max(steps, 1):.2f} s/step); "
           f"predicted {len(tests)} cases in {time.monotonic() - predict_start:.1f} s", flush=True)
