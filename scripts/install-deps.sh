@@ -19,6 +19,7 @@ packages=(
     catch2
     libbenchmark-dev
     libdnnl-dev
+    ocl-icd-opencl-dev
     libonnx-dev
     libopenmpi-dev
     openmpi-bin
