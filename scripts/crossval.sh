@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Usage: scripts/crossval.sh [--cases DIR] [--out DIR] [--folds K] [--fold k] [--minutes M] [--reference]
-#                            [-- train options...]
+#                            [--rescore] [-- train options...]
 # Cross-validation of `brats train` on a folder of labelled NIfTI cases (default: the 8 BraTS 2018
 # cases of ../shared/data/brats2018): the sorted cases are dealt into K folds (case i into fold
 # i mod K); each fold trains on the others with --plan and a --minutes budget (its own validation
@@ -8,7 +8,10 @@
 # --reference trains and predicts with the PyTorch reference recipe instead
 # (bench/reference/train_brats_reference.py, the same budget and threads; options after -- go to
 # it); the same `brats evaluate` scores both. --fold k runs that fold only and keeps the others'
-# results in <out>, so that folds can run on different days.
+# results in <out>, so that folds can run on different days. --rescore trains nothing: each fold
+# with a run (or --fold k) is scored again by the brats given, its end-of-run choice of weights and
+# post-processing made anew on its validation cases (a finished run resumed), its held-out cases
+# predicted and scored again; give the train options it ran with. For a newer brats on old runs.
 # Writes <out>/fold_<k>/{train,test,run,pred,metrics.csv,seconds} and <out>/summary.csv: every
 # held-out case of the folds done so far with its Dice and HD95 per region, then the mean over all
 # of them. BRATS names the program (default build/demo/examples/brats, which scripts/demo.sh
@@ -22,6 +25,7 @@ folds=4
 minutes=38
 only=
 reference=0
+rescore=0
 while [[ $# -gt 0 ]]; do
     case $1 in
         --cases) cases=$2; shift 2 ;;
@@ -30,6 +34,7 @@ while [[ $# -gt 0 ]]; do
         --minutes) minutes=$2; shift 2 ;;
         --fold) only=$2; shift 2 ;;
         --reference) reference=1; shift ;;
+        --rescore) rescore=1; shift ;;
         --) shift; break ;;
         *) echo "crossval.sh: unknown option $1 (train options go after --)" >&2; exit 2 ;;
     esac
@@ -48,15 +53,38 @@ link_case() {  # case_dir target_parent
     for f in "$1"/*; do ln -sf "$(realpath "$f")" "$2/$(basename "$1")/"; done
 }
 
+(( !(rescore && reference) )) || { echo "crossval.sh: --rescore: the reference makes no end-of-run choice; there is nothing to re-score" >&2; exit 2; }
 if (( reference )); then
     "$python" -c 'import torch' 2> /dev/null || { echo "crossval.sh: --reference needs PyTorch in $python (apt install python3-torch)" >&2; exit 2; }
 fi
 # Results of another fold count or case split would mix into the summary: a changed split starts afresh.
 split="cases=$(realpath "$cases") folds=$folds minutes=$minutes reference=$reference"
-[[ -f $out/split && $(cat "$out/split") == "$split" ]] || { rm -rf "$out"; mkdir -p "$out"; echo "$split" > "$out/split"; }
+if (( rescore )); then
+    [[ -f $out/split && $(cat "$out/split") == "$split" ]] ||
+        { echo "crossval.sh: --rescore: $out holds no cross-validation of this protocol ($split)" >&2; exit 2; }
+else
+    [[ -f $out/split && $(cat "$out/split") == "$split" ]] || { rm -rf "$out"; mkdir -p "$out"; echo "$split" > "$out/split"; }
+fi
 for ((k = 0; k < folds; k++)); do
     [[ -z $only || $k == "$only" ]] || continue
     fold=$out/fold_$k
+    if (( rescore )); then
+        if [[ ! -f $fold/run/run.cfg ]]; then
+            [[ -z $only ]] || { echo "crossval.sh: --rescore: fold $k has no run in $fold" >&2; exit 2; }
+            echo "crossval: fold $k: no run to re-score"
+            continue
+        fi
+        echo "crossval: fold $k: re-scoring its run with $brats (no training)"
+        "$brats" train --data "$fold/train" --out "$fold/run" --plan --minutes "$minutes" --threads "$threads" --no-progress \
+            --pictures 1 "$@" --resume latest > "$fold/rescore.log" 2>&1 || { tail -n 20 "$fold/rescore.log"; exit 1; }
+        rm -rf "$fold/pred"
+        "$brats" predict --run "$fold/run" --data "$fold/test" --out "$fold/pred" --threads "$threads" --pictures 2 \
+            > "$fold/predict.log" 2>&1 || { tail -n 20 "$fold/predict.log"; exit 1; }
+        "$brats" evaluate --pred "$fold/pred" --truth "$fold/test" --out "$fold/metrics.csv" > "$fold/evaluate.log" 2>&1 ||
+            { tail -n 20 "$fold/evaluate.log"; exit 1; }
+        echo "crossval: fold $k: re-scored; $(grep -E '^mean' "$fold/evaluate.log" || tail -n 1 "$fold/evaluate.log")"
+        continue
+    fi
     rm -rf "$fold"
     mkdir -p "$fold/train" "$fold/test"
     for i in "${!all[@]}"; do

@@ -256,13 +256,16 @@ struct RunInfo {
 };
 
 // postprocess.cfg: the post-processing `train` chose on its validation cases with the best
-// weights, which `predict` applies unless --min-et-volume says otherwise.
+// weights, which `predict` applies unless --min-component-fraction or --min-et-volume say otherwise.
 inline void write_postprocessing(const fs::path& file, const lightunet::eval::PostProcessingChoice& choice,
                                  const std::string& checkpoint) {
     std::ostringstream f;
-    f << "min_enhancing_mm3=" << choice.chosen.min_enhancing_mm3 << "\nvalidation_cases=" << choice.cases
-      << "\ncheckpoint=" << checkpoint << "\net_dice_without=" << choice.et_dice_without << "\net_dice_with=" << choice.et_dice_with
-      << "\n";
+    f << "min_component_fraction=" << choice.chosen.min_component_fraction << "\nmin_enhancing_mm3=" << choice.chosen.min_enhancing_mm3
+      << "\nvalidation_cases=" << choice.cases << "\ncheckpoint=" << checkpoint << "\ndice_without=" << choice.dice_without
+      << "\ndice_after_components=" << choice.dice_after_components << "\net_dice_without=" << choice.et_dice_without
+      << "\net_dice_with=" << choice.et_dice_with << "\n";
+    for (const auto& s : choice.component_scores)
+        f << "tried_components." << s.min_component_fraction << "=" << s.mean_dice << " (" << s.cases_changed << " cases changed)\n";
     for (const auto& s : choice.scores)
         f << "tried." << s.min_enhancing_mm3 << "=" << s.mean_et_dice << " (" << s.cases_changed << " cases changed)\n";
     write_run_file(file, f.str(), "the post-processing choice");
@@ -273,6 +276,18 @@ struct RecordedPostProcessing {
     std::string validation_cases, checkpoint;
 };
 
+// A number of postprocess.cfg in [0, most]; `absent` where a run older than the key has none.
+inline double recorded_number(const fs::path& file, std::map<std::string, std::string>& kv, const std::string& key, double most,
+                              std::optional<double> absent, const char* what) {
+    if (absent && kv.find(key) == kv.end()) return *absent;
+    const std::string value = kv[key];
+    char* end = nullptr;
+    const double number = std::strtod(value.c_str(), &end);
+    if (value.empty() || *end != '\0' || !(number >= 0) || number > most)
+        throw std::runtime_error(file.string() + ": " + key + " must be " + what + ", not '" + value + "'");
+    return number;
+}
+
 // The choice in `file`; nothing when the run has none (no validation cases, or a run older than
 // the choice); an error naming the file when it is there but unreadable.
 inline std::optional<RecordedPostProcessing> read_postprocessing(const fs::path& file) {
@@ -281,12 +296,12 @@ inline std::optional<RecordedPostProcessing> read_postprocessing(const fs::path&
     std::ifstream f(file);
     if (!f) throw std::runtime_error(file.string() + ": cannot read the post-processing choice");
     std::map<std::string, std::string> kv = read_key_values(f);
-    const std::string value = kv["min_enhancing_mm3"];
-    char* end = nullptr;
-    const double threshold = std::strtod(value.c_str(), &end);
-    if (value.empty() || *end != '\0' || !(threshold >= 0) || threshold > 1e9)
-        throw std::runtime_error(file.string() + ": min_enhancing_mm3 must be a volume in mm^3, not '" + value + "'");
-    return RecordedPostProcessing{{threshold}, kv["validation_cases"], kv["checkpoint"]};
+    RecordedPostProcessing r;
+    r.chosen.min_enhancing_mm3 = recorded_number(file, kv, "min_enhancing_mm3", 1e9, std::nullopt, "a volume in mm^3");
+    r.chosen.min_component_fraction = recorded_number(file, kv, "min_component_fraction", 1, 0.0, "a fraction in [0, 1]");
+    r.validation_cases = kv["validation_cases"];
+    r.checkpoint = kv["checkpoint"];
+    return r;
 }
 
 // The checkpoints a finished run offers predict: the best epoch by its validation patches, and
@@ -310,15 +325,13 @@ inline fs::path default_checkpoint(const fs::path& run_dir) {
 }
 
 // One set of weights' whole-case predictions of the validation cases, with what the end-of-run
-// choices need: Dice and HD95, the enhancing-tumour counts, each grid's diagonal (HD95 of a
-// region predicted empty against a truth that is not).
+// choices need: the truths on their grids, and Dice and HD95 per case.
 struct ValidationPredictions {
     std::string checkpoint;  // file name under <run>/checkpoints
     double seconds = 0;
-    std::vector<std::vector<std::uint8_t>> labels;
+    std::vector<std::vector<std::uint8_t>> labels, truths;
+    std::vector<lightunet::eval::Grid> grids;
     std::vector<lightunet::eval::CaseMetrics> metrics;
-    std::vector<lightunet::eval::EnhancingCounts> enhancing;
-    std::vector<double> diagonal_mm;
     // The mean over cases and the three regions.
     double mean_dice() const {
         const lightunet::eval::CaseMetrics m = lightunet::eval::mean_metrics(metrics);
@@ -326,31 +339,29 @@ struct ValidationPredictions {
     }
 };
 
-// predict's post-processing: --min-et-volume when given (0: off), else the run's postprocess.cfg,
-// else none; said in the log.
+// predict's post-processing: the run's postprocess.cfg (none without one), each rule replaced by
+// --min-component-fraction or --min-et-volume when given (0: off); said in the log.
 inline lightunet::eval::PostProcessing postprocessing_for(const brats_cli::Options& o) {
-    if (o.given("min-et-volume")) {
-        const lightunet::eval::PostProcessing given{o.real("min-et-volume", 0.0, 1e9)};
-        if (given.active())
-            std::fprintf(stderr, "[INFO] Post-processing (--min-et-volume): enhancing tumour under %g mm^3 becomes necrosis\n",
-                         given.min_enhancing_mm3);
-        else
-            std::fprintf(stderr, "[INFO] Post-processing: off (--min-et-volume 0)\n");
-        return given;
-    }
     const fs::path file = fs::path(o.str("run")) / "postprocess.cfg";
     const auto recorded = read_postprocessing(file);
-    if (!recorded) {
-        std::fprintf(stderr, "[INFO] Post-processing: none (the run chose none: %s is absent; --min-et-volume sets one)\n", file.c_str());
-        return {};
-    }
-    if (recorded->chosen.active())
-        std::fprintf(stderr, "[INFO] Post-processing (%s, chosen on %s validation cases with %s): enhancing tumour under %g mm^3 becomes necrosis\n",
-                     file.c_str(), recorded->validation_cases.c_str(), recorded->checkpoint.c_str(), recorded->chosen.min_enhancing_mm3);
+    lightunet::eval::PostProcessing p = recorded ? recorded->chosen : lightunet::eval::PostProcessing{};
+    const bool fraction_given = o.given("min-component-fraction"), volume_given = o.given("min-et-volume");
+    if (fraction_given) p.min_component_fraction = o.real("min-component-fraction", 0.0, 1.0);
+    if (volume_given) p.min_enhancing_mm3 = o.real("min-et-volume", 0.0, 1e9);
+    const std::string from = recorded ? file.string() + ", chosen on " + recorded->validation_cases + " validation cases with " + recorded->checkpoint
+                                      : file.string() + " is absent";
+    auto said = [&](bool given, const char* option) { return given ? std::string(option) : from; };
+    if (p.removes_components())
+        std::fprintf(stderr, "[INFO] Post-processing (%s): tumour components under %g of the case's largest become background\n",
+                     said(fraction_given, "--min-component-fraction").c_str(), p.min_component_fraction);
     else
-        std::fprintf(stderr, "[INFO] Post-processing: off (%s: no threshold helped on the %s validation cases)\n", file.c_str(),
-                     recorded->validation_cases.c_str());
-    return recorded->chosen;
+        std::fprintf(stderr, "[INFO] Post-processing (%s): every tumour component kept\n", said(fraction_given, "--min-component-fraction").c_str());
+    if (p.min_enhancing_mm3 > 0)
+        std::fprintf(stderr, "[INFO] Post-processing (%s): enhancing tumour under %g mm^3 becomes necrosis\n",
+                     said(volume_given, "--min-et-volume").c_str(), p.min_enhancing_mm3);
+    else
+        std::fprintf(stderr, "[INFO] Post-processing (%s): enhancing tumour kept whatever its volume\n", said(volume_given, "--min-et-volume").c_str());
+    return p;
 }
 
 // Two option values mean the same when their texts are equal or both are the same number

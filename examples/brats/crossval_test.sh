@@ -3,7 +3,7 @@
 # folds, ours (brats train --plan) or, with --reference, the PyTorch reference recipe (skipped,
 # exit 77, where /usr/bin/python3 has no torch). Checks what the accuracy table is built from:
 # every held-out case scored once, the mean over the cases, a single --fold rerun that keeps the
-# other fold's results, and a changed protocol that does not mix into them.
+# other fold's results, --rescore of the runs, and a changed protocol that does not mix into them.
 # Usage: crossval_test.sh BRATS WORK [--reference]
 set -euo pipefail
 brats=$1
@@ -49,6 +49,26 @@ crossval --fold 1 "${options[@]}" > "$work/fold1.log"
 [[ ! -e $work/cv/fold_1/stale ]] || fail "--fold 1 kept fold 1's old files"
 [[ $(grep -c '^Synth_' "$summary") == 4 ]] || fail "summary after --fold 1: $(cat "$summary")"
 grep -q "2 of 2 folds done (0 1), 4 held-out cases" "$work/fold1.log" || fail "$(tail -n 3 "$work/fold1.log")"
+
+# --rescore trains nothing: each fold's run makes its end-of-run choice again and its held-out
+# cases are predicted and scored again by the same (deterministic) brats: the same metrics, the
+# training seconds and epochs kept. The reference has nothing to re-score.
+if [[ $mode != --reference ]]; then
+    metrics_before=$(cat "$work"/cv/fold_*/metrics.csv | md5sum)
+    seconds_before=$(cat "$work"/cv/fold_*/seconds)
+    epochs_before=$(cat "$work"/cv/fold_*/run/metrics.csv | wc -l)
+    crossval --rescore "${options[@]}" > "$work/rescore.log"
+    [[ $(cat "$work"/cv/fold_*/metrics.csv | md5sum) == "$metrics_before" ]] || fail "--rescore changed the metrics: $(cat "$work/rescore.log")"
+    [[ $(cat "$work"/cv/fold_*/seconds) == "$seconds_before" && $(cat "$work"/cv/fold_*/run/metrics.csv | wc -l) == "$epochs_before" ]] ||
+        fail "--rescore trained or changed the fold seconds"
+    for k in 0 1; do
+        grep -q "predicted whole with final.h5" "$work/cv/fold_$k/rescore.log" || fail "fold $k: $(tail -n 5 "$work/cv/fold_$k/rescore.log")"
+    done
+    grep -q "fold 1: re-scored; mean" "$work/rescore.log" && grep -q "2 of 2 folds done (0 1), 4 held-out cases" "$work/rescore.log" ||
+        fail "$(cat "$work/rescore.log")"
+    if crossval --rescore --reference > "$work/bad.log" 2>&1; then fail "--rescore --reference accepted"; fi
+    grep -q "the reference makes no end-of-run choice" "$work/bad.log" || fail "$(cat "$work/bad.log")"
+fi
 
 # Another budget is another protocol: the old folds go, the summary has the new fold only.
 minutes=0.04

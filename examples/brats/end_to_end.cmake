@@ -88,10 +88,21 @@ foreach(f validation.csv postprocess.cfg checkpoints/final.h5)
 endforeach()
 expect_lines("${WORK}/run/validation.csv" 3 "header + 1 validation case + mean")
 file(READ "${WORK}/run/postprocess.cfg" post)
-if(NOT post MATCHES "min_enhancing_mm3=[0-9.e+]+\nvalidation_cases=1\ncheckpoint=(best|final).h5\n")
+if(NOT post MATCHES "min_component_fraction=[0-9.e+-]+\nmin_enhancing_mm3=[0-9.e+]+\nvalidation_cases=1\ncheckpoint=(best|final).h5\n.*tried_components.0=[0-9.e+-]+ .[01] cases changed.\n.*tried_components.1=.*tried.2000=")
     message(FATAL_ERROR "postprocess.cfg:\n${post}")
 endif()
 set(chosen_checkpoint "${CMAKE_MATCH_1}.h5")
+# A finished run resumed trains no further and makes the end-of-run choice again (how a run is
+# re-scored by a newer brats): the same choice, no new epoch.
+file(REMOVE "${WORK}/run/postprocess.cfg")
+run_expecting("Resumed from [^\n]*at epoch 4.*predicted whole with final.h5.*Post-processing: [^\n]*run/postprocess.cfg"
+    "${BRATS}" train --data "${WORK}/run/store.h5" --out "${WORK}/run" --batch 2 --steps-per-epoch 2 --val-batches 1 --no-progress
+    --patch 64x64 --epochs 3 --pictures 0 --resume latest)
+expect_lines("${WORK}/run/metrics.csv" 4 "header + 3 epochs, after resuming the finished run")
+file(READ "${WORK}/run/postprocess.cfg" post_again)
+if(NOT post_again STREQUAL post)
+    message(FATAL_ERROR "the finished run resumed chose otherwise:\n${post_again}\nagainst\n${post}")
+endif()
 run_expecting("Loaded [^\n]*run/checkpoints/${chosen_checkpoint} .epoch.*Post-processing[^\n]*run/postprocess.cfg"
     "${BRATS}" predict --run "${WORK}/run" --data "${WORK}/test" --out "${WORK}/pred" --pictures 1)
 # Either way round: postprocess.cfg naming final.h5, then final.h5 gone (best.h5 is taken, said).
@@ -126,6 +137,23 @@ foreach(row 1 2)
         message(FATAL_ERROR "predict --min-et-volume 1e9: expected ET Dice 0 and WT/TC unchanged, got\n${post_row}\nagainst\n${plain_row}")
     endif()
 endforeach()
+# Components: --min-component-fraction replaces the run's choice (said), and the run's
+# threshold stays.
+run_expecting("Post-processing .--min-component-fraction.: tumour components under 1 of the case's largest become background.*Post-processing .[^\n]*run/postprocess.cfg, chosen on 1 validation cases"
+    "${BRATS}" predict --run "${WORK}/run" --data "${WORK}/test" --out "${WORK}/pred_largest" --pictures 0
+    --min-component-fraction 1)
+run_refused("--min-component-fraction is out of range: 1.5"
+    "${BRATS}" predict --run "${WORK}/run" --data "${WORK}/test" --out "${WORK}/pred_largest" --min-component-fraction 1.5)
+file(WRITE "${WORK}/run/postprocess.cfg" "min_enhancing_mm3=0\nmin_component_fraction=2\n")
+execute_process(COMMAND "${BRATS}" predict --run "${WORK}/run" --data "${WORK}/test" --out "${WORK}/pred_bad" RESULT_VARIABLE rc
+    ERROR_VARIABLE err)
+if(NOT rc EQUAL 1 OR NOT err MATCHES "postprocess.cfg: min_component_fraction must be a fraction in .0, 1., not '2'")
+    message(FATAL_ERROR "predict with a postprocess.cfg fraction of 2: expected status 1 naming it, got ${rc}:\n${err}")
+endif()
+# A run older than the component rule (no min_component_fraction key) keeps every component.
+file(WRITE "${WORK}/run/postprocess.cfg" "min_enhancing_mm3=0\nvalidation_cases=1\ncheckpoint=best.h5\n")
+run_expecting("Post-processing .[^\n]*run/postprocess.cfg[^\n]*: every tumour component kept"
+    "${BRATS}" predict --run "${WORK}/run" --data "${WORK}/test" --out "${WORK}/pred_old" --pictures 0)
 file(WRITE "${WORK}/run/postprocess.cfg" "min_enhancing_mm3=-5\n")
 execute_process(COMMAND "${BRATS}" predict --run "${WORK}/run" --data "${WORK}/test" --out "${WORK}/pred_bad" RESULT_VARIABLE rc
     ERROR_VARIABLE err)

@@ -338,6 +338,9 @@ brats_cli::Options options_for(const std::string& command) {
             .value("pictures", "3", "cases drawn as overlay PNGs")
             .value("min-et-volume", "", "post-processing: a case's enhancing tumour under this volume (mm^3) becomes necrosis "
                                         "(0: off); default: what train chose on its validation cases (<run>/postprocess.cfg)")
+            .value("min-component-fraction", "", "post-processing: tumour components (26-connected) under this fraction of a "
+                                                 "case's largest become background (1: the largest alone; 0: off); default: what "
+                                                 "train chose on its validation cases (<run>/postprocess.cfg)")
             .flag("tta", "mirror test-time augmentation (the default for a run trained with --plan)")
             .flag("no-tta", "no mirror test-time augmentation, even for a run trained with --plan")
             .flag("no-channel-check", "Kaggle slices: do not judge the declared channel order against the intensities (it is "

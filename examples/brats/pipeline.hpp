@@ -147,10 +147,9 @@ ValidationPredictions Pipeline<C, Backend>::predict_validation(const data::CaseS
     for (std::size_t i = 0; i < cases.size(); ++i) {
         const data::Case c = cases.load(i);
         v.labels.push_back(eval::predict_case(predictor, c));
-        v.enhancing.push_back(eval::enhancing_counts(v.labels.back(), c.labels, c.geometry.voxel_mm3()));
         v.metrics.push_back(eval::evaluate_case(c, v.labels.back()));
-        const auto& sp = c.geometry.spacing;
-        v.diagonal_mm.push_back(eval::Grid{c.extent.x, c.extent.y, c.extent.z, {sp[0], sp[1], sp[2]}}.diagonal_mm());
+        v.truths.push_back(c.labels);
+        v.grids.push_back(eval::case_grid(c));
     }
     return v;
 }
@@ -171,26 +170,30 @@ void Pipeline<C, Backend>::score_validation(const data::CaseSource& cases, std::
     if (candidates.size() > 1)
         std::fprintf(stderr, "[INFO] predict takes %s: the higher mean Dice over the regions on the validation cases (%.3f)\n",
                      v.checkpoint.c_str(), v.mean_dice());
-    const eval::PostProcessingChoice choice = eval::choose_postprocessing(v.enhancing);
-    // The table holds what `predict` would give: each case's ET after the chosen post-processing.
-    for (std::size_t i = 0; i < v.metrics.size(); ++i) {
-        const auto& counts = v.enhancing[i].counts;
-        if (choice.chosen.removes_enhancing(counts.predicted, v.enhancing[i].voxel_mm3)) {
-            v.metrics[i].dice[2] = counts.truth == 0 ? 1.0 : 0.0;
-            v.metrics[i].hd95[2] = counts.truth == 0 ? 0.0 : v.diagonal_mm[i];
-        }
-    }
+    std::vector<eval::ValidationCase> validation;
+    for (std::size_t i = 0; i < v.labels.size(); ++i) validation.push_back({v.labels[i], v.truths[i], v.grids[i]});
+    const eval::PostProcessingChoice choice = eval::choose_postprocessing(validation);
+    // The table and the pictures hold what `predict` would give: the predictions after the choice.
+    for (std::size_t i = 0; i < v.labels.size(); ++i)
+        if (eval::postprocess(choice.chosen, v.labels[i], v.grids[i]).changed())
+            v.metrics[i] = eval::evaluate_case(v.metrics[i].id, v.labels[i], v.truths[i], v.grids[i]);
     const eval::CaseMetrics mean = eval::mean_metrics(v.metrics);
     eval::write_metrics_csv((out / "validation.csv").string(), v.metrics);
     write_postprocessing(out / "postprocess.cfg", choice, v.checkpoint);
     std::fprintf(stderr, "[INFO] Validation cases (%zu, %s, after post-processing): mean Dice WT %.3f TC %.3f ET %.3f, HD95 %.1f / %.1f / %.1f mm -> %s\n",
                  cases.size(), v.checkpoint.c_str(), mean.dice[0], mean.dice[1], mean.dice[2], mean.hd95[0], mean.hd95[1],
                  mean.hd95[2], (out / "validation.csv").c_str());
-    if (choice.chosen.active())
+    if (choice.chosen.removes_components())
+        std::fprintf(stderr, "[INFO] Post-processing: tumour components under %g of the case's largest become background (mean Dice of the validation cases %.3f -> %.3f)\n",
+                     choice.chosen.min_component_fraction, choice.dice_without, choice.dice_after_components);
+    else
+        std::fprintf(stderr, "[INFO] Post-processing: every tumour component kept (no fraction raised the validation cases' mean Dice %.3f)\n",
+                     choice.dice_without);
+    if (choice.chosen.min_enhancing_mm3 > 0)
         std::fprintf(stderr, "[INFO] Post-processing: enhancing tumour under %.0f mm^3 becomes necrosis (mean ET Dice of the validation cases %.3f -> %.3f) -> %s\n",
                      choice.chosen.min_enhancing_mm3, choice.et_dice_without, choice.et_dice_with, (out / "postprocess.cfg").c_str());
     else
-        std::fprintf(stderr, "[INFO] Post-processing: off (no enhancing-tumour threshold raised the validation cases' mean ET Dice %.3f) -> %s\n",
+        std::fprintf(stderr, "[INFO] Post-processing: enhancing tumour kept whatever its volume (no threshold raised the validation cases' mean ET Dice %.3f) -> %s\n",
                      choice.et_dice_without, (out / "postprocess.cfg").c_str());
     if (pictures > 0) fs::create_directories(out / "pictures");
     for (std::size_t i = 0; i < cases.size() && int(i) < pictures; ++i) {
@@ -428,10 +431,14 @@ int Pipeline<C, Backend>::predict(const brats_cli::Options& o, const RunInfo& ru
     auto segment = [&](const data::Case& prepared) {
         const auto t0 = std::chrono::steady_clock::now();
         auto labels = eval::predict_case(predictor, prepared);
-        const double voxel_mm3 = prepared.geometry.voxel_mm3();
-        if (const std::size_t relabelled = eval::postprocess(post, labels, voxel_mm3))
+        const eval::Grid grid = eval::case_grid(prepared);
+        const eval::PostProcessed changed = eval::postprocess(post, labels, grid);
+        if (changed.components.components > 0)
+            std::fprintf(stderr, "[INFO] %s: post-processing: %zu small tumour components (%zu voxels) became background, %zu kept\n",
+                         prepared.id.c_str(), changed.components.components, changed.components.voxels, changed.components.kept);
+        if (changed.enhancing_relabelled > 0)
             std::fprintf(stderr, "[INFO] %s: post-processing: its enhancing tumour (%zu voxels, %.0f mm^3) became necrosis\n",
-                         prepared.id.c_str(), relabelled, double(relabelled) * voxel_mm3);
+                         prepared.id.c_str(), changed.enhancing_relabelled, double(changed.enhancing_relabelled) * grid.voxel_mm3());
         const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         total_seconds += seconds;
         if (done < pictures) lightunet::io::write_case_overlay((out / (prepared.id + ".png")).string(), prepared, labels, 3, 2);

@@ -53,6 +53,7 @@ struct Grid {
     int x = 1, y = 1, z = 1;
     std::array<double, 3> spacing{1.0, 1.0, 1.0};  // mm along x, y, z
     std::size_t voxels() const { return std::size_t(x) * y * z; }
+    double voxel_mm3() const { return spacing[0] * spacing[1] * spacing[2]; }
     double diagonal_mm() const {
         const double a = x * spacing[0], b = y * spacing[1], c = z * spacing[2];
         return std::sqrt(a * a + b * b + c * c);
@@ -283,12 +284,16 @@ inline CaseMetrics evaluate_case(std::string id, std::span<const std::uint8_t> p
     return m;
 }
 
-// A labelled case against a prediction on its (cropped) grid, with the case's voxel spacing.
+// A case's (cropped) grid with its voxel spacing.
+inline Grid case_grid(const data::Case& c) {
+    const auto& sp = c.geometry.spacing;
+    return Grid{c.extent.x, c.extent.y, c.extent.z, {double(sp[0]), double(sp[1]), double(sp[2])}};
+}
+
+// A labelled case against a prediction on its grid.
 inline CaseMetrics evaluate_case(const data::Case& c, std::span<const std::uint8_t> prediction, const MetricOptions& options = {}) {
     if (!c.has_labels()) throw std::invalid_argument("evaluate_case: case " + c.id + " has no labels");
-    const auto& sp = c.geometry.spacing;
-    const Grid grid{c.extent.x, c.extent.y, c.extent.z, {double(sp[0]), double(sp[1]), double(sp[2])}};
-    return evaluate_case(c.id, prediction, c.labels, grid, options);
+    return evaluate_case(c.id, prediction, c.labels, case_grid(c), options);
 }
 
 inline CaseMetrics mean_metrics(std::span<const CaseMetrics> cases) {
