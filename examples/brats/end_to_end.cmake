@@ -144,22 +144,22 @@ run_expecting("Post-processing .--min-component-fraction.: tumour components und
     --min-component-fraction 1)
 run_refused("--min-component-fraction is out of range: 1.5"
     "${BRATS}" predict --run "${WORK}/run" --data "${WORK}/test" --out "${WORK}/pred_largest" --min-component-fraction 1.5)
-file(WRITE "${WORK}/run/postprocess.cfg" "min_enhancing_mm3=0\nmin_component_fraction=2\n")
-execute_process(COMMAND "${BRATS}" predict --run "${WORK}/run" --data "${WORK}/test" --out "${WORK}/pred_bad" RESULT_VARIABLE rc
-    ERROR_VARIABLE err)
-if(NOT rc EQUAL 1 OR NOT err MATCHES "postprocess.cfg: min_component_fraction must be a fraction in .0, 1., not '2'")
-    message(FATAL_ERROR "predict with a postprocess.cfg fraction of 2: expected status 1 naming it, got ${rc}:\n${err}")
-endif()
+# A corrupt postprocess.cfg: predict stops with status 1 and names the file and the value.
+function(predict_refuses_postprocessing content regex)
+    file(WRITE "${WORK}/run/postprocess.cfg" "${content}")
+    execute_process(COMMAND "${BRATS}" predict --run "${WORK}/run" --data "${WORK}/test" --out "${WORK}/pred_bad"
+        RESULT_VARIABLE rc ERROR_VARIABLE err)
+    if(NOT rc EQUAL 1 OR NOT err MATCHES "${regex}")
+        message(FATAL_ERROR "predict with a postprocess.cfg of '${content}': expected status 1 and '${regex}', got ${rc}:\n${err}")
+    endif()
+endfunction()
+predict_refuses_postprocessing("min_enhancing_mm3=0\nmin_component_fraction=2\n"
+    "postprocess.cfg: min_component_fraction must be a fraction in .0, 1., not '2'")
 # A run older than the component rule (no min_component_fraction key) keeps every component.
 file(WRITE "${WORK}/run/postprocess.cfg" "min_enhancing_mm3=0\nvalidation_cases=1\ncheckpoint=best.h5\n")
 run_expecting("Post-processing .[^\n]*run/postprocess.cfg[^\n]*: every tumour component kept"
     "${BRATS}" predict --run "${WORK}/run" --data "${WORK}/test" --out "${WORK}/pred_old" --pictures 0)
-file(WRITE "${WORK}/run/postprocess.cfg" "min_enhancing_mm3=-5\n")
-execute_process(COMMAND "${BRATS}" predict --run "${WORK}/run" --data "${WORK}/test" --out "${WORK}/pred_bad" RESULT_VARIABLE rc
-    ERROR_VARIABLE err)
-if(NOT rc EQUAL 1 OR NOT err MATCHES "postprocess.cfg: min_enhancing_mm3 must be a volume in mm.3, not '-5'")
-    message(FATAL_ERROR "predict with a corrupt postprocess.cfg: expected status 1 naming it, got ${rc}:\n${err}")
-endif()
+predict_refuses_postprocessing("min_enhancing_mm3=-5\n" "postprocess.cfg: min_enhancing_mm3 must be a volume in mm.3, not '-5'")
 file(WRITE "${WORK}/run/postprocess.cfg" "${post}")
 file(GLOB written "${WORK}/pred/*-seg.nii.gz")
 list(LENGTH written count)
