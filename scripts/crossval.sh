@@ -54,6 +54,12 @@ link_case() {  # case_dir target_parent
 }
 
 (( !(rescore && reference) )) || { echo "crossval.sh: --rescore: the reference makes no end-of-run choice; there is nothing to re-score" >&2; exit 2; }
+# Runs a brats command into <fold>/<log>; on failure shows the log's end and stops.
+brats_into() {  # log command args...
+    local log=$1; shift
+    "$brats" "$@" > "$fold/$log" 2>&1 || { tail -n 20 "$fold/$log"; exit 1; }
+}
+
 if (( reference )); then
     "$python" -c 'import torch' 2> /dev/null || { echo "crossval.sh: --reference needs PyTorch in $python (apt install python3-torch)" >&2; exit 2; }
 fi
@@ -75,13 +81,11 @@ for ((k = 0; k < folds; k++)); do
             continue
         fi
         echo "crossval: fold $k: re-scoring its run with $brats (no training)"
-        "$brats" train --data "$fold/train" --out "$fold/run" --plan --minutes "$minutes" --threads "$threads" --no-progress \
-            --pictures 1 "$@" --resume latest > "$fold/rescore.log" 2>&1 || { tail -n 20 "$fold/rescore.log"; exit 1; }
+        brats_into rescore.log train --data "$fold/train" --out "$fold/run" --plan --minutes "$minutes" --threads "$threads" \
+            --no-progress --pictures 1 "$@" --resume latest
         rm -rf "$fold/pred"
-        "$brats" predict --run "$fold/run" --data "$fold/test" --out "$fold/pred" --threads "$threads" --pictures 2 \
-            > "$fold/predict.log" 2>&1 || { tail -n 20 "$fold/predict.log"; exit 1; }
-        "$brats" evaluate --pred "$fold/pred" --truth "$fold/test" --out "$fold/metrics.csv" > "$fold/evaluate.log" 2>&1 ||
-            { tail -n 20 "$fold/evaluate.log"; exit 1; }
+        brats_into predict.log predict --run "$fold/run" --data "$fold/test" --out "$fold/pred" --threads "$threads" --pictures 2
+        brats_into evaluate.log evaluate --pred "$fold/pred" --truth "$fold/test" --out "$fold/metrics.csv"
         echo "crossval: fold $k: re-scored; $(grep -E '^mean' "$fold/evaluate.log" || tail -n 1 "$fold/evaluate.log")"
         continue
     fi
@@ -98,13 +102,11 @@ for ((k = 0; k < folds; k++)); do
             > "$fold/train.log" 2>&1 || { tail -n 20 "$fold/train.log"; exit 1; }
         ln -s run/pred "$fold/pred"
     else
-        "$brats" train --data "$fold/train" --out "$fold/run" --plan --minutes "$minutes" --threads "$threads" --no-progress \
-            --pictures 1 "$@" > "$fold/train.log" 2>&1 || { tail -n 20 "$fold/train.log"; exit 1; }
-        "$brats" predict --run "$fold/run" --data "$fold/test" --out "$fold/pred" --threads "$threads" --pictures 2 \
-            > "$fold/predict.log" 2>&1 || { tail -n 20 "$fold/predict.log"; exit 1; }
+        brats_into train.log train --data "$fold/train" --out "$fold/run" --plan --minutes "$minutes" --threads "$threads" \
+            --no-progress --pictures 1 "$@"
+        brats_into predict.log predict --run "$fold/run" --data "$fold/test" --out "$fold/pred" --threads "$threads" --pictures 2
     fi
-    "$brats" evaluate --pred "$fold/pred" --truth "$fold/test" --out "$fold/metrics.csv" > "$fold/evaluate.log" 2>&1 ||
-        { tail -n 20 "$fold/evaluate.log"; exit 1; }
+    brats_into evaluate.log evaluate --pred "$fold/pred" --truth "$fold/test" --out "$fold/metrics.csv"
     echo $((SECONDS - start)) > "$fold/seconds"
     echo "crossval: fold $k: $((SECONDS - start)) s; $(grep -E '^mean' "$fold/evaluate.log" || tail -n 1 "$fold/evaluate.log")"
 done

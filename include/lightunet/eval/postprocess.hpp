@@ -48,57 +48,73 @@ struct ComponentsRemoved {
     std::size_t kept = 0;                    // components left
 };
 
-// The tumour components (labels 1..3, 26-connected) of labels on `grid` smaller than `fraction`
-// of the largest become background, in place. fraction 0 removes nothing; 1 keeps the largest
-// (and any of its size).
-inline ComponentsRemoved remove_small_components(std::span<std::uint8_t> labels, const Grid& grid, double fraction) {
-    if (labels.size() != grid.voxels())
-        throw std::invalid_argument("remove_small_components: " + std::to_string(labels.size()) + " labels on a grid of " +
-                                    std::to_string(grid.x) + "x" + std::to_string(grid.y) + "x" + std::to_string(grid.z));
-    if (!(fraction >= 0 && fraction <= 1))
-        throw std::invalid_argument("remove_small_components: fraction " + std::to_string(fraction) + " is not in [0, 1]");
-    ComponentsRemoved removed;
-    if (fraction == 0) return removed;
-    constexpr std::uint32_t unseen = ~std::uint32_t(0);
-    std::vector<std::uint32_t> component(labels.size(), unseen);
+// The tumour components (labels 1..3, 26-connected) of labels on `grid`: each tumour voxel's
+// component and each component's size. The choice labels a case once and tries every fraction
+// on the result.
+struct TumourComponents {
+    static constexpr std::uint32_t none = ~std::uint32_t(0);  // background
+    std::vector<std::uint32_t> of_voxel;
     std::vector<std::size_t> sizes;
-    std::vector<std::size_t> stack;
-    const std::ptrdiff_t nx = grid.x, ny = grid.y, nz = grid.z;
-    for (std::size_t seed = 0; seed < labels.size(); ++seed) {
-        if (labels[seed] == 0 || component[seed] != unseen) continue;
-        const auto id = std::uint32_t(sizes.size());
-        std::size_t size = 0;
-        component[seed] = id;
-        stack.assign(1, seed);
-        while (!stack.empty()) {
-            const std::size_t at = stack.back();
-            stack.pop_back();
-            ++size;
-            const std::ptrdiff_t x = std::ptrdiff_t(at) % nx, y = std::ptrdiff_t(at) / nx % ny, z = std::ptrdiff_t(at) / (nx * ny);
-            for (std::ptrdiff_t c = std::max<std::ptrdiff_t>(z - 1, 0); c <= std::min(z + 1, nz - 1); ++c)
-                for (std::ptrdiff_t b = std::max<std::ptrdiff_t>(y - 1, 0); b <= std::min(y + 1, ny - 1); ++b)
-                    for (std::ptrdiff_t a = std::max<std::ptrdiff_t>(x - 1, 0); a <= std::min(x + 1, nx - 1); ++a) {
-                        const auto next = std::size_t((c * ny + b) * nx + a);
-                        if (labels[next] != 0 && component[next] == unseen) {
-                            component[next] = id;
-                            stack.push_back(next);
+
+    TumourComponents(std::span<const std::uint8_t> labels, const Grid& grid) : of_voxel(labels.size(), none) {
+        if (labels.size() != grid.voxels())
+            throw std::invalid_argument("tumour components: " + std::to_string(labels.size()) + " labels on a grid of " +
+                                        std::to_string(grid.x) + "x" + std::to_string(grid.y) + "x" + std::to_string(grid.z));
+        std::vector<std::size_t> stack;
+        const std::ptrdiff_t nx = grid.x, ny = grid.y, nz = grid.z;
+        for (std::size_t seed = 0; seed < labels.size(); ++seed) {
+            if (labels[seed] == 0 || of_voxel[seed] != none) continue;
+            const auto id = std::uint32_t(sizes.size());
+            std::size_t size = 0;
+            of_voxel[seed] = id;
+            stack.assign(1, seed);
+            while (!stack.empty()) {
+                const std::size_t at = stack.back();
+                stack.pop_back();
+                ++size;
+                const std::ptrdiff_t x = std::ptrdiff_t(at) % nx, y = std::ptrdiff_t(at) / nx % ny, z = std::ptrdiff_t(at) / (nx * ny);
+                for (std::ptrdiff_t c = std::max<std::ptrdiff_t>(z - 1, 0); c <= std::min(z + 1, nz - 1); ++c)
+                    for (std::ptrdiff_t b = std::max<std::ptrdiff_t>(y - 1, 0); b <= std::min(y + 1, ny - 1); ++b)
+                        for (std::ptrdiff_t a = std::max<std::ptrdiff_t>(x - 1, 0); a <= std::min(x + 1, nx - 1); ++a) {
+                            const auto next = std::size_t((c * ny + b) * nx + a);
+                            if (labels[next] != 0 && of_voxel[next] == none) {
+                                of_voxel[next] = id;
+                                stack.push_back(next);
+                            }
                         }
-                    }
+            }
+            sizes.push_back(size);
         }
-        sizes.push_back(size);
     }
-    if (sizes.empty()) return removed;
-    const double smallest_kept = fraction * double(*std::max_element(sizes.begin(), sizes.end()));
-    std::vector<char> goes(sizes.size());
-    for (std::size_t k = 0; k < sizes.size(); ++k) {
-        goes[k] = double(sizes[k]) < smallest_kept;
-        if (goes[k]) ++removed.components, removed.voxels += sizes[k];
+
+    // The components under `fraction` of the largest become background in `labels` (the labels
+    // these components were found in, or a copy); what went.
+    ComponentsRemoved remove_small(std::span<std::uint8_t> labels, double fraction) const {
+        if (!(fraction >= 0 && fraction <= 1))
+            throw std::invalid_argument("remove_small_components: fraction " + std::to_string(fraction) + " is not in [0, 1]");
+        ComponentsRemoved removed;
+        if (fraction == 0 || sizes.empty()) {
+            removed.kept = sizes.size();
+            return removed;
+        }
+        const double smallest_kept = fraction * double(*std::max_element(sizes.begin(), sizes.end()));
+        std::vector<char> goes(sizes.size());
+        for (std::size_t k = 0; k < sizes.size(); ++k) {
+            goes[k] = double(sizes[k]) < smallest_kept;
+            if (goes[k]) ++removed.components, removed.voxels += sizes[k];
+        }
+        removed.kept = sizes.size() - removed.components;
+        if (removed.components > 0)
+            for (std::size_t i = 0; i < labels.size(); ++i)
+                if (of_voxel[i] != none && goes[of_voxel[i]]) labels[i] = 0;
+        return removed;
     }
-    removed.kept = sizes.size() - removed.components;
-    if (removed.components == 0) return removed;
-    for (std::size_t i = 0; i < labels.size(); ++i)
-        if (labels[i] != 0 && goes[component[i]]) labels[i] = 0;
-    return removed;
+};
+
+// The tumour components of labels on `grid` smaller than `fraction` of the largest become
+// background, in place. fraction 0 removes nothing; 1 keeps the largest (and any of its size).
+inline ComponentsRemoved remove_small_components(std::span<std::uint8_t> labels, const Grid& grid, double fraction) {
+    return TumourComponents(labels, grid).remove_small(labels, fraction);
 }
 
 struct PostProcessed {
@@ -231,11 +247,15 @@ inline PostProcessingChoice choose_postprocessing(std::span<const ValidationCase
                                         std::to_string(cases[i].prediction.size()) + " predicted and " +
                                         std::to_string(cases[i].truth.size()) + " true labels on a grid of " +
                                         std::to_string(cases[i].grid.voxels()) + " voxels");
+    std::vector<TumourComponents> components;
+    for (const ValidationCase& c : cases) components.emplace_back(c.prediction, c.grid);
+    std::vector<std::uint8_t> labels;
     for (const double fraction : fractions) {
         ComponentScore score{fraction, 0, {}, 0};
-        for (const ValidationCase& c : cases) {
-            std::vector<std::uint8_t> labels(c.prediction.begin(), c.prediction.end());
-            if (remove_small_components(labels, c.grid, fraction).voxels > 0) ++score.cases_changed;
+        for (std::size_t i = 0; i < cases.size(); ++i) {
+            const ValidationCase& c = cases[i];
+            labels.assign(c.prediction.begin(), c.prediction.end());
+            if (components[i].remove_small(labels, fraction).voxels > 0) ++score.cases_changed;
             const auto dice = detail::region_dice(labels, c.truth);
             for (int r = 0; r < kRegions; ++r) score.region_dice[std::size_t(r)] += dice[std::size_t(r)] / double(cases.size());
         }
@@ -255,10 +275,10 @@ inline PostProcessingChoice choose_postprocessing(std::span<const ValidationCase
     choice.dice_without = off.mean_dice;
     choice.dice_after_components = chosen->mean_dice;
     std::vector<EnhancingCounts> enhancing;
-    for (const ValidationCase& c : cases) {
-        std::vector<std::uint8_t> labels(c.prediction.begin(), c.prediction.end());
-        remove_small_components(labels, c.grid, choice.chosen.min_component_fraction);
-        enhancing.push_back(enhancing_counts(labels, c.truth, c.grid.voxel_mm3()));
+    for (std::size_t i = 0; i < cases.size(); ++i) {
+        labels.assign(cases[i].prediction.begin(), cases[i].prediction.end());
+        components[i].remove_small(labels, choice.chosen.min_component_fraction);
+        enhancing.push_back(enhancing_counts(labels, cases[i].truth, cases[i].grid.voxel_mm3()));
     }
     choose_enhancing_threshold(enhancing, thresholds, choice);
     return choice;
