@@ -71,6 +71,7 @@ if (( rescore )); then
 else
     [[ -f $out/split && $(cat "$out/split") == "$split" ]] || { rm -rf "$out"; mkdir -p "$out"; echo "$split" > "$out/split"; }
 fi
+train_options=(--plan --minutes "$minutes" --threads "$threads" --no-progress --pictures 1 "$@")
 for ((k = 0; k < folds; k++)); do
     [[ -z $only || $k == "$only" ]] || continue
     fold=$out/fold_$k
@@ -81,34 +82,30 @@ for ((k = 0; k < folds; k++)); do
             continue
         fi
         echo "crossval: fold $k: re-scoring its run with $brats (no training)"
-        brats_into rescore.log train --data "$fold/train" --out "$fold/run" --plan --minutes "$minutes" --threads "$threads" \
-            --no-progress --pictures 1 "$@" --resume latest
+        brats_into rescore.log train --data "$fold/train" --out "$fold/run" "${train_options[@]}" --resume latest
         rm -rf "$fold/pred"
-        brats_into predict.log predict --run "$fold/run" --data "$fold/test" --out "$fold/pred" --threads "$threads" --pictures 2
-        brats_into evaluate.log evaluate --pred "$fold/pred" --truth "$fold/test" --out "$fold/metrics.csv"
-        echo "crossval: fold $k: re-scored; $(grep -E '^mean' "$fold/evaluate.log" || tail -n 1 "$fold/evaluate.log")"
-        continue
-    fi
-    rm -rf "$fold"
-    mkdir -p "$fold/train" "$fold/test"
-    for i in "${!all[@]}"; do
-        if (( i % folds == k )); then link_case "${all[$i]}" "$fold/test"; else link_case "${all[$i]}" "$fold/train"; fi
-    done
-    echo "crossval: fold $k of $folds: held out $(ls "$fold/test" | tr '\n' ' ')"
-    start=$SECONDS
-    if (( reference )); then
-        OMP_NUM_THREADS=$threads "$python" "$root/bench/reference/train_brats_reference.py" --train "$fold/train" \
-            --test "$fold/test" --out "$fold/run" --minutes "$minutes" --threads "$threads" "$@" \
-            > "$fold/train.log" 2>&1 || { tail -n 20 "$fold/train.log"; exit 1; }
-        ln -s run/pred "$fold/pred"
     else
-        brats_into train.log train --data "$fold/train" --out "$fold/run" --plan --minutes "$minutes" --threads "$threads" \
-            --no-progress --pictures 1 "$@"
-        brats_into predict.log predict --run "$fold/run" --data "$fold/test" --out "$fold/pred" --threads "$threads" --pictures 2
+        rm -rf "$fold"
+        mkdir -p "$fold/train" "$fold/test"
+        for i in "${!all[@]}"; do
+            if (( i % folds == k )); then link_case "${all[$i]}" "$fold/test"; else link_case "${all[$i]}" "$fold/train"; fi
+        done
+        echo "crossval: fold $k of $folds: held out $(ls "$fold/test" | tr '\n' ' ')"
+        start=$SECONDS
+        if (( reference )); then
+            OMP_NUM_THREADS=$threads "$python" "$root/bench/reference/train_brats_reference.py" --train "$fold/train" \
+                --test "$fold/test" --out "$fold/run" --minutes "$minutes" --threads "$threads" "$@" \
+                > "$fold/train.log" 2>&1 || { tail -n 20 "$fold/train.log"; exit 1; }
+            ln -s run/pred "$fold/pred"
+        else
+            brats_into train.log train --data "$fold/train" --out "$fold/run" "${train_options[@]}"
+        fi
     fi
+    (( reference )) || brats_into predict.log predict --run "$fold/run" --data "$fold/test" --out "$fold/pred" --threads "$threads" --pictures 2
     brats_into evaluate.log evaluate --pred "$fold/pred" --truth "$fold/test" --out "$fold/metrics.csv"
-    echo $((SECONDS - start)) > "$fold/seconds"
-    echo "crossval: fold $k: $((SECONDS - start)) s; $(grep -E '^mean' "$fold/evaluate.log" || tail -n 1 "$fold/evaluate.log")"
+    (( rescore )) || echo $((SECONDS - start)) > "$fold/seconds"
+    echo "crossval: fold $k: $( (( rescore )) && echo re-scored || echo "$((SECONDS - start)) s");" \
+         "$(grep -E '^mean' "$fold/evaluate.log" || tail -n 1 "$fold/evaluate.log")"
 done
 
 # Every held-out case of the folds done once, then the mean over them (not the mean of the folds' means).

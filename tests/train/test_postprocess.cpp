@@ -156,6 +156,10 @@ TEST_CASE("Tumour components under a fraction of the largest become background",
     CHECK(remove_small_components(edges.labels, edges.grid, 1.0).voxels == 1);
     CHECK_THROWS_WITH(remove_small_components(edges.labels, Grid{kSide, kSide, kSide - 1}, 0.5), Catch::Contains("20x20x19"));
     CHECK_THROWS_WITH(remove_small_components(edges.labels, edges.grid, 1.5), Catch::Contains("fraction 1.5"));
+    std::vector<std::uint8_t> shorter(edges.labels.begin(), edges.labels.end() - 1);
+    CHECK_THROWS_WITH(TumourComponents(edges.labels, edges.grid).remove_small(shorter, 1.0),
+                      Catch::Contains(std::to_string(shorter.size()) + " labels, but the components were found in " +
+                                      std::to_string(edges.labels.size())));
 
     // postprocess: the components first, then the enhancing volume of what is left: the lone
     // enhancing voxel is gone, so the 8 of the core decide against a 10 mm^3 threshold.

@@ -92,6 +92,9 @@ struct TumourComponents {
     ComponentsRemoved remove_small(std::span<std::uint8_t> labels, double fraction) const {
         if (!(fraction >= 0 && fraction <= 1))
             throw std::invalid_argument("remove_small_components: fraction " + std::to_string(fraction) + " is not in [0, 1]");
+        if (labels.size() != of_voxel.size())
+            throw std::invalid_argument("remove_small_components: " + std::to_string(labels.size()) +
+                                        " labels, but the components were found in " + std::to_string(of_voxel.size()));
         ComponentsRemoved removed;
         if (fraction == 0 || sizes.empty()) {
             removed.kept = sizes.size();
