@@ -12,6 +12,8 @@
 #   * A hang is re-run with the fuzzing time limit; if it hangs in our code it is re-run once more
 #     with a generous limit, so that a slow machine cannot fail the run: only a hang that repeats
 #     there fails. One that finishes alone is reported, not failed.
+#   * An out-of-memory whose report blames no one (the live heap when libFuzzer looked is its own
+#     buffers) is re-run with a malloc limit of half the RSS limit; the block it stops is judged.
 #   * Every sanitizer report written while fuzzing is kept (log_path) and triaged too: a crash that
 #     depends on what the process ran before and does not reproduce alone is still judged by its
 #     own report. A crash that neither reproduces nor left a sanitizer report fails. An
@@ -26,6 +28,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build_root=${LIGHTUNET_BUILD_ROOT:-$root/build}
 seconds=${LIGHTUNET_FUZZ_SECONDS:-25}
 jobs=${LIGHTUNET_JOBS:-2}
+rss_limit=2048      # MB, while fuzzing and for every re-run
 hang_seconds=5      # -timeout while fuzzing and for the first re-run of a hang (inputs take ms)
 confirm_seconds=30  # -timeout for re-running a crash, and a hang the first re-run placed in our code
 
@@ -59,12 +62,14 @@ excerpt() {
 }
 
 # Runs one artifact alone (its log: <artifact>.log) and writes "<verdict line>" to <artifact>.verdict:
-# "libhdf5: ...", "ours: ...", or "not reproduced: ..." (not failing).
+# "libhdf5: ...", "ours: ...", or "not reproduced: ..." (not failing). A third argument replaces
+# the target's malloc limit (MB).
 rerun_artifact() {
     local artifact=$1 limit=$2 log=$1.log rc start
+    local malloc_mb=${3:-$malloc_limit}
     start=$SECONDS
     set +e
-    ASAN_OPTIONS=$asan UBSAN_OPTIONS=$ubsan TMPDIR=$dir/tmp timeout -k 10 $((limit + 60)) "$binary" -rss_limit_mb=2048 -malloc_limit_mb="$malloc_limit" -timeout="$limit" \
+    ASAN_OPTIONS=$asan UBSAN_OPTIONS=$ubsan TMPDIR=$dir/tmp timeout -k 10 $((limit + 60)) "$binary" -rss_limit_mb="$rss_limit" -malloc_limit_mb="$malloc_mb" -timeout="$limit" \
         "$artifact" >"$log" 2>&1
     rc=$?
     set -e
@@ -89,6 +94,21 @@ triage_artifact() {
                 verdict=$(<"$artifact.verdict")
                 if [[ $verdict == not\ reproduced:* ]]; then
                     echo "not reproduced: slow, not endless (over ${hang_seconds} s in our code, then finished alone within ${confirm_seconds} s; first re-run: $artifact.first.log)" >"$artifact.verdict"
+                fi
+            fi
+            ;;
+        oom-*)
+            rerun_artifact "$artifact" "$confirm_seconds"
+            verdict=$(<"$artifact.verdict")
+            if [[ $verdict == ours:* ]] && grep -q 'ERROR: libFuzzer: out-of-memory (used' "$artifact.log"; then
+                # The RSS report lists the live heap when libFuzzer's watchdog looked (once a
+                # second) against the peak RSS: a block of half the limit or more, touched and
+                # freed in between, leaves only libFuzzer's own buffers on the list. Once more with
+                # such blocks stopped as they are made, so that the report names who asked.
+                cp "$artifact.log" "$artifact.first.log"
+                rerun_artifact "$artifact" "$confirm_seconds" $((rss_limit / 2))
+                if ! grep -q 'ERROR: libFuzzer: out-of-memory (malloc' "$artifact.log"; then
+                    echo "$verdict (no block of $((rss_limit / 2)) MB or more either: $artifact.log)" >"$artifact.verdict"
                 fi
             fi
             ;;
@@ -124,7 +144,7 @@ fuzz_target() {
     # Reports written while fuzzing go to reports/fuzz.<pid>.
     ASAN_OPTIONS=$asan:log_path=$dir/reports/fuzz UBSAN_OPTIONS=$ubsan:log_path=$dir/reports/fuzz TMPDIR=$dir/tmp \
         timeout -k 10 "$seconds" "$binary" -fork=1 -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1 \
-        -max_total_time="$seconds" -rss_limit_mb=2048 -malloc_limit_mb="$malloc_limit" -timeout="$hang_seconds" \
+        -max_total_time="$seconds" -rss_limit_mb="$rss_limit" -malloc_limit_mb="$malloc_limit" -timeout="$hang_seconds" \
         -artifact_prefix="$dir/artifacts/" "$dir/corpus" >"$dir/fuzz.log" 2>&1 || true
 
     for artifact in "$dir"/artifacts/*; do
