@@ -212,6 +212,30 @@ TEST_CASE("graph: residual encoder blocks", "[graph]") {
     CHECK(total == UNet<resenc>::parameter_count);
 }
 
+// Training keeps no output of these ops: each runs again where read (model/unet.hpp), so the
+// list must hold only ops that cost a fraction of a 3x3 convolution of their level.
+TEST_CASE("graph: training regenerates the input convolution, pooling and up-sampling, nothing else", "[graph][memory]") {
+    auto check = []<UNetConfig C>(int expected) {
+        using G = typename UNet<C>::Graph;
+        int regenerated = 0;
+        for (const graph::Op& op : G::ops) {
+            const bool input_conv = op.kind == graph::OpKind::conv && op.in[0] == G::input_slot && !op.has_input2() && op.kernel == 3;
+            const bool cheap = input_conv || op.kind == graph::OpKind::max_pool || op.kind == graph::OpKind::up_transposed ||
+                               op.kind == graph::OpKind::up_interpolate;
+            INFO(op.module.str() << " kind " << int(op.kind));
+            CHECK(op.regenerated == cheap);
+            CHECK(!(op.regenerated && op.recomputed));
+            regenerated += op.regenerated;
+        }
+        CHECK(regenerated == expected);
+    };
+    check.template operator()<brats_2d>(1 + 4 + 4);        // input conv, 4 pools, 4 transposed ups
+    check.template operator()<brats_3d>(1 + 4 + 4);
+    check.template operator()<strided_interp>(1 + 0 + 2);  // strided convolutions are kept
+    check.template operator()<resenc>(1 + 3 + 3);          // the first block's conv1; projections kept
+    check.template operator()<supervised>(1 + 4 + 4);
+}
+
 TEST_CASE("graph: deep-supervision heads are training-only and last in the parameter layout", "[graph]") {
     using G = UNet<supervised>::Graph;
     const auto [params, buffers] = train::parameter_layout(supervised);

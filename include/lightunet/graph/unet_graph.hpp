@@ -86,6 +86,8 @@ struct Op {
     int head = -1;                 // output, and the conv feeding it: 0 the top head, 1.. deep supervision
     bool training_only = false;    // deep-supervision heads: inference skips them
     bool recomputed = false;       // norm_act whose output training does not keep: rebuilt where read
+    bool regenerated = false;      // cheap op (input convolution, pooling, up-sampling) whose output
+                                   // training does not keep: the op runs again where it is read
     Name module;                   // the PyTorch module path, without ".weight"
 
     constexpr bool has_input2() const { return in[1] != no_slot; }
@@ -189,6 +191,10 @@ public:
         for (int i = 0; i < g_.op_count; ++i)
             if (g_.ops[i].out == slot) g_.ops[i].recomputed = true;
     }
+    constexpr void mark_regenerated(int slot) {
+        for (int i = 0; i < g_.op_count; ++i)
+            if (g_.ops[i].out == slot) g_.ops[i].regenerated = true;
+    }
 
 private:
     const UNetConfig& c_;
@@ -212,9 +218,11 @@ constexpr GraphBuilder build_graph(const UNetConfig& c) {
     // Two 3x3 convolutions, each normalised and activated. Training keeps the convolutions'
     // outputs only: both activations are rebuilt from them when read (an element-wise pass)
     // rather than kept, the block's output (read by the next level and, much later, by the
-    // decoder's skip) included.
+    // decoder's skip) included. The convolution of the network's input (its few channels make it
+    // the cheapest of the finest level) is not kept either: it runs again where read.
     auto plain_block = [&](const Name& prefix, int in0, int in1, int width, int level) {
         const int z1 = e.conv(prefix.with("conv1"), OpKind::conv, in0, in1, width, 3, level);
+        if (in0 == input && in1 == no_slot) e.mark_regenerated(z1);
         const int y1 = e.norm_act(prefix.with("norm1"), z1, act);
         e.mark_recomputed(y1);
         const int z2 = e.conv(prefix.with("conv2"), OpKind::conv, y1, no_slot, width, 3, level);
@@ -224,6 +232,7 @@ constexpr GraphBuilder build_graph(const UNetConfig& c) {
     };
     auto residual_block = [&](const Name& prefix, int in, int width, int level) {
         const int z1 = e.conv(prefix.with("conv1"), OpKind::conv, in, no_slot, width, 3, level);
+        if (in == input) e.mark_regenerated(z1);
         const int y1 = e.norm_act(prefix.with("norm1"), z1, act);
         e.mark_recomputed(y1);
         const int z2 = e.conv(prefix.with("conv2"), OpKind::conv, y1, no_slot, width, 3, level);
@@ -241,8 +250,14 @@ constexpr GraphBuilder build_graph(const UNetConfig& c) {
     for (int l = 0; l < depth; ++l) {
         const Name prefix = Name("encoder.").add(l).add(".");
         if (l > 0) {
-            x = c.down == Down::max_pool ? e.max_pool(x, l)
-                                         : e.conv(prefix.with("down"), OpKind::strided_down, x, no_slot, e.channels(x), 2, l);
+            // Pooling is a pass over its input: training rebuilds it where read. A strided
+            // convolution costs a convolution and is kept.
+            if (c.down == Down::max_pool) {
+                x = e.max_pool(x, l);
+                e.mark_regenerated(x);
+            } else {
+                x = e.conv(prefix.with("down"), OpKind::strided_down, x, no_slot, e.channels(x), 2, l);
+            }
         }
         if (c.encoder == Encoder::plain) {
             x = plain_block(prefix, x, no_slot, c.widths[l], l);
@@ -255,8 +270,12 @@ constexpr GraphBuilder build_graph(const UNetConfig& c) {
     for (int l = depth - 2; l >= 0; --l) {
         const Name prefix = Name("decoder.").add(l).add(".");
         const int w = c.widths[l];
+        // Up-sampling computes one tap (transposed) or a 1x1 convolution (interpolation) per
+        // output value, a fraction of the block's 3x3 convolutions: training runs it again where
+        // its output is read instead of keeping a tensor of the finer level.
         const int up = c.up == Up::transposed_conv ? e.up_transposed(prefix.with("up"), x, w, l)
                                                    : e.conv(prefix.with("up"), OpKind::up_interpolate, x, no_slot, w, 1, l);
+        e.mark_regenerated(up);
         x = plain_block(prefix, skips[l], up, w, l);
         decoded[l] = x;
     }

@@ -6,7 +6,8 @@
 // (best fit among free buffers, growing the largest if none fits; never the buffer an op reads
 // from, as no op works in place). Training: every tensor the backward pass reads is kept until
 // its last reader in the reverse walk, but inner activations (Op::recomputed) share one buffer
-// and are recomputed; gradients take pooled buffers over the reverse walk (those of activations
+// and are recomputed, and the outputs of cheap ops (Op::regenerated) share another and are
+// computed again; gradients take pooled buffers over the reverse walk (those of activations
 // already dead among them), and a norm (or a residual join's first term) hands its output
 // gradient's buffer on to its input.
 #include <algorithm>
@@ -29,12 +30,13 @@ struct MemoryPlan {
     static constexpr int max_buffers = 2 * G::slot_count + 1;
     static constexpr int none = -1;
 
-    std::array<int, G::slot_count> value{};     // pooled buffer holding a slot's value (none: input, output, recomputed)
+    std::array<int, G::slot_count> value{};     // pooled buffer holding a slot's value (none: input, output, recomputed, regenerated)
     std::array<int, G::slot_count> gradient{};  // pooled buffer holding its gradient (training; none: not needed)
     std::array<std::size_t, max_buffers> capacity{};
     int buffers = 0;
     std::size_t scratch = 0;     // the largest op scratch
     std::size_t recomputed = 0;  // the largest recomputed activation
+    std::size_t regenerated = 0; // the largest regenerated output
     std::size_t norm_state = 0;  // all norms' statistics
     std::size_t prepared = 0;    // inference: every convolution's prepared weights
     std::size_t output = 0;      // the top head's probabilities
@@ -42,7 +44,7 @@ struct MemoryPlan {
     std::size_t label_bytes = 0; // down-sampled targets of deep-supervision heads
 
     constexpr std::size_t elements() const {
-        std::size_t n = scratch + recomputed + norm_state + prepared + output;
+        std::size_t n = scratch + recomputed + regenerated + norm_state + prepared + output;
         for (int b = 0; b < buffers; ++b) n += capacity[b];
         return n;
     }
@@ -97,6 +99,7 @@ struct MemoryPlan {
         for (const graph::Op& op : G::ops) {
             if (op.out == G::output_slot) continue;
             if (op.recomputed) p.recomputed = std::max(p.recomputed, size(op.out));
+            else if (op.regenerated) p.regenerated = std::max(p.regenerated, size(op.out));
             else p.value[op.out] = acquire(size(op.out));
         }
         p.loss_sums = 3 * std::size_t(s.n) * C.classes;

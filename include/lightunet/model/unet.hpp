@@ -88,7 +88,7 @@ public:
     }
     // What the tensors planned so far hold (equals workspace_bytes after one pass in one mode).
     std::size_t planned_bytes() const {
-        std::size_t elements = scratch_.capacity() + recomputed_.capacity() + probs_.capacity();
+        std::size_t elements = scratch_.capacity() + recomputed_.capacity() + regenerated_.capacity() + probs_.capacity();
         for (const auto& t : pool_) elements += t.capacity();
         for (const auto& layer : layers_) {
             if (const auto* na = std::get_if<NormAct>(&layer)) elements += na->state_capacity();
@@ -283,25 +283,51 @@ private:
     using Plan = MemoryPlan<C, Backend, T>;
 
     // The graph promises what the walks below rely on. Recomputed activations share one buffer:
-    // each is a norm's output rebuilt from its kept input, and no op reads two of them.
+    // each is a norm's output rebuilt from its input, and no op reads two of them. Regenerated
+    // outputs share another: each is a cheap single-input op run again from the network's input,
+    // a kept value or a recomputed activation of a kept one, and no op reads two of them. An op
+    // reading both kinds gets its regenerated input first (that may rebuild another activation
+    // in the shared buffer), then its recomputed one, whose own input must then not be another
+    // regenerated output.
     static constexpr bool recomputed_slot(int slot) {
         return slot != graph::no_slot && slot != Graph::input_slot && Graph::ops[Graph::producer[slot]].recomputed;
     }
+    static constexpr bool regenerated_slot(int slot) {
+        return slot != graph::no_slot && slot != Graph::input_slot && Graph::ops[Graph::producer[slot]].regenerated;
+    }
+    static constexpr int input_of(int slot) { return Graph::ops[Graph::producer[slot]].in[0]; }
     static constexpr bool recomputed_from_kept_inputs() {
         for (int i = 0; i < Graph::op_count; ++i) {
             const graph::Op& op = Graph::ops[i];
-            if (!op.recomputed) continue;
-            if (op.kind != graph::OpKind::norm_act || recomputed_slot(op.in[0])) return false;
+            if (op.recomputed && (op.regenerated || op.kind != graph::OpKind::norm_act || recomputed_slot(op.in[0]))) return false;
         }
         return true;
     }
-    static_assert(recomputed_from_kept_inputs(), "a recomputed activation must be a norm's output, rebuilt from a kept input");
-    static constexpr bool reads_one_recomputed_at_a_time() {
-        for (const graph::Op& op : Graph::ops)
-            if (op.has_input2() && op.in[0] != op.in[1] && recomputed_slot(op.in[0]) && recomputed_slot(op.in[1])) return false;
+    static_assert(recomputed_from_kept_inputs(), "a recomputed activation must be a norm's output, rebuilt from a kept or regenerated input");
+    static constexpr bool regenerated_from_kept_inputs() {
+        for (const graph::Op& op : Graph::ops) {
+            if (!op.regenerated) continue;
+            const bool cheap = op.kind == graph::OpKind::max_pool || op.kind == graph::OpKind::up_transposed ||
+                               op.kind == graph::OpKind::up_interpolate || op.kind == graph::OpKind::conv;
+            if (!cheap || op.has_input2() || op.head >= 0 || regenerated_slot(op.in[0])) return false;
+            if (recomputed_slot(op.in[0]) && regenerated_slot(input_of(op.in[0]))) return false;
+        }
         return true;
     }
-    static_assert(reads_one_recomputed_at_a_time(), "an op may read only one recomputed activation (they share a buffer)");
+    static_assert(regenerated_from_kept_inputs(), "a regenerated output must come from a single-input cheap op whose input is no regenerated output");
+    static constexpr bool reads_one_shared_value_of_each_kind() {
+        for (const graph::Op& op : Graph::ops) {
+            if (!op.has_input2() || op.in[0] == op.in[1]) continue;
+            for (int k = 0; k < 2; ++k) {
+                const int a = op.in[k], b = op.in[1 - k];
+                if (recomputed_slot(a) && recomputed_slot(b)) return false;
+                if (regenerated_slot(a) && regenerated_slot(b)) return false;
+                if (regenerated_slot(a) && recomputed_slot(b) && regenerated_slot(input_of(b))) return false;
+            }
+        }
+        return true;
+    }
+    static_assert(reads_one_shared_value_of_each_kind(), "an op may read only one recomputed and one regenerated value (each kind shares a buffer)");
     static constexpr bool norms_read_once() {
         for (int i = 0; i < Graph::op_count; ++i)
             if (Graph::ops[i].kind == graph::OpKind::norm_act && Graph::accumulates(i, 0)) return false;
@@ -382,6 +408,7 @@ private:
         for (int b = 0; b < p.buffers; ++b) grow(pool_[b], p.capacity[b]);
         grow(scratch_, p.scratch);
         grow(recomputed_, p.recomputed);
+        grow(regenerated_, p.regenerated);
         for (auto& layer : layers_) std::visit([&](auto& l) { l.plan(s); }, layer);
         probs_.resize(slot_shape_at(Graph::output_slot, s));
         if (training) {
@@ -407,6 +434,7 @@ private:
         if (slot == Graph::input_slot) return const_cast<T*>(x.data());  // read only: the input is never written
         if (slot == Graph::output_slot) return probs_.data();
         if (training_ && Graph::ops[Graph::producer[slot]].recomputed) return recomputed_.data();
+        if (training_ && Graph::ops[Graph::producer[slot]].regenerated) return regenerated_.data();
         const Plan& p = training_ ? training_plan_ : eval_plan_;
         return pool_[p.value[slot]].data();
     }
@@ -416,8 +444,29 @@ private:
     void ensure_recomputed(int slot, const Tensor<T, Backend>& x, const layers::Pass<T>& p) {
         if (!recomputed_slot(slot) || recomputed_holds_ == slot) return;
         const int producer = Graph::producer[slot];
+        ensure_regenerated(Graph::ops[producer].in[0], x, p);
         std::get<NormAct>(layers_[producer]).recompute(p, value_of(Graph::ops[producer].in[0], x), recomputed_.data());
         recomputed_holds_ = slot;
+    }
+    // Runs a regenerated output's op again in its shared buffer unless it holds it already (the
+    // same op on the same input: the same bits). Uses the scratch: only between ops.
+    void ensure_regenerated(int slot, const Tensor<T, Backend>& x, const layers::Pass<T>& p) {
+        if (!regenerated_slot(slot) || regenerated_holds_ == slot) return;
+        const int producer = Graph::producer[slot];
+        const int in = Graph::ops[producer].in[0];
+        ensure_recomputed(in, x, p);
+        std::visit([&](auto& layer) { layer.forward(p, value_of(in, x), nullptr, regenerated_.data()); }, layers_[producer]);
+        regenerated_holds_ = slot;
+    }
+    // Every value op i's pass reads (`backward`: its backward's), the regenerated ones first.
+    void ensure_read_values(int i, bool backward, const Tensor<T, Backend>& x, const layers::Pass<T>& p) {
+        const graph::Op& op = Graph::ops[i];
+        const int slots[3] = {op.in[0], op.in[1], backward ? op.out : graph::no_slot};
+        auto read = [&](int slot) { return slot != graph::no_slot && (!backward || Plan::backward_reads(op, slot)); };
+        for (int slot : slots)
+            if (read(slot)) ensure_regenerated(slot, x, p);
+        for (int slot : slots)
+            if (read(slot)) ensure_recomputed(slot, x, p);
     }
 
     layers::Pass<T> pass() {
@@ -428,14 +477,14 @@ private:
     void run_forward(const Tensor<T, Backend>& x, bool training) {
         training_ = training;
         const layers::Pass<T> p = pass();
-        recomputed_holds_ = graph::no_slot;
+        recomputed_holds_ = regenerated_holds_ = graph::no_slot;
         for (int i = 0; i < Graph::op_count; ++i) {
             const graph::Op& op = Graph::ops[i];
             if (op.training_only && !training) continue;
             if (training) {
-                ensure_recomputed(op.in[0], x, p);
-                if (op.has_input2()) ensure_recomputed(op.in[1], x, p);
+                ensure_read_values(i, false, x, p);
                 if (op.recomputed) recomputed_holds_ = op.out;
+                if (op.regenerated) regenerated_holds_ = op.out;
             }
             const T* in0 = value_of(op.in[0], x);
             const T* in1 = op.has_input2() ? value_of(op.in[1], x) : nullptr;
@@ -458,8 +507,7 @@ private:
         for (int i = Graph::op_count - 1; i >= 0; --i) {
             const graph::Op& op = Graph::ops[i];
             if (op.kind == graph::OpKind::output) continue;  // the loss wrote d loss / d logits
-            for (int slot : {op.in[0], op.in[1], op.out})
-                if (slot != graph::no_slot && Plan::backward_reads(op, slot)) ensure_recomputed(slot, x, p);
+            ensure_read_values(i, true, x, p);
             const T* in0 = value_of(op.in[0], x);
             const T* in1 = op.has_input2() ? value_of(op.in[1], x) : nullptr;
             T* grad_out = gradient(op.out);
@@ -479,7 +527,7 @@ private:
     Tensor<T, Backend> params_, grads_, buffers_;
     std::array<Layer, Graph::op_count> layers_;
     std::array<Tensor<T, Backend>, Plan::max_buffers> pool_;
-    Tensor<T, Backend> scratch_, recomputed_, probs_;
+    Tensor<T, Backend> scratch_, recomputed_, regenerated_, probs_;
     Tensor<double, Backend> loss_sums_;
     std::array<Tensor<std::uint8_t, Backend>, std::max(1, Graph::head_count - 1)> labels_;  // down-sampled targets
     Plan training_plan_{}, eval_plan_{};
@@ -489,7 +537,8 @@ private:
     Shape planned_shape_{};
     bool planned_training_ = false, planned_eval_ = false, training_ = false;
     bool activations_kept_ = false;  // a training forward's activations, not yet used by a backward
-    int recomputed_holds_ = graph::no_slot;  // the slot whose value recomputed_ holds
+    int recomputed_holds_ = graph::no_slot;   // the slot whose value recomputed_ holds
+    int regenerated_holds_ = graph::no_slot;  // the slot whose value regenerated_ holds
 };
 
 }  // namespace lightunet
