@@ -142,14 +142,14 @@ TEST_CASE("training plan: gradients take the buffers of activations the walk is 
 
 // The BraTS benchmark networks (bench_unet) at their real sizes: what a training step holds.
 // Before the depth slabs and the gradient reuse: 2304 MiB (3D, 128^3, batch 1) and 1138 MiB (2D,
-// 240^2, batch 8); before the cheap ops' outputs were regenerated: 1320 and 731 MiB; now 1129
-// and 599.
+// 240^2, batch 8); before the cheap ops' outputs were regenerated and the slabs halved: 1320
+// and 731 MiB (a portable build; native ones differ by a few MiB); now 1081 and 599.
 TEST_CASE("training plan of the BraTS networks at real sizes", "[model][memory]") {
     constexpr std::size_t MiB = std::size_t(1) << 20;
     constexpr std::size_t bytes3d = UNet<brats3d>::workspace_bytes({1, 4, 128, 128, 128}, Mode::train);
     constexpr std::size_t bytes2d = UNet<brats2d>::workspace_bytes({8, 4, 1, 240, 240}, Mode::train);
     INFO("3D " << bytes3d / MiB << " MiB, 2D " << bytes2d / MiB << " MiB");
-    CHECK(bytes3d <= 1130 * MiB);
+    CHECK(bytes3d <= 1090 * MiB);
     CHECK(bytes2d <= 600 * MiB);
 }
 
