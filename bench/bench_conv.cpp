@@ -7,6 +7,9 @@
 #include <array>
 #include <chrono>
 #include <vector>
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+#endif
 
 #include <lightunet/backend/cpu/kernels.hpp>
 #ifdef LIGHTUNET_BENCH_ONEDNN
@@ -118,6 +121,37 @@ void fma_peak(benchmark::State& state) {
         benchmark::DoNotOptimize(total);
     }
     const double flops = double(steps) * chains * B::size * 2 * cpu_kernels::thread_count();
+    state.counters["GFLOPs"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+#endif
+
+#if defined(__AVX512BF16__) && !defined(LIGHTUNET_CPU_DISPATCH)
+// The peak of the bf16 convolutions' instruction, vdpbf16ps (16 lanes, each adding two bf16
+// products to an fp32 sum: 64 flops), in the fma_peak's terms. Whether bf16 pays on a host is
+// this against fma_peak: at the FMA's instruction rate it doubles the flops; on the Intel Xeon of
+// 2026-12-05 (AVX512_BF16, AMX-BF16) it ran at half the FMA's flops, and the bf16 training steps
+// were slower than fp32 there.
+void bf16_dot_peak(benchmark::State& state) {
+    constexpr int chains = 24;
+    constexpr long steps = 1 << 22;
+    for (auto _ : state) {
+        float total = 0;
+#pragma omp parallel reduction(+ : total)
+        {
+            __m512 acc[chains];
+            for (int i = 0; i < chains; ++i) acc[i] = _mm512_set1_ps(float(i));
+            const __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80), b = (__m512bh)_mm512_set1_epi16(0x3380);  // 1.0, 2^-24
+            for (long k = 0; k < steps; ++k)
+                detail::static_for<chains>([&](auto i) { acc[i] = _mm512_dpbf16_ps(acc[i], a, b); });
+            alignas(64) float lanes[16];
+            for (int i = 0; i < chains; ++i) {
+                _mm512_store_ps(lanes, acc[i]);
+                for (float v : lanes) total += v;
+            }
+        }
+        benchmark::DoNotOptimize(total);
+    }
+    const double flops = double(steps) * chains * 16 * 4 * cpu_kernels::thread_count();
     state.counters["GFLOPs"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 #endif
@@ -268,6 +302,9 @@ void network_shapes(benchmark::internal::Benchmark* b) {
 
 #ifndef LIGHTUNET_CPU_DISPATCH  // a portable build's own code is baseline x86-64: no peak to show
 BENCHMARK(fma_peak)->Unit(benchmark::kMillisecond)->UseRealTime();
+#endif
+#if defined(__AVX512BF16__) && !defined(LIGHTUNET_CPU_DISPATCH)
+BENCHMARK(bf16_dot_peak)->Unit(benchmark::kMillisecond)->UseRealTime();
 #endif
 BENCHMARK(conv_forward)->Apply(shapes);
 BENCHMARK(conv_backward)->Apply(shapes);
