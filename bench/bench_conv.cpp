@@ -100,28 +100,36 @@ void winograd_vs_direct(benchmark::State& state) {
 }
 
 #ifndef LIGHTUNET_CPU_DISPATCH
-// The machine's FP32 FMA peak in this run, for "% of peak": independent accumulator chains per
-// thread, enough to fill two FMA pipes of latency <= 6, and few enough that the chains and the
-// two constants stay in registers (16 with AVX2: 16 chains spilled and halved the figure).
-void fma_peak(benchmark::State& state) {
-    using B = cpu_kernels::Batch<float>;
-    constexpr int chains = cpu_kernels::wide_register_file ? 24 : 12;
+// A peak in this run: `chains` independent accumulators per thread, each `step`ped 2^22 times
+// (`flops` per step of one chain), started from `start(i)` and summed by `sum` so that nothing is
+// optimised away.
+template <int chains, class Start, class Step, class Sum>
+void chain_peak(benchmark::State& state, double flops, Start start, Step step, Sum sum) {
     constexpr long steps = 1 << 22;
     for (auto _ : state) {
         float total = 0;
 #pragma omp parallel reduction(+ : total)
         {
-            B acc[chains];
-            for (int i = 0; i < chains; ++i) acc[i] = B(float(i));
-            const B m(0.999999f), c(1e-7f);
-            for (long k = 0; k < steps; ++k)
-                detail::static_for<chains>([&](auto i) { acc[i] = xsimd::fma(acc[i], m, c); });
-            for (int i = 0; i < chains; ++i) total += xsimd::hadd(acc[i]);
+            decltype(start(0)) acc[chains];
+            for (int i = 0; i < chains; ++i) acc[i] = start(i);
+            for (long k = 0; k < steps; ++k) detail::static_for<chains>([&](auto i) { acc[i] = step(acc[i]); });
+            for (int i = 0; i < chains; ++i) total += sum(acc[i]);
         }
         benchmark::DoNotOptimize(total);
     }
-    const double flops = double(steps) * chains * B::size * 2 * cpu_kernels::thread_count();
-    state.counters["GFLOPs"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+    state.counters["GFLOPs"] = benchmark::Counter(double(steps) * chains * flops * cpu_kernels::thread_count() * 1e-9,
+                                                  benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// The machine's FP32 FMA peak, for "% of peak": enough chains to fill two FMA pipes of latency
+// <= 6, and few enough that the chains and the two constants stay in registers (16 with AVX2: 16
+// chains spilled and halved the figure).
+void fma_peak(benchmark::State& state) {
+    using B = cpu_kernels::Batch<float>;
+    const B m(0.999999f), c(1e-7f);
+    chain_peak<cpu_kernels::wide_register_file ? 24 : 12>(
+        state, 2.0 * B::size, [](int i) { return B(float(i)); }, [&](const B& a) { return xsimd::fma(a, m, c); },
+        [](const B& a) { return xsimd::hadd(a); });
 }
 #endif
 
@@ -132,27 +140,16 @@ void fma_peak(benchmark::State& state) {
 // 2026-12-05 (AVX512_BF16, AMX-BF16) it ran at half the FMA's flops, and the bf16 training steps
 // were slower than fp32 there.
 void bf16_dot_peak(benchmark::State& state) {
-    constexpr int chains = 24;
-    constexpr long steps = 1 << 22;
-    for (auto _ : state) {
-        float total = 0;
-#pragma omp parallel reduction(+ : total)
-        {
-            __m512 acc[chains];
-            for (int i = 0; i < chains; ++i) acc[i] = _mm512_set1_ps(float(i));
-            const __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80), b = (__m512bh)_mm512_set1_epi16(0x3380);  // 1.0, 2^-24
-            for (long k = 0; k < steps; ++k)
-                detail::static_for<chains>([&](auto i) { acc[i] = _mm512_dpbf16_ps(acc[i], a, b); });
+    const __m512bh one = (__m512bh)_mm512_set1_epi16(0x3f80), tiny = (__m512bh)_mm512_set1_epi16(0x3380);  // 1.0, 2^-24
+    chain_peak<24>(
+        state, 64.0, [](int i) { return _mm512_set1_ps(float(i)); }, [&](__m512 a) { return _mm512_dpbf16_ps(a, one, tiny); },
+        [](__m512 a) {
             alignas(64) float lanes[16];
-            for (int i = 0; i < chains; ++i) {
-                _mm512_store_ps(lanes, acc[i]);
-                for (float v : lanes) total += v;
-            }
-        }
-        benchmark::DoNotOptimize(total);
-    }
-    const double flops = double(steps) * chains * 16 * 4 * cpu_kernels::thread_count();
-    state.counters["GFLOPs"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+            _mm512_store_ps(lanes, a);
+            float s = 0;
+            for (float v : lanes) s += v;
+            return s;
+        });
 }
 #endif
 
