@@ -26,8 +26,8 @@ constexpr int output_group_channels(const PaddedLayout& l, int channels) {
 // wider side's padded planes allow, and of equal depth but the last. 2D problems are one slab.
 // LIGHTUNET_CONV_SLAB_BYTES changes the bound for a whole program (the tests run every 3D shape
 // in slabs of a plane or two with a tiny one); every translation unit must see the same value.
-// 16 MiB: the 3D BraTS training step plans 40 MiB less than with 32 at the same speed; 8 MiB
-// saves 24 more but the halo planes and short slabs cost 2-4 % of the step.
+// 16 MiB: the 3D BraTS training step holds 40 MiB less than with 32 at the same speed
+// (docs/performance.md, "Memory": bench_unet built with each bound).
 #ifndef LIGHTUNET_CONV_SLAB_BYTES
 #define LIGHTUNET_CONV_SLAB_BYTES (std::size_t(16) << 20)
 #endif
