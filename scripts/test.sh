@@ -41,6 +41,14 @@ if command -v nvcc >/dev/null 2>&1 || [[ -x /usr/local/cuda/bin/nvcc ]]; then
     cuda+=(-DLIGHTUNET_CUDA=ON "-DCMAKE_CUDA_ARCHITECTURES=${LIGHTUNET_CUDA_ARCHS:-75;90}" "${cuda_launcher[@]}")
 fi
 
+# One OpenMP thread per test: ctest -j N runs N tests at once, and with two threads each the
+# cores are oversubscribed, where libgomp's spin-waiting barriers collapse: a 2-second bf16 test
+# took 30-120 s with a second copy beside it on 2 cores, and CI timed it out at 900 s. Measured
+# on a 2-vCPU host, release ctest -j2 (all but consumer and compile-fail tests): 393 s with two
+# threads per test, 229 s with one. Results do not depend on the thread count; the tests that
+# compare 1 and 2 threads (or train on 2) set the count themselves, and brats sets its own.
+export OMP_NUM_THREADS=1
+
 step "release: configure"
 cmake -S "$root" -B "$build_root/release" -DCMAKE_BUILD_TYPE=Release -DLIGHTUNET_NATIVE=ON "${cuda[@]}" "${common[@]}"
 step "release: build"
