@@ -422,3 +422,47 @@ TEMPLATE_TEST_CASE("prepared weights give the forward pass's bits, within their 
         check_prepared<TestType>({{1, 12, 10}, 1, 1, 1, 24, 7, a}, 2);    // 1x1 (heads, stride-2 rearranged)
     }
 }
+
+// Where the CPU has AMX, the bf16 Fprop and Dgrad run on tiles (conv_bf16.hpp): the same rounded
+// operands as vdpbf16ps, summed in another order, so equal to it up to fp32 rounding. Input pair
+// counts with every tile depth: 16 (a full block), 8 and 12 (one block of all), 24 (two of 12),
+// 17 (a prime: blocks of one pair), 2; output counts past and below a block of 16.
+TEST_CASE("AMX tiles and vdpbf16ps compute the same bf16 convolution", "[conv][bf16][amx]") {
+#if LIGHTUNET_AMX_COMPILED
+    if (!cpu_kernels::amx_runs()) {
+        WARN("SKIPPED: no AMX here (or turned off: LIGHTUNET_CPU_AMX=0, LIGHTUNET_CPU_BF16=0)");
+        return;
+    }
+    const ConvProblem problems[] = {{{1, 20, 37}, 1, 3, 3, 32, 17}, {{1, 9, 50}, 1, 3, 3, 16, 16}, {{1, 12, 12}, 1, 3, 3, 48, 40},
+                                    {{5, 6, 7}, 3, 3, 3, 24, 10},   {{3, 8, 9}, 3, 3, 3, 34, 33},   {{4, 5, 6}, 1, 1, 1, 4, 3}};
+    for (const ConvProblem& p : problems) {
+        const cpu_kernels::PaddedLayout l = cpu_kernels::slab_layout(p, p.extent.d);
+        const std::ptrdiff_t plane = std::ptrdiff_t(p.extent.size());
+        const std::vector<float> x = random_vector<float>(std::size_t(p.cin) * plane, 11), w = random_vector<float>(p.weight_count(), 12);
+        const ChannelSource<float> source{x.data(), p.cin, p.cin * plane};
+        std::vector<std::uint32_t> x2(std::size_t(p.cin + 2) * l.stride + 4096);
+        cpu_kernels::pad_source_pairs<float>(l, std::span(&source, 1), 0, plane, cpu_kernels::VolumeSlab::with_halo(0, p.extent.d),
+                                             reinterpret_cast<std::uint16_t*>(x2.data()));
+        std::vector<float> outputs[2];
+        for (const bool amx : {false, true}) {
+            std::vector<std::uint32_t> packed(cpu_kernels::packed_weights_bf16_size<float>(p.cout, p.cin, p.taps()));
+            cpu_kernels::pack_weights_bf16(w.data(), p.cout, p.cin, p.taps(), false, packed.data(), amx);
+            std::vector<float>& y = outputs[amx];
+            y.assign(std::size_t(p.cout) * plane, 0.0f);
+            cpu_kernels::fprop_padded_bf16(
+                l, p.cin, reinterpret_cast<const std::uint16_t*>(x2.data()), packed.data(), 0, p.cout,
+                [&](int oc) { return cpu_kernels::CompactChannel<float>{y.data() + oc * plane, 0.5f, false}; }, amx);
+        }
+        double worst = 0, scale = 0;
+        for (std::size_t i = 0; i < outputs[0].size(); ++i) {
+            worst = std::max(worst, std::abs(double(outputs[1][i]) - double(outputs[0][i])));
+            scale = std::max(scale, std::abs(double(outputs[0][i])));
+        }
+        INFO("cin " << p.cin << ", cout " << p.cout << ", taps " << p.taps() << ": worst difference " << worst << " of " << scale);
+        CHECK(scale > 1.0);
+        CHECK(worst <= 1e-5 * scale);
+    }
+#else
+    WARN("SKIPPED: the AMX kernels are compiled for AVX-512 targets on x86-64 Linux only");
+#endif
+}

@@ -8,6 +8,10 @@
 // voxel, so the padded input is stored as channel pairs interleaved per voxel
 // ([pair][q][2] bf16) and the weights as pairs of input channels ([block][pair][tap][R] of two
 // bf16); a chunk's accumulators are the fp32 kernel's, and so is everything after them.
+// Where the CPU also has AMX (Sapphire Rapids and later), Fprop and Dgrad run on tile
+// multiply-adds instead (tdpbf16ps: 16 output channels x 16 voxels x 16 input pairs per
+// instruction) on the same [pair][q][2] padding, whose rows of 16 voxels are exactly a tile's
+// rows of pairs; the weights are packed as the tiles' rows ([16 outputs][k pairs] per tap).
 // Elsewhere (and for Wgrad) the same rounded operands go through the fp32 kernels: a product of
 // two bf16 values is exact in fp32, so both compute the same sums up to their order.
 #include <cstdint>
@@ -25,6 +29,14 @@
 #define LIGHTUNET_BF16_DOT_COMPILED 1
 #else
 #define LIGHTUNET_BF16_DOT_COMPILED 0
+#endif
+#if LIGHTUNET_BF16_DOT_COMPILED && defined(__x86_64__) && defined(__linux__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#define LIGHTUNET_AMX_COMPILED 1
+#else
+#define LIGHTUNET_AMX_COMPILED 0
 #endif
 
 namespace lightunet::cpu_kernels::inline LIGHTUNET_CPU_TARGET {
@@ -95,6 +107,35 @@ inline bool bf16_dot_runs() {
     return false;
 #endif
 }
+
+// Whether Fprop and Dgrad run on AMX tiles: the vdpbf16ps kernels run, the CPU has AMX-TILE and
+// AMX-BF16, and Linux lets this process use the tile data (asked once: arch_prctl). With
+// LIGHTUNET_CPU_AMX=0 the vdpbf16ps kernels run instead, for tests and benchmarks.
+inline bool amx_runs() {
+#if LIGHTUNET_AMX_COMPILED
+    static const bool runs = [] {
+        const char* env = std::getenv("LIGHTUNET_CPU_AMX");
+        if ((env && std::string(env) == "0") || !bf16_dot_runs()) return false;
+        unsigned a = 0, b = 0, c = 0, d = 0;
+        if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+        const bool tile = (d >> 24) & 1u, bf16 = (d >> 22) & 1u;
+        constexpr long request_permission = 0x1023, tile_data = 18;  // ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA
+        return tile && bf16 && syscall(SYS_arch_prctl, request_permission, tile_data) == 0;
+    }();
+    return runs;
+#else
+    return false;
+#endif
+}
+
+// Input pairs per tile multiply-add: the largest divisor of the pair count up to 16, so that
+// one tile shape serves every block (16 input channels of a BraTS net: 8 pairs; 48: 2 x 12).
+constexpr int amx_pair_block(int pairs) {
+    for (int k = pairs < 16 ? pairs : 16; k > 1; --k)
+        if (pairs % k == 0) return k;
+    return 1;
+}
+inline constexpr int amx_rows = 16;  // output channels per tile
 
 // Elements of T the pair layouts need at most (they fit the fp32 layouts' sizes: asserted).
 constexpr std::ptrdiff_t channel_pairs(int channels) { return (channels + 1) / 2; }
@@ -176,8 +217,10 @@ void pad_sources_bf16(const PaddedLayout& l, std::span<const ChannelSource<T>> s
 // Weights [cout][cin][taps] as [block of R outputs][input pair][tap][R] of two bf16 (the pair's
 // first channel in the low half), zero past cout and cin. `dgrad`: the data gradient's kernel
 // (outputs and inputs exchanged, taps mirrored), as pack_dgrad_weights.
+// With `amx`, the tiles' layout: [block of 16 outputs][block of k pairs][tap][16][k] (k:
+// amx_pair_block), each tap's block one tile of 16 rows.
 template <class T>
-void pack_weights_bf16(const T* weight, int cout, int cin, int taps, bool dgrad, std::uint32_t* packed) {
+void pack_weights_bf16(const T* weight, int cout, int cin, int taps, bool dgrad, std::uint32_t* packed, bool amx = amx_runs()) {
     constexpr int R = fprop_rows;
     const int outs = dgrad ? cin : cout, ins = dgrad ? cout : cin;
     const std::ptrdiff_t pairs = channel_pairs(ins);
@@ -185,20 +228,82 @@ void pack_weights_bf16(const T* weight, int cout, int cin, int taps, bool dgrad,
         if (o >= outs || i >= ins) return 0.0f;
         return float(dgrad ? weight[(std::ptrdiff_t(i) * cin + o) * taps + (taps - 1 - t)] : weight[(std::ptrdiff_t(o) * cin + i) * taps + t]);
     };
+    auto word = [&](int o, int i, int t) { return std::uint32_t(bf16_bits(at(o, i, t))) | (std::uint32_t(bf16_bits(at(o, i + 1, t))) << 16); };
+    if (amx) {
+        const int k = amx_pair_block(int(pairs));
+        parallel_for(ceil_div(outs, amx_rows), [&](std::ptrdiff_t b) {
+            std::uint32_t* dst = packed + b * pairs * taps * amx_rows;
+            for (std::ptrdiff_t kb = 0; kb < pairs / k; ++kb)
+                for (int t = 0; t < taps; ++t)
+                    for (int r = 0; r < amx_rows; ++r)
+                        for (int j = 0; j < k; ++j)
+                            *dst++ = word(int(b) * amx_rows + r, int(2 * (kb * k + j)), t);
+        });
+        return;
+    }
     parallel_for(ceil_div(outs, R), [&](std::ptrdiff_t b) {
         std::uint32_t* dst = packed + b * pairs * taps * R;
         for (std::ptrdiff_t pr = 0; pr < pairs; ++pr)
             for (int t = 0; t < taps; ++t)
                 for (int r = 0; r < R; ++r) {
-                    const int o = int(b) * R + r, i = int(2 * pr);
-                    dst[(pr * taps + t) * R + r] = std::uint32_t(bf16_bits(at(o, i, t))) | (std::uint32_t(bf16_bits(at(o, i + 1, t))) << 16);
+                    dst[(pr * taps + t) * R + r] = word(int(b) * R + r, int(2 * pr), t);
                 }
     });
 }
 template <class T, VectorGeometry G = geometry>
-constexpr std::size_t packed_weights_bf16_size(int outs, int ins, int taps) {  // in uint32
-    return std::size_t(round_up(outs, G.fprop_rows())) * std::size_t(channel_pairs(ins)) * std::size_t(taps);
+constexpr std::size_t packed_weights_bf16_size(int outs, int ins, int taps) {  // in uint32, either layout
+    const int rows = G.fprop_rows() > amx_rows ? G.fprop_rows() : amx_rows;
+    return std::size_t(round_up(outs, rows)) * std::size_t(channel_pairs(ins)) * std::size_t(taps);
 }
+
+#if LIGHTUNET_AMX_COMPILED
+// The tile shapes of one convolution: accumulators 0-2 (16 outputs x 16 voxels, fp32), weights 3
+// (16 outputs x k pairs), inputs 4-6 (k pairs x 16 voxels). Loaded per thread, per work item.
+struct alignas(64) AmxTileConfig {
+    std::uint8_t palette = 1, start_row = 0, reserved[14] = {};
+    std::uint16_t bytes_per_row[16] = {};
+    std::uint8_t rows[16] = {};
+
+    explicit AmxTileConfig(int k) {
+        for (int t = 0; t < 7; ++t) {
+            rows[t] = std::uint8_t(t < 3 || t == 3 ? amx_rows : k);
+            bytes_per_row[t] = std::uint16_t(t == 3 ? 4 * k : 64);
+        }
+    }
+};
+__attribute__((target("amx-tile"))) inline void amx_load_config(const AmxTileConfig& config) { _tile_loadconfig(&config); }
+__attribute__((target("amx-tile"))) inline void amx_release() { _tile_release(); }
+
+// One chunk of 3 x 16 voxels x 16 output channels into acc_out ([16][48] floats, overwritten),
+// summed over every input pair and tap: x2 at the chunk's first voxel of pair 0.
+__attribute__((target("amx-tile,amx-bf16"))) inline void fprop_chunk_amx(const std::uint16_t* x2, std::ptrdiff_t pair_stride,
+                                                                          const std::ptrdiff_t* tap_offset, int taps, int pair_blocks,
+                                                                          int k, const std::uint32_t* w, float* acc_out) {
+    const long input_row_bytes = long(pair_stride) * 2, weight_row_bytes = 4L * k;
+    asm volatile("" ::: "memory");  // the padding and weights are written before the tiles read them
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    for (int kb = 0; kb < pair_blocks; ++kb) {
+        const std::uint16_t* xk = x2 + std::ptrdiff_t(kb) * k * pair_stride;
+        const std::uint32_t* wk = w + std::ptrdiff_t(kb) * taps * amx_rows * k;
+        for (int t = 0; t < taps; ++t) {
+            const std::uint16_t* xp = xk + 2 * tap_offset[t];
+            _tile_loadd(3, wk + std::ptrdiff_t(t) * amx_rows * k, weight_row_bytes);
+            _tile_loadd(4, xp, input_row_bytes);
+            _tile_loadd(5, xp + 32, input_row_bytes);
+            _tile_loadd(6, xp + 64, input_row_bytes);
+            _tile_dpbf16ps(0, 3, 4);
+            _tile_dpbf16ps(1, 3, 5);
+            _tile_dpbf16ps(2, 3, 6);
+        }
+    }
+    _tile_stored(0, acc_out, 3 * 64);
+    _tile_stored(1, acc_out + 16, 3 * 64);
+    _tile_stored(2, acc_out + 32, 3 * 64);
+    asm volatile("" ::: "memory");  // acc_out is read after
+}
+#endif
 
 #if LIGHTUNET_BF16_DOT_COMPILED
 // One chunk of V vectors of voxels x R output channels, summed over input pairs [cp_begin,
@@ -426,12 +531,50 @@ inline void wgrad_bf16(const PaddedLayout& l, int cin, int cout, const std::uint
 // fprop_padded on bf16 channel pairs (pad_source_pairs) and pack_weights_bf16's weights. Every
 // input pair goes into a chunk's accumulators at once, so the outputs are always written
 // straight through output_of.
+// `amx`: the tile kernel, on weights packed for it (oc_begin a multiple of 16).
 template <class OutputOf>
 void fprop_padded_bf16(const PaddedLayout& l, int cin, const std::uint16_t* x2, const std::uint32_t* packed, int oc_begin,
-                       int oc_end, OutputOf&& output_of) {
+                       int oc_end, OutputOf&& output_of, bool amx = amx_runs()) {
 #if LIGHTUNET_BF16_DOT_COMPILED
     using T = float;
     using B = Batch<T>;
+#if LIGHTUNET_AMX_COMPILED
+    if (amx) {
+        constexpr int R = amx_rows, V = 3, L = lanes<T>;
+        constexpr std::ptrdiff_t chunk = std::ptrdiff_t(V) * L;  // the vdpbf16ps kernel's: the same reads
+        const std::ptrdiff_t chunks = ceil_div(l.run_length, chunk);
+        constexpr std::ptrdiff_t tile_chunks = 8;
+        const std::ptrdiff_t tiles = ceil_div(chunks, tile_chunks);
+        const int blocks = int(ceil_div(oc_end - oc_begin, R));
+        const int pairs = int(channel_pairs(cin)), k = amx_pair_block(pairs);
+        if (oc_begin % R != 0) throw std::logic_error("fprop_padded_bf16: AMX output blocks start at multiples of 16");
+        const AmxTileConfig config(k);
+        parallel_for(tiles * blocks, [&](std::ptrdiff_t item) {
+            const std::ptrdiff_t tile = item / blocks;
+            const int oc0 = oc_begin + int(item % blocks) * R;
+            const int rows = std::min(R, oc_end - oc0);
+            const std::uint32_t* w = packed + std::ptrdiff_t(oc0 / R) * pairs * l.taps * R;
+            CompactRows<T, R> compact{};
+            for (int r = 0; r < rows; ++r) {
+                const CompactChannel<T> c = output_of(oc0 + r);
+                compact.base[r] = c.base;
+                compact.bias[r] = c.bias;
+                compact.accumulate[r] = c.accumulate;
+            }
+            alignas(64) T acc[R * V * L];
+            amx_load_config(config);
+            for (std::ptrdiff_t c = tile * tile_chunks; c < std::min(chunks, (tile + 1) * tile_chunks); ++c) {
+                const std::ptrdiff_t q = l.run_begin + c * chunk;
+                fprop_chunk_amx(x2 + 2 * q, 2 * l.stride, l.tap_offset.data(), l.taps, pairs / k, k, w, acc);
+                B sums[R][V];
+                static_for<R>([&](auto r) { static_for<V>([&](auto v) { sums[r][v] = B::load_aligned(acc + (r * V + v) * L); }); });
+                store_fprop_chunk<T, R, V>(sums, nullptr, 0, rows, &compact, &l, q);
+            }
+            amx_release();
+        });
+        return;
+    }
+#endif
     constexpr int R = fprop_rows, V = fprop_vectors, L = lanes<T>;
     static_assert(L == 16, "the bf16 kernel's vectors are AVX-512's");
     constexpr std::ptrdiff_t chunk = std::ptrdiff_t(V) * L;
@@ -464,7 +607,7 @@ void fprop_padded_bf16(const PaddedLayout& l, int cin, const std::uint16_t* x2, 
         }
     });
 #else
-    (void)l, (void)cin, (void)x2, (void)packed, (void)oc_begin, (void)oc_end, (void)output_of;
+    (void)l, (void)cin, (void)x2, (void)packed, (void)oc_begin, (void)oc_end, (void)output_of, (void)amx;
     throw std::logic_error("fprop_padded_bf16: not compiled for this target");
 #endif
 }

@@ -64,6 +64,7 @@ struct CpuTarget {
     KernelTable<float> f32;
     KernelTable<double> f64;
     bool (*bf16_dot_runs)();  // Precision::bf16 runs vdpbf16ps kernels (else fp32 ones on rounded operands)
+    bool (*amx_runs)();       // ... and its Fprop and Dgrad AMX tiles
 
     template <class T>
     constexpr const KernelTable<T>& kernels() const {

@@ -86,10 +86,11 @@ struct Kernels<cpu> {
     // What Precision::bf16 convolutions run on in this process.
     static std::string bf16_kernels() {
 #ifdef LIGHTUNET_CPU_DISPATCH
-        const bool dot = cpu_kernels::selected_cpu_target().bf16_dot_runs();
+        const bool dot = cpu_kernels::selected_cpu_target().bf16_dot_runs(), amx = cpu_kernels::selected_cpu_target().amx_runs();
 #else
-        const bool dot = cpu_kernels::bf16_dot_runs();
+        const bool dot = cpu_kernels::bf16_dot_runs(), amx = cpu_kernels::amx_runs();
 #endif
+        if (amx) return "AMX tiles (AMX-BF16: Fprop, Dgrad) and vdpbf16ps (AVX512_BF16: Wgrad)";
         return dot ? "vdpbf16ps (AVX512_BF16)" : "fp32 multiply-adds on bf16-rounded operands (no AVX512_BF16 kernels here)";
     }
 

@@ -51,7 +51,7 @@ constexpr KernelTable<T> table() {
 
 const CpuTarget& LIGHTUNET_PASTE(LIGHTUNET_CPU_TARGET, _target)() {
     static constexpr CpuTarget target{LIGHTUNET_CPU_TARGET_NAME, LIGHTUNET_CPU_TARGET_LEVEL, geometry, table<float>(),
-                                      table<double>(), &bf16_dot_runs};
+                                      table<double>(), &bf16_dot_runs, &amx_runs};
     return target;
 }
 
