@@ -25,13 +25,17 @@ using namespace lightunet;
 
 namespace {
 
-// Argument "algo": 0 automatic (Winograd where it applies), 1 direct kernels only. GFLOPs counts
-// the direct convolution's multiply-adds either way, so the two compare as times do.
+// Argument "algo": 0 automatic (Winograd where it applies), 1 direct kernels only, 2 bf16
+// operands (direct; the kernels Kernels<cpu>::bf16_kernels() names: AMX tiles, vdpbf16ps or
+// fp32 on rounded operands). GFLOPs counts the direct convolution's multiply-adds in every case,
+// so they compare as times do.
 ConvProblem problem_from(const benchmark::State& state) {
     const int dims = int(state.range(0)), size = int(state.range(1)), cin = int(state.range(2)), cout = int(state.range(3));
     const int k = int(state.range(4));
     const ConvAlgorithm a = state.range(5) == 0 ? ConvAlgorithm::automatic : ConvAlgorithm::direct;
-    return dims == 3 ? ConvProblem{{size, size, size}, k, k, k, cin, cout, a} : ConvProblem{{1, size, size}, 1, k, k, cin, cout, a};
+    ConvProblem p = dims == 3 ? ConvProblem{{size, size, size}, k, k, k, cin, cout, a} : ConvProblem{{1, size, size}, 1, k, k, cin, cout, a};
+    if (state.range(5) == 2) p.precision = Precision::bf16;
+    return p;
 }
 
 ConvProblem with_algorithm(ConvProblem p, ConvAlgorithm a) {
@@ -153,15 +157,57 @@ void bf16_dot_peak(benchmark::State& state) {
 }
 #endif
 
+#if LIGHTUNET_AMX_COMPILED && !defined(LIGHTUNET_CPU_DISPATCH)
+// The peak of AMX's tdpbf16ps (16 x 16 fp32 sums of 32 bf16 products each: 16384 flops), four
+// independent accumulator tiles per thread on register-resident operands, in the same terms.
+__attribute__((target("amx-tile,amx-bf16"))) void amx_chains(long steps) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    _tile_zero(4);
+    _tile_zero(5);
+    _tile_zero(6);
+    _tile_zero(7);
+    for (long k = 0; k < steps; ++k) {
+        _tile_dpbf16ps(0, 4, 5);
+        _tile_dpbf16ps(1, 4, 6);
+        _tile_dpbf16ps(2, 4, 7);
+        _tile_dpbf16ps(3, 5, 6);
+    }
+}
+void amx_peak(benchmark::State& state) {
+    if (!cpu_kernels::amx_runs()) {
+        state.SkipWithError("no AMX tiles here (or LIGHTUNET_CPU_AMX=0)");
+        return;
+    }
+    constexpr long steps = 1 << 16;
+    cpu_kernels::AmxTileConfig config(16);  // every tile 16 rows of 64 bytes
+    config.rows[7] = 16;
+    config.bytes_per_row[7] = 64;
+    for (auto _ : state) {
+#pragma omp parallel
+        {
+            cpu_kernels::amx_load_config(config);
+            amx_chains(steps);
+            cpu_kernels::amx_release();
+        }
+    }
+    state.counters["GFLOPs"] = benchmark::Counter(double(steps) * 4 * 16384 * cpu_kernels::thread_count() * 1e-9,
+                                                  benchmark::Counter::kIsIterationInvariantRate);
+}
+#endif
+
 // dims, spatial size, cin, cout, kernel, algorithm (2D 3x3 shapes: both, back to back)
 void shapes(benchmark::internal::Benchmark* b) {
     b->ArgNames({"dims", "size", "cin", "cout", "k", "algo"});
     for (const auto& [size, cin, cout] : {std::array{240, 4, 32}, std::array{240, 32, 32}, std::array{240, 64, 32},
                                           std::array{120, 64, 64}, std::array{120, 128, 64}, std::array{60, 128, 128},
                                           std::array{60, 256, 128}, std::array{30, 256, 256}, std::array{15, 512, 512}})
-        for (int algo : {0, 1}) b->Args({2, size, cin, cout, 3, algo});
+        for (int algo : {0, 1, 2}) b->Args({2, size, cin, cout, 3, algo});
     b->Args({2, 240, 32, 4, 1, 0});
-    b->Args({3, 128, 16, 16, 3, 0})->Args({3, 128, 32, 16, 3, 0})->Args({3, 64, 32, 32, 3, 0})->Args({3, 16, 128, 128, 3, 0});
+    for (int algo : {0, 2})
+        b->Args({3, 128, 16, 16, 3, algo})->Args({3, 128, 32, 16, 3, algo})->Args({3, 64, 32, 32, 3, algo})->Args({3, 16, 128, 128, 3, algo});
     b->Unit(benchmark::kMillisecond)->UseRealTime();
 }
 
@@ -302,6 +348,9 @@ BENCHMARK(fma_peak)->Unit(benchmark::kMillisecond)->UseRealTime();
 #endif
 #if defined(__AVX512BF16__) && !defined(LIGHTUNET_CPU_DISPATCH)
 BENCHMARK(bf16_dot_peak)->Unit(benchmark::kMillisecond)->UseRealTime();
+#endif
+#if LIGHTUNET_AMX_COMPILED && !defined(LIGHTUNET_CPU_DISPATCH)
+BENCHMARK(amx_peak)->Unit(benchmark::kMillisecond)->UseRealTime();
 #endif
 BENCHMARK(conv_forward)->Apply(shapes);
 BENCHMARK(conv_backward)->Apply(shapes);
