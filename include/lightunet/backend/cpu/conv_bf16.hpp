@@ -528,65 +528,26 @@ inline void wgrad_bf16(const PaddedLayout& l, int cin, int cout, const std::uint
 #endif
 }
 
-// fprop_padded on bf16 channel pairs (pad_source_pairs) and pack_weights_bf16's weights. Every
-// input pair goes into a chunk's accumulators at once, so the outputs are always written
-// straight through output_of.
-// `amx`: the tile kernel, on weights packed for it (oc_begin a multiple of 16).
-template <class OutputOf>
-void fprop_padded_bf16(const PaddedLayout& l, int cin, const std::uint16_t* x2, const std::uint32_t* packed, int oc_begin,
-                       int oc_end, OutputOf&& output_of, bool amx = amx_runs()) {
 #if LIGHTUNET_BF16_DOT_COMPILED
+// The bf16 Fprop's work: items of 8 chunks of V x 16 voxels by a block of R output channels.
+// chunk_into(w, q, acc) sums the chunk at padded voxel q into acc ([R][V][16] floats) from the
+// block's packed weights w; the direct kernel's output path writes them. `in_item(f)` runs an
+// item's chunks (f), on the thread that runs the item.
+template <int R, int V, class OutputOf, class ChunkInto, class InItem>
+void fprop_bf16_items(const PaddedLayout& l, int pairs, const std::uint32_t* packed, int oc_begin, int oc_end, OutputOf& output_of,
+                      ChunkInto chunk_into, InItem in_item) {
     using T = float;
     using B = Batch<T>;
-#if LIGHTUNET_AMX_COMPILED
-    if (amx) {
-        constexpr int R = amx_rows, V = 3, L = lanes<T>;
-        constexpr std::ptrdiff_t chunk = std::ptrdiff_t(V) * L;  // the vdpbf16ps kernel's: the same reads
-        const std::ptrdiff_t chunks = ceil_div(l.run_length, chunk);
-        constexpr std::ptrdiff_t tile_chunks = 8;
-        const std::ptrdiff_t tiles = ceil_div(chunks, tile_chunks);
-        const int blocks = int(ceil_div(oc_end - oc_begin, R));
-        const int pairs = int(channel_pairs(cin)), k = amx_pair_block(pairs);
-        if (oc_begin % R != 0) throw std::logic_error("fprop_padded_bf16: AMX output blocks start at multiples of 16");
-        const AmxTileConfig config(k);
-        parallel_for(tiles * blocks, [&](std::ptrdiff_t item) {
-            const std::ptrdiff_t tile = item / blocks;
-            const int oc0 = oc_begin + int(item % blocks) * R;
-            const int rows = std::min(R, oc_end - oc0);
-            const std::uint32_t* w = packed + std::ptrdiff_t(oc0 / R) * pairs * l.taps * R;
-            CompactRows<T, R> compact{};
-            for (int r = 0; r < rows; ++r) {
-                const CompactChannel<T> c = output_of(oc0 + r);
-                compact.base[r] = c.base;
-                compact.bias[r] = c.bias;
-                compact.accumulate[r] = c.accumulate;
-            }
-            alignas(64) T acc[R * V * L];
-            amx_load_config(config);
-            for (std::ptrdiff_t c = tile * tile_chunks; c < std::min(chunks, (tile + 1) * tile_chunks); ++c) {
-                const std::ptrdiff_t q = l.run_begin + c * chunk;
-                fprop_chunk_amx(x2 + 2 * q, 2 * l.stride, l.tap_offset.data(), l.taps, pairs / k, k, w, acc);
-                B sums[R][V];
-                static_for<R>([&](auto r) { static_for<V>([&](auto v) { sums[r][v] = B::load_aligned(acc + (r * V + v) * L); }); });
-                store_fprop_chunk<T, R, V>(sums, nullptr, 0, rows, &compact, &l, q);
-            }
-            amx_release();
-        });
-        return;
-    }
-#endif
-    constexpr int R = fprop_rows, V = fprop_vectors, L = lanes<T>;
-    static_assert(L == 16, "the bf16 kernel's vectors are AVX-512's");
+    constexpr int L = lanes<T>;
+    static_assert(L == 16, "the bf16 kernels' vectors are AVX-512's");
     constexpr std::ptrdiff_t chunk = std::ptrdiff_t(V) * L;
     const std::ptrdiff_t chunks = ceil_div(l.run_length, chunk);
     constexpr std::ptrdiff_t tile_chunks = 8;
     const std::ptrdiff_t tiles = ceil_div(chunks, tile_chunks);
     const int blocks = int(ceil_div(oc_end - oc_begin, R));
-    const int pairs = int(channel_pairs(cin));
     parallel_for(tiles * blocks, [&](std::ptrdiff_t item) {
         const std::ptrdiff_t tile = item / blocks;
-        const int block = int(item % blocks);
-        const int oc0 = oc_begin + block * R;
+        const int oc0 = oc_begin + int(item % blocks) * R;
         const int rows = std::min(R, oc_end - oc0);
         const std::uint32_t* w = packed + std::ptrdiff_t(oc0 / R) * pairs * l.taps * R;
         const std::ptrdiff_t c_end = std::min(chunks, (tile + 1) * tile_chunks);
@@ -598,14 +559,54 @@ void fprop_padded_bf16(const PaddedLayout& l, int cin, const std::uint16_t* x2, 
             compact.accumulate[r] = c.accumulate;
         }
         alignas(64) T acc[R * V * L];
-        for (std::ptrdiff_t c = tile * tile_chunks; c < c_end; ++c) {
-            const std::ptrdiff_t q = l.run_begin + c * chunk;
-            fprop_chunk_bf16<R, V>(x2 + 2 * q, 2 * l.stride, l.tap_offset.data(), l.taps, 0, pairs, w, acc);
-            B sums[R][V];
-            static_for<R>([&](auto r) { static_for<V>([&](auto v) { sums[r][v] = B::load_aligned(acc + (r * V + v) * L); }); });
-            store_fprop_chunk<T, R, V>(sums, nullptr, 0, rows, &compact, &l, q);
-        }
+        in_item([&] {
+            for (std::ptrdiff_t c = tile * tile_chunks; c < c_end; ++c) {
+                const std::ptrdiff_t q = l.run_begin + c * chunk;
+                chunk_into(w, q, acc);
+                B sums[R][V];
+                static_for<R>([&](auto r) { static_for<V>([&](auto v) { sums[r][v] = B::load_aligned(acc + (r * V + v) * L); }); });
+                store_fprop_chunk<T, R, V>(sums, nullptr, 0, rows, &compact, &l, q);
+            }
+        });
     });
+}
+#endif
+
+// fprop_padded on bf16 channel pairs (pad_source_pairs) and pack_weights_bf16's weights. Every
+// input pair goes into a chunk's accumulators at once, so the outputs are always written
+// straight through output_of. `amx`: the tile kernel, on weights packed for it (oc_begin a
+// multiple of 16).
+template <class OutputOf>
+void fprop_padded_bf16(const PaddedLayout& l, int cin, const std::uint16_t* x2, const std::uint32_t* packed, int oc_begin,
+                       int oc_end, OutputOf&& output_of, bool amx = amx_runs()) {
+#if LIGHTUNET_BF16_DOT_COMPILED
+    const int pairs = int(channel_pairs(cin));
+    const std::ptrdiff_t pair_stride = 2 * l.stride;
+#if LIGHTUNET_AMX_COMPILED
+    if (amx) {
+        if (oc_begin % amx_rows != 0) throw std::logic_error("fprop_padded_bf16: AMX output blocks start at multiples of 16");
+        const int k = amx_pair_block(pairs);
+        const AmxTileConfig config(k);
+        fprop_bf16_items<amx_rows, 3>(
+            l, pairs, packed, oc_begin, oc_end, output_of,
+            [&](const std::uint32_t* w, std::ptrdiff_t q, float* acc) {
+                fprop_chunk_amx(x2 + 2 * q, pair_stride, l.tap_offset.data(), l.taps, pairs / k, k, w, acc);
+            },
+            [&](auto&& chunks) {
+                amx_load_config(config);  // the tile state is per thread
+                chunks();
+                amx_release();
+            });
+        return;
+    }
+#endif
+    constexpr int R = fprop_rows, V = fprop_vectors;
+    fprop_bf16_items<R, V>(
+        l, pairs, packed, oc_begin, oc_end, output_of,
+        [&](const std::uint32_t* w, std::ptrdiff_t q, float* acc) {
+            fprop_chunk_bf16<R, V>(x2 + 2 * q, pair_stride, l.tap_offset.data(), l.taps, 0, pairs, w, acc);
+        },
+        [](auto&& chunks) { chunks(); });
 #else
     (void)l, (void)cin, (void)x2, (void)packed, (void)oc_begin, (void)oc_end, (void)output_of, (void)amx;
     throw std::logic_error("fprop_padded_bf16: not compiled for this target");
