@@ -565,7 +565,9 @@ void fprop_bf16_items(const PaddedLayout& l, int pairs, const std::uint32_t* pac
                 chunk_into(w, q, acc);
                 B sums[R][V];
                 static_for<R>([&](auto r) { static_for<V>([&](auto v) { sums[r][v] = B::load_aligned(acc + (r * V + v) * L); }); });
-                store_fprop_chunk<T, R, V>(sums, nullptr, 0, rows, &compact, &l, q);
+                // Compact rows only: the padded-rows target is never written (acc, not a null
+                // pointer that GCC 12's -Warray-bounds follows into the unused branch).
+                store_fprop_chunk<T, R, V>(sums, acc, 0, rows, &compact, &l, q);
             }
         });
     });
