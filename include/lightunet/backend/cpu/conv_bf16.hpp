@@ -257,18 +257,30 @@ constexpr std::size_t packed_weights_bf16_size(int outs, int ins, int taps) {  /
 }
 
 #if LIGHTUNET_AMX_COMPILED
-// The tile shapes of one convolution: accumulators 0-2 (16 outputs x 16 voxels, fp32), weights 3
-// (16 outputs x k pairs), inputs 4-6 (k pairs x 16 voxels). Loaded per thread, per work item.
+// The shapes of the 8 tile registers (ldtilecfg's 64-byte layout), loaded per thread.
 struct alignas(64) AmxTileConfig {
     std::uint8_t palette = 1, start_row = 0, reserved[14] = {};
     std::uint16_t bytes_per_row[16] = {};
     std::uint8_t rows[16] = {};
 
-    explicit AmxTileConfig(int k) {
-        for (int t = 0; t < 7; ++t) {
-            rows[t] = std::uint8_t(t < 3 || t == 3 ? amx_rows : k);
-            bytes_per_row[t] = std::uint16_t(t == 3 ? 4 * k : 64);
-        }
+    constexpr AmxTileConfig& shape(int tile, int tile_rows, int row_bytes) {
+        rows[tile] = std::uint8_t(tile_rows);
+        bytes_per_row[tile] = std::uint16_t(row_bytes);
+        return *this;
+    }
+    // Fprop: accumulators 0-2 (16 outputs x 16 voxels, fp32), weights 3 (16 outputs x k pairs),
+    // inputs 4-6 (k pairs x 16 voxels).
+    static constexpr AmxTileConfig fprop(int k) {
+        AmxTileConfig c;
+        for (int t = 0; t < 3; ++t) c.shape(t, amx_rows, 64).shape(4 + t, k, 64);
+        return c.shape(3, amx_rows, 4 * k);
+    }
+    // Wgrad: accumulators 0-5 (`channels` inputs x 16 outputs, fp32), inputs 6 (`channels` x
+    // `pairs` voxel pairs), output gradient 7 (`pairs` voxel pairs x 16 outputs).
+    static constexpr AmxTileConfig wgrad(int channels, int pairs) {
+        AmxTileConfig c;
+        for (int t = 0; t < 6; ++t) c.shape(t, channels, 64);
+        return c.shape(6, channels, 4 * pairs).shape(7, pairs, 64);
     }
 };
 __attribute__((target("amx-tile"))) inline void amx_load_config(const AmxTileConfig& config) { _tile_loadconfig(&config); }
@@ -482,10 +494,83 @@ inline void add_blocked_weight_gradient(const float* blocked, int k_count, int c
 }
 #endif
 
+#if LIGHTUNET_AMX_COMPILED
+// The AMX weight gradient of one block of 16 output channels, one block of `channels` input
+// channels and taps [t0, t0 + taps_here) (at most 6): C[ci][oc] of a tap sums, over voxel pairs,
+// x rows (the plain padding at the tap's offset: a tile row is 32 voxels of one input channel)
+// times the output gradient's blocked pairs ([voxel pair][16 outputs] words, block_gradient_pairs).
+// Short sums of 256 pairs, as wgrad_tile_bf16, are added into dw ([k][16] for the block; row
+// ci * taps + t). The last pairs (fewer than 16) take a tile shape of their own.
+// Tile numbers are part of the instructions (the intrinsics paste them): one line per tile.
+__attribute__((target("amx-tile,amx-bf16"))) inline void wgrad_amx_step(const std::uint16_t* const* x_at, long x_row_bytes,
+                                                                       std::ptrdiff_t voxel, int taps_here) {
+#define LIGHTUNET_AMX_WGRAD_STEP(j)                                  \
+    if (j < taps_here) {                                             \
+        _tile_loadd(6, x_at[j] + voxel, x_row_bytes);                \
+        _tile_dpbf16ps(j, 6, 7);                                     \
+    }
+    LIGHTUNET_AMX_WGRAD_STEP(0)
+    LIGHTUNET_AMX_WGRAD_STEP(1)
+    LIGHTUNET_AMX_WGRAD_STEP(2)
+    LIGHTUNET_AMX_WGRAD_STEP(3)
+    LIGHTUNET_AMX_WGRAD_STEP(4)
+    LIGHTUNET_AMX_WGRAD_STEP(5)
+#undef LIGHTUNET_AMX_WGRAD_STEP
+}
+__attribute__((target("amx-tile,avx512f"))) inline void wgrad_amx_flush(float* const* dw_at, std::ptrdiff_t dw_row, int channels,
+                                                                       int taps_here) {
+    alignas(64) float sums[6][16][16];
+#define LIGHTUNET_AMX_WGRAD_STORE(j)   \
+    if (j < taps_here) {               \
+        _tile_stored(j, sums[j], 64);  \
+        _tile_zero(j);                 \
+    }
+    LIGHTUNET_AMX_WGRAD_STORE(0)
+    LIGHTUNET_AMX_WGRAD_STORE(1)
+    LIGHTUNET_AMX_WGRAD_STORE(2)
+    LIGHTUNET_AMX_WGRAD_STORE(3)
+    LIGHTUNET_AMX_WGRAD_STORE(4)
+    LIGHTUNET_AMX_WGRAD_STORE(5)
+#undef LIGHTUNET_AMX_WGRAD_STORE
+    asm volatile("" ::: "memory");  // the tiles wrote sums
+    for (int j = 0; j < taps_here; ++j)
+        for (int r = 0; r < channels; ++r) {
+            float* to = dw_at[j] + r * dw_row;
+            _mm512_storeu_ps(to, _mm512_add_ps(_mm512_loadu_ps(to), _mm512_load_ps(sums[j][r])));
+        }
+}
+__attribute__((target("amx-tile,amx-bf16,avx512f"))) inline void wgrad_block_amx(const std::uint16_t* const* x_at, long x_row_bytes,
+                                                                                const std::uint32_t* g_pairs, std::ptrdiff_t pairs,
+                                                                                float* const* dw_at, std::ptrdiff_t dw_row, int channels,
+                                                                                int taps_here) {
+    constexpr std::ptrdiff_t short_sum = 256;  // voxel pairs
+    const std::ptrdiff_t whole = pairs / 16 * 16;
+    const AmxTileConfig full = AmxTileConfig::wgrad(channels, 16);
+    amx_load_config(full);  // zeroes the accumulators
+    asm volatile("" ::: "memory");
+    for (std::ptrdiff_t p0 = 0; p0 < whole; p0 += short_sum) {
+        for (std::ptrdiff_t p = p0; p < std::min(whole, p0 + short_sum); p += 16) {
+            _tile_loadd(7, g_pairs + p * 16, 64);
+            wgrad_amx_step(x_at, x_row_bytes, 2 * p, taps_here);
+        }
+        wgrad_amx_flush(dw_at, dw_row, channels, taps_here);
+    }
+    if (const int rest = int(pairs - whole); rest > 0) {
+        const AmxTileConfig last = AmxTileConfig::wgrad(channels, rest);
+        amx_load_config(last);
+        _tile_loadd(7, g_pairs + whole * 16, 64);
+        wgrad_amx_step(x_at, x_row_bytes, 2 * whole, taps_here);
+        wgrad_amx_flush(dw_at, dw_row, channels, taps_here);
+    }
+    amx_release();
+}
+#endif
+
 // dweight[oc][ci * taps + t] += sum over the slab's run of g[oc][q] * x[ci][q + offset(t)], from
 // the plain bf16 paddings x16 (halo planes of data) and g16 (zeros outside the slab's interior).
+// `amx`: on tiles (wgrad_block_amx), the same blocked output gradient and sums.
 inline void wgrad_bf16(const PaddedLayout& l, int cin, int cout, const std::uint16_t* x16, const std::uint16_t* g16, float* dweight,
-                       float* scratch) {
+                       float* scratch, bool amx = amx_runs()) {
 #if LIGHTUNET_BF16_DOT_COMPILED
     constexpr int L = 16;
     const int k_count = cin * l.taps, blocks = int(ceil_div(cout, L));
@@ -496,6 +581,30 @@ inline void wgrad_bf16(const PaddedLayout& l, int cin, int cout, const std::uint
         block_gradient_pairs(g16 + l.run_begin, l.stride, l.run_length, cout, int(b), reinterpret_cast<std::uint32_t*>(g_blk) + b * pairs * L);
         std::fill(dw_blk + b * k_count * L, dw_blk + (b + 1) * k_count * L, 0.0f);
     });
+#if LIGHTUNET_AMX_COMPILED
+    if (amx) {
+        // Work items: a block of outputs x a block of 16 inputs x a group of taps, the groups as
+        // large as leave 4 items per thread (the grouping does not change any sum).
+        const int channel_blocks = int(ceil_div(cin, L));
+        int group = 6;
+        while (group > 1 && std::ptrdiff_t(blocks) * channel_blocks * ceil_div(l.taps, group) < 4 * thread_count()) group /= 2;
+        const int groups = int(ceil_div(l.taps, group));
+        parallel_for(std::ptrdiff_t(blocks) * channel_blocks * groups, [&](std::ptrdiff_t item) {
+            const int b = int(item / (channel_blocks * groups)), cb = int(item / groups % channel_blocks), t0 = int(item % groups) * group;
+            const int channels = std::min(L, cin - cb * L), taps_here = std::min(group, l.taps - t0);
+            const std::uint16_t* x_at[6];
+            float* dw_at[6];
+            for (int j = 0; j < taps_here; ++j) {
+                x_at[j] = x16 + std::ptrdiff_t(cb * L) * l.stride + l.run_begin + l.tap_offset[t0 + j];
+                dw_at[j] = dw_blk + (std::ptrdiff_t(b) * k_count + std::ptrdiff_t(cb * L) * l.taps + t0 + j) * L;
+            }
+            wgrad_block_amx(x_at, long(l.stride) * 2, reinterpret_cast<const std::uint32_t*>(g_blk) + b * pairs * L, pairs, dw_at,
+                            std::ptrdiff_t(l.taps) * L, channels, taps_here);
+        });
+        parallel_for(blocks, [&](std::ptrdiff_t b) { add_blocked_weight_gradient(dw_blk + b * k_count * L, k_count, cout, int(b), dweight); });
+        return;
+    }
+#endif
     constexpr int R = 2, P = 12;
     auto run = [&](auto rows, int b0, int k0) {
         constexpr int RR = decltype(rows)::value, PP = R * P / RR;
@@ -523,7 +632,7 @@ inline void wgrad_bf16(const PaddedLayout& l, int cin, int cout, const std::uint
     }
     parallel_for(blocks, [&](std::ptrdiff_t b) { add_blocked_weight_gradient(dw_blk + b * k_count * L, k_count, cout, int(b), dweight); });
 #else
-    (void)l, (void)cin, (void)cout, (void)x16, (void)g16, (void)dweight, (void)scratch;
+    (void)l, (void)cin, (void)cout, (void)x16, (void)g16, (void)dweight, (void)scratch, (void)amx;
     throw std::logic_error("wgrad_bf16: not compiled for this target");
 #endif
 }
@@ -588,7 +697,7 @@ void fprop_padded_bf16(const PaddedLayout& l, int cin, const std::uint16_t* x2, 
     if (amx) {
         if (oc_begin % amx_rows != 0) throw std::logic_error("fprop_padded_bf16: AMX output blocks start at multiples of 16");
         const int k = amx_pair_block(pairs);
-        const AmxTileConfig config(k);
+        const AmxTileConfig config = AmxTileConfig::fprop(k);
         fprop_bf16_items<amx_rows, 3>(
             l, pairs, packed, oc_begin, oc_end, output_of,
             [&](const std::uint32_t* w, std::ptrdiff_t q, float* acc) {
