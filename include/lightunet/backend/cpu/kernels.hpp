@@ -90,7 +90,7 @@ struct Kernels<cpu> {
 #else
         const bool dot = cpu_kernels::bf16_dot_runs(), amx = cpu_kernels::amx_runs();
 #endif
-        if (amx) return "AMX tiles (AMX-BF16: Fprop, Dgrad) and vdpbf16ps (AVX512_BF16: Wgrad)";
+        if (amx) return "AMX tiles (AMX-BF16: Fprop, Dgrad, Wgrad)";
         return dot ? "vdpbf16ps (AVX512_BF16)" : "fp32 multiply-adds on bf16-rounded operands (no AVX512_BF16 kernels here)";
     }
 
