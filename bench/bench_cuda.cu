@@ -136,7 +136,7 @@ void norm_case(std::vector<Case>& cases, const std::string& tag, Norm norm, int 
                                         static_cast<const float*>(s->beta.data()), s->y.data(), s->mean.data(), s->invstd.data(),
                                         s->rm.data(), s->rv.data(), NormStats::batch);
         Kernels<cuda>::norm_act_backward(g, a, static_cast<const float*>(s->z.data()), static_cast<const float*>(s->y.data()),
-                                         static_cast<const float*>(s->y.data()), static_cast<const float*>(s->gamma.data()),
+                                         static_cast<const float*>(s->gamma.data()), static_cast<const float*>(s->beta.data()),
                                          static_cast<const float*>(s->mean.data()), static_cast<const float*>(s->invstd.data()),
                                          s->y.data(), s->dg.data(), s->db.data(), s->scratch.data());
     };

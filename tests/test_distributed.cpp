@@ -56,7 +56,7 @@ TEST_CASE("batch norm split across ranks has the whole batch's statistics and gr
     std::vector<double> dgamma(channels, 0.0), dbeta(channels, 0.0), scratch(2 * std::size_t(images) * channels);
     cpu_kernels::norm_act_forward(whole, act, z.data(), gamma.data(), beta.data(), y.data(), mean.data(), invstd.data(), rm.data(),
                                   rv.data(), NormStats::batch);
-    cpu_kernels::norm_act_backward(whole, act, z.data(), y.data(), dy.data(), gamma.data(), mean.data(), invstd.data(), dz.data(),
+    cpu_kernels::norm_act_backward(whole, act, z.data(), dy.data(), gamma.data(), beta.data(), mean.data(), invstd.data(), dz.data(),
                                    dgamma.data(), dbeta.data(), scratch.data());
 
     ThreadGroup group(ranks);
@@ -72,7 +72,7 @@ TEST_CASE("batch norm split across ranks has the whole batch's statistics and gr
         const double* zr = z.data() + r * share;
         cpu_kernels::norm_act_forward(mine, act, zr, gamma.data(), beta.data(), part_y[r].data(), m.data(), s.data(),
                                       part_rm[r].data(), part_rv[r].data(), NormStats::batch, &across);
-        cpu_kernels::norm_act_backward(mine, act, zr, part_y[r].data(), dy.data() + r * share, gamma.data(), m.data(), s.data(),
+        cpu_kernels::norm_act_backward(mine, act, zr, dy.data() + r * share, gamma.data(), beta.data(), m.data(), s.data(),
                                        part_dz[r].data(), part_dgamma[r].data(), part_dbeta[r].data(), sc.data(), &across);
     });
     for (int r = 0; r < ranks; ++r) {

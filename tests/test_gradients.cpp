@@ -209,14 +209,14 @@ void check_norm_act(Norm norm, Act act, Extent extent, int images, int channels,
     // Backward: dz fresh, dgamma and dbeta accumulated onto what they hold.
     std::vector<double> dz(count, 99.0), dgamma(std::size_t(channels), 0.25), dbeta(std::size_t(channels), -0.5);
     std::vector<double> scratch(2 * std::size_t(images) * channels);
-    cpu_kernels::norm_act_backward(g, a, z.data(), y.data(), r.data(), gamma.data(), mean.data(), invstd.data(), dz.data(),
+    cpu_kernels::norm_act_backward(g, a, z.data(), r.data(), gamma.data(), beta.data(), mean.data(), invstd.data(), dz.data(),
                                    dgamma.data(), dbeta.data(), scratch.data());
     for (auto& v : dgamma) v -= 0.25;
     for (auto& v : dbeta) v += 0.5;
 
     // In place (dz aliasing dy), as the model runs it: the same numbers.
     std::vector<double> dz_alias = r, dgamma2(std::size_t(channels), 0.0), dbeta2(std::size_t(channels), 0.0);
-    cpu_kernels::norm_act_backward(g, a, z.data(), y.data(), dz_alias.data(), gamma.data(), mean.data(), invstd.data(),
+    cpu_kernels::norm_act_backward(g, a, z.data(), dz_alias.data(), gamma.data(), beta.data(), mean.data(), invstd.data(),
                                    dz_alias.data(), dgamma2.data(), dbeta2.data(), scratch.data());
     {
         double worst = 0;
@@ -401,6 +401,64 @@ TEST_CASE("norm + activation backward equals finite differences", "[gradients][n
                 check_norm_act(norm, act, {3, 2, 3}, 3, 4, seed + 1000);
             }
         }
+}
+
+// The backward pass takes the activation's derivative from the sign of v = z * scale + shift
+// rather than from the forward's output y (which training then need not keep): on the float
+// path the model runs, that sign must be the one y had, also where v rounds to either side of
+// zero. With dy = 1 and ReLU, dbeta counts the voxels the backward treats as active: it must
+// count those with y > 0, exactly, after half of them were moved to within a few ulps of v = 0.
+TEST_CASE("norm backward sees the forward output's sign exactly, at v = 0 too", "[gradients][norm]") {
+    for (Norm norm : {Norm::batch, Norm::instance, Norm::group, Norm::none}) {
+        DYNAMIC_SECTION(norm_name(norm)) {
+            const int images = 2, channels = 4, groups = norm == Norm::group ? 2 : 1;
+            const std::ptrdiff_t plane = 1000 + 7;  // a tail past every vector width
+            const NormGrouping g{norm, images, channels, groups, plane};
+            const Activation relu{Act::relu, 0};
+            const std::size_t count = std::size_t(images) * channels * std::size_t(plane);
+            Rng rng(41);
+            std::vector<float> z(count), gamma(channels), beta(channels);
+            for (auto& v : z) v = float(rng.uniform(-2.0, 2.0));
+            for (auto& v : gamma) v = float(rng.uniform(0.5, 1.5));
+            for (auto& v : beta) v = float(rng.uniform(-0.5, 0.5));
+            const int stats = std::max(1, g.stat_count());
+            std::vector<float> y(count), mean(static_cast<std::size_t>(stats)), invstd(static_cast<std::size_t>(stats));
+            cpu_kernels::norm_act_forward(g, relu, z.data(), gamma.data(), beta.data(), y.data(), mean.data(), invstd.data(),
+                                          static_cast<float*>(nullptr), static_cast<float*>(nullptr), NormStats::batch);
+            // Every other voxel to the root of v (in double) and a few ulps around it; the
+            // statistics stay the saved ones.
+            for (std::size_t i = 0; i < count; i += 2) {
+                const int n = int(i / std::size_t(plane) / std::size_t(channels)), c = int(i / std::size_t(plane) % std::size_t(channels));
+                const int st = g.stat_of(n, c);
+                const double scale = norm == Norm::none ? 1.0 : double(gamma[c]) * double(invstd[st]);
+                const double shift = norm == Norm::none ? 0.0 : double(beta[c]) - double(mean[st]) * scale;
+                float root = float(-shift / scale);
+                for (int step = int(i / 2 % 7) - 3; step != 0; step += step < 0 ? 1 : -1)
+                    root = std::nextafter(root, step < 0 ? -INFINITY : INFINITY);
+                z[i] = root;
+            }
+            cpu_kernels::norm_act_forward(g, relu, z.data(), gamma.data(), beta.data(), y.data(), mean.data(), invstd.data(),
+                                          static_cast<float*>(nullptr), static_cast<float*>(nullptr), NormStats::saved);
+            std::vector<float> dz(count, 1.0f), dgamma(channels, 0.0f), dbeta(channels, 0.0f), scratch(2 * std::size_t(images) * channels);
+            std::vector<double> active(std::size_t(channels), 0.0);
+            int near_zero_active = 0, near_zero = 0;
+            for (std::size_t i = 0; i < count; ++i) {
+                active[i / std::size_t(plane) % std::size_t(channels)] += y[i] > 0;
+                if (i % 2 == 0) ++near_zero, near_zero_active += y[i] > 0;
+            }
+            INFO(near_zero_active << " of " << near_zero << " voxels near v = 0 active");
+            REQUIRE(near_zero_active > near_zero / 10);  // the test reaches both sides of zero
+            REQUIRE(near_zero_active < near_zero * 9 / 10);
+            cpu_kernels::norm_act_backward(g, relu, z.data(), dz.data(), gamma.data(), beta.data(), mean.data(), invstd.data(),
+                                           dz.data(), dgamma.data(), dbeta.data(), scratch.data());
+            if (norm == Norm::none) {
+                // No norm: dz is the mask itself.
+                for (std::size_t i = 0; i < count; ++i) CHECK(dz[i] == (y[i] > 0 ? 1.0f : 0.0f));
+            } else {
+                for (int c = 0; c < channels; ++c) CHECK(double(dbeta[c]) == active[std::size_t(c)]);
+            }
+        }
+    }
 }
 
 TEST_CASE("max-pool backward equals finite differences", "[gradients][resample]") {

@@ -261,7 +261,7 @@ TEST_CASE("norm_act forward and backward: CUDA equals CPU", "[cuda][kernels][nor
                 KC::norm_act_forward(g, a, z.data(), gamma.data(), beta.data(), y.data(), mean.data(), invstd.data(), crm.data(),
                                      crv.data(), from);
                 std::vector<float> dz = dy, dgamma = dgamma0, dbeta = dbeta0, scratch(2 * count);
-                KC::norm_act_backward(g, a, z.data(), y.data(), dz.data(), gamma.data(), mean.data(), invstd.data(), dz.data(),
+                KC::norm_act_backward(g, a, z.data(), dz.data(), gamma.data(), beta.data(), mean.data(), invstd.data(), dz.data(),
                                       dgamma.data(), dbeta.data(), scratch.data());
                 // GPU
                 auto gz = device_copy(z), ggamma = device_copy(gamma), gbeta = device_copy(beta), grm = device_copy(rm),
@@ -275,8 +275,8 @@ TEST_CASE("norm_act forward and backward: CUDA equals CPU", "[cuda][kernels][nor
                 KG::norm_act_forward(g, a, static_cast<const float*>(gz.data()), static_cast<const float*>(ggamma.data()),
                                      static_cast<const float*>(gbeta.data()), gy.data(), gmean.data(), ginv.data(), grm.data(),
                                      grv.data(), from);
-                KG::norm_act_backward(g, a, static_cast<const float*>(gz.data()), static_cast<const float*>(gy.data()),
-                                      static_cast<const float*>(gdz.data()), static_cast<const float*>(ggamma.data()),
+                KG::norm_act_backward(g, a, static_cast<const float*>(gz.data()), static_cast<const float*>(gdz.data()),
+                                      static_cast<const float*>(ggamma.data()), static_cast<const float*>(gbeta.data()),
                                       static_cast<const float*>(gmean.data()), static_cast<const float*>(ginv.data()), gdz.data(),
                                       gdg.data(), gdb.data(), gscratch.data());
                 const double ymax = *std::max_element(y.begin(), y.end(), [](float p, float q) { return std::abs(p) < std::abs(q); });

@@ -76,6 +76,23 @@ struct Conv {
         backward(p.images, std::span<const ChannelSource<T>>(sources, count), p.params, grad_out,
                  std::span<const ChannelSink<T>>(sinks, count), p.grads, p.scratch);
     }
+    // The graph's backward in two calls, so that the input gradients can take the memory of
+    // inputs that only the weight gradient still read: the weight and bias gradients (read the
+    // inputs), then the input gradients (read neither the inputs nor anything the first wrote).
+    void backward_weights(const Pass<T>& p, const T* in0, const T* in1, const T* grad_out) const {
+        const ChannelSource<T> sources[2] = {source(in0, first_channels()), source(in1, problem.cin - first_channels())};
+        Kernels<Backend>::conv_backward(problem, p.images, std::span<const ChannelSource<T>>(sources, source_count()),
+                                        p.params + weight, grad_out, std::ptrdiff_t(problem.cout * problem.extent.size()),
+                                        std::span<const ChannelSink<T>>{}, p.grads + weight, p.grads + bias, p.scratch);
+    }
+    void backward_data(const Pass<T>& p, const T* grad_out, GradSink<T> g0, GradSink<T> g1) const {
+        const ChannelSource<T> sources[2] = {source(nullptr, first_channels()), source(nullptr, problem.cin - first_channels())};
+        const ChannelSink<T> sinks[2] = {sink(g0, first_channels()), sink(g1, problem.cin - first_channels())};
+        Kernels<Backend>::conv_backward(problem, p.images, std::span<const ChannelSource<T>>(sources, source_count()),
+                                        p.params + weight, grad_out, std::ptrdiff_t(problem.cout * problem.extent.size()),
+                                        std::span<const ChannelSink<T>>(sinks, source_count()), static_cast<T*>(nullptr),
+                                        static_cast<T*>(nullptr), p.scratch);
+    }
 
     void forward(int images, std::span<const ChannelSource<T>> input, const T* params, T* output, T* workspace,
                  bool with_bias = true) const {
@@ -97,6 +114,7 @@ struct Conv {
 
 private:
     constexpr int first_channels() const { return cin0 > 0 ? cin0 : problem.cin; }
+    constexpr std::size_t source_count() const { return cin0 > 0 ? 2 : 1; }
     ChannelSource<T> source(const T* data, int channels) const {
         return {data, channels, std::ptrdiff_t(channels) * std::ptrdiff_t(problem.extent.size())};
     }

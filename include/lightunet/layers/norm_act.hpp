@@ -55,10 +55,11 @@ struct NormAct {
     }
     // Recomputes the training forward's y from z with the statistics it saved.
     void recompute(const Pass<T>& p, const T* z, T* y) { run(z, y, p.params, p.buffers, NormStats::saved); }
-    // grad holds d y and becomes d z.
-    void backward(const Pass<T>& p, const T* z, const T* y, T* grad) {
-        Kernels<Backend>::norm_act_backward(grouping(shape), activation, z, y, grad, p.params + gamma, mean.data(), invstd.data(),
-                                            grad, p.grads + gamma, p.grads + beta, scratch.data(), p.across);
+    // grad holds d y and becomes d z (the activation's derivative from z and the statistics:
+    // y itself is not read).
+    void backward(const Pass<T>& p, const T* z, T* grad) {
+        Kernels<Backend>::norm_act_backward(grouping(shape), activation, z, grad, p.params + gamma, p.params + beta, mean.data(),
+                                            invstd.data(), grad, p.grads + gamma, p.grads + beta, scratch.data(), p.across);
     }
 
 private:

@@ -88,7 +88,7 @@ public:
     }
     // What the tensors planned so far hold (equals workspace_bytes after one pass in one mode).
     std::size_t planned_bytes() const {
-        std::size_t elements = scratch_.capacity() + recomputed_.capacity() + regenerated_.capacity() + probs_.capacity();
+        std::size_t elements = scratch_.capacity() + probs_.capacity();
         for (const auto& t : pool_) elements += t.capacity();
         for (const auto& layer : layers_) {
             if (const auto* na = std::get_if<NormAct>(&layer)) elements += na->state_capacity();
@@ -282,52 +282,20 @@ private:
     using Layer = std::variant<Conv, NormAct, MaxPool, StridedDown, UpTransposed, UpInterpolate, AddAct, Output>;
     using Plan = MemoryPlan<C, Backend, T>;
 
-    // The graph promises what the walks below rely on. Recomputed activations share one buffer:
-    // each is a norm's output rebuilt from its input, and no op reads two of them. Regenerated
-    // outputs share another: each is a cheap single-input op run again from the network's input,
-    // a kept value or a recomputed activation of a kept one, and no op reads two of them. An op
-    // reading both kinds gets its regenerated input first (that may rebuild another activation
-    // in the shared buffer), then its recomputed one, whose own input must then not be another
-    // regenerated output.
-    static constexpr bool recomputed_slot(int slot) {
-        return slot != graph::no_slot && slot != Graph::input_slot && Graph::ops[Graph::producer[slot]].recomputed;
-    }
-    static constexpr bool regenerated_slot(int slot) {
-        return slot != graph::no_slot && slot != Graph::input_slot && Graph::ops[Graph::producer[slot]].regenerated;
-    }
-    static constexpr int input_of(int slot) { return Graph::ops[Graph::producer[slot]].in[0]; }
-    static constexpr bool recomputed_from_kept_inputs() {
-        for (int i = 0; i < Graph::op_count; ++i) {
-            const graph::Op& op = Graph::ops[i];
-            if (op.recomputed && (op.regenerated || op.kind != graph::OpKind::norm_act || recomputed_slot(op.in[0]))) return false;
-        }
-        return true;
-    }
-    static_assert(recomputed_from_kept_inputs(), "a recomputed activation must be a norm's output, rebuilt from a kept or regenerated input");
-    static constexpr bool regenerated_from_kept_inputs() {
+    // The graph promises what the schedule's rebuild steps rely on: a recomputed value is a
+    // norm's output (recomputed from its input with the saved statistics), a regenerated one the
+    // output of a cheap single-input op (run again on its input).
+    static constexpr bool rebuilt_values_rebuildable() {
         for (const graph::Op& op : Graph::ops) {
+            if (op.recomputed && (op.regenerated || op.kind != graph::OpKind::norm_act)) return false;
             if (!op.regenerated) continue;
             const bool cheap = op.kind == graph::OpKind::max_pool || op.kind == graph::OpKind::up_transposed ||
                                op.kind == graph::OpKind::up_interpolate || op.kind == graph::OpKind::conv;
-            if (!cheap || op.has_input2() || op.head >= 0 || regenerated_slot(op.in[0])) return false;
-            if (recomputed_slot(op.in[0]) && regenerated_slot(input_of(op.in[0]))) return false;
+            if (!cheap || op.has_input2() || op.head >= 0) return false;
         }
         return true;
     }
-    static_assert(regenerated_from_kept_inputs(), "a regenerated output must come from a single-input cheap op whose input is no regenerated output");
-    static constexpr bool reads_one_shared_value_of_each_kind() {
-        for (const graph::Op& op : Graph::ops) {
-            if (!op.has_input2() || op.in[0] == op.in[1]) continue;
-            for (int k = 0; k < 2; ++k) {
-                const int a = op.in[k], b = op.in[1 - k];
-                if (recomputed_slot(a) && recomputed_slot(b)) return false;
-                if (regenerated_slot(a) && regenerated_slot(b)) return false;
-                if (regenerated_slot(a) && recomputed_slot(b) && regenerated_slot(input_of(b))) return false;
-            }
-        }
-        return true;
-    }
-    static_assert(reads_one_shared_value_of_each_kind(), "an op may read only one recomputed and one regenerated value (each kind shares a buffer)");
+    static_assert(rebuilt_values_rebuildable(), "a recomputed value must be a norm's output, a regenerated one a cheap single-input op's");
     static constexpr bool norms_read_once() {
         for (int i = 0; i < Graph::op_count; ++i)
             if (Graph::ops[i].kind == graph::OpKind::norm_act && Graph::accumulates(i, 0)) return false;
@@ -407,8 +375,6 @@ private:
         };
         for (int b = 0; b < p.buffers; ++b) grow(pool_[b], p.capacity[b]);
         grow(scratch_, p.scratch);
-        grow(recomputed_, p.recomputed);
-        grow(regenerated_, p.regenerated);
         for (auto& layer : layers_) std::visit([&](auto& l) { l.plan(s); }, layer);
         probs_.resize(slot_shape_at(Graph::output_slot, s));
         if (training) {
@@ -429,45 +395,13 @@ private:
     }
     Shape slot_shape(int slot) const { return slot_shape_at(slot, planned_shape_); }
 
-    // Where a slot's value lives in the current pass.
+    // Where a slot's value lives now (value_at_: set by the pass's steps).
     T* value_of(int slot, const Tensor<T, Backend>& x) {
         if (slot == Graph::input_slot) return const_cast<T*>(x.data());  // read only: the input is never written
         if (slot == Graph::output_slot) return probs_.data();
-        if (training_ && Graph::ops[Graph::producer[slot]].recomputed) return recomputed_.data();
-        if (training_ && Graph::ops[Graph::producer[slot]].regenerated) return regenerated_.data();
-        const Plan& p = training_ ? training_plan_ : eval_plan_;
-        return pool_[p.value[slot]].data();
+        return value_at_[slot] == Plan::none ? nullptr : pool_[value_at_[slot]].data();
     }
     T* gradient(int slot) { return pool_[training_plan_.gradient[slot]].data(); }
-    // Rebuilds a recomputed activation in the shared buffer unless it holds it already (from its
-    // input, kept, with the statistics the norm's training forward saved: the same bits).
-    void ensure_recomputed(int slot, const Tensor<T, Backend>& x, const layers::Pass<T>& p) {
-        if (!recomputed_slot(slot) || recomputed_holds_ == slot) return;
-        const int producer = Graph::producer[slot];
-        ensure_regenerated(Graph::ops[producer].in[0], x, p);
-        std::get<NormAct>(layers_[producer]).recompute(p, value_of(Graph::ops[producer].in[0], x), recomputed_.data());
-        recomputed_holds_ = slot;
-    }
-    // Runs a regenerated output's op again in its shared buffer unless it holds it already (the
-    // same op on the same input: the same bits). Uses the scratch: only between ops.
-    void ensure_regenerated(int slot, const Tensor<T, Backend>& x, const layers::Pass<T>& p) {
-        if (!regenerated_slot(slot) || regenerated_holds_ == slot) return;
-        const int producer = Graph::producer[slot];
-        const int in = Graph::ops[producer].in[0];
-        ensure_recomputed(in, x, p);
-        std::visit([&](auto& layer) { layer.forward(p, value_of(in, x), nullptr, regenerated_.data()); }, layers_[producer]);
-        regenerated_holds_ = slot;
-    }
-    // Every value op i's pass reads (`backward`: its backward's), the regenerated ones first.
-    void ensure_read_values(int i, bool backward, const Tensor<T, Backend>& x, const layers::Pass<T>& p) {
-        const graph::Op& op = Graph::ops[i];
-        const int slots[3] = {op.in[0], op.in[1], backward ? op.out : graph::no_slot};
-        auto read = [&](int slot) { return slot != graph::no_slot && (!backward || Plan::backward_reads(op, slot)); };
-        for (int slot : slots)
-            if (read(slot)) ensure_regenerated(slot, x, p);
-        for (int slot : slots)
-            if (read(slot)) ensure_recomputed(slot, x, p);
-    }
 
     layers::Pass<T> pass() {
         return {planned_shape_.n, params_.data(), buffers_.data(), grads_.data(), scratch_.data(), training_, weights_version_,
@@ -477,57 +411,75 @@ private:
     void run_forward(const Tensor<T, Backend>& x, bool training) {
         training_ = training;
         const layers::Pass<T> p = pass();
-        recomputed_holds_ = regenerated_holds_ = graph::no_slot;
+        if (training) {
+            value_at_ = training_plan_.value;
+            for (int i = 0; i < training_plan_.loss_step; ++i) run_step(training_plan_.steps[i], x, p, nullptr);
+            return;
+        }
+        value_at_ = eval_plan_.value;
         for (int i = 0; i < Graph::op_count; ++i) {
             const graph::Op& op = Graph::ops[i];
-            if (op.training_only && !training) continue;
-            if (training) {
-                ensure_read_values(i, false, x, p);
-                if (op.recomputed) recomputed_holds_ = op.out;
-                if (op.regenerated) regenerated_holds_ = op.out;
-            }
+            if (op.training_only) continue;
             const T* in0 = value_of(op.in[0], x);
             const T* in1 = op.has_input2() ? value_of(op.in[1], x) : nullptr;
-            T* out = value_of(op.out, x);
-            std::visit([&](auto& layer) { layer.forward(p, in0, in1, out); }, layers_[i]);
+            std::visit([&](auto& layer) { layer.forward(p, in0, in1, value_of(op.out, x)); }, layers_[i]);
         }
     }
 
-    // The reverse walk. Each op turns its output's gradient into its inputs' (added to what a
-    // later reader wrote, when the graph says so); norms work in place, and a recomputed
-    // activation the op reads is rebuilt first unless the buffer holds it.
+    // The reverse walk: the training plan's steps after the loss. Each op turns its output's
+    // gradient into its inputs' (added to what a later reader wrote, when the graph says so);
+    // norms work in place.
     void run_backward(const Tensor<T, Backend>& x, Tensor<T, Backend>* input_grad) {
         const layers::Pass<T> p = pass();
-        auto sink = [&](int i, int k) -> layers::GradSink<T> {
-            const int slot = Graph::ops[i].in[k];
+        for (int i = training_plan_.loss_step + 1; i < training_plan_.step_count; ++i)
+            run_step(training_plan_.steps[i], x, p, input_grad);
+    }
+
+    void run_step(const Step& step, const Tensor<T, Backend>& x, const layers::Pass<T>& p, Tensor<T, Backend>* input_grad) {
+        if (step.kind == StepKind::loss) return;  // backward() ran it
+        const int i = step.op;
+        const graph::Op& op = Graph::ops[i];
+        const T* in0 = value_of(op.in[0], x);
+        const T* in1 = op.has_input2() ? value_of(op.in[1], x) : nullptr;
+        auto sink = [&](int k) -> layers::GradSink<T> {
+            const int slot = op.in[k];
             if (slot == graph::no_slot) return {};
             if (slot == Graph::input_slot) return {input_grad ? input_grad->data() : nullptr, Graph::accumulates(i, k)};
             return {gradient(slot), Graph::accumulates(i, k)};
         };
-        for (int i = Graph::op_count - 1; i >= 0; --i) {
-            const graph::Op& op = Graph::ops[i];
-            if (op.kind == graph::OpKind::output) continue;  // the loss wrote d loss / d logits
-            ensure_read_values(i, true, x, p);
-            const T* in0 = value_of(op.in[0], x);
-            const T* in1 = op.has_input2() ? value_of(op.in[1], x) : nullptr;
-            T* grad_out = gradient(op.out);
-            std::visit(
-                [&](auto& layer) {
-                    using L = std::decay_t<decltype(layer)>;
-                    if constexpr (std::is_same_v<L, Conv>) layer.backward(p, in0, in1, grad_out, sink(i, 0), sink(i, 1));
-                    else if constexpr (std::is_same_v<L, NormAct>) layer.backward(p, in0, value_of(op.out, x), grad_out);
-                    else if constexpr (std::is_same_v<L, AddAct>) layer.backward(p, value_of(op.out, x), grad_out, sink(i, 0), sink(i, 1));
-                    else if constexpr (std::is_same_v<L, Output>) {}
-                    else layer.backward(p, in0, grad_out, sink(i, 0));
-                },
-                layers_[i]);
+        switch (step.kind) {
+            case StepKind::forward:
+            case StepKind::rebuild: {
+                T* out = step.buffer == Plan::none ? probs_.data() : pool_[step.buffer].data();
+                if (step.kind == StepKind::rebuild && op.kind == graph::OpKind::norm_act)
+                    std::get<NormAct>(layers_[i]).recompute(p, in0, out);
+                else
+                    std::visit([&](auto& layer) { layer.forward(p, in0, in1, out); }, layers_[i]);
+                if (op.out != Graph::output_slot) value_at_[op.out] = step.buffer;
+                return;
+            }
+            case StepKind::backward_weights: std::get<Conv>(layers_[i]).backward_weights(p, in0, in1, gradient(op.out)); return;
+            case StepKind::backward_data: std::get<Conv>(layers_[i]).backward_data(p, gradient(op.out), sink(0), sink(1)); return;
+            case StepKind::backward:
+                std::visit(
+                    [&](auto& layer) {
+                        using L = std::decay_t<decltype(layer)>;
+                        if constexpr (std::is_same_v<L, Conv>) layer.backward(p, in0, in1, gradient(op.out), sink(0), sink(1));
+                        else if constexpr (std::is_same_v<L, NormAct>) layer.backward(p, in0, gradient(op.out));
+                        else if constexpr (std::is_same_v<L, AddAct>) layer.backward(p, value_of(op.out, x), gradient(op.out), sink(0), sink(1));
+                        else if constexpr (std::is_same_v<L, Output>) {}
+                        else layer.backward(p, in0, gradient(op.out), sink(0));
+                    },
+                    layers_[i]);
+                return;
+            case StepKind::loss: return;
         }
     }
 
     Tensor<T, Backend> params_, grads_, buffers_;
     std::array<Layer, Graph::op_count> layers_;
     std::array<Tensor<T, Backend>, Plan::max_buffers> pool_;
-    Tensor<T, Backend> scratch_, recomputed_, regenerated_, probs_;
+    Tensor<T, Backend> scratch_, probs_;
     Tensor<double, Backend> loss_sums_;
     std::array<Tensor<std::uint8_t, Backend>, std::max(1, Graph::head_count - 1)> labels_;  // down-sampled targets
     Plan training_plan_{}, eval_plan_{};
@@ -537,8 +489,7 @@ private:
     Shape planned_shape_{};
     bool planned_training_ = false, planned_eval_ = false, training_ = false;
     bool activations_kept_ = false;  // a training forward's activations, not yet used by a backward
-    int recomputed_holds_ = graph::no_slot;   // the slot whose value recomputed_ holds
-    int regenerated_holds_ = graph::no_slot;  // the slot whose value regenerated_ holds
+    std::array<int, Graph::slot_count> value_at_{};  // the pooled buffer holding each slot's value now
 };
 
 }  // namespace lightunet

@@ -177,12 +177,12 @@ struct Kernels<cpu> {
                                                   across, momentum, eps);
     }
     template <class T>
-    static void norm_act_backward(const NormGrouping& g, const Activation& a, const T* z, const std::type_identity_t<T>* y,
-                                  const std::type_identity_t<T>* dy, const std::type_identity_t<T>* gamma,
+    static void norm_act_backward(const NormGrouping& g, const Activation& a, const T* z, const std::type_identity_t<T>* dy,
+                                  const std::type_identity_t<T>* gamma, const std::type_identity_t<T>* beta,
                                   const std::type_identity_t<T>* mean, const std::type_identity_t<T>* invstd,
                                   std::type_identity_t<T>* dz, std::type_identity_t<T>* dgamma, std::type_identity_t<T>* dbeta,
                                   std::type_identity_t<T>* scratch, CrossBatch* across = nullptr) {
-        LIGHTUNET_CPU_KERNEL(norm_act_backward, T)(g, a, z, y, dy, gamma, mean, invstd, dz, dgamma, dbeta, scratch, across);
+        LIGHTUNET_CPU_KERNEL(norm_act_backward, T)(g, a, z, dy, gamma, beta, mean, invstd, dz, dgamma, dbeta, scratch, across);
     }
     template <class T>
     static double dice_loss(Head head, int images, int channels, std::ptrdiff_t plane, const T* probs,

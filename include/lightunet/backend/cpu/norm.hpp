@@ -45,6 +45,15 @@ inline void affine_activate(const T* in, T* out, std::ptrdiff_t count, T scale, 
     for (; k < count; ++k) out[k] = activate(std::fma(in[k], scale, shift), slope);
 }
 
+// The affine map of plane i's normalisation, v = z * scale + shift, for forward and backward
+// alike (explicit fused multiply-adds, so no contraction choice of the compiler can make the
+// backward's v differ from the forward's).
+template <class T>
+inline void norm_affine(T gamma, T beta, T mean, T invstd, T& scale, T& shift) {
+    scale = gamma * invstd;
+    shift = std::fma(-mean, scale, beta);
+}
+
 // y = act(norm(z)). With NormStats::batch, computes the statistics (mean, invstd per stat) and
 // updates the running ones when given (batch norm).
 template <class T>
@@ -140,8 +149,8 @@ void norm_act_forward(const NormGrouping& g, const Activation& a, const T* z, co
     parallel_for(std::ptrdiff_t(g.images) * g.channels, [&](std::ptrdiff_t i) {
         const int n = int(i / g.channels), c = int(i % g.channels);
         const int s = g.stat_of(n, c);
-        const T scale = gamma[c] * invstd[s];
-        const T shift = beta[c] - mean[s] * scale;
+        T scale, shift;
+        norm_affine(gamma[c], beta[c], mean[s], invstd[s], scale, shift);
         const T* in = z + i * P;
         T* out = y + i * P;
         affine_activate(in, out, P, scale, shift, slope);
@@ -149,25 +158,42 @@ void norm_act_forward(const NormGrouping& g, const Activation& a, const T* z, co
 }
 
 // dz from dy (dz may alias dy). Accumulates dgamma, dbeta; `scratch` holds 2 * images * channels.
+// The activation's derivative comes from the sign of its argument v = z * scale + shift, computed
+// as norm_act_forward computes it (the same fused multiply-add in vectors of Batch<T> and in the
+// scalar tail), so it is the sign the forward output had, without reading that output: training
+// need not keep or rebuild it for this pass.
 template <class T>
-void norm_act_backward(const NormGrouping& g, const Activation& a, const T* z, const T* y, const T* dy, const T* gamma,
+void norm_act_backward(const NormGrouping& g, const Activation& a, const T* z, const T* dy, const T* gamma, const T* beta,
                        const T* mean, const T* invstd, T* dz, T* dgamma, T* dbeta, T* scratch, CrossBatch* across = nullptr) {
     const T slope = T(a.negative_slope());
     const std::ptrdiff_t P = g.plane;
     const std::ptrdiff_t planes = std::ptrdiff_t(g.images) * g.channels;
-    auto act_grad = [slope](T yv, T dyv) { return yv > T(0) ? dyv : dyv * slope; };
+    auto act_grad = [slope](T v, T dyv) { return v > T(0) ? dyv : dyv * slope; };
     using B = Batch<T>;
-    constexpr std::ptrdiff_t L = lanes<T>;
-    const B vslope(slope), zero(T(0));
-    auto act_grad_v = [&](const B& yv, const B& dyv) { return xsimd::select(yv > zero, dyv, dyv * vslope); };
+    using D = Batch<double>;
+    constexpr std::ptrdiff_t L = lanes<T>, LD = D::size;
+    static_assert(L % LD == 0, "a vector of T holds whole vectors of double");
+    const B vslope(slope), zero(T(0)), one(T(1));
+    auto act_grad_v = [&](const B& v, const B& dyv) { return xsimd::select(v > zero, dyv, dyv * vslope); };
+    // The forward's affine map of plane i (identity without a norm).
+    auto affine_of = [&](std::ptrdiff_t i, T& scale, T& shift) {
+        if (g.norm == Norm::none) {
+            scale = T(1), shift = T(0);
+            return;
+        }
+        const int c = int(i % g.channels), s = g.stat_of(int(i / g.channels), c);
+        norm_affine(gamma[c], beta[c], mean[s], invstd[s], scale, shift);
+    };
     if (g.norm == Norm::none) {
         parallel_for(planes, [&](std::ptrdiff_t i) {
-            const T* yi = y + i * P;
+            const T* zi = z + i * P;
             const T* dyi = dy + i * P;
             T* dzi = dz + i * P;
+            const B vscale(T(1)), vshift(T(0));
             std::ptrdiff_t k = 0;
-            for (; k + L <= P; k += L) act_grad_v(B::load_unaligned(yi + k), B::load_unaligned(dyi + k)).store_unaligned(dzi + k);
-            for (; k < P; ++k) dzi[k] = act_grad(yi[k], dyi[k]);
+            for (; k + L <= P; k += L)
+                act_grad_v(xsimd::fma(B::load_unaligned(zi + k), vscale, vshift), B::load_unaligned(dyi + k)).store_unaligned(dzi + k);
+            for (; k < P; ++k) dzi[k] = act_grad(std::fma(zi[k], T(1), T(0)), dyi[k]);
         });
         return;
     }
@@ -178,24 +204,27 @@ void norm_act_backward(const NormGrouping& g, const Activation& a, const T* z, c
         const int n = int(i / g.channels), c = int(i % g.channels);
         const int s = g.stat_of(n, c);
         const double mu = double(mean[s]), is = double(invstd[s]);
+        T scale, shift;
+        affine_of(i, scale, shift);
         const T* zi = z + i * P;
-        const T* yi = y + i * P;
         const T* dyi = dy + i * P;
-        // In double: u = dy or dy * slope (by the sign of y), and its products with xhat.
-        using D = Batch<double>;
-        constexpr std::ptrdiff_t LD = D::size;
-        const D vmu(mu), vis(is), dzero(0.0), dslope = D(double(slope));
+        // In double: u = dy or dy * slope (by the sign of v), and its products with xhat.
+        const B vscale(scale), vshift(shift);
+        const D vmu(mu), vis(is);
         D vsu(0.0), vsux(0.0);
+        alignas(64) T factor[L];
         std::ptrdiff_t k = 0;
-        for (; k + LD <= P; k += LD) {
-            const D dyv = load_as_double(dyi + k);
-            const D u = xsimd::select(load_as_double(yi + k) > dzero, dyv, dyv * dslope);
-            vsu += u;
-            vsux = xsimd::fma(u, (load_as_double(zi + k) - vmu) * vis, vsux);
+        for (; k + L <= P; k += L) {
+            xsimd::select(xsimd::fma(B::load_unaligned(zi + k), vscale, vshift) > zero, one, vslope).store_aligned(factor);
+            for (std::ptrdiff_t h = 0; h < L; h += LD) {
+                const D u = load_as_double(dyi + k + h) * load_as_double(factor + h);
+                vsu += u;
+                vsux = xsimd::fma(u, (load_as_double(zi + k + h) - vmu) * vis, vsux);
+            }
         }
         double su = xsimd::hadd(vsu), sux = xsimd::hadd(vsux);
         for (; k < P; ++k) {
-            const double u = yi[k] > T(0) ? double(dyi[k]) : double(dyi[k]) * double(slope);
+            const double u = std::fma(zi[k], scale, shift) > T(0) ? double(dyi[k]) : double(dyi[k]) * double(slope);
             su += u;
             sux += u * (double(zi[k]) - mu) * is;
         }
@@ -241,21 +270,23 @@ void norm_act_backward(const NormGrouping& g, const Activation& a, const T* z, c
         g.for_each_plane(int(s), [&](int n, int c) {
             const std::ptrdiff_t i = std::ptrdiff_t(n) * g.channels + c;
             const T gi = gamma[c] * T(is);
+            T scale, shift;
+            affine_of(i, scale, shift);
             const T* zi = z + i * P;
-            const T* yi = y + i * P;
             const T* dyi = dy + i * P;
             T* dzi = dz + i * P;
             const T tmu = T(mu), tis = T(is);
-            const B vmu(tmu), vis(tis), vgi(gi), vk1(k1), vk2(k2);
+            const B vmu(tmu), vis(tis), vgi(gi), vk1(k1), vk2(k2), vscale(scale), vshift(shift);
             std::ptrdiff_t k = 0;
             for (; k + L <= P; k += L) {
-                const B xhat = (B::load_unaligned(zi + k) - vmu) * vis;
-                const B u = act_grad_v(B::load_unaligned(yi + k), B::load_unaligned(dyi + k));
+                const B zv = B::load_unaligned(zi + k);
+                const B xhat = (zv - vmu) * vis;
+                const B u = act_grad_v(xsimd::fma(zv, vscale, vshift), B::load_unaligned(dyi + k));
                 (vgi * u - vis * (vk1 + xhat * vk2)).store_unaligned(dzi + k);
             }
             for (; k < P; ++k) {
                 const T xhat = (zi[k] - tmu) * tis;
-                const T u = act_grad(yi[k], dyi[k]);
+                const T u = act_grad(std::fma(zi[k], scale, shift), dyi[k]);
                 dzi[k] = gi * u - tis * (k1 + xhat * k2);
             }
         });

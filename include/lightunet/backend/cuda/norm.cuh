@@ -95,22 +95,31 @@ __global__ void running_stats_kernel(int stats, const T* running_mean, const T* 
     invstd[s] = T(1.0 / sqrt(double(running_var[s]) + eps));
 }
 
+// The affine map of plane i, v = z * scale + shift (identity without a norm), for forward and
+// backward alike: explicit fused multiply-adds, so the backward's activation masks see exactly
+// the forward's v and need not read its output.
+template <class T>
+__device__ inline void plane_affine(const DeviceGrouping& g, std::ptrdiff_t i, const T* gamma, const T* beta, const T* mean,
+                                    const T* invstd, T& scale, T& shift) {
+    scale = T(1), shift = T(0);
+    if (g.norm == Norm::none) return;
+    const int c = int(i % g.channels), s = g.stat_of_plane(i);
+    scale = gamma[c] * invstd[s];
+    shift = fma(-mean[s], scale, beta[c]);
+}
+
 // y = act(z * scale + shift) per plane; grid.y walks planes.
 template <class T>
 __global__ void norm_apply_kernel(DeviceGrouping g, T slope, const T* z, const T* gamma, const T* beta, const T* mean,
                                   const T* invstd, T* y) {
     const std::ptrdiff_t planes = std::ptrdiff_t(g.images) * g.channels;
     for (std::ptrdiff_t i = blockIdx.y; i < planes; i += gridDim.y) {
-        T scale = T(1), shift = T(0);
-        if (g.norm != Norm::none) {
-            const int c = int(i % g.channels), s = g.stat_of_plane(i);
-            scale = gamma[c] * invstd[s];
-            shift = beta[c] - mean[s] * scale;
-        }
+        T scale, shift;
+        plane_affine(g, i, gamma, beta, mean, invstd, scale, shift);
         const T* in = z + i * g.plane;
         T* out = y + i * g.plane;
         for (std::ptrdiff_t k = blockIdx.x * std::ptrdiff_t(blockDim.x) + threadIdx.x; k < g.plane; k += std::ptrdiff_t(gridDim.x) * blockDim.x)
-            out[k] = activate(in[k] * scale + shift, slope);
+            out[k] = activate(fma(in[k], scale, shift), slope);
     }
 }
 
@@ -163,21 +172,24 @@ void norm_act_forward(const NormGrouping& ng, const Activation& a, const T* z, c
     LIGHTUNET_CUDA_LAUNCHED("norm_apply_kernel");
 }
 
+// The activation's derivative by the sign of its argument v (the sign its output has).
 template <class T>
-__device__ inline T act_grad(T y, T dy, T slope) {
-    return y > T(0) ? dy : dy * slope;
+__device__ inline T act_grad(T v, T dy, T slope) {
+    return v > T(0) ? dy : dy * slope;
 }
 
-// Per plane: sum of u = act'(y) dy and of u * xhat.
+// Per plane: sum of u = act'(v) dy and of u * xhat.
 template <class T>
 struct BackwardSums {
-    const T *z, *y, *dy, *mean, *invstd;
+    const T *z, *dy, *gamma, *beta, *mean, *invstd;
     T slope;
     DeviceGrouping g;
     __device__ void operator()(std::ptrdiff_t i, std::ptrdiff_t k, double (&acc)[2]) const {
         const int s = g.stat_of_plane(i);
         const std::ptrdiff_t at = i * g.plane + k;
-        const double u = double(act_grad(y[at], dy[at], slope));
+        T scale, shift;
+        plane_affine(g, i, gamma, beta, mean, invstd, scale, shift);
+        const double u = double(act_grad(fma(z[at], scale, shift), dy[at], slope));
         acc[0] += u;
         acc[1] += u * (double(z[at]) - double(mean[s])) * double(invstd[s]);
     }
@@ -214,14 +226,16 @@ __global__ void norm_k_kernel(DeviceGrouping g, const double* sums, const T* gam
 }
 
 template <class T>
-__global__ void norm_backward_apply_kernel(DeviceGrouping g, T slope, const T* z, const T* y, const T* dy, const T* gamma,
+__global__ void norm_backward_apply_kernel(DeviceGrouping g, T slope, const T* z, const T* dy, const T* gamma, const T* beta,
                                            const T* mean, const T* invstd, const double* k12, T* dz) {
     const std::ptrdiff_t planes = std::ptrdiff_t(g.images) * g.channels;
     for (std::ptrdiff_t i = blockIdx.y; i < planes; i += gridDim.y) {
         const std::ptrdiff_t base = i * g.plane;
+        T scale, shift;
+        plane_affine(g, i, gamma, beta, mean, invstd, scale, shift);
         if (g.norm == Norm::none) {
             for (std::ptrdiff_t k = blockIdx.x * std::ptrdiff_t(blockDim.x) + threadIdx.x; k < g.plane; k += std::ptrdiff_t(gridDim.x) * blockDim.x)
-                dz[base + k] = act_grad(y[base + k], dy[base + k], slope);
+                dz[base + k] = act_grad(fma(z[base + k], scale, shift), dy[base + k], slope);
             continue;
         }
         const int c = int(i % g.channels), s = g.stat_of_plane(i);
@@ -229,7 +243,7 @@ __global__ void norm_backward_apply_kernel(DeviceGrouping g, T slope, const T* z
         const T k1 = T(k12[2 * s]), k2 = T(k12[2 * s + 1]);
         for (std::ptrdiff_t k = blockIdx.x * std::ptrdiff_t(blockDim.x) + threadIdx.x; k < g.plane; k += std::ptrdiff_t(gridDim.x) * blockDim.x) {
             const T xhat = (z[base + k] - tmu) * tis;
-            const T u = act_grad(y[base + k], dy[base + k], slope);
+            const T u = act_grad(fma(z[base + k], scale, shift), dy[base + k], slope);
             dz[base + k] = gi * u - tis * (k1 + xhat * k2);
         }
     }
@@ -238,7 +252,7 @@ __global__ void norm_backward_apply_kernel(DeviceGrouping g, T slope, const T* z
 // dz from dy (dz may alias dy). Accumulates dgamma, dbeta. `scratch` is unused here (the
 // backend's own double-precision scratch holds the sums).
 template <class T>
-void norm_act_backward(const NormGrouping& ng, const Activation& a, const T* z, const T* y, const T* dy, const T* gamma,
+void norm_act_backward(const NormGrouping& ng, const Activation& a, const T* z, const T* dy, const T* gamma, const T* beta,
                        const T* mean, const T* invstd, T* dz, T* dgamma, T* dbeta, T* /*scratch*/, CrossBatch* across = nullptr) {
     refuse_batch_norm_across(ng, across, "norm_act_backward");
     const DeviceGrouping g = DeviceGrouping::of(ng);
@@ -252,13 +266,13 @@ void norm_act_backward(const NormGrouping& ng, const Activation& a, const T* z, 
         double* partial = static_cast<double*>(cuda::scratch((2 * rs.partial_count() + 2 * planes + 2 * std::size_t(stats)) * sizeof(double)));
         double* sums = partial + 2 * rs.partial_count();
         k12 = sums + 2 * planes;
-        row_sums<2>(BackwardSums<T>{z, y, dy, mean, invstd, slope, g}, rs, partial, sums);
+        row_sums<2>(BackwardSums<T>{z, dy, gamma, beta, mean, invstd, slope, g}, rs, partial, sums);
         norm_param_grads_kernel<<<grid_for(g.channels), block_threads, 0, cuda::stream()>>>(g, static_cast<const double*>(sums), dgamma, dbeta);
         LIGHTUNET_CUDA_LAUNCHED("norm_param_grads_kernel");
         norm_k_kernel<<<grid_for(stats), block_threads, 0, cuda::stream()>>>(g, static_cast<const double*>(sums), gamma, k12);
         LIGHTUNET_CUDA_LAUNCHED("norm_k_kernel");
     }
-    norm_backward_apply_kernel<<<plane_grid(g), block_threads, 0, cuda::stream()>>>(g, slope, z, y, dy, gamma, mean, invstd,
+    norm_backward_apply_kernel<<<plane_grid(g), block_threads, 0, cuda::stream()>>>(g, slope, z, dy, gamma, beta, mean, invstd,
                                                                                    static_cast<const double*>(k12), dz);
     LIGHTUNET_CUDA_LAUNCHED("norm_backward_apply_kernel");
 }
