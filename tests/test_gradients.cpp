@@ -408,7 +408,7 @@ TEST_CASE("norm + activation backward equals finite differences", "[gradients][n
 // path the model runs, that sign must be the one y had, also where v rounds to either side of
 // zero. With dy = 1 and ReLU, dbeta counts the voxels the backward treats as active: it must
 // count those with y > 0, exactly, after half of them were moved to within a few ulps of v = 0.
-TEST_CASE("norm backward sees the forward output's sign exactly, at v = 0 too", "[gradients][norm]") {
+TEST_CASE("norm backward sees the sign the forward output had, also at v = 0", "[gradients][norm]") {
     for (Norm norm : {Norm::batch, Norm::instance, Norm::group, Norm::none}) {
         DYNAMIC_SECTION(norm_name(norm)) {
             const int images = 2, channels = 4, groups = norm == Norm::group ? 2 : 1;

@@ -145,17 +145,17 @@ struct MemoryPlan {
             at[slot] = none;
         };
         // Builds a rebuilt value the coming step reads (`reads`), its own rebuilt input first;
-        // an input the step does not read is freed once used.
-        auto ensure = [&](auto& self, int slot, auto&& reads) -> void {
+        // an input neither that step nor the one after it (`next_reads`) reads is freed once used.
+        auto ensure = [&](auto& self, int slot, auto&& reads, auto&& next_reads) -> void {
             if (!rebuilt(slot) || at[slot] != none) return;
             const int producer = G::producer[slot];
             const int source = G::ops[producer].in[0];
-            self(self, source, reads);
+            self(self, source, reads, next_reads);
             if (source != G::input_slot && !rebuilt(source) && !kept_alive[source])
                 throw "MemoryPlan: a value is rebuilt from one the walk has freed";
             at[slot] = acquire(size(slot));
             push(StepKind::rebuild, producer, at[slot]);
-            if (rebuilt(source) && !reads(source)) release_rebuilt(source);
+            if (rebuilt(source) && !reads(source) && !next_reads(source)) release_rebuilt(source);
         };
         // After a step: the rebuilt values the next one (`reads`) does not read are freed.
         auto release_rebuilt_unless = [&](auto&& reads) {
@@ -177,7 +177,7 @@ struct MemoryPlan {
 
         for (int i = 0; i < G::op_count; ++i) {
             const graph::Op& op = G::ops[i];
-            for (int in : op.in) ensure(ensure, in, forward_reads(i));
+            for (int in : op.in) ensure(ensure, in, forward_reads(i), forward_reads(i + 1));
             int buffer = none;
             if (op.out != G::output_slot) {
                 buffer = acquire(size(op.out), !rebuilt(op.out));
@@ -219,7 +219,7 @@ struct MemoryPlan {
         for (int i = next_backward(G::op_count); i >= 0; i = next_backward(i)) {
             const graph::Op& op = G::ops[i];
             for (int slot : {op.in[0], op.in[1], op.out})
-                if (backward_reads_of(i)(slot)) ensure(ensure, slot, backward_reads_of(i));
+                if (backward_reads_of(i)(slot)) ensure(ensure, slot, backward_reads_of(i), backward_reads_of(next_backward(i)));
             const bool conv = op.kind == graph::OpKind::conv;
             if (conv) {
                 push(StepKind::backward_weights, i, none);
