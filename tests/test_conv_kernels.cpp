@@ -1,6 +1,9 @@
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <array>
+#include <cmath>
+#include <limits>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -193,6 +196,56 @@ TEST_CASE("the bf16 weight gradient's blocking copies move every value exactly",
 #else
     WARN("SKIPPED: the bf16 weight gradient's kernels are compiled for AVX-512 targets only");
 #endif
+}
+
+// A direct convolution's chunk of V x L padded positions crosses the ends of padded rows
+// wherever a row is not a multiple of it (most rows: 130 against 48 at 128^3); its interior
+// voxels go out as runs along rows (store_compact_chunk). Against a voxel-by-voxel copy, bit for
+// bit, over chunks tiling the whole run (as the kernels do) and at odd offsets: rows of every
+// width around the vector and the chunk, 2D, 3D and 1x1 layouts, accumulating and overwriting
+// outputs, a row with no output, a partial block of rows. Every interior voxel is written once.
+TEST_CASE("a chunk's interior voxels reach the unpadded outputs once, whatever rows it crosses", "[conv]") {
+    using T = float;
+    constexpr int R = 4;
+    constexpr int L = cpu_kernels::lanes<T>;
+    std::mt19937 rng(3);
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    std::vector<ConvProblem> problems;
+    for (const int w : {1, 2, 5, L - 1, L, L + 1, 47, 48, 49, 130})
+        problems.push_back({{1, 3, w}, 1, 3, 3, 1, 1}), problems.push_back({{3, 2, w}, 3, 3, 3, 1, 1});
+    problems.push_back({{2, 3, 37}, 1, 1, 1, 1, 1});
+    for (const ConvProblem& p : problems) {
+        const cpu_kernels::PaddedLayout l = cpu_kernels::padded_layout(p);
+        const std::ptrdiff_t plane = std::ptrdiff_t(p.extent.size());
+        for (const std::ptrdiff_t n : {std::ptrdiff_t(3 * L), std::ptrdiff_t(L), std::ptrdiff_t(5)}) {
+            std::vector<T> out(std::size_t(R) * plane), expected;
+            for (auto& v : out) v = u(rng);
+            for (std::ptrdiff_t i = plane; i < 2 * plane; ++i) out[std::size_t(i)] = std::numeric_limits<T>::quiet_NaN();
+            expected = out;
+            cpu_kernels::CompactRows<T, R> rows{};
+            const int row_count = 3;  // a partial block: the fourth row is never written
+            for (int r = 0; r < R; ++r) rows.base[r] = r == 2 ? nullptr : out.data() + r * plane;
+            rows.bias[0] = 0.25f, rows.bias[1] = -1.5f;
+            rows.accumulate[0] = true, rows.accumulate[1] = false;  // row 1 starts as NaN: every voxel must be written
+            std::vector<T> src(std::size_t(R) * n);
+            const std::ptrdiff_t last = l.run_begin + l.run_length;
+            for (std::ptrdiff_t q = l.run_begin; q < last; q += n) {
+                for (auto& v : src) v = u(rng);
+                cpu_kernels::store_compact_chunk<T, R>(src.data(), n, n, row_count, rows, l, q);
+                for (std::ptrdiff_t i = 0; i < n; ++i) {
+                    const std::ptrdiff_t at = q + i, z = at / (l.hp * l.wp), y = at / l.wp % l.hp, x = at % l.wp;
+                    if (z < l.pd || z >= l.pd + p.extent.d || y < l.ph || y >= l.ph + p.extent.h || x < l.pw || x >= l.pw + p.extent.w)
+                        continue;
+                    const std::ptrdiff_t o = ((z - l.pd) * p.extent.h + (y - l.ph)) * p.extent.w + (x - l.pw);
+                    expected[std::size_t(o)] = expected[std::size_t(o)] + (src[std::size_t(i)] + rows.bias[0]);
+                    expected[std::size_t(plane + o)] = src[std::size_t(n + i)] + rows.bias[1];
+                }
+            }
+            INFO("extent " << p.extent.d << "x" << p.extent.h << "x" << p.extent.w << ", taps " << p.taps() << ", chunk " << n);
+            CHECK(std::memcmp(out.data(), expected.data(), out.size() * sizeof(T)) == 0);
+            CHECK(std::none_of(out.begin() + plane, out.begin() + 2 * plane, [](T v) { return std::isnan(v); }));
+        }
+    }
 }
 
 TEMPLATE_TEST_CASE("convolution kernels equal the naive reference on odd sizes", "[conv]", float, double) {

@@ -645,9 +645,7 @@ inline void wgrad_bf16(const PaddedLayout& l, int cin, int cout, const std::uint
 template <int R, int V, class OutputOf, class ChunkInto, class InItem>
 void fprop_bf16_items(const PaddedLayout& l, int pairs, const std::uint32_t* packed, int oc_begin, int oc_end, OutputOf& output_of,
                       ChunkInto chunk_into, InItem in_item) {
-    using T = float;
-    using B = Batch<T>;
-    constexpr int L = lanes<T>;
+    constexpr int L = lanes<float>;
     static_assert(L == 16, "the bf16 kernels' vectors are AVX-512's");
     constexpr std::ptrdiff_t chunk = std::ptrdiff_t(V) * L;
     const std::ptrdiff_t chunks = ceil_div(l.run_length, chunk);
@@ -660,23 +658,19 @@ void fprop_bf16_items(const PaddedLayout& l, int pairs, const std::uint32_t* pac
         const int rows = std::min(R, oc_end - oc0);
         const std::uint32_t* w = packed + std::ptrdiff_t(oc0 / R) * pairs * l.taps * R;
         const std::ptrdiff_t c_end = std::min(chunks, (tile + 1) * tile_chunks);
-        CompactRows<T, R> compact{};
+        CompactRows<float, R> compact{};
         for (int r = 0; r < rows; ++r) {
-            const CompactChannel<T> c = output_of(oc0 + r);
+            const CompactChannel<float> c = output_of(oc0 + r);
             compact.base[r] = c.base;
             compact.bias[r] = c.bias;
             compact.accumulate[r] = c.accumulate;
         }
-        alignas(64) T acc[R * V * L];
         in_item([&] {
+            alignas(64) float acc[R * V * L];
             for (std::ptrdiff_t c = tile * tile_chunks; c < c_end; ++c) {
                 const std::ptrdiff_t q = l.run_begin + c * chunk;
                 chunk_into(w, q, acc);
-                B sums[R][V];
-                static_for<R>([&](auto r) { static_for<V>([&](auto v) { sums[r][v] = B::load_aligned(acc + (r * V + v) * L); }); });
-                // Compact rows only: the padded-rows target is never written (acc, not a null
-                // pointer that GCC 12's -Warray-bounds follows into the unused branch).
-                store_fprop_chunk<T, R, V>(sums, acc, 0, rows, &compact, &l, q);
+                store_compact_chunk<float, R>(acc, chunk, chunk, rows, compact, l, q);
             }
         });
     });

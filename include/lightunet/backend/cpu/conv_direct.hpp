@@ -201,6 +201,58 @@ struct CompactRows {
     bool accumulate[R];
 };
 
+// Adds bias (and the output already there, when accumulating) to n values of each of `rows`
+// rows of src (row r at src + r * src_stride) and writes them to the outputs from voxel `at`
+// on: one run of voxels along a row of the unpadded planes.
+template <class T, int R>
+inline void store_compact_run(const T* src, std::ptrdiff_t src_stride, std::ptrdiff_t n, int rows, const CompactRows<T, R>& c,
+                              std::ptrdiff_t at) {
+    using B = Batch<T>;
+    constexpr int L = lanes<T>;
+    const std::ptrdiff_t whole = n / L * L;
+    for (int r = 0; r < rows; ++r) {
+        if (!c.base[r]) continue;
+        T* out = c.base[r] + at;
+        const T* s = src + r * src_stride;
+        const T bias = c.bias[r];
+        const B b(bias);
+        if (c.accumulate[r]) {
+            for (std::ptrdiff_t i = 0; i < whole; i += L) (B::load_unaligned(out + i) + (B::load_unaligned(s + i) + b)).store_unaligned(out + i);
+            for (std::ptrdiff_t i = whole; i < n; ++i) out[i] = out[i] + (s[i] + bias);
+        } else {
+            for (std::ptrdiff_t i = 0; i < whole; i += L) (B::load_unaligned(s + i) + b).store_unaligned(out + i);
+            for (std::ptrdiff_t i = whole; i < n; ++i) out[i] = s[i] + bias;
+        }
+    }
+}
+
+// Writes the interior voxels among n padded positions from q on (rows of src as in
+// store_compact_run): the positions are cut into runs along the padded rows and each run's
+// interior part is written as one run. A chunk that crosses a border (most do where a padded
+// row is not a multiple of the chunk) costs a few runs, not a voxel-by-voxel copy.
+template <class T, int R>
+inline void store_compact_chunk(const T* src, std::ptrdiff_t src_stride, std::ptrdiff_t n, int rows, const CompactRows<T, R>& c,
+                                const PaddedLayout& l, std::ptrdiff_t q) {
+    const std::ptrdiff_t d = l.extent.d, h = l.extent.h, wd = l.extent.w;
+    const std::ptrdiff_t slab = l.hp * l.wp;
+    std::ptrdiff_t z = q / slab, rem = q - z * slab, yy = rem / l.wp, xx = rem - yy * l.wp;
+    for (std::ptrdiff_t i = 0; i < n;) {
+        const std::ptrdiff_t run = std::min(n - i, l.wp - xx);  // to the end of this padded row
+        if (z >= l.pd && z < l.pd + d && yy >= l.ph && yy < l.ph + h) {
+            const std::ptrdiff_t x0 = std::max<std::ptrdiff_t>(xx, l.pw), x1 = std::min(xx + run, l.pw + wd);
+            if (x0 < x1)
+                store_compact_run<T, R>(src + i + (x0 - xx), src_stride, x1 - x0, rows, c,
+                                        ((z - l.pd) * h + (yy - l.ph)) * wd + (x0 - l.pw));
+        }
+        i += run;
+        xx += run;
+        if (xx == l.wp) {
+            xx = 0;
+            if (++yy == l.hp) yy = 0, ++z;
+        }
+    }
+}
+
 // Writes a chunk's accumulators: padded rows (y, y_stride), or, with `compact`, the chunk's
 // interior voxels straight into the unpadded planes, adding bias and accumulating as asked.
 template <class T, int R, int V>
@@ -232,20 +284,11 @@ inline void store_fprop_chunk(const Batch<T> (&acc)[R][V], T* y, std::ptrdiff_t 
         });
         return;
     }
-    // The chunk crosses a border: store it and copy out its interior voxels one by one.
     alignas(64) T tmp[R][V * L];
-    static_for<R>([&](auto r) { static_for<V>([&](auto v) { acc[r][v].store_aligned(&tmp[r][v * L]); }); });
-    for (int i = 0; i < V * L; ++i, ++xx) {
-        if (xx == l->wp) xx = 0, ++yy;
-        if (yy == l->hp) yy = 0, ++z;
-        if (z < l->pd || z >= l->pd + d || yy < l->ph || yy >= l->ph + h || xx < l->pw || xx >= l->pw + wd) continue;
-        const std::ptrdiff_t at = ((z - l->pd) * h + (yy - l->ph)) * wd + (xx - l->pw);
-        for (int r = 0; r < rows; ++r) {
-            if (!compact->base[r]) continue;
-            const T val = tmp[r][i] + compact->bias[r];
-            compact->base[r][at] = compact->accumulate[r] ? compact->base[r][at] + val : val;
-        }
-    }
+    static_for<R>([&](auto r) {
+        if (r < rows) static_for<V>([&](auto v) { acc[r][v].store_aligned(&tmp[r][v * L]); });
+    });
+    store_compact_chunk<T, R>(&tmp[0][0], V * L, V * L, rows, *compact, *l, q);
 }
 
 // Output channel block x one chunk of the padded run. Writes either padded rows (y, y_stride),
