@@ -54,6 +54,20 @@ inline void norm_affine(T gamma, T beta, T mean, T invstd, T& scale, T& shift) {
     shift = std::fma(-mean, scale, beta);
 }
 
+// Per-plane sums run over millions of voxels: each lane sums a block of voxels in T (short
+// sums, a few ulps), and the blocks' sums are added in double. Converting every value to double
+// instead made the sums compute-bound (two conversions per vector and operand).
+inline constexpr std::ptrdiff_t norm_sum_block = 256;  // voxels per short sum
+
+// sum += the lanes of a vector of T, as doubles (in vectors of double).
+template <class T>
+inline void add_as_double(const Batch<T>& v, Batch<double>& sum) {
+    constexpr std::ptrdiff_t L = lanes<T>, LD = Batch<double>::size;
+    alignas(64) T part[L];
+    v.store_aligned(part);
+    for (std::ptrdiff_t h = 0; h < L; h += LD) sum += load_as_double(part + h);
+}
+
 // y = act(norm(z)). With NormStats::batch, computes the statistics (mean, invstd per stat) and
 // updates the running ones when given (batch norm).
 template <class T>
@@ -87,26 +101,34 @@ void norm_act_forward(const NormGrouping& g, const Activation& a, const T* z, co
             }
         };
         parallel_for(stats, [&](std::ptrdiff_t s) {
-            // One pass over the members (normalisation is memory-bound): sums of x - K and
-            // (x - K)^2 in double, shifted by one member K so that a large mean does not cancel
-            // the variance.
+            // One pass over the members: sums of x - K and (x - K)^2 (short sums in T added in
+            // double, norm_sum_block), shifted by one member K so that a large mean does not
+            // cancel the variance.
             double shift = 0;
             bool shift_set = false;
             double sum = 0, sq = 0;
             g.for_each_plane(int(s), [&](int n, int c) {
                 const T* in = z + (std::ptrdiff_t(n) * g.channels + c) * P;
                 if (!shift_set) shift = double(in[0]), shift_set = true;
+                using B = Batch<T>;
                 using D = Batch<double>;
-                constexpr std::ptrdiff_t LD = D::size;
-                const D vshift(shift);
+                constexpr std::ptrdiff_t L = lanes<T>;
+                const B vshift = B(T(shift));  // a member's value: exact in T
                 D vpart(0.0), vpart_sq(0.0);
-                std::ptrdiff_t k = 0;
-                for (; k + LD <= P; k += LD) {
-                    const D d = load_as_double(in + k) - vshift;
-                    vpart += d;
-                    vpart_sq = xsimd::fma(d, d, vpart_sq);
+                const std::ptrdiff_t whole = P / L * L;
+                for (std::ptrdiff_t b0 = 0; b0 < whole; b0 += norm_sum_block) {
+                    const std::ptrdiff_t b1 = std::min(whole, b0 + norm_sum_block);
+                    B block(T(0)), block_sq(T(0));
+                    for (std::ptrdiff_t k = b0; k < b1; k += L) {
+                        const B d = B::load_unaligned(in + k) - vshift;
+                        block += d;
+                        block_sq = xsimd::fma(d, d, block_sq);
+                    }
+                    add_as_double(block, vpart);
+                    add_as_double(block_sq, vpart_sq);
                 }
                 double part = xsimd::hadd(vpart), part_sq = xsimd::hadd(vpart_sq);
+                std::ptrdiff_t k = whole;
                 for (; k < P; ++k) {
                     const double d = double(in[k]) - shift;
                     part += d;
@@ -173,7 +195,7 @@ void norm_act_backward(const NormGrouping& g, const Activation& a, const T* z, c
     using D = Batch<double>;
     constexpr std::ptrdiff_t L = lanes<T>, LD = D::size;
     static_assert(L % LD == 0, "a vector of T holds whole vectors of double");
-    const B vslope(slope), zero(T(0)), one(T(1));
+    const B vslope(slope), zero(T(0));
     auto act_grad_v = [&](const B& v, const B& dyv) { return xsimd::select(v > zero, dyv, dyv * vslope); };
     // The forward's affine map of plane i (identity without a norm).
     auto affine_of = [&](std::ptrdiff_t i, T& scale, T& shift) {
@@ -207,21 +229,25 @@ void norm_act_backward(const NormGrouping& g, const Activation& a, const T* z, c
         affine_of(i, scale, shift);
         const T* zi = z + i * P;
         const T* dyi = dy + i * P;
-        // In double: u = dy or dy * slope (by the sign of v), and its products with xhat.
-        const B vscale(scale), vshift(shift);
-        const D vmu(mu), vis(is);
+        // u = dy or dy * slope (by the sign of v), and its products with xhat (as the second
+        // pass computes them), in short sums of T added in double.
+        const B vscale(scale), vshift(shift), vmu = B(T(mu)), vis = B(T(is));
         D vsu(0.0), vsux(0.0);
-        alignas(64) T factor[L];
-        std::ptrdiff_t k = 0;
-        for (; k + L <= P; k += L) {
-            xsimd::select(xsimd::fma(B::load_unaligned(zi + k), vscale, vshift) > zero, one, vslope).store_aligned(factor);
-            for (std::ptrdiff_t h = 0; h < L; h += LD) {
-                const D u = load_as_double(dyi + k + h) * load_as_double(factor + h);
-                vsu += u;
-                vsux = xsimd::fma(u, (load_as_double(zi + k + h) - vmu) * vis, vsux);
+        const std::ptrdiff_t whole = P / L * L;
+        for (std::ptrdiff_t b0 = 0; b0 < whole; b0 += norm_sum_block) {
+            const std::ptrdiff_t b1 = std::min(whole, b0 + norm_sum_block);
+            B block_u(T(0)), block_ux(T(0));
+            for (std::ptrdiff_t k = b0; k < b1; k += L) {
+                const B zv = B::load_unaligned(zi + k);
+                const B u = act_grad_v(xsimd::fma(zv, vscale, vshift), B::load_unaligned(dyi + k));
+                block_u += u;
+                block_ux = xsimd::fma(u, (zv - vmu) * vis, block_ux);
             }
+            add_as_double(block_u, vsu);
+            add_as_double(block_ux, vsux);
         }
         double su = xsimd::hadd(vsu), sux = xsimd::hadd(vsux);
+        std::ptrdiff_t k = whole;
         for (; k < P; ++k) {
             const double u = std::fma(zi[k], scale, shift) > T(0) ? double(dyi[k]) : double(dyi[k]) * double(slope);
             su += u;
