@@ -461,6 +461,71 @@ TEST_CASE("norm backward sees the sign the forward output had, also at v = 0", "
     }
 }
 
+// The norm's sums run over a whole 128^3 plane (2 M voxels) in short sums of T joined in double
+// (norm_sum_block): the float path's statistics and backward sums must keep fp32 accuracy at
+// that size, also with a mean far from zero. Against the same sums in double from the same
+// float inputs: mean, invstd, dgamma, dbeta within 1e-6 (relative to the sum of the terms'
+// magnitudes), dz within 1e-5. Summing a whole plane in float misses this by far.
+TEST_CASE("norm sums keep fp32 accuracy over a 128^3 plane", "[gradients][norm]") {
+    const int channels = 2;
+    const std::ptrdiff_t plane = 128 * 128 * 128 + 5;  // and a tail
+    const NormGrouping g{Norm::instance, 1, channels, 1, plane};
+    const Activation act{Act::leaky_relu, 0.01};
+    const std::size_t count = std::size_t(channels) * std::size_t(plane);
+    Rng rng(7);
+    std::vector<float> z(count), dy(count);
+    for (std::size_t i = 0; i < count; ++i) {
+        const double offset = i < std::size_t(plane) ? 0.0 : 40.0;  // channel 1 far from zero
+        z[i] = float(offset + 3.0 * rng.normal());
+        dy[i] = float(rng.normal());
+    }
+    const std::vector<float> gamma{1.3f, 0.7f}, beta{0.2f, -0.1f};
+    std::vector<float> y(count), mean(channels), invstd(channels);
+    cpu_kernels::norm_act_forward(g, act, z.data(), gamma.data(), beta.data(), y.data(), mean.data(), invstd.data(),
+                                  static_cast<float*>(nullptr), static_cast<float*>(nullptr), NormStats::batch);
+    std::vector<float> dz(count), dgamma(channels, 0.0f), dbeta(channels, 0.0f), scratch(2 * std::size_t(channels));
+    cpu_kernels::norm_act_backward(g, act, z.data(), dy.data(), gamma.data(), beta.data(), mean.data(), invstd.data(), dz.data(),
+                                   dgamma.data(), dbeta.data(), scratch.data());
+    for (int c = 0; c < channels; ++c) {
+        const float* zc = z.data() + c * plane;
+        const float* dyc = dy.data() + c * plane;
+        double sum = 0, abs_sum = 0;
+        for (std::ptrdiff_t k = 0; k < plane; ++k) sum += zc[k], abs_sum += std::abs(double(zc[k]));
+        const double mu = sum / double(plane);
+        double sq = 0;
+        for (std::ptrdiff_t k = 0; k < plane; ++k) sq += (zc[k] - mu) * (zc[k] - mu);
+        const double is = 1.0 / std::sqrt(sq / double(plane) + 1e-5);
+        // The backward's sums with the float statistics the kernel saved (as it uses them).
+        const double fmu = mean[std::size_t(c)], fis = invstd[std::size_t(c)];
+        // The activation's mask as the kernel takes it (float v, norm_affine's fused multiply-add).
+        const float scale = gamma[std::size_t(c)] * invstd[std::size_t(c)];
+        const float shift = std::fma(-mean[std::size_t(c)], scale, beta[std::size_t(c)]);
+        double su = 0, sux = 0, abs_su = 0, abs_sux = 0;
+        std::vector<double> u(static_cast<std::size_t>(plane)), xhat(static_cast<std::size_t>(plane));
+        for (std::ptrdiff_t k = 0; k < plane; ++k) {
+            const float v = std::fma(zc[k], scale, shift);
+            u[std::size_t(k)] = v > 0 ? double(dyc[k]) : double(dyc[k]) * double(0.01f);
+            xhat[std::size_t(k)] = (double(zc[k]) - fmu) * fis;
+            su += u[std::size_t(k)], sux += u[std::size_t(k)] * xhat[std::size_t(k)];
+            abs_su += std::abs(u[std::size_t(k)]), abs_sux += std::abs(u[std::size_t(k)] * xhat[std::size_t(k)]);
+        }
+        double worst_dz = 0;
+        const double k1 = double(gamma[std::size_t(c)]) * su / double(plane), k2 = double(gamma[std::size_t(c)]) * sux / double(plane);
+        for (std::ptrdiff_t k = 0; k < plane; ++k) {
+            const double expected = double(gamma[std::size_t(c)]) * fis * u[std::size_t(k)] - fis * (k1 + xhat[std::size_t(k)] * k2);
+            worst_dz = std::max(worst_dz, std::abs(double(dz[std::size_t(c * plane + k)]) - expected) / (1.0 + std::abs(expected)));
+        }
+        INFO("channel " << c << ": mean " << mean[std::size_t(c)] << " vs " << mu << ", invstd " << invstd[std::size_t(c)] << " vs " << is
+                        << ", dbeta " << dbeta[std::size_t(c)] << " vs " << su << ", dgamma " << dgamma[std::size_t(c)] << " vs " << sux
+                        << ", worst dz " << worst_dz);
+        CHECK(std::abs(double(mean[std::size_t(c)]) - mu) <= 1e-6 * abs_sum / double(plane));
+        CHECK(std::abs(double(invstd[std::size_t(c)]) - is) <= 1e-6 * is);
+        CHECK(std::abs(double(dbeta[std::size_t(c)]) - su) <= 1e-6 * abs_su);
+        CHECK(std::abs(double(dgamma[std::size_t(c)]) - sux) <= 1e-6 * abs_sux);
+        CHECK(worst_dz <= 1e-5);
+    }
+}
+
 TEST_CASE("max-pool backward equals finite differences", "[gradients][resample]") {
     auto check = [](const Cells& cells, std::ptrdiff_t planes, std::uint64_t seed) {
         const std::size_t fine = std::size_t(planes) * cells.fine().size(), coarse = std::size_t(planes) * cells.coarse.size();
