@@ -182,9 +182,8 @@ void amx_peak(benchmark::State& state) {
         return;
     }
     constexpr long steps = 1 << 16;
-    cpu_kernels::AmxTileConfig config(16);  // every tile 16 rows of 64 bytes
-    config.rows[7] = 16;
-    config.bytes_per_row[7] = 64;
+    cpu_kernels::AmxTileConfig config;  // every tile 16 rows of 64 bytes
+    for (int tile = 0; tile < 8; ++tile) config.shape(tile, 16, 64);
     for (auto _ : state) {
 #pragma omp parallel
         {
