@@ -666,6 +666,8 @@ void fprop_bf16_items(const PaddedLayout& l, int pairs, const std::uint32_t* pac
             compact.accumulate[r] = c.accumulate;
         }
         in_item([&] {
+            // Inside the lambda: GCC 12 stops with an internal compiler error when the lambda
+            // captures this array (its size depends on R and V) by reference.
             alignas(64) float acc[R * V * L];
             for (std::ptrdiff_t c = tile * tile_chunks; c < c_end; ++c) {
                 const std::ptrdiff_t q = l.run_begin + c * chunk;
