@@ -101,9 +101,12 @@ void norm_act_forward(const NormGrouping& g, const Activation& a, const T* z, co
             }
         };
         parallel_for(stats, [&](std::ptrdiff_t s) {
-            // One pass over the members: sums of x - K and (x - K)^2 (short sums in T added in
-            // double, norm_sum_block), shifted by one member K so that a large mean does not
-            // cancel the variance.
+            // One pass over the members: sums of x - K and (x - K)^2, shifted by one member K so
+            // that a large mean does not cancel the variance. Each plane is summed about its own
+            // first value K_p (short sums in T added in double, norm_sum_block), and moved to K
+            // in double: a plane's sums then do not depend on which plane came first, so batch
+            // statistics split across processes by images stay the single process's to double
+            // rounding.
             double shift = 0;
             bool shift_set = false;
             double sum = 0, sq = 0;
@@ -113,7 +116,8 @@ void norm_act_forward(const NormGrouping& g, const Activation& a, const T* z, co
                 using B = Batch<T>;
                 using D = Batch<double>;
                 constexpr std::ptrdiff_t L = lanes<T>;
-                const B vshift = B(T(shift));  // a member's value: exact in T
+                const T plane_shift = in[0];
+                const B vshift = B(plane_shift);
                 D vpart(0.0), vpart_sq(0.0);
                 const std::ptrdiff_t whole = P / L * L;
                 for (std::ptrdiff_t b0 = 0; b0 < whole; b0 += norm_sum_block) {
@@ -128,14 +132,15 @@ void norm_act_forward(const NormGrouping& g, const Activation& a, const T* z, co
                     add_as_double(block_sq, vpart_sq);
                 }
                 double part = xsimd::hadd(vpart), part_sq = xsimd::hadd(vpart_sq);
-                std::ptrdiff_t k = whole;
-                for (; k < P; ++k) {
-                    const double d = double(in[k]) - shift;
+                for (std::ptrdiff_t k = whole; k < P; ++k) {
+                    const double d = double(in[k]) - double(plane_shift);
                     part += d;
                     part_sq += d * d;
                 }
-                sum += part;
-                sq += part_sq;
+                // About K: x - K = (x - K_p) + delta.
+                const double delta = double(plane_shift) - shift;
+                sum += part + double(P) * delta;
+                sq += part_sq + delta * (2.0 * part + double(P) * delta);
             });
             const double M = double(g.members(int(s)));
             const double mu = shift + sum / M;
