@@ -703,16 +703,24 @@ TEST_CASE("a bf16 model: close to fp32, not equal to it, and the same whichever 
 }
 
 TEST_CASE("bf16 training learns the blobs as fp32 training does", "[model][bf16][overfit]") {
+    // Over five initialisations: one run's held-out Dice moves by 0.01-0.03 with any change of
+    // the fp32 bits (a single seed once landed at 0.0105 from fp32), the mean of five by less.
     const TrainingData<small_2d> train({8, 1, 1, 32, 32}, 7), held_out({8, 1, 1, 32, 32}, 8);
-    auto learn = [&](Precision precision) {
-        UNet<small_2d> net(3);
+    auto learn = [&](Precision precision, std::uint64_t seed) {
+        UNet<small_2d> net(seed);
         net.set_conv_precision(precision);
         Adam<float> opt(5e-3);
         for (int step = 0; step < 120; ++step) net.train_step(train.x, train.y, DiceLoss{}, opt);
         return foreground_dice(Head::softmax, net.predict(held_out.x), held_out.y);
     };
-    const double dice32 = learn(Precision::fp32), dice16 = learn(Precision::bf16);
-    INFO("held-out Dice fp32 " << dice32 << ", bf16 " << dice16 << " (" << Kernels<cpu>::bf16_kernels() << ")");
-    CHECK(dice32 > 0.85);
-    CHECK(std::abs(dice16 - dice32) < 0.01);
+    double mean32 = 0, mean16 = 0;
+    for (const std::uint64_t seed : {3, 4, 5, 6, 7}) {
+        const double dice32 = learn(Precision::fp32, seed), dice16 = learn(Precision::bf16, seed);
+        INFO("seed " << seed << ": held-out Dice fp32 " << dice32 << ", bf16 " << dice16 << " (" << Kernels<cpu>::bf16_kernels() << ")");
+        CHECK(dice32 > 0.85);
+        CHECK(dice16 > 0.85);
+        mean32 += dice32 / 5, mean16 += dice16 / 5;
+    }
+    INFO("mean held-out Dice fp32 " << mean32 << ", bf16 " << mean16);
+    CHECK(std::abs(mean16 - mean32) < 0.01);
 }
