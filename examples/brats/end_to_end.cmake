@@ -218,13 +218,14 @@ if(NOT budget_cfg MATCHES "train.minutes=0.1\n")
 endif()
 # --plan: the store's fingerprint and the settings planned from it, said and kept in plan.cfg;
 # a given option wins over the plan; run.cfg records the plan, so a resume must ask for it too;
-# predict mirrors by default for such a run.
-run_expecting("\\[PLAN\\]   cases: 4 .4 labelled.*\\[PLAN\\] --patch 64x64 as given .the plan: [0-9]+x[0-9]+.*\\[PLAN\\] --batch [0-9]+: .*\\[PLAN\\] --foreground 0\\.[35]3?: .*Done: 2 steps"
+# predict mirrors by default for such a run. The precision is planned on the CPU: timed where the
+# CPU has bf16 instructions, fp32 without timing where it has none.
+run_expecting("\\[PLAN\\]   cases: 4 .4 labelled.*\\[PLAN\\] --patch 64x64 as given .the plan: [0-9]+x[0-9]+.*\\[PLAN\\] --batch [0-9]+: .*\\[PLAN\\] --foreground 0\\.[35]3?: .*\\[PLAN\\] --precision (fp32|bf16): (a training step took [0-9.]+ s in fp32 and [0-9.]+ s in bf16|this CPU has no bf16 instructions).*Done: 2 steps"
     "${BRATS}" train --data "${WORK}/train" --out "${WORK}/planned" --plan --patch 64x64 --epochs 1 --steps-per-epoch 2
     --val-batches 1 --no-progress --pictures 0)
 file(READ "${WORK}/planned/plan.cfg" plan_cfg)
 file(READ "${WORK}/planned/run.cfg" planned_cfg)
-if(NOT plan_cfg MATCHES "train.patch=64x64  # given; planned [0-9x]+\ntrain.batch=[0-9]+\n.*predict.tta=on" OR
+if(NOT plan_cfg MATCHES "train.patch=64x64  # given; planned [0-9x]+\ntrain.batch=[0-9]+\n.*train.precision=(fp32|bf16)\n.*predict.tta=on" OR
    NOT planned_cfg MATCHES "train.plan=on\n")
     message(FATAL_ERROR "plan.cfg / run.cfg of a planned run:\n${plan_cfg}\n${planned_cfg}")
 endif()

@@ -281,8 +281,9 @@ brats_cli::Options options_for(const std::string& command) {
             .value("arch", "plain", "encoder: plain (two convolutions per level) or resenc (nnU-Net's residual blocks)",
                    {"plain", "resenc"})
             .flag("deep-supervision", "auxiliary heads on the coarser decoder levels while training (nnU-Net's weights)")
-            .flag("plan", "plan --patch, --batch, --foreground, --labels and --loss from the data's fingerprint where not "
-                          "given (said at the start, kept in <out>/plan.cfg; predict then mirrors by default)")
+            .flag("plan", "plan --patch, --batch, --foreground, --labels and --loss from the data's fingerprint, and on the CPU "
+                          "--precision from a few timed steps, where not given (said at the start, kept in "
+                          "<out>/plan.cfg; predict then mirrors by default)")
             .value("patch", "96x96", "2D: slice HxW; 3D: patch DxHxW (multiples of 16)")
             .value("epochs", "10", "epochs")
             .value("minutes", "", "wall-clock budget: epochs until it is spent (--epochs, if given, caps them), the "
@@ -447,13 +448,44 @@ std::optional<TrainingPlan> plan_from_data(brats_cli::Options& o) {
     return plan;
 }
 
+// --plan on the CPU, --precision not given: timed training steps of the planned network in fp32
+// and bf16 choose it (plan.hpp). A resumed run keeps the precision its plan.cfg recorded. Every
+// rank times its own steps and the slowest rank's times decide: a data-parallel step waits for it.
+void plan_precision(TrainingPlan& plan, brats_cli::Options& o, const RunInfo& run) {
+    const bool speak = !g_group || g_group->rank() == 0;
+    if (o.given("precision")) return;
+    using lightunet::Precision;
+    TrainingPlan::Setting setting;
+    const std::string recorded = o.given("resume") ? planned_value(o.str("out"), "precision") : "";
+    if (!recorded.empty()) {
+        setting = {"precision", recorded, "as the run being resumed planned it"};
+    } else if (!lightunet::Kernels<lightunet::cpu>::bf16_instructions()) {
+        setting = {"precision", "fp32", "this CPU has no bf16 instructions (AVX512_BF16, AMX): bf16 would only round the operands"};
+    } else {
+        if (speak)
+            std::fprintf(stderr, "[PLAN] Timing a training step in fp32 and in bf16 (%s)...\n",
+                         lightunet::Kernels<lightunet::cpu>::bf16_kernels().c_str());
+        const auto step_seconds = run.arch == "resenc" ? (run.model == "2d" ? training_step_seconds_2d_resenc : training_step_seconds_3d_resenc)
+                                                       : (run.model == "2d" ? training_step_seconds_2d : training_step_seconds_3d);
+        constexpr int timed_steps = 2;
+        double fp32 = step_seconds(o, run, Precision::fp32, timed_steps), bf16 = step_seconds(o, run, Precision::bf16, timed_steps);
+        if (g_group) {
+            fp32 = g_group->max(fp32);
+            bf16 = g_group->max(bf16);
+        }
+        setting = precision_setting(fp32, bf16);
+    }
+    apply_setting(setting, o, speak);
+    plan.settings.push_back(setting);
+}
+
 int dispatch(const std::string& command, brats_cli::Options& o) {
     if (command == "synth") return synth_command(o);
     if (command == "convert") return convert_command(o);
     if (command == "evaluate") return evaluate_command(o);
     if (command == "train") {
         join_process_group(o);
-        const std::optional<TrainingPlan> plan = plan_from_data(o);
+        std::optional<TrainingPlan> plan = plan_from_data(o);
         const RunInfo run = run_info_for_training(o);
         // An existing run is continued only with --resume and its own options; run.cfg is
         // (re)written by the pipeline once the data and the checkpoint are accepted.
@@ -473,6 +505,7 @@ int dispatch(const std::string& command, brats_cli::Options& o) {
                              brats_cli::join(unrecorded).c_str());
         }
         const Device device = checked_device(o);
+        if (plan && !device.cuda) plan_precision(*plan, o, run);
         if (plan && (!g_group || g_group->rank() == 0)) {
             fs::create_directories(o.str("out"));
             write_plan(fs::path(o.str("out")) / "plan.cfg", *plan, o);

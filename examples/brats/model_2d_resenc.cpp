@@ -17,4 +17,9 @@ int export_2d_resenc(const brats_cli::Options& o, const RunInfo& run) {
     return with_configuration<slice2d_regions, slice2d_classes, true>(run, [&]<UNetConfig C>() { return Pipeline<C>::export_onnx(o, run); });
 }
 
+double training_step_seconds_2d_resenc(const brats_cli::Options& o, const RunInfo& run, lightunet::Precision precision, int timed) {
+    return with_configuration<slice2d_regions, slice2d_classes, true>(
+        run, [&]<UNetConfig C>() { return Pipeline<C>::training_step_seconds(o, run, precision, timed); });
+}
+
 }  // namespace brats

@@ -17,4 +17,9 @@ int export_3d(const brats_cli::Options& o, const RunInfo& run) {
     return with_configuration<patch3d_regions, patch3d_classes, false>(run, [&]<UNetConfig C>() { return Pipeline<C>::export_onnx(o, run); });
 }
 
+double training_step_seconds_3d(const brats_cli::Options& o, const RunInfo& run, lightunet::Precision precision, int timed) {
+    return with_configuration<patch3d_regions, patch3d_classes, false>(
+        run, [&]<UNetConfig C>() { return Pipeline<C>::training_step_seconds(o, run, precision, timed); });
+}
+
 }  // namespace brats

@@ -45,7 +45,7 @@ static_assert(lightunet::parameter_count(variant(patch3d_regions, true, false)) 
 // Calls f.template operator()<C>() with the configuration of one architecture the run names
 // (its labels and deep supervision).
 template <UNetConfig Regions, UNetConfig Classes, bool Resenc, class RunInfo, class F>
-int with_configuration(const RunInfo& run, F&& f) {
+auto with_configuration(const RunInfo& run, F&& f) {
     auto pick = [&]<UNetConfig Base>() {
         return run.deep_supervision ? f.template operator()<variant(Base, Resenc, true)>()
                                     : f.template operator()<variant(Base, Resenc, false)>();

@@ -43,6 +43,11 @@ int export_2d(const brats_cli::Options& o, const RunInfo& run);
 int export_3d(const brats_cli::Options& o, const RunInfo& run);
 int export_2d_resenc(const brats_cli::Options& o, const RunInfo& run);
 int export_3d_resenc(const brats_cli::Options& o, const RunInfo& run);
+// Pipeline::training_step_seconds of the run's network on the CPU (--plan times fp32 against bf16).
+double training_step_seconds_2d(const brats_cli::Options& o, const RunInfo& run, lightunet::Precision precision, int timed);
+double training_step_seconds_3d(const brats_cli::Options& o, const RunInfo& run, lightunet::Precision precision, int timed);
+double training_step_seconds_2d_resenc(const brats_cli::Options& o, const RunInfo& run, lightunet::Precision precision, int timed);
+double training_step_seconds_3d_resenc(const brats_cli::Options& o, const RunInfo& run, lightunet::Precision precision, int timed);
 // --device cuda (model_*_cuda.cu, built when nvcc was found: LIGHTUNET_BRATS_CUDA).
 int train_2d_cuda(const brats_cli::Options& o, const RunInfo& run);
 int train_3d_cuda(const brats_cli::Options& o, const RunInfo& run);
@@ -101,6 +106,11 @@ struct Pipeline {
     static int train(const brats_cli::Options& o, const RunInfo& run, Optimizer optimizer);
     static int predict(const brats_cli::Options& o, const RunInfo& run);
     static int export_onnx(const brats_cli::Options& o, const RunInfo& run);
+    // Seconds of a training step of this network at the run's patch and --batch (per rank),
+    // --threads, convolutions in `precision`: the fastest of `timed` steps after one that plans
+    // the buffers, on synthetic images (a step's time does not depend on the values).
+    static double training_step_seconds(const brats_cli::Options& o, const RunInfo& run, lightunet::Precision precision,
+                                        int timed);
 
 private:
     // Loads --checkpoint (default: default_checkpoint(run)) into the model; returns its path.
@@ -235,6 +245,36 @@ int Pipeline<C, Backend>::export_onnx(const brats_cli::Options& o, const RunInfo
     throw std::runtime_error(out.string() + ": this brats was built without the ONNX export (libonnx-dev and libprotobuf-dev "
                              "were not found when it was configured; install them and build again)");
 #endif
+}
+
+template <lightunet::UNetConfig C, class Backend>
+double Pipeline<C, Backend>::training_step_seconds(const brats_cli::Options& o, const RunInfo& run, lightunet::Precision precision,
+                                                   int timed) {
+    const int threads = int(o.integer("threads", 1, 256));
+    lightunet::Kernels<lightunet::cpu>::set_threads(threads);
+    const int ranks = process_group() ? process_group()->size() : 1;
+    const lightunet::Shape shape{int(o.integer("batch", 1, 4096)) / ranks, C.in_channels, run.patch[0], run.patch[1], run.patch[2]};
+    Images x(shape);
+    Labels y({shape.n, regions ? 3 : 1, shape.d, shape.h, shape.w});
+    lightunet::InitRng rng(3);
+    for (auto& v : x) v = float(rng.normal());
+    for (auto& v : y) v = std::uint8_t(rng.next() % (regions ? 2 : C.classes));
+    auto model = std::make_unique<Model>(1);
+    model->set_threads(threads);
+    model->set_conv_precision(precision);
+    lightunet::Adam<float, Backend> adam(1e-4);
+    lightunet::DiceLoss loss;
+    loss.ce_weight = o.str("loss") == "dice_ce" ? 1.0 : 0.0;
+    loss.include_background = regions;
+    loss.batch_dice = !o.flag_set("sample-dice");
+    model->train_step(x, y, loss, adam);
+    double fastest = std::numeric_limits<double>::infinity();
+    for (int i = 0; i < timed; ++i) {
+        const auto start = std::chrono::steady_clock::now();
+        model->train_step(x, y, loss, adam);
+        fastest = std::min(fastest, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    }
+    return fastest;
 }
 
 template <lightunet::UNetConfig C, class Backend>

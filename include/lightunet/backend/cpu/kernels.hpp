@@ -73,6 +73,16 @@ constexpr std::size_t largest(Size size) {
 
 template <>
 struct Kernels<cpu> {
+private:
+#ifdef LIGHTUNET_CPU_DISPATCH
+    static bool bf16_dot_runs() { return cpu_kernels::selected_cpu_target().bf16_dot_runs(); }
+    static bool amx_runs() { return cpu_kernels::selected_cpu_target().amx_runs(); }
+#else
+    static bool bf16_dot_runs() { return cpu_kernels::bf16_dot_runs(); }
+    static bool amx_runs() { return cpu_kernels::amx_runs(); }
+#endif
+
+public:
     // Which kernels run: the chosen target's name, or the compile target's xsimd architecture.
     static std::string target() {
 #ifdef LIGHTUNET_CPU_DISPATCH
@@ -85,14 +95,12 @@ struct Kernels<cpu> {
 
     // What Precision::bf16 convolutions run on in this process.
     static std::string bf16_kernels() {
-#ifdef LIGHTUNET_CPU_DISPATCH
-        const bool dot = cpu_kernels::selected_cpu_target().bf16_dot_runs(), amx = cpu_kernels::selected_cpu_target().amx_runs();
-#else
-        const bool dot = cpu_kernels::bf16_dot_runs(), amx = cpu_kernels::amx_runs();
-#endif
-        if (amx) return "AMX tiles (AMX-BF16: Fprop, Dgrad, Wgrad)";
-        return dot ? "vdpbf16ps (AVX512_BF16)" : "fp32 multiply-adds on bf16-rounded operands (no AVX512_BF16 kernels here)";
+        if (amx_runs()) return "AMX tiles (AMX-BF16: Fprop, Dgrad, Wgrad)";
+        return bf16_dot_runs() ? "vdpbf16ps (AVX512_BF16)" : "fp32 multiply-adds on bf16-rounded operands (no AVX512_BF16 kernels here)";
     }
+    // Whether Precision::bf16 has bf16 instructions here: without them it only rounds the
+    // operands and runs slower than fp32, so there is nothing to gain from it.
+    static bool bf16_instructions() { return amx_runs() || bf16_dot_runs(); }
 
     template <class T>
     static constexpr std::size_t conv_workspace_size(const ConvProblem& p) {
