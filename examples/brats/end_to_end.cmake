@@ -232,6 +232,17 @@ endif()
 expect_status(2 "--resume: [^\n]*--plan off .the run has on."
     "${BRATS}" train --data "${WORK}/train" --out "${WORK}/planned" --patch 64x64 --epochs 1 --steps-per-epoch 2
     --val-batches 1 --no-progress --resume latest)
+# Resumed with its options, the run keeps the precision its plan.cfg recorded (no timing).
+run_expecting("\\[PLAN\\] --precision (fp32|bf16): as the run being resumed planned it.*Done: 2 steps"
+    "${BRATS}" train --data "${WORK}/train" --out "${WORK}/planned" --plan --patch 64x64 --epochs 1 --steps-per-epoch 2
+    --val-batches 1 --no-progress --pictures 0 --resume latest)
+# A plan.cfg from before the planned precision: that run trained in fp32, and resumes so.
+file(READ "${WORK}/planned/plan.cfg" plan_cfg)
+string(REGEX REPLACE "train.precision=[a-z0-9]+\n" "" plan_cfg "${plan_cfg}")
+file(WRITE "${WORK}/planned/plan.cfg" "${plan_cfg}")
+run_expecting("\\[PLAN\\] --precision fp32: as the run being resumed trained .its plan predates the planned precision.*Done: 2 steps"
+    "${BRATS}" train --data "${WORK}/train" --out "${WORK}/planned" --plan --patch 64x64 --epochs 1 --steps-per-epoch 2
+    --val-batches 1 --no-progress --pictures 0 --resume latest)
 run_expecting("Mirror test-time augmentation: the run's plan"
     "${BRATS}" predict --run "${WORK}/planned" --data "${WORK}/test" --out "${WORK}/pred_planned" --pictures 0)
 # The residual encoder with deep supervision, 2D and 3D: trains, records both in run.cfg (a

@@ -456,9 +456,13 @@ void plan_precision(TrainingPlan& plan, brats_cli::Options& o, const RunInfo& ru
     if (o.given("precision")) return;
     using lightunet::Precision;
     TrainingPlan::Setting setting;
-    const std::string recorded = o.given("resume") ? planned_value(o.str("out"), "precision") : "";
-    if (!recorded.empty()) {
-        setting = {"precision", recorded, "as the run being resumed planned it"};
+    const bool resumes_plan = o.given("resume") && fs::exists(fs::path(o.str("out")) / "plan.cfg");
+    const std::string recorded = resumes_plan ? planned_value(o.str("out"), "precision") : "";
+    if (resumes_plan) {
+        // A plan.cfg without it predates the planned precision: that run trained in fp32.
+        setting = {"precision", recorded.empty() ? "fp32" : recorded,
+                   recorded.empty() ? "as the run being resumed trained (its plan predates the planned precision)"
+                                    : "as the run being resumed planned it"};
     } else if (!lightunet::Kernels<lightunet::cpu>::bf16_instructions()) {
         setting = {"precision", "fp32", "this CPU has no bf16 instructions (AVX512_BF16, AMX): bf16 would only round the operands"};
     } else {
