@@ -113,6 +113,16 @@ struct Pipeline {
                                         int timed);
 
 private:
+    // The loss --loss and --sample-dice ask for, with this head's classes.
+    static lightunet::DiceLoss training_loss(const brats_cli::Options& o) {
+        lightunet::DiceLoss loss;
+        loss.ce_weight = o.str("loss") == "dice_ce" ? 1.0 : 0.0;
+        loss.include_background = regions;  // softmax: Dice over the tumour classes only
+        // Batch Dice by default: a per-sample Dice of a tumour-free slice gives (almost) no
+        // gradient against false positives there, and most slices are tumour-free.
+        loss.batch_dice = !o.flag_set("sample-dice");
+        return loss;
+    }
     // Loads --checkpoint (default: default_checkpoint(run)) into the model; returns its path.
     static fs::path load(const brats_cli::Options& o, const RunInfo& run, Model& model);
     static void load_weights(const fs::path& checkpoint, const RunInfo& run, Model& model);
@@ -263,10 +273,7 @@ double Pipeline<C, Backend>::training_step_seconds(const brats_cli::Options& o, 
     model->set_threads(threads);
     model->set_conv_precision(precision);
     lightunet::Adam<float, Backend> adam(1e-4);
-    lightunet::DiceLoss loss;
-    loss.ce_weight = o.str("loss") == "dice_ce" ? 1.0 : 0.0;
-    loss.include_background = regions;
-    loss.batch_dice = !o.flag_set("sample-dice");
+    const lightunet::DiceLoss loss = training_loss(o);
     model->train_step(x, y, loss, adam);
     double fastest = std::numeric_limits<double>::infinity();
     for (int i = 0; i < timed; ++i) {
@@ -367,11 +374,7 @@ int Pipeline<C, Backend>::train(const brats_cli::Options& o, const RunInfo& run,
         if (to.schedule)
             to.time_schedule = [by_step = to.schedule](double base, double fraction) { return by_step(base, long(fraction * double(ticks))); };
     }
-    to.loss.ce_weight = o.str("loss") == "dice_ce" ? 1.0 : 0.0;
-    to.loss.include_background = regions;  // softmax: Dice over the tumour classes only
-    // Batch Dice by default: a per-sample Dice of a tumour-free slice gives (almost) no gradient
-    // against false positives there, and most slices are tumour-free.
-    to.loss.batch_dice = !o.flag_set("sample-dice");
+    to.loss = training_loss(o);
     to.checkpoint_dir = (out / "checkpoints").string();
     to.keep_last = int(o.integer("keep", 1, 1000));
     to.autosave_seconds = o.real("autosave", 0.0);

@@ -150,13 +150,13 @@ inline void write_plan(const fs::path& file, const TrainingPlan& plan, const bra
     write_run_file(file, text, "the plan");
 }
 
-// The value <run>/plan.cfg records for a training option ("" when none).
+// The value <run>/plan.cfg records for a training option ("" when none), without the note
+// write_plan puts after a given value ("64x64  # given; planned 144x176").
 inline std::string planned_value(const fs::path& run_dir, const std::string& option) {
     std::ifstream f(run_dir / "plan.cfg");
-    const std::string key = "train." + option + "=";
-    for (std::string line; std::getline(f, line);)
-        if (line.rfind(key, 0) == 0) return line.substr(key.size(), line.find_first_of(" #", key.size()) - key.size());
-    return "";
+    const auto recorded = read_key_values(f);
+    const auto it = recorded.find("train." + option);
+    return it == recorded.end() ? "" : it->second.substr(0, it->second.find(' '));
 }
 
 // Whether <run>/plan.cfg asks predict for mirror test-time augmentation (no plan: no).
