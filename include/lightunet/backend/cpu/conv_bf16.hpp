@@ -323,8 +323,9 @@ __attribute__((target("amx-tile,amx-bf16"))) inline void fprop_chunk_amx(const s
 // code inlined into this function gets its AVX512_BF16 target, a lambda would not.
 template <int R, int V>
 __attribute__((target("avx512f,avx512bf16"))) inline void fprop_chunk_bf16(const std::uint16_t* x2, std::ptrdiff_t pair_stride,
-                                                                          const std::ptrdiff_t* tap_offset, int taps, int cp_begin,
-                                                                          int cp_end, const std::uint32_t* w, float* acc_out) {
+                                                                          const std::ptrdiff_t* tap_offset, int taps, int row_taps,
+                                                                          int cp_begin, int cp_end, const std::uint32_t* w,
+                                                                          float* acc_out) {
     __m512 acc[R][V];
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r)
@@ -333,8 +334,16 @@ __attribute__((target("avx512f,avx512bf16"))) inline void fprop_chunk_bf16(const
     for (int cp = cp_begin; cp < cp_end; ++cp) {
         const std::uint16_t* xc = x2 + cp * pair_stride;
         const std::uint32_t* wc = w + std::ptrdiff_t(cp) * taps * R;
-        for (int t = 0; t < taps; ++t) {
+        // As fprop_chunk: the next chunk's input rows go towards the caches once per row of taps
+        // (pair by pair, a 3D chunk reads 9 rows of every pair: more streams than the hardware
+        // prefetchers follow).
+        for (int t = 0, row_left = 0; t < taps; ++t, --row_left) {
             const std::uint16_t* xp = xc + 2 * tap_offset[t];
+            if (row_left == 0) {
+#pragma GCC unroll 4
+                for (int v = 0; v <= V; ++v) __builtin_prefetch(xp + 32 * V + 32 * v, 0, 2);
+                row_left = row_taps;
+            }
             __m512bh xv[V];
 #pragma GCC unroll 4
             for (int v = 0; v < V; ++v) xv[v] = (__m512bh)_mm512_loadu_si512(xp + 32 * v);
@@ -711,7 +720,7 @@ void fprop_padded_bf16(const PaddedLayout& l, int cin, const std::uint16_t* x2, 
     fprop_bf16_items<R, V>(
         l, pairs, packed, oc_begin, oc_end, output_of,
         [&](const std::uint32_t* w, std::ptrdiff_t q, float* acc) {
-            fprop_chunk_bf16<R, V>(x2 + 2 * q, pair_stride, l.tap_offset.data(), l.taps, 0, pairs, w, acc);
+            fprop_chunk_bf16<R, V>(x2 + 2 * q, pair_stride, l.tap_offset.data(), l.taps, 2 * l.pw + 1, 0, pairs, w, acc);
         },
         [](auto&& chunks) { chunks(); });
 #else
