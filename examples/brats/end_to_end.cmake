@@ -245,6 +245,20 @@ run_expecting("\\[PLAN\\] --precision fp32: as the run being resumed trained .it
     --val-batches 1 --no-progress --pictures 0 --resume latest)
 run_expecting("Mirror test-time augmentation: the run's plan"
     "${BRATS}" predict --run "${WORK}/planned" --data "${WORK}/test" --out "${WORK}/pred_planned" --pictures 0)
+# predict takes the precision the plan trained in, where the CPU has bf16 instructions (a run
+# planned bf16 validated in bf16); without them, or given --precision, it says why it does not.
+string(REGEX REPLACE "train.precision=[a-z0-9]+\n" "" plan_cfg "${plan_cfg}")
+file(WRITE "${WORK}/planned/plan.cfg" "${plan_cfg}train.precision=bf16\n")
+run_expecting("--precision bf16: as [^\n]*plan.cfg trained.*Convolutions: bf16 operands, fp32 sums: (vdpbf16ps|AMX)|Convolutions in fp32: [^\n]*plan.cfg trained in bf16, but this CPU has no bf16 instructions"
+    "${BRATS}" predict --run "${WORK}/planned" --data "${WORK}/test" --out "${WORK}/pred_planned" --pictures 0)
+run_expecting("Convolutions in fp32: [^\n]*plan.cfg trained in bf16, but this CPU has no bf16 instructions"
+    "${CMAKE_COMMAND}" -E env LIGHTUNET_CPU_BF16=0
+    "${BRATS}" predict --run "${WORK}/planned" --data "${WORK}/test" --out "${WORK}/pred_planned" --pictures 0)
+execute_process(COMMAND "${BRATS}" predict --run "${WORK}/planned" --data "${WORK}/test" --out "${WORK}/pred_planned"
+                --pictures 0 --precision fp32 RESULT_VARIABLE rc ERROR_VARIABLE err)
+if(NOT rc EQUAL 0 OR err MATCHES "bf16")
+    message(FATAL_ERROR "predict --precision fp32 of a run planned in bf16: expected fp32 without a word of bf16, got ${rc}:\n${err}")
+endif()
 # The residual encoder with deep supervision, 2D and 3D: trains, records both in run.cfg (a
 # resume without them is refused), and predicts with the top head.
 run_expecting("Done: 2 steps"

@@ -335,7 +335,8 @@ brats_cli::Options options_for(const std::string& command) {
             .value("threads", "2", "compute threads")
             .value("device", "cpu", "where the network runs: cpu, cuda (the first GPU) or cuda:N")
             .value("precision", "fp32", "convolution operands: fp32; bf16 on the CPU (rounded to bfloat16 and summed in "
-                                        "fp32); tf32 on CUDA (tensor cores)", {"fp32", "bf16", "tf32"})
+                                        "fp32); tf32 on CUDA (tensor cores) [a run trained with --plan: its planned precision, "
+                                        "where the CPU has bf16 instructions]", {"fp32", "bf16", "tf32"})
             .value("pictures", "3", "cases drawn as overlay PNGs")
             .value("min-et-volume", "", "post-processing: a case's enhancing tumour under this volume (mm^3) becomes necrosis "
                                         "(0: off); default: what train chose on its validation cases (<run>/postprocess.cfg)")
@@ -483,6 +484,22 @@ void plan_precision(TrainingPlan& plan, brats_cli::Options& o, const RunInfo& ru
     plan.settings.push_back(setting);
 }
 
+// predict on the CPU, --precision not given: the precision the run's plan chose for training
+// (plan.cfg), where this CPU has bf16 instructions. The run validated in it: its checkpoint and
+// post-processing were chosen on bf16 predictions.
+void plan_predict_precision(brats_cli::Options& o) {
+    if (o.given("precision")) return;
+    const fs::path plan_file = fs::path(o.str("run")) / "plan.cfg";
+    if (planned_value(o.str("run"), "precision") != "bf16") return;
+    if (!lightunet::Kernels<lightunet::cpu>::bf16_instructions()) {
+        std::fprintf(stderr, "[INFO] Convolutions in fp32: %s trained in bf16, but this CPU has no bf16 instructions (AVX512_BF16, AMX)\n",
+                     plan_file.c_str());
+        return;
+    }
+    o.set_default("precision", "bf16");
+    std::fprintf(stderr, "[INFO] --precision bf16: as %s trained (--precision fp32 predicts in fp32)\n", plan_file.c_str());
+}
+
 int dispatch(const std::string& command, brats_cli::Options& o) {
     if (command == "synth") return synth_command(o);
     if (command == "convert") return convert_command(o);
@@ -529,6 +546,7 @@ int dispatch(const std::string& command, brats_cli::Options& o) {
         return run.model == "2d" ? export_2d(o, run) : export_3d(o, run);
     }
     if (checked_device(o).cuda) return predict_on_cuda(o, run);
+    plan_predict_precision(o);
     if (run.arch == "resenc") return run.model == "2d" ? predict_2d_resenc(o, run) : predict_3d_resenc(o, run);
     return run.model == "2d" ? predict_2d(o, run) : predict_3d(o, run);
 }
