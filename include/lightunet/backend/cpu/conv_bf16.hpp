@@ -720,7 +720,7 @@ void fprop_padded_bf16(const PaddedLayout& l, int cin, const std::uint16_t* x2, 
     fprop_bf16_items<R, V>(
         l, pairs, packed, oc_begin, oc_end, output_of,
         [&](const std::uint32_t* w, std::ptrdiff_t q, float* acc) {
-            fprop_chunk_bf16<R, V>(x2 + 2 * q, pair_stride, l.tap_offset.data(), l.taps, 2 * l.pw + 1, 0, pairs, w, acc);
+            fprop_chunk_bf16<R, V>(x2 + 2 * q, pair_stride, l.tap_offset.data(), l.taps, l.row_taps(), 0, pairs, w, acc);
         },
         [](auto&& chunks) { chunks(); });
 #else

@@ -42,6 +42,9 @@ struct PaddedLayout {
     std::ptrdiff_t run_length = 0;  // through the last interior voxel
     std::array<std::ptrdiff_t, 27> tap_offset{};
     int taps = 0;
+
+    // Taps along a row (the kernel's width): the kernels prefetch once per row of taps.
+    constexpr int row_taps() const { return 2 * pw + 1; }
 };
 
 constexpr PaddedLayout padded_layout(const ConvProblem& p) {
@@ -510,7 +513,7 @@ bool fprop_padded(const PaddedLayout& l, int cin, const T* x_pad, const T* packe
             for (std::ptrdiff_t c = tile * tile_chunks; c < c_end; ++c) {
                 const std::ptrdiff_t q = l.run_begin + c * chunk;
                 fprop_chunk<T, R, V>(x_pad + q, l.stride, l.tap_offset.data(), l.taps, ci, ci_end, w, y + q, l.stride,
-                                     rows, ci == 0, 2 * l.pw + 1, direct ? &compact : nullptr, &l, q);
+                                     rows, ci == 0, l.row_taps(), direct ? &compact : nullptr, &l, q);
             }
         }
     });
