@@ -150,21 +150,20 @@ inline void write_plan(const fs::path& file, const TrainingPlan& plan, const bra
     write_run_file(file, text, "the plan");
 }
 
-// The value <run>/plan.cfg records for a training option ("" when none), without the note
+// The value <run>/plan.cfg records under `key` ("" when none, or no plan), without the note
 // write_plan puts after a given value ("64x64  # given; planned 144x176").
-inline std::string planned_value(const fs::path& run_dir, const std::string& option) {
+inline std::string recorded_in_plan(const fs::path& run_dir, const std::string& key) {
     std::ifstream f(run_dir / "plan.cfg");
     const auto recorded = read_key_values(f);
-    const auto it = recorded.find("train." + option);
+    const auto it = recorded.find(key);
     return it == recorded.end() ? "" : it->second.substr(0, it->second.find(' '));
+}
+// The value recorded for a training option.
+inline std::string planned_value(const fs::path& run_dir, const std::string& option) {
+    return recorded_in_plan(run_dir, "train." + option);
 }
 
 // Whether <run>/plan.cfg asks predict for mirror test-time augmentation (no plan: no).
-inline bool plan_asks_for_tta(const fs::path& run_dir) {
-    std::ifstream f(run_dir / "plan.cfg");
-    for (std::string line; std::getline(f, line);)
-        if (line == "predict.tta=on") return true;
-    return false;
-}
+inline bool plan_asks_for_tta(const fs::path& run_dir) { return recorded_in_plan(run_dir, "predict.tta") == "on"; }
 
 }  // namespace brats
