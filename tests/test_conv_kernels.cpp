@@ -540,3 +540,60 @@ TEST_CASE("AMX tiles and vdpbf16ps compute the same bf16 convolution", "[conv][b
     WARN("SKIPPED: the AMX kernels are compiled for AVX-512 targets on x86-64 Linux only");
 #endif
 }
+
+// The pooling and rearrangement kernels run in vectors along rows of cells (lane permutations)
+// and finish each row one cell at a time; the finite-difference tests (test_gradients.cpp) use rows shorter than a vector. Here
+// rows of 2-3 vectors and a tail, in float and double, against the definitions, bit for bit;
+// values of few levels, so that ties (first maximum wins) are common.
+TEMPLATE_TEST_CASE("pooling and space-to-depth kernels equal their definitions in vectors and row tails", "[kernels][resample]", float,
+                   double) {
+    using T = TestType;
+    auto check = [](const Cells& cells, std::ptrdiff_t planes, int channels, unsigned seed) {
+        const Extent fe = cells.fine();
+        const int per = cells.per_cell();
+        const std::size_t fine = std::size_t(planes) * fe.size(), coarse = std::size_t(planes) * cells.coarse.size();
+        std::mt19937 rng(seed);
+        auto levels = [&](std::size_t n) {
+            std::vector<T> v(n);
+            for (auto& e : v) e = T(int(rng() % 4) - 1.5);
+            return v;
+        };
+        const auto x = levels(fine), g = levels(coarse), stacked = levels(fine), bias = levels(std::size_t(channels));
+        auto cell_voxel = [&](std::size_t p, int z, int v, int u, int k) {
+            const int a = k / 4, b = (k / 2) % 2, c = k % 2;
+            return p * fe.size() + (std::size_t(z * cells.fd + a) * fe.h + std::size_t(2 * v + b)) * fe.w + std::size_t(2 * u + c);
+        };
+        std::vector<T> pooled(coarse, T(99)), dx(fine, T(99)), acc(fine, T(0.5)), s2d(fine, T(99)), d2s(fine, T(99)), d2s_acc(fine, T(0.25));
+        Kernels<cpu>::max_pool_forward(cells, planes, x.data(), pooled.data());
+        Kernels<cpu>::max_pool_backward(cells, planes, x.data(), g.data(), dx.data(), false);
+        Kernels<cpu>::max_pool_backward(cells, planes, x.data(), g.data(), acc.data(), true);
+        Kernels<cpu>::space_to_depth(cells, planes, x.data(), s2d.data());
+        Kernels<cpu>::depth_to_space(cells, planes, channels, stacked.data(), static_cast<const T*>(nullptr), d2s.data(), false);
+        Kernels<cpu>::depth_to_space(cells, planes, channels, stacked.data(), bias.data(), d2s_acc.data(), true);
+        std::size_t ties = 0;
+        for (std::size_t p = 0; p < std::size_t(planes); ++p)
+            for (int z = 0; z < cells.coarse.d; ++z)
+                for (int v = 0; v < cells.coarse.h; ++v)
+                    for (int u = 0; u < cells.coarse.w; ++u) {
+                        const std::size_t o = p * cells.coarse.size() + (std::size_t(z) * cells.coarse.h + v) * cells.coarse.w + u;
+                        int arg = 0;
+                        for (int k = 1; k < per; ++k) arg = x[cell_voxel(p, z, v, u, k)] > x[cell_voxel(p, z, v, u, arg)] ? k : arg;
+                        INFO("plane " << p << " coarse voxel (" << z << ", " << v << ", " << u << ")");
+                        REQUIRE(pooled[o] == x[cell_voxel(p, z, v, u, arg)]);
+                        for (int k = 0; k < per; ++k) {
+                            const std::size_t f = cell_voxel(p, z, v, u, k);
+                            ties += k != arg && x[f] == x[cell_voxel(p, z, v, u, arg)];
+                            REQUIRE(dx[f] == (k == arg ? g[o] : T(0)));
+                            REQUIRE(acc[f] == T(0.5) + (k == arg ? g[o] : T(0)));
+                            const std::size_t stacked_at = (p * std::size_t(per) + std::size_t(k)) * cells.coarse.size() + (o - p * cells.coarse.size());
+                            REQUIRE(s2d[stacked_at] == x[f]);
+                            REQUIRE(d2s[f] == stacked[stacked_at]);
+                            REQUIRE(d2s_acc[f] == T(0.25) + (stacked[stacked_at] + bias[p % std::size_t(channels)]));
+                        }
+                    }
+        CHECK(ties > coarse / 4);  // the first-maximum rule was exercised
+    };
+    SECTION("2D cells, 3 planes, coarse rows of 37") { check(Cells{{1, 3, 37}, 1}, 3, 3, 41); }
+    SECTION("3D cells, 2 planes, coarse rows of 19") { check(Cells{{2, 2, 19}, 2}, 2, 2, 42); }
+    SECTION("3D cells, rows of exactly two float vectors") { check(Cells{{1, 2, 32}, 2}, 2, 1, 43); }
+}
