@@ -307,11 +307,18 @@ void conv_backward(const ConvProblem& p, int images, std::span<const ChannelSour
             // zeros where the data gradient (a convolution of it) reads the neighbours' planes.
             const bool whole_volume = depth == p.extent.d;
             bool wgrad_done = false;
+            // bf16: one read of the output gradient fills both passes' layouts, g_pad's halves (an
+            // even cout fills them exactly). The weight gradient's then holds the halo planes the
+            // data gradient reads too, outside the run it sums over.
+            const bool one_gradient_padding = bf16_dot && direct_wgrad && direct_dgrad && p.cout % 2 == 0;
+            std::uint16_t* const g2 = reinterpret_cast<std::uint16_t*>(g_pad) + (one_gradient_padding ? std::ptrdiff_t(p.cout) * l.stride : 0);
             if constexpr (std::is_same_v<T, float>)
                 if (direct_wgrad && bf16_dot) {
                     std::uint16_t *x16 = reinterpret_cast<std::uint16_t*>(x_pad), *g16 = reinterpret_cast<std::uint16_t*>(g_pad);
                     pad_sources_bf16(l, input, n, plane, VolumeSlab::with_halo(first, p.extent.d), x16);
-                    pad_sources_bf16(l, grad_sources, n, plane, VolumeSlab::alone(first, depth), g16);
+                    if (one_gradient_padding)
+                        pad_source_pairs(l, grad_sources, n, plane, VolumeSlab::with_halo(first, p.extent.d), g2, g16);
+                    else pad_sources_bf16(l, grad_sources, n, plane, VolumeSlab::alone(first, depth), g16);
                     wgrad_bf16(l, p.cin, p.cout, x16, g16, dweight, dx_pad);
                     wgrad_done = true;
                 }
@@ -336,8 +343,7 @@ void conv_backward(const ConvProblem& p, int images, std::span<const ChannelSour
             };
             if constexpr (std::is_same_v<T, float>)
                 if (bf16_dot) {
-                    std::uint16_t* g2 = reinterpret_cast<std::uint16_t*>(g_pad);
-                    pad_source_pairs(l, grad_sources, n, plane, VolumeSlab::with_halo(first, p.extent.d), g2);
+                    if (!one_gradient_padding) pad_source_pairs(l, grad_sources, n, plane, VolumeSlab::with_halo(first, p.extent.d), g2);
                     fprop_padded_bf16(l, p.cout, g2, reinterpret_cast<const std::uint32_t*>(packed), 0, p.cin, output_of);
                     return;
                 }

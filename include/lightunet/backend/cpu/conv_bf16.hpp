@@ -143,27 +143,40 @@ constexpr std::ptrdiff_t channel_pairs(int channels) { return (channels + 1) / 2
 // Pads channel pairs of the sources into dst ([pair][padded q][2] bf16, a pair as one 32-bit
 // word, its first channel in the low half); an odd last channel is paired with zeros. Each
 // value is written once: rows' interiors converted 16 at a time, only the borders zeroed.
+// With `plain`, the same values also go there as pad_sources_bf16 lays them out ([channel]
+// [padded q]): the backward pass's output gradient in both layouts from one read of it.
 template <class T>
 void pad_source_pairs(const PaddedLayout& l, std::span<const ChannelSource<T>> sources, int image, std::ptrdiff_t channel_size,
-                      const VolumeSlab& slab, std::uint16_t* dst) {
+                      const VolumeSlab& slab, std::uint16_t* dst, std::uint16_t* plain = nullptr) {
     const int channels = channel_count(sources);
     const std::ptrdiff_t w = l.extent.w;
     parallel_for(channel_pairs(channels), [&](std::ptrdiff_t pair) {
         const T* src[2] = {source_channel(sources, image, channel_size, 2 * pair),
                            source_channel(sources, image, channel_size, 2 * pair + 1)};
         std::uint32_t* out = reinterpret_cast<std::uint32_t*>(dst) + pair * l.stride;
+        std::uint16_t* plain_out[2] = {plain ? plain + 2 * pair * l.stride : nullptr,
+                                       plain && src[1] ? plain + (2 * pair + 1) * l.stride : nullptr};
+        auto fill_plain = [&](std::ptrdiff_t from, std::ptrdiff_t to) {
+            for (std::uint16_t* p : plain_out)
+                if (p) std::fill(p + from, p + to, std::uint16_t(0));
+        };
         auto word = [&](std::ptrdiff_t at) {
             return std::uint32_t(bf16_bits(float(src[0][at]))) | (src[1] ? std::uint32_t(bf16_bits(float(src[1][at]))) << 16 : 0u);
         };
         for_each_padded_row(l, slab, [&](std::ptrdiff_t r, std::ptrdiff_t at) {
-            std::uint32_t* row = out + r * l.wp;
+            const std::ptrdiff_t row_begin = r * l.wp;
+            std::uint32_t* row = out + row_begin;
             if (at < 0) {
                 std::fill(row, row + l.wp, 0u);
+                fill_plain(row_begin, row_begin + l.wp);
                 return;
             }
             std::fill(row, row + l.pw, 0u);
             std::fill(row + l.pw + w, row + l.wp, 0u);
+            fill_plain(row_begin, row_begin + l.pw);
+            fill_plain(row_begin + l.pw + w, row_begin + l.wp);
             std::uint32_t* interior = row + l.pw;
+            const std::ptrdiff_t plain_interior = row_begin + l.pw;
 #if LIGHTUNET_BF16_DOT_COMPILED
             if constexpr (std::is_same_v<T, float>) {
                 for (std::ptrdiff_t x = 0; x < w; x += 16) {
@@ -171,13 +184,21 @@ void pad_source_pairs(const PaddedLayout& l, std::span<const ChannelSource<T>> s
                     const U32x16 first = bf16_bits16(_mm512_maskz_loadu_ps(m, src[0] + at + x));
                     const U32x16 second = src[1] ? bf16_bits16(_mm512_maskz_loadu_ps(m, src[1] + at + x)) : U32x16{};
                     _mm512_mask_storeu_epi32(interior + x, m, __m512i(first | (second << 16)));
+                    if (plain_out[0]) _mm512_mask_cvtepi32_storeu_epi16(plain_out[0] + plain_interior + x, m, __m512i(first));
+                    if (plain_out[1]) _mm512_mask_cvtepi32_storeu_epi16(plain_out[1] + plain_interior + x, m, __m512i(second));
                 }
                 return;
             }
 #endif
-            for (std::ptrdiff_t x = 0; x < w; ++x) interior[x] = word(at + x);
+            for (std::ptrdiff_t x = 0; x < w; ++x) {
+                const std::uint32_t v = word(at + x);
+                interior[x] = v;
+                if (plain_out[0]) plain_out[0][plain_interior + x] = std::uint16_t(v);
+                if (plain_out[1]) plain_out[1][plain_interior + x] = std::uint16_t(v >> 16);
+            }
         });
         std::fill(out + l.plane, out + l.stride, 0u);
+        fill_plain(l.plane, l.stride);
     });
 }
 
