@@ -111,7 +111,7 @@ struct CellLanes {
                              xsimd::swizzle(second, xsimd::make_batch_constant<Index, Gather<Column>>()));
     }
     static auto even() { return xsimd::make_batch_bool_constant<B, Even>(); }
-    // In every lane, the value of cell voxel k = row + 0 and row + 1 (the lane pair's two).
+    // A fine row's batch u as two: every lane's cell's first column (a_w = 0) and its second.
     static void columns(const B& u, B& first, B& second) {
         const B s = swap_pairs(u);
         first = xsimd::select(even(), u, s);
