@@ -661,7 +661,7 @@ inline void wgrad_bf16(const PaddedLayout& l, int cin, int cout, const std::uint
     // Each thread takes a range of items and walks the run in passes, all its items per pass: a
     // pass's blocked output gradient (64 bytes a pair per block) comes from memory once per
     // thread and from L2 for the thread's other items, instead of once per item (a 128^3
-    // volume's 16-channel block is 64 MiB, 18 items).
+    // volume's 16-channel block is 66 MiB, read by 18 items).
     constexpr std::ptrdiff_t pass = 8 * wgrad_short_sum;
     auto walk = [&](std::ptrdiff_t items, auto&& item_run) {
         parallel_ranges(items, [&](std::ptrdiff_t begin, std::ptrdiff_t end) {
