@@ -145,6 +145,10 @@ TEST_CASE("bf16 convolutions sum bf16-rounded operands in fp32", "[conv][bf16]")
     SECTION("3D 1x1x1, 13 -> 5 channels, 7x4x9") { check_conv_bf16({{7, 4, 9}, 1, 1, 1, 13, 5}, 2); }
     SECTION("2D 1x1, 64 -> 4 channels, 16x16 (a head)") { check_conv_bf16({{1, 16, 16}, 1, 1, 1, 64, 4}, 1); }
     SECTION("2D 3x3, 32 -> 32 channels, 40x36 (Winograd's in fp32)") { check_conv_bf16({{1, 40, 36}, 1, 3, 3, 32, 32}, 1); }
+    SECTION("2D 3x3, 16 -> 32 channels, 90x100 (the weight gradient in passes of 2,048 voxel pairs, a short last one)") {
+        check_conv_bf16({{1, 90, 100}, 1, 3, 3, 16, 32}, 1);
+    }
+    SECTION("3D 3x3x3, 6 -> 16 channels, 9x20x30 (one block of outputs, in passes)") { check_conv_bf16({{9, 20, 30}, 3, 3, 3, 6, 16}, 1); }
 }
 
 // The bf16 weight gradient's two copies (its output gradient into blocks of 16 channels by voxel
