@@ -167,8 +167,9 @@ list(LENGTH written count)
 if(NOT count EQUAL 2)
     message(FATAL_ERROR "predict wrote ${count} BraTS 2023 segmentations, expected 2")
 endif()
-run("${BRATS}" evaluate --pred "${WORK}/pred" --truth "${WORK}/test" --out "${WORK}/metrics.csv")
-expect_lines("${WORK}/metrics.csv" 4 "header + 2 cases + mean")
+# Without --out the metrics go beside the predictions, not into the current folder.
+run_expecting("Wrote [^\n]*pred/metrics.csv" "${BRATS}" evaluate --pred "${WORK}/pred" --truth "${WORK}/test")
+expect_lines("${WORK}/pred/metrics.csv" 4 "header + 2 cases + mean")
 # export: the trained run as an ONNX model, fixed at the run's patch and symbolic with its batch
 # norms folded (each passes the ONNX checker's full check before it is written); a missing
 # checkpoint and --batch with --symbolic are named. Without libonnx-dev the command says so.

@@ -209,8 +209,11 @@ int evaluate_command(const brats_cli::Options& o) {
     const auto mean = eval::mean_metrics(rows);
     std::printf("%-28s Dice WT/TC/ET %.3f/%.3f/%.3f  HD95 %.1f/%.1f/%.1f mm  (%zu cases)\n", "mean", mean.dice[0], mean.dice[1],
                 mean.dice[2], mean.hd95[0], mean.hd95[1], mean.hd95[2], rows.size());
-    eval::write_metrics_csv(o.str("out"), rows);
-    std::fprintf(stderr, "[INFO] Wrote %s\n", o.str("out").c_str());
+    // Beside the predictions it scores unless told otherwise: never into whatever folder the
+    // command happened to run in.
+    const std::string out = o.given("out") ? o.str("out") : (pred_dir / "metrics.csv").string();
+    eval::write_metrics_csv(out, rows);
+    std::fprintf(stderr, "[INFO] Wrote %s\n", out.c_str());
     if (o.given("min-wt-dice") && mean.dice[0] < o.real("min-wt-dice", 0.0, 1.0)) {
         std::fprintf(stderr, "[ERROR] mean whole-tumour Dice %.3f is below --min-wt-dice %s\n", mean.dice[0], o.str("min-wt-dice").c_str());
         return 4;
@@ -352,7 +355,7 @@ brats_cli::Options options_for(const std::string& command) {
                                    "the other not: Dice 0, HD95 = the volume's diagonal in mm.")
             .required("pred", "folder of predicted segmentations (NIfTI, or Kaggle slice masks)")
             .required("truth", "folder of labelled cases (NIfTI, or Kaggle slices: scored per volume on 1 mm slices)")
-            .value("out", "metrics.csv", "CSV to write")
+            .value("out", "", "CSV to write (default: metrics.csv in the --pred folder)")
             .value("min-wt-dice", "", "exit with status 4 when the mean whole-tumour Dice is lower")
             .flag("allow-missing", "skip cases without a prediction instead of stopping");
     if (command == "export")
