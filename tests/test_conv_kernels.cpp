@@ -128,7 +128,9 @@ void check_conv_bf16(ConvProblem p, int images) {
     run.add_sevens(dx_ref);
     CHECK(worst_relative(dx, dx_ref) < 2e-5);
     CHECK(worst_relative(dw, dw_ref) < 2e-5);
-    CHECK(worst_relative(db, db_ref) < 2e-5);
+    // The bias gradient is one fp32 sum over every voxel: its rounding grows with their count
+    // (summed in order where the reduction is not vectorised, as in the sanitizer build).
+    CHECK(worst_relative(db, db_ref) < 2e-5 * std::max(1.0, double(images) * double(p.extent.size()) / 1000.0));
 }
 
 }  // namespace
