@@ -548,9 +548,9 @@ TEST_CASE("AMX tiles and vdpbf16ps compute the same bf16 convolution", "[conv][b
 }
 
 // The pooling and rearrangement kernels run in vectors along rows of cells (lane permutations)
-// and finish each row one cell at a time; the finite-difference tests (test_gradients.cpp) use rows shorter than a vector. Here
-// rows of 2-3 vectors and a tail, in float and double, against the definitions, bit for bit;
-// values of few levels, so that ties (first maximum wins) are common.
+// and finish each row one cell at a time; the finite-difference tests (test_gradients.cpp) use
+// rows shorter than a vector. Here rows of 2-3 vectors and a tail, in float and double, against
+// the definitions, bit for bit; values of few levels, so that ties (first maximum wins) are common.
 TEMPLATE_TEST_CASE("pooling and space-to-depth kernels equal their definitions in vectors and row tails", "[kernels][resample]", float,
                    double) {
     using T = TestType;

@@ -99,10 +99,10 @@ struct CellLanes {
         static constexpr bool get(std::size_t i, std::size_t n) { return i < n / 2; }
     };
     static B swap_pairs(const B& v) { return xsimd::swizzle(v, xsimd::make_batch_constant<Index, Swap>()); }
-    // Fine lanes of coarse lanes [Half * L / 2, (Half + 1) * L / 2), each twice.
-    template <std::size_t Half>
-    static B spread(const B& coarse) {
-        return xsimd::swizzle(coarse, xsimd::make_batch_constant<Index, Spread<Half>>());
+    // Fine lanes of coarse lanes [half * L / 2, (half + 1) * L / 2), each twice (half: 0 or 1).
+    static B spread(const B& coarse, int half) {
+        return half == 0 ? xsimd::swizzle(coarse, xsimd::make_batch_constant<Index, Spread<0>>())
+                         : xsimd::swizzle(coarse, xsimd::make_batch_constant<Index, Spread<1>>());
     }
     // Column `Column` of the L cells that two fine batches hold, as L coarse lanes.
     template <std::size_t Column>
@@ -185,7 +185,7 @@ void max_pool_backward(const Cells& g, std::ptrdiff_t planes, const T* fine, con
                     best = xsimd::select(greater, v[k], best);
                     arg = xsimd::select(greater, B(T(k)), arg);
                 }
-                const B up = half == 0 ? Lanes::template spread<0>(grad) : Lanes::template spread<1>(grad);
+                const B up = Lanes::spread(grad, half);
                 for (int k = 0; k < N; k += 2) {
                     const B own = xsimd::select(Lanes::even(), B(T(k)), B(T(k + 1)));
                     T* out = fine_grad + row[k] + at;
@@ -216,7 +216,7 @@ void space_to_depth(const Cells& g, std::ptrdiff_t planes, const T* fine, T* coa
                 Lanes::template gather<1>(first, second).store_unaligned(coarse + base + (k + 1) * coarse_size + x);
             }
         for_each_cell_from(x, g.coarse.w, o, row, n, [&](std::ptrdiff_t at, const std::ptrdiff_t* cell, auto) {
-            for (int k = 0; k < N; ++k) coarse[at + plane * (N - 1) * coarse_size + k * coarse_size] = fine[cell[k]];
+            for (int k = 0; k < N; ++k) coarse[base + (at - o) + k * coarse_size] = fine[cell[k]];
         });
     });
 }
@@ -240,15 +240,14 @@ void depth_to_space(const Cells& g, std::ptrdiff_t planes, int channels, const T
                 const B second = B::load_unaligned(coarse + base + (k + 1) * coarse_size + x);
                 for (int half = 0; half < 2; ++half) {
                     T* out = fine + row[k] + 2 * x + half * L;
-                    const B v = half == 0 ? xsimd::select(Lanes::even(), Lanes::template spread<0>(first), Lanes::template spread<0>(second))
-                                          : xsimd::select(Lanes::even(), Lanes::template spread<1>(first), Lanes::template spread<1>(second));
+                    const B v = xsimd::select(Lanes::even(), Lanes::spread(first, half), Lanes::spread(second, half));
                     const B value = v + B(b);
                     (accumulate ? B::load_unaligned(out) + value : value).store_unaligned(out);
                 }
             }
         for_each_cell_from(x, g.coarse.w, o, row, n, [&](std::ptrdiff_t at, const std::ptrdiff_t* cell, auto) {
             for (int k = 0; k < N; ++k) {
-                const T v = coarse[at + plane * (N - 1) * coarse_size + k * coarse_size] + b;
+                const T v = coarse[base + (at - o) + k * coarse_size] + b;
                 fine[cell[k]] = accumulate ? fine[cell[k]] + v : v;
             }
         });
