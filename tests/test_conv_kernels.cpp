@@ -151,6 +151,9 @@ TEST_CASE("bf16 convolutions sum bf16-rounded operands in fp32", "[conv][bf16]")
         check_conv_bf16({{1, 90, 100}, 1, 3, 3, 16, 32}, 1);
     }
     SECTION("3D 3x3x3, 6 -> 16 channels, 9x20x30 (one block of outputs, in passes)") { check_conv_bf16({{9, 20, 30}, 3, 3, 3, 6, 16}, 1); }
+    SECTION("2D 3x3, 9 -> 23 channels, 70x80, two images (the weight gradient with voxels in lanes, in passes of 4,096 voxels)") {
+        check_conv_bf16({{1, 70, 80}, 1, 3, 3, 9, 23}, 2);
+    }
 }
 
 // The bf16 weight gradient's two copies (its output gradient into blocks of 16 channels by voxel
