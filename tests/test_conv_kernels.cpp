@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <random>
 #include <vector>
 
@@ -605,4 +606,39 @@ TEMPLATE_TEST_CASE("pooling and space-to-depth kernels equal their definitions i
     SECTION("2D cells, 3 planes, coarse rows of 37") { check(Cells{{1, 3, 37}, 1}, 3, 3, 41); }
     SECTION("3D cells, 2 planes, coarse rows of 19") { check(Cells{{2, 2, 19}, 2}, 2, 2, 42); }
     SECTION("3D cells, rows of exactly two float vectors") { check(Cells{{1, 2, 32}, 2}, 2, 1, 43); }
+}
+
+// The heads' nonlinearities in vectors (xsimd::exp): every voxel within a few ulp of the double
+// definition, in whole vectors and in a row's partial last one (the same function there, so a
+// voxel's value does not depend on where its vector ends), from logits far enough apart that exp
+// underflows to 0 and a softmax's row is one-hot.
+TEMPLATE_TEST_CASE("softmax and sigmoid heads equal their definitions in vectors and tails", "[kernels][loss]", float, double) {
+    using T = TestType;
+    const double tol = std::is_same_v<T, float> ? 4e-7 : 1e-15;
+    auto check = [&](int images, int channels, std::ptrdiff_t plane) {
+        const std::size_t n = std::size_t(images) * std::size_t(channels) * std::size_t(plane);
+        std::vector<T> x(n), probs(n, T(99)), sig(n, T(99));
+        for (std::size_t i = 0; i < n; ++i) x[i] = T(12.0 * std::sin(0.7 * double(i))) + (i % 29 == 0 ? T(-150) : T(0)) + (i % 31 == 0 ? T(150) : T(0));
+        Kernels<cpu>::softmax_channels(images, channels, plane, x.data(), probs.data());
+        Kernels<cpu>::sigmoid(std::ptrdiff_t(n), x.data(), sig.data());
+        double worst = 0, worst_sigmoid = 0;
+        for (int image = 0; image < images; ++image)
+            for (std::ptrdiff_t k = 0; k < plane; ++k) {
+                auto at = [&](int c) { return (std::size_t(image) * std::size_t(channels) + std::size_t(c)) * std::size_t(plane) + std::size_t(k); };
+                double m = -1e300, sum = 0, total = 0;
+                for (int c = 0; c < channels; ++c) m = std::max(m, double(x[at(c)]));
+                for (int c = 0; c < channels; ++c) sum += std::exp(double(x[at(c)]) - m);
+                for (int c = 0; c < channels; ++c) {
+                    worst = std::max(worst, std::abs(double(probs[at(c)]) - std::exp(double(x[at(c)]) - m) / sum));
+                    worst_sigmoid = std::max(worst_sigmoid, std::abs(double(sig[at(c)]) - 1.0 / (1.0 + std::exp(-double(x[at(c)])))));
+                    total += double(probs[at(c)]);
+                }
+                REQUIRE(std::abs(total - 1.0) < 8 * tol);
+            }
+        CHECK(worst < tol);
+        CHECK(worst_sigmoid < tol);
+    };
+    SECTION("4 classes, 2 images, planes of 300 (blocks of 256 and a partial vector)") { check(2, 4, 300); }
+    SECTION("3 classes, 1 image, a plane shorter than a vector") { check(1, 3, 5); }
+    SECTION("2 classes, 3 images, a plane of exactly one block") { check(3, 2, 256); }
 }
