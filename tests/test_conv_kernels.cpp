@@ -128,10 +128,13 @@ void check_conv_bf16(ConvProblem p, int images) {
     run.backward(dx, dw, db);
     run.add_sevens(dx_ref);
     CHECK(worst_relative(dx, dx_ref) < 2e-5);
-    CHECK(worst_relative(dw, dw_ref) < 2e-5);
+    // The weight gradient sums a product per voxel: fp32 rounding grows like the root of their
+    // count (the fp32 kernels' order, LIGHTUNET_CPU_BF16=0: 2.8e-5 over 2 x 18,200 voxels).
+    const double voxels = double(images) * double(p.extent.size());
+    CHECK(worst_relative(dw, dw_ref) < 2e-5 * std::max(1.0, std::sqrt(voxels / 10000.0)));
     // The bias gradient is one fp32 sum over every voxel: its rounding grows with their count
     // (summed in order where the reduction is not vectorised, as in the sanitizer build).
-    CHECK(worst_relative(db, db_ref) < 2e-5 * std::max(1.0, double(images) * double(p.extent.size()) / 1000.0));
+    CHECK(worst_relative(db, db_ref) < 2e-5 * std::max(1.0, voxels / 1000.0));
 }
 
 }  // namespace
@@ -152,8 +155,8 @@ TEST_CASE("bf16 convolutions sum bf16-rounded operands in fp32", "[conv][bf16]")
         check_conv_bf16({{1, 90, 100}, 1, 3, 3, 16, 32}, 1);
     }
     SECTION("3D 3x3x3, 6 -> 16 channels, 9x20x30 (one block of outputs, in passes)") { check_conv_bf16({{9, 20, 30}, 3, 3, 3, 6, 16}, 1); }
-    SECTION("2D 3x3, 9 -> 23 channels, 70x80, two images (the weight gradient with voxels in lanes, in passes of 4,096 voxels)") {
-        check_conv_bf16({{1, 70, 80}, 1, 3, 3, 9, 23}, 2);
+    SECTION("2D 3x3, 9 -> 23 channels, 130x140, two images (the weight gradient with voxels in lanes, in passes of 16,384 voxels)") {
+        check_conv_bf16({{1, 130, 140}, 1, 3, 3, 9, 23}, 2);
     }
 }
 

@@ -393,7 +393,9 @@ template <VectorGeometry G = geometry>
 constexpr std::size_t bf16_wgrad_scratch_size(const PaddedLayout& l, int cin, int cout) {  // in floats
     const std::size_t blocks = std::size_t(ceil_div(cout, 16));
     const std::size_t pairs = std::size_t(ceil_div(l.run_length, std::ptrdiff_t(2)));
-    return blocks * pairs * 16 + blocks * 16 * std::size_t(cin) * std::size_t(l.taps) + 32;
+    const std::size_t blocked = blocks * pairs * 16 + blocks * 16 * std::size_t(cin) * std::size_t(l.taps);
+    const std::size_t lanes = std::size_t(cout) * std::size_t(cin) * std::size_t(l.taps) * 16;  // wgrad_bf16's running totals
+    return std::max(blocked, lanes) + 32;
 }
 
 #if LIGHTUNET_BF16_DOT_COMPILED
@@ -444,11 +446,10 @@ __attribute__((target("avx512f,avx512bf16"))) inline void wgrad_tile_bf16(const 
             if (dw_at[r * P + p]) _mm512_store_ps(dw_at[r * P + p], total[r][p]);
 }
 
-// The 16 lanes added pairwise, in one order (not _mm512_reduce_add_ps: GCC 12 reports its
-// _mm512_undefined operand as uninitialised).
-__attribute__((target("avx512f"))) inline float sum_lanes(__m512 v) {
-    alignas(64) float lane[16];
-    _mm512_store_ps(lane, v);
+// The 16 lanes of a running total added pairwise, in one order.
+inline float sum_lanes(const float* total) {
+    float lane[16];
+    std::copy(total, total + 16, lane);
     for (int width = 8; width > 0; width /= 2)
         for (int i = 0; i < width; ++i) lane[i] += lane[i + width];
     return lane[0];
@@ -474,14 +475,16 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"), always_inline)) inline voi
 // channels x P columns (input channel x tap): R + P loads per R x P multiply-adds, where the
 // blocked kernel above loads one broadcast per multiply-add when cout is 16. Voxels [begin, end)
 // of the run (begin a multiple of wgrad_lane_pass, end a pass later or the run's end): each lane
-// sums the pass, then the 16 lanes are added (a fixed order) into the running totals in dw_at
-// (overwritten at the first pass), so the sums do not depend on which thread walks which pass.
-// Null dw_at: a column past the matrix, computed and dropped.
-inline constexpr std::ptrdiff_t wgrad_lane_pass = 4096;  // voxels
+// sums the pass and adds it to its lane of the running totals in totals_at (16 floats an output,
+// overwritten at the first pass), so the sums do not depend on which thread walks which pass;
+// the caller adds the lanes when the run is done (sum_lanes). Adding the lanes every pass
+// instead (24 trees of 15 scalar adds per 128 chunks) cost 15-25 % of the 3D 128^3 16 -> 16
+// weight gradient (Zen 5). Null totals_at: a column past the matrix, computed and dropped.
+inline constexpr std::ptrdiff_t wgrad_lane_pass = 16384;  // voxels
 template <int R, int P>
 __attribute__((target("avx512f,avx512bw,avx512bf16"))) inline void wgrad_lanes_bf16(const std::uint16_t* const* x_at, const std::uint16_t* const* g_at,
                                                                                      std::ptrdiff_t begin, std::ptrdiff_t end,
-                                                                                     float* const* dw_at) {
+                                                                                     float* const* totals_at) {
     __m512 acc[R][P];
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r)
@@ -505,10 +508,7 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) inline void wgrad_lanes_b
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
         for (int p = 0; p < P; ++p)
-            if (float* to = dw_at[r * P + p]) {
-                const float pass = sum_lanes(acc[r][p]);
-                *to = first ? pass : *to + pass;
-            }
+            if (float* to = totals_at[r * P + p]) _mm512_store_ps(to, first ? acc[r][p] : _mm512_add_ps(_mm512_load_ps(to), acc[r][p]));
 }
 
 // A 16 x 16 block of 32-bit words transposed in registers: rows[i][j] <- rows[j][i]. Stage S
@@ -685,41 +685,48 @@ inline void wgrad_bf16(const PaddedLayout& l, int cin, int cout, const std::uint
                        float* scratch, bool amx = amx_runs()) {
 #if LIGHTUNET_BF16_DOT_COMPILED
     constexpr int L = 16;
-    const int k_count = cin * l.taps, blocks = int(ceil_div(cout, L));
-    const std::ptrdiff_t pairs = ceil_div(l.run_length, std::ptrdiff_t(2));
+    const int k_count = cin * l.taps;
+    float* const aligned_scratch = scratch + (16 - (reinterpret_cast<std::uintptr_t>(scratch) / 4) % 16) % 16;
+    // Each thread takes a range of items and walks the run (`length` voxels or pairs) in passes,
+    // all its items per pass: a pass's output gradient comes from memory once per thread and from
+    // L2 for the thread's other items, instead of once per item (a 128^3 volume's 16-channel
+    // block is 66 MiB, read by 18 items).
+    auto walk = [&](std::ptrdiff_t items, std::ptrdiff_t length, std::ptrdiff_t pass, auto&& item_run) {
+        parallel_ranges(items, [&](std::ptrdiff_t begin, std::ptrdiff_t end) {
+            for (std::ptrdiff_t p0 = 0; p0 < length; p0 += pass)
+                for (std::ptrdiff_t item = begin; item < end; ++item) item_run(item, p0, std::min(length, p0 + pass));
+        });
+    };
     if (!amx && wgrad_in_lanes(cout)) {
         // Items: R x P tiles, those of one group of columns next to each other (they share the
-        // input's rows); each thread walks its items' columns over the run pass by pass, as below.
-        float* dw_plain = scratch;  // [cout][k_count]
+        // input's rows).
+        float* const totals = aligned_scratch;  // [cout][k_count][16 lanes]
         constexpr int R = 4, P = 6;
         const int row_items = int(ceil_div(cout, R)), column_items = int(ceil_div(k_count, P));
-        parallel_ranges(std::ptrdiff_t(row_items) * column_items, [&](std::ptrdiff_t begin, std::ptrdiff_t end) {
-            for (std::ptrdiff_t v0 = 0; v0 < l.run_length; v0 += wgrad_lane_pass)
-                for (std::ptrdiff_t item = begin; item < end; ++item) {
-                    const int o0 = int(item % row_items) * R, k0 = int(item / row_items) * P;
-                    const std::uint16_t* x_at[P];
-                    const std::uint16_t* g_at[R];
-                    float* dw_at[R * P];
-                    for (int p = 0; p < P; ++p) {
-                        const int k = std::min(k0 + p, k_count - 1);
-                        x_at[p] = x16 + (k / l.taps) * l.stride + l.tap_offset[k % l.taps] + l.run_begin;
-                    }
-                    for (int r = 0; r < R; ++r) {
-                        g_at[r] = g16 + std::ptrdiff_t(std::min(o0 + r, cout - 1)) * l.stride + l.run_begin;
-                        for (int p = 0; p < P; ++p)
-                            dw_at[r * P + p] = o0 + r < cout && k0 + p < k_count ? dw_plain + std::ptrdiff_t(o0 + r) * k_count + k0 + p : nullptr;
-                    }
-                    wgrad_lanes_bf16<R, P>(x_at, g_at, v0, std::min(l.run_length, v0 + wgrad_lane_pass), dw_at);
-                }
+        walk(std::ptrdiff_t(row_items) * column_items, l.run_length, wgrad_lane_pass, [&](std::ptrdiff_t item, std::ptrdiff_t v0, std::ptrdiff_t v1) {
+            const int o0 = int(item % row_items) * R, k0 = int(item / row_items) * P;
+            const std::uint16_t* x_at[P];
+            const std::uint16_t* g_at[R];
+            float* totals_at[R * P];
+            for (int p = 0; p < P; ++p) {
+                const int k = std::min(k0 + p, k_count - 1);
+                x_at[p] = x16 + (k / l.taps) * l.stride + l.tap_offset[k % l.taps] + l.run_begin;
+            }
+            for (int r = 0; r < R; ++r) {
+                g_at[r] = g16 + std::ptrdiff_t(std::min(o0 + r, cout - 1)) * l.stride + l.run_begin;
+                for (int p = 0; p < P; ++p)
+                    totals_at[r * P + p] = o0 + r < cout && k0 + p < k_count ? totals + (std::ptrdiff_t(o0 + r) * k_count + k0 + p) * L : nullptr;
+            }
+            wgrad_lanes_bf16<R, P>(x_at, g_at, v0, v1, totals_at);
         });
         parallel_for(cout, [&](std::ptrdiff_t o) {
-            float* to = dweight + o * k_count;
-            const float* from = dw_plain + o * k_count;
-            for (int k = 0; k < k_count; ++k) to[k] += from[k];
+            for (int k = 0; k < k_count; ++k) dweight[o * k_count + k] += sum_lanes(totals + (o * k_count + k) * L);
         });
         return;
     }
-    std::uint16_t* g_blk = reinterpret_cast<std::uint16_t*>(scratch + (16 - (reinterpret_cast<std::uintptr_t>(scratch) / 4) % 16) % 16);
+    const int blocks = int(ceil_div(cout, L));
+    const std::ptrdiff_t pairs = ceil_div(l.run_length, std::ptrdiff_t(2));
+    std::uint16_t* g_blk = reinterpret_cast<std::uint16_t*>(aligned_scratch);
     float* dw_blk = reinterpret_cast<float*>(g_blk + std::ptrdiff_t(blocks) * pairs * 32);
     parallel_for(blocks, [&](std::ptrdiff_t b) {
         block_gradient_pairs(g16 + l.run_begin, l.stride, l.run_length, cout, int(b), reinterpret_cast<std::uint32_t*>(g_blk) + b * pairs * L);
@@ -766,24 +773,14 @@ inline void wgrad_bf16(const PaddedLayout& l, int cin, int cout, const std::uint
         }
         wgrad_tile_bf16<RR, PP>(x_at, g_at, pair_begin, pair_end, dw_at);
     };
-    // Each thread takes a range of items and walks the run in passes, all its items per pass: a
-    // pass's blocked output gradient (64 bytes a pair per block) comes from memory once per
-    // thread and from L2 for the thread's other items, instead of once per item (a 128^3
-    // volume's 16-channel block is 66 MiB, read by 18 items).
-    constexpr std::ptrdiff_t pass = 8 * wgrad_short_sum;
-    auto walk = [&](std::ptrdiff_t items, auto&& item_run) {
-        parallel_ranges(items, [&](std::ptrdiff_t begin, std::ptrdiff_t end) {
-            for (std::ptrdiff_t p0 = 0; p0 < pairs; p0 += pass)
-                for (std::ptrdiff_t item = begin; item < end; ++item) item_run(item, p0, std::min(pairs, p0 + pass));
-        });
-    };
+    constexpr std::ptrdiff_t pass = 8 * wgrad_short_sum;  // pairs
     if (blocks >= R) {
         const int row_items = int(ceil_div(blocks, R)), pair_items = int(ceil_div(k_count, P));
-        walk(std::ptrdiff_t(row_items) * pair_items, [&](std::ptrdiff_t item, std::ptrdiff_t p0, std::ptrdiff_t p1) {
+        walk(std::ptrdiff_t(row_items) * pair_items, pairs, pass, [&](std::ptrdiff_t item, std::ptrdiff_t p0, std::ptrdiff_t p1) {
             run(std::integral_constant<int, R>{}, int(item / pair_items) * R, int(item % pair_items) * P, p0, p1);
         });
     } else {  // one block of output channels: the registers go to more pairs
-        walk(ceil_div(k_count, R * P), [&](std::ptrdiff_t item, std::ptrdiff_t p0, std::ptrdiff_t p1) {
+        walk(ceil_div(k_count, R * P), pairs, pass, [&](std::ptrdiff_t item, std::ptrdiff_t p0, std::ptrdiff_t p1) {
             run(std::integral_constant<int, 1>{}, 0, int(item) * R * P, p0, p1);
         });
     }
