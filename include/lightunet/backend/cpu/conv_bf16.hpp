@@ -384,6 +384,15 @@ __attribute__((target("avx512f,avx512bf16"))) inline void fprop_chunk_bf16(const
 }
 #endif
 
+// Whether wgrad_bf16 runs wgrad_lanes_bf16 (voxels in the lanes) rather than the blocked kernel:
+// below two whole blocks of 16 output channels, where the blocked kernel leaves lanes empty
+// (cout 17..31) or has few items for the threads (cout <= 16 and few input channels). Measured
+// on the Zen 5 host (2 threads, conv_backward without a data gradient, medians): 3D 128^3
+// 4 -> 16 45 -> 34 ms; 2D 176 x 144 b9 4 -> 24 3.8 -> 3.0 ms, 24 -> 24 8.2 -> 7.9 ms; 3D 128^3
+// 16 -> 16 and 32 -> 16 and 2D 48 -> 24 the same within the noise; at cout 32 the blocked kernel
+// is faster (2D 240^2 32 -> 32: 2.9 against 3.4 ms).
+constexpr bool wgrad_in_lanes(int cout) { return cout < 32; }
+
 // The weight gradient on vdpbf16ps, vectorised over output channels as wgrad_by_channels:
 // lanes are 16 output channels, and a pair of voxels is the instruction's reduction pair. The
 // output gradient goes into blocks [block][voxel pair][16 channels][2] (zeros past the run and
@@ -394,7 +403,7 @@ constexpr std::size_t bf16_wgrad_scratch_size(const PaddedLayout& l, int cin, in
     const std::size_t blocks = std::size_t(ceil_div(cout, 16));
     const std::size_t pairs = std::size_t(ceil_div(l.run_length, std::ptrdiff_t(2)));
     const std::size_t blocked = blocks * pairs * 16 + blocks * 16 * std::size_t(cin) * std::size_t(l.taps);
-    const std::size_t lanes = std::size_t(cout) * std::size_t(cin) * std::size_t(l.taps) * 16;  // wgrad_bf16's running totals
+    const std::size_t lanes = wgrad_in_lanes(cout) ? std::size_t(cout) * std::size_t(cin) * std::size_t(l.taps) * 16 : 0;  // running totals
     return std::max(blocked, lanes) + 32;
 }
 
@@ -668,15 +677,6 @@ __attribute__((target("amx-tile,amx-bf16,avx512f"))) inline void wgrad_block_amx
     amx_release();
 }
 #endif
-
-// Whether wgrad_bf16 runs wgrad_lanes_bf16 (voxels in the lanes) rather than the blocked kernel:
-// below two whole blocks of 16 output channels, where the blocked kernel leaves lanes empty
-// (cout 17..31) or has few items for the threads (cout <= 16 and few input channels). Measured
-// on the Zen 5 host (2 threads, conv_backward without a data gradient, medians): 3D 128^3
-// 4 -> 16 45 -> 34 ms; 2D 176 x 144 b9 4 -> 24 3.8 -> 3.0 ms, 24 -> 24 8.2 -> 7.9 ms; 3D 128^3
-// 16 -> 16 and 32 -> 16 and 2D 48 -> 24 the same within the noise; at cout 32 the blocked kernel
-// is faster (2D 240^2 32 -> 32: 2.9 against 3.4 ms).
-constexpr bool wgrad_in_lanes(int cout) { return cout < 32; }
 
 // dweight[oc][ci * taps + t] += sum over the slab's run of g[oc][q] * x[ci][q + offset(t)], from
 // the plain bf16 paddings x16 (halo planes of data) and g16 (zeros outside the slab's interior).
