@@ -181,6 +181,8 @@ void pad_source_pairs(const PaddedLayout& l, std::span<const ChannelSource<T>> s
             if constexpr (std::is_same_v<T, float>) {
                 for (std::ptrdiff_t x = 0; x < w; x += 16) {
                     const __mmask16 m = row_mask(x, w);
+                    prefetch_ahead(src[0] + at + x, stream_prefetch_bytes);
+                    if (src[1]) prefetch_ahead(src[1] + at + x, stream_prefetch_bytes);
                     const U32x16 first = bf16_bits16(_mm512_maskz_loadu_ps(m, src[0] + at + x));
                     const U32x16 second = src[1] ? bf16_bits16(_mm512_maskz_loadu_ps(m, src[1] + at + x)) : U32x16{};
                     _mm512_mask_storeu_epi32(interior + x, m, __m512i(first | (second << 16)));
@@ -191,6 +193,10 @@ void pad_source_pairs(const PaddedLayout& l, std::span<const ChannelSource<T>> s
             }
 #endif
             for (std::ptrdiff_t x = 0; x < w; ++x) {
+                if (x % 16 == 0) {
+                    prefetch_ahead(src[0] + at + x, stream_prefetch_bytes);
+                    if (src[1]) prefetch_ahead(src[1] + at + x, stream_prefetch_bytes);
+                }
                 const std::uint32_t v = word(at + x);
                 interior[x] = v;
                 if (plain_out[0]) plain_out[0][plain_interior + x] = std::uint16_t(v);
@@ -224,12 +230,16 @@ void pad_sources_bf16(const PaddedLayout& l, std::span<const ChannelSource<T>> s
             if constexpr (std::is_same_v<T, float>) {
                 for (std::ptrdiff_t x = 0; x < w; x += 16) {
                     const __mmask16 m = row_mask(x, w);
+                    prefetch_ahead(src + at + x, stream_prefetch_bytes);
                     _mm512_mask_cvtepi32_storeu_epi16(interior + x, m, __m512i(bf16_bits16(_mm512_maskz_loadu_ps(m, src + at + x))));
                 }
                 return;
             }
 #endif
-            for (std::ptrdiff_t x = 0; x < w; ++x) interior[x] = bf16_bits(float(src[at + x]));
+            for (std::ptrdiff_t x = 0; x < w; ++x) {
+                if (x % 16 == 0) prefetch_ahead(src + at + x, stream_prefetch_bytes);
+                interior[x] = bf16_bits(float(src[at + x]));
+            }
         });
         std::fill(out + l.plane, out + l.stride, std::uint16_t(0));
     });

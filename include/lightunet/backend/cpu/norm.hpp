@@ -39,6 +39,7 @@ inline void affine_activate(const T* in, T* out, std::ptrdiff_t count, T scale, 
     const B vscale(scale), vshift(shift), vslope(slope), zero(T(0));
     std::ptrdiff_t k = 0;
     for (; k + L <= count; k += L) {
+        prefetch_ahead(in + k, stream_prefetch_bytes);
         const B v = xsimd::fma(B::load_unaligned(in + k), vscale, vshift);
         xsimd::select(v > zero, v, v * vslope).store_unaligned(out + k);
     }
@@ -124,6 +125,7 @@ void norm_act_forward(const NormGrouping& g, const Activation& a, const T* z, co
                     const std::ptrdiff_t b1 = std::min(whole, b0 + norm_sum_block);
                     B block(T(0)), block_sq(T(0));
                     for (std::ptrdiff_t k = b0; k < b1; k += L) {
+                        prefetch_ahead(in + k, stream_prefetch_bytes);
                         const B d = B::load_unaligned(in + k) - vshift;
                         block += d;
                         block_sq = xsimd::fma(d, d, block_sq);
@@ -218,7 +220,11 @@ void norm_act_backward(const NormGrouping& g, const Activation& a, const T* z, c
             const T* dyi = dy + i * P;
             T* dzi = dz + i * P;
             std::ptrdiff_t k = 0;
-            for (; k + L <= P; k += L) act_grad_v(B::load_unaligned(zi + k), B::load_unaligned(dyi + k)).store_unaligned(dzi + k);
+            for (; k + L <= P; k += L) {
+                prefetch_ahead(zi + k, stream_prefetch_bytes);
+                prefetch_ahead(dyi + k, stream_prefetch_bytes);
+                act_grad_v(B::load_unaligned(zi + k), B::load_unaligned(dyi + k)).store_unaligned(dzi + k);
+            }
             for (; k < P; ++k) dzi[k] = act_grad(zi[k], dyi[k]);
         });
         return;
@@ -243,6 +249,8 @@ void norm_act_backward(const NormGrouping& g, const Activation& a, const T* z, c
             const std::ptrdiff_t b1 = std::min(whole, b0 + norm_sum_block);
             B block_u(T(0)), block_ux(T(0));
             for (std::ptrdiff_t k = b0; k < b1; k += L) {
+                prefetch_ahead(zi + k, stream_prefetch_bytes);
+                prefetch_ahead(dyi + k, stream_prefetch_bytes);
                 const B zv = B::load_unaligned(zi + k);
                 const B u = act_grad_v(xsimd::fma(zv, vscale, vshift), B::load_unaligned(dyi + k));
                 block_u += u;
@@ -309,6 +317,8 @@ void norm_act_backward(const NormGrouping& g, const Activation& a, const T* z, c
             const B vmu(tmu), vis(tis), vgi(gi), vk1(k1), vk2(k2), vscale(scale), vshift(shift);
             std::ptrdiff_t k = 0;
             for (; k + L <= P; k += L) {
+                prefetch_ahead(zi + k, stream_prefetch_bytes);
+                prefetch_ahead(dyi + k, stream_prefetch_bytes);
                 const B zv = B::load_unaligned(zi + k);
                 const B xhat = (zv - vmu) * vis;
                 const B u = act_grad_v(xsimd::fma(zv, vscale, vshift), B::load_unaligned(dyi + k));

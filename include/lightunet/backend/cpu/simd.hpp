@@ -1,6 +1,9 @@
 #pragma once
 // Kernels are written once against xsimd::batch<T, Arch>; the architecture is the compile
 // target's unless LIGHTUNET_CPU_ARCH names another xsimd tag (e.g. xsimd::avx2).
+#include <cstddef>
+#include <cstdint>
+
 #include <xsimd/xsimd.hpp>
 
 #include "geometry.hpp"
@@ -29,6 +32,15 @@ template <class T>
 inline Batch<double> load_as_double(const T* p) {
     return Batch<double>::load_unaligned(p);  // from float: xsimd converts
 }
+
+// Asks for the cache line `bytes` past p, for loops that stream a large array once: on the
+// Zen 5 host the hardware prefetchers left the bf16 padding of a 16-channel 128^3 volume at a
+// third of the memory's speed (13.5 ms; 3.8 ms with this 4 KiB ahead). The address is formed as
+// an integer: it may lie past the array, which a prefetch never reads from.
+inline void prefetch_ahead(const void* p, std::ptrdiff_t bytes) {
+    __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<std::uintptr_t>(p) + std::uintptr_t(bytes)), 0, 3);
+}
+inline constexpr std::ptrdiff_t stream_prefetch_bytes = 4096;
 
 // This compilation's geometry: the default of every size function.
 inline constexpr VectorGeometry geometry{lanes<float>, lanes<double>, wide_register_file};
