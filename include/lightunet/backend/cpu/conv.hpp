@@ -277,9 +277,18 @@ void conv_backward(const ConvProblem& p, int images, std::span<const ChannelSour
         if (dbias)
             parallel_for(p.cout, [&](std::ptrdiff_t oc) {
                 const T* g = grad_output + n * grad_output_image_stride + oc * plane;
-                T s = 0;  // vector lanes of partial sums: a sum in order waits on every add's latency
-#pragma omp simd reduction(+ : s)
-                for (std::ptrdiff_t i = 0; i < plane; ++i) s += g[i];
+                // Vector lanes of partial sums: a sum in order waits on every add's latency.
+                Batch<T> lanes_sum(T(0));
+                std::ptrdiff_t i = 0;
+                for (; i + lanes<T> <= plane; i += lanes<T>) {
+                    prefetch_ahead(g + i, stream_prefetch_bytes);
+                    lanes_sum += Batch<T>::load_unaligned(g + i);
+                }
+                T lane[lanes<T>];  // added through memory: GCC 12 warns on xsimd::hadd's AVX-512 double reduction
+                lanes_sum.store_unaligned(lane);
+                T s = 0;
+                for (const T v : lane) s += v;
+                for (; i < plane; ++i) s += g[i];
                 dbias[oc] += s;
             });
         if (winograd_wgrad) {

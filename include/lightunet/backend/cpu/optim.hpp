@@ -7,10 +7,13 @@
 
 #include "../../optim/step.hpp"
 #include "parallel.hpp"
+#include "simd.hpp"
 
 namespace lightunet::cpu_kernels::inline LIGHTUNET_CPU_TARGET {
 
 using optim::update_block;
+// Elements between two prefetches of each array an update streams through (a cache line of floats).
+inline constexpr std::ptrdiff_t prefetch_run = 16;
 
 // Sum of squares in fixed blocks, so the result does not depend on the thread count.
 template <class T>
@@ -43,15 +46,22 @@ void adam_update(std::ptrdiff_t count, T* param, const T* grad, T* m, T* v, cons
     const T lr = T(s.lr), eps = T(s.eps), wd = T(s.weight_decay);
     parallel_for(optim::update_blocks(count), [&](std::ptrdiff_t b) {
         const std::ptrdiff_t end = std::min(count, (b + 1) * update_block);
+        for (std::ptrdiff_t i0 = b * update_block; i0 < end; i0 += prefetch_run) {
+            prefetch_ahead(param + i0, stream_prefetch_bytes);
+            prefetch_ahead(grad + i0, stream_prefetch_bytes);
+            prefetch_ahead(m + i0, stream_prefetch_bytes);
+            prefetch_ahead(v + i0, stream_prefetch_bytes);
+            const std::ptrdiff_t i1 = std::min(end, i0 + prefetch_run);
 #pragma omp simd
-        for (std::ptrdiff_t i = b * update_block; i < end; ++i) {
-            T g = grad[i];
-            if (!s.decoupled) g += wd * param[i];
-            m[i] = b1 * m[i] + (T(1) - b1) * g;
-            v[i] = b2 * v[i] + (T(1) - b2) * g * g;
-            T p = param[i];
-            if (s.decoupled) p -= lr * wd * p;
-            param[i] = p - lr * (m[i] * c1) / (std::sqrt(v[i] * c2) + eps);
+            for (std::ptrdiff_t i = i0; i < i1; ++i) {
+                T g = grad[i];
+                if (!s.decoupled) g += wd * param[i];
+                m[i] = b1 * m[i] + (T(1) - b1) * g;
+                v[i] = b2 * v[i] + (T(1) - b2) * g * g;
+                T p = param[i];
+                if (s.decoupled) p -= lr * wd * p;
+                param[i] = p - lr * (m[i] * c1) / (std::sqrt(v[i] * c2) + eps);
+            }
         }
     });
 }

@@ -136,6 +136,7 @@ void max_pool_forward(const Cells& g, std::ptrdiff_t planes, const T* fine, T* c
             B half_max[2];
             for (int half = 0; half < 2; ++half) {
                 B v[N];
+                for (int k = 0; k < N; k += 2) prefetch_ahead(fine + row[k] + 2 * x + half * L, stream_prefetch_bytes);
                 for (int k = 0; k < N; k += 2) Lanes::columns(B::load_unaligned(fine + row[k] + 2 * x + half * L), v[k], v[k + 1]);
                 B m = v[0];
                 for (int k = 1; k < N; ++k) m = xsimd::select(v[k] > m, v[k], m);
@@ -178,6 +179,7 @@ void max_pool_backward(const Cells& g, std::ptrdiff_t planes, const T* fine, con
             for (int half = 0; half < 2; ++half) {
                 const std::ptrdiff_t at = 2 * x + half * L;
                 B v[N];
+                for (int k = 0; k < N; k += 2) prefetch_ahead(fine + row[k] + at, stream_prefetch_bytes);
                 for (int k = 0; k < N; k += 2) Lanes::columns(B::load_unaligned(fine + row[k] + at), v[k], v[k + 1]);
                 B best = v[0], arg(T(0));  // as the scalar kernel, in each lane pair
                 for (int k = 1; k < N; ++k) {
@@ -211,6 +213,8 @@ void space_to_depth(const Cells& g, std::ptrdiff_t planes, const T* fine, T* coa
         std::ptrdiff_t x = 0;
         for (; x + L <= g.coarse.w; x += L)
             for (int k = 0; k < N; k += 2) {
+                prefetch_ahead(fine + row[k] + 2 * x, stream_prefetch_bytes);
+                prefetch_ahead(fine + row[k] + 2 * x + L, stream_prefetch_bytes);
                 const B first = B::load_unaligned(fine + row[k] + 2 * x), second = B::load_unaligned(fine + row[k] + 2 * x + L);
                 Lanes::template gather<0>(first, second).store_unaligned(coarse + base + k * coarse_size + x);
                 Lanes::template gather<1>(first, second).store_unaligned(coarse + base + (k + 1) * coarse_size + x);
@@ -236,6 +240,8 @@ void depth_to_space(const Cells& g, std::ptrdiff_t planes, int channels, const T
         std::ptrdiff_t x = 0;
         for (; x + L <= g.coarse.w; x += L)
             for (int k = 0; k < N; k += 2) {
+                prefetch_ahead(coarse + base + k * coarse_size + x, stream_prefetch_bytes);
+                prefetch_ahead(coarse + base + (k + 1) * coarse_size + x, stream_prefetch_bytes);
                 const B first = B::load_unaligned(coarse + base + k * coarse_size + x);
                 const B second = B::load_unaligned(coarse + base + (k + 1) * coarse_size + x);
                 for (int half = 0; half < 2; ++half) {
