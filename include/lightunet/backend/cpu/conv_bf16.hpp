@@ -496,9 +496,9 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"), always_inline)) inline voi
 // of the run (begin a multiple of wgrad_lane_pass, end a pass later or the run's end): each lane
 // sums the pass and adds it to its lane of the running totals in totals_at (16 floats an output,
 // overwritten at the first pass), so the sums do not depend on which thread walks which pass;
-// the caller adds the lanes when the run is done (sum_lanes). Adding the lanes every pass
-// instead (24 trees of 15 scalar adds per 128 chunks) cost 15-25 % of the 3D 128^3 16 -> 16
-// weight gradient (Zen 5). Null totals_at: a column past the matrix, computed and dropped.
+// the caller adds the lanes when the run is done (sum_lanes). With the lanes added every pass of
+// 4,096 voxels the 3D 128^3 16 -> 16 weight gradient took 90.0 ms, now 78.4 (Zen 5, 2 threads,
+// bench/ab_kernels.sh dee81fe). Null totals_at: a column past the matrix, computed and dropped.
 inline constexpr std::ptrdiff_t wgrad_lane_pass = 16384;  // voxels
 template <int R, int P>
 __attribute__((target("avx512f,avx512bw,avx512bf16"))) inline void wgrad_lanes_bf16(const std::uint16_t* const* x_at, const std::uint16_t* const* g_at,
