@@ -14,6 +14,9 @@
 #     there fails. One that finishes alone is reported, not failed.
 #   * An out-of-memory whose report blames no one (the live heap when libFuzzer looked is its own
 #     buffers) is re-run with a malloc limit of half the RSS limit; the block it stops is judged.
+#   * The run is held to its time by scripts/fuzz_run_for.sh, which lets a job finish a report it
+#     has begun before it stops them all; a report the stop still cut off (no SUMMARY, its process
+#     among those stopped) is listed, not judged and not failing.
 #   * Every sanitizer report written while fuzzing is kept (log_path) and triaged too: a crash that
 #     depends on what the process ran before and does not reproduce alone is still judged by its
 #     own report. A crash that neither reproduces nor left a sanitizer report fails. An
@@ -120,7 +123,7 @@ fuzz_target() {
     local name=$1 dir=$runs/$1 asan ubsan stats execs cov corpus verdict artifact kind failed=0
     local -a artifacts=() fuzz_reports=()
     local started=$SECONDS
-    local libhdf5=0 ours=0 unreproduced=0 unreproduced_crashes=0 report_libhdf5=0 report_ours=0
+    local libhdf5=0 ours=0 unreproduced=0 unreproduced_crashes=0 report_libhdf5=0 report_ours=0 report_stopped=0
     binary=$build_root/fuzz/fuzz_$name
     mkdir -p "$dir/corpus" "$dir/artifacts" "$dir/reports" "$dir/tmp"
     cp -r "$root/tests/fuzz/corpus/$name/." "$dir/corpus/"
@@ -140,10 +143,12 @@ fuzz_target() {
 
     echo "fuzz: $name for ${seconds}s (fork mode; crashes, hangs and OOMs saved and triaged afterwards)"
     # The fork-mode parent stops only between jobs; a SIGTERM to all its processes holds the run to
-    # its time (not SIGINT: the parent runs each job through system(), which ignores SIGINT).
-    # Reports written while fuzzing go to reports/fuzz.<pid>.
+    # its time (not SIGINT: the parent runs each job through system(), which ignores SIGINT), sent
+    # by fuzz_run_for.sh once no job is writing a report; the jobs it still had to stop are listed
+    # in stopped.pids. Reports written while fuzzing go to reports/fuzz.<pid>.
     ASAN_OPTIONS=$asan:log_path=$dir/reports/fuzz UBSAN_OPTIONS=$ubsan:log_path=$dir/reports/fuzz TMPDIR=$dir/tmp \
-        timeout -k 10 "$seconds" "$binary" -fork=1 -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1 \
+        "$root/scripts/fuzz_run_for.sh" "$seconds" "$dir/reports/fuzz" "$dir/stopped.pids" -- \
+        "$binary" -fork=1 -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1 \
         -max_total_time="$seconds" -rss_limit_mb="$rss_limit" -malloc_limit_mb="$malloc_limit" -timeout="$hang_seconds" \
         -artifact_prefix="$dir/artifacts/" "$dir/corpus" >"$dir/fuzz.log" 2>&1 || true
 
@@ -184,9 +189,12 @@ fuzz_target() {
         [[ -f $report ]] && grep -qE 'ERROR: (AddressSanitizer|LeakSanitizer)|runtime error: ' "$report" && fuzz_reports+=("$report")
     done
     for report in "${fuzz_reports[@]}"; do
-        verdict=$("$root/scripts/fuzz_triage.sh" "$report")
+        verdict=$("$root/scripts/fuzz_triage.sh" "$report" "$dir/stopped.pids")
         if [[ $verdict == libhdf5:* ]]; then
             report_libhdf5=$((report_libhdf5 + 1))
+        elif [[ $verdict == stopped:* ]]; then
+            report_stopped=$((report_stopped + 1))
+            echo "fuzz: $name report written while fuzzing, $report: $verdict (not failing)"
         else
             report_ours=$((report_ours + 1))
             echo "fuzz: $name report written while fuzzing, $report: $verdict -- FAILED"
@@ -209,7 +217,7 @@ fuzz_target() {
     fi
     echo "fuzz: $name summary ($((SECONDS - started)) s): $execs execs in finished jobs, coverage $cov, corpus $corpus; artifacts ${#artifacts[@]}" \
         "(libhdf5 $libhdf5, ours $ours, not reproduced $unreproduced); sanitizer reports while fuzzing ${#fuzz_reports[@]}" \
-        "(libhdf5 $report_libhdf5, ours $report_ours)$( ((failed)) && echo " -- FAILED" || echo ", passed")"
+        "(libhdf5 $report_libhdf5, ours $report_ours, cut off by the stop $report_stopped)$( ((failed)) && echo " -- FAILED" || echo ", passed")"
     rm -rf "$dir/corpus" "$dir/tmp"
     return $failed
 }

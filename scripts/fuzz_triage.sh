@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
-# Usage: fuzz_triage.sh REPORT
+# Usage: fuzz_triage.sh REPORT [STOPPED_LIST]
 # Classes one sanitizer or libFuzzer report (the first one in the file) and prints one line,
-# "libhdf5: <reason>" or "ours: <reason>". scripts/fuzz.sh fails on "ours"; tests/fuzz/check_triage.sh
-# checks the rule on the saved reports of tests/fuzz/reports.
+# "libhdf5: <reason>", "ours: <reason>" or "stopped: <reason>". scripts/fuzz.sh fails on "ours";
+# tests/fuzz/check_triage.sh checks the rule on the saved reports of tests/fuzz/reports.
+#
+# "stopped" is a report cut off by the end of the fuzzing time, not judged: it has no SUMMARY line
+# and its process (the pid of its error line) is one that scripts/fuzz_run_for.sh listed in
+# STOPPED_LIST as still running when it stopped the fuzzer (that script first waits for every
+# process with a report begun, so this takes a report begun in the instant before the signal). A
+# report cut off without that evidence is judged by the rules below on what it has (a fault
+# without a stack or an allocation stack is ours).
 #
 # "libhdf5" is only what is provably libhdf5's own fault: its parser trusting the metadata of a
 # corrupt file. Everything else is "ours", including a report that cannot be parsed or is missing.
@@ -57,8 +64,11 @@
 #   * UndefinedBehaviorSanitizer, LeakSanitizer, deadly signals, a target that exits: ours (UBSan
 #     instruments only our code).
 set -euo pipefail
-[[ $# -eq 1 && -r $1 ]] || { echo "usage: fuzz_triage.sh REPORT (a readable file)" >&2; exit 2; }
-awk '
+if [[ ! ($# -eq 1 || $# -eq 2) || ! -r $1 || ($# -eq 2 && ! -r $2) ]]; then
+    echo "usage: fuzz_triage.sh REPORT [STOPPED_LIST] (readable files)" >&2
+    exit 2
+fi
+awk -v stopped_list="${2:-}" '
     # The function of a frame, qualified, without return type or arguments: a C++ function is the
     # last word (at template depth 0) before its argument list, a C function the first word.
     function frame_name(line,   rest, i, n, ch, depth, start) {
@@ -182,6 +192,8 @@ awk '
     }
     function decide(   f, fault_class, where, api, s, o, free_api, library_chunk, owners, frees, first_owner) {
         if (kind == "") return "ours: no sanitizer or libFuzzer report in the file"
+        if (!summary && reporter != "" && (reporter in stopped))
+            return "stopped: the " kind " report of process " reporter " ends before its SUMMARY line, and that process was running when the fuzzing time ran out: the stop cut it off (not judged)"
         f = fault ? first_frame(fault, kind == "timeout" || kind == "oom-malloc" || kind == "deadly signal") : 0
         fault_class = f ? frame_class(frame[fault, f]) : "none"
         where = f ? describe(frame[fault, f]) : "no frame"
@@ -233,7 +245,7 @@ awk '
                 if (frees_ours(free_api)) return "ours: " kind " inside " where " on memory libhdf5 freed on our request (" free_api ")"
             }
         }
-        if (fault_class != "hdf5") return "ours: " kind " in " (f ? where : "an unknown frame")
+        if (fault_class != "hdf5") return "ours: " kind " in " (f ? where : "an unknown frame (the report names none" (summary ? "" : "; it ends before its SUMMARY line, cut off") ")")
         if (owners == 0) return "ours: " kind " inside " where " with no allocation stack to prove the memory libhdf5'"'"'s"
         if (frees_ours(api)) return "ours: " kind " inside " where " under " api ", freeing pointers we handed over"
         if (library_chunk) {
@@ -242,8 +254,13 @@ awk '
         }
         return "libhdf5: " kind " inside " where " on memory libhdf5 allocated" (frees ? " and freed" : "") " (" describe(first_owner) ")"
     }
-    BEGIN { stacks = 0; cur = 0; fault = 0; contexts = 0; kind = "" }
+    BEGIN {
+        stacks = 0; cur = 0; fault = 0; contexts = 0; kind = ""; summary = 0; reporter = ""
+        if (stopped_list != "") while ((getline pid < stopped_list) > 0) if (pid ~ /^[0-9]+$/) stopped[pid] = 1
+    }
     done { next }
+    # The process of the report: the pid its sanitizer writes before the error line ("==6016==ERROR").
+    kind == "" && match($0, /^==[0-9]+==(ERROR|WARNING): /) { reporter = substr($0, 3); sub(/==.*/, "", reporter) }
     kind == "" && /ERROR: AddressSanitizer: / {
         rest = $0; sub(/.*AddressSanitizer: /, "", rest)
         split(rest, word, /[ :]/)
@@ -260,7 +277,7 @@ awk '
     kind == "" && /ERROR: LeakSanitizer/ { kind = "leak"; new_stack("fault"); next }
     kind == "" && /runtime error: / { kind = "undefined-behaviour"; ub_text = $0; sub(/.*runtime error:/, "", ub_text); new_stack("fault"); next }
     kind == "" { next }
-    /^SUMMARY: / { done = 1; next }
+    /^SUMMARY: / { done = 1; summary = 1; next }
     /The signal is caused by a READ memory access/ { access = "READ" }
     /The signal is caused by a WRITE memory access/ { access = "WRITE" }
     /^(READ|WRITE) of size / && access == "" { access = $1 }

@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Runs scripts/fuzz_triage.sh on the saved sanitizer and libFuzzer reports in tests/fuzz/reports:
-# a report named libhdf5-* must be classed as libhdf5's own fault, one named ours-* as ours (the
-# first word of the triage line; the rest is the reason, printed here).
+# a report named libhdf5-* must be classed as libhdf5's own fault, one named ours-* as ours,
+# stopped-* as cut off by the end of the fuzzing time (the first word of the triage line; the rest
+# is the reason, printed here). A report <name>.txt with a <name>.stopped beside it is triaged with
+# that list of the processes the stop ended, as scripts/fuzz.sh does for reports written while
+# fuzzing.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 failed=0
 for report in "$root"/tests/fuzz/reports/*.txt; do
     name=$(basename "$report")
     expected=${name%%-*}
-    line=$("$root/scripts/fuzz_triage.sh" "$report")
+    stopped=()
+    [[ -f ${report%.txt}.stopped ]] && stopped=("${report%.txt}.stopped")
+    line=$("$root/scripts/fuzz_triage.sh" "$report" "${stopped[@]}")
     got=${line%%:*}
     if [[ $got != "$expected" ]]; then
         echo "FAIL $name: classed as $line (expected $expected)"
