@@ -5,7 +5,9 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <chrono>
+#include <cstdint>
 #include <vector>
 #if defined(__AVX512BF16__)
 #include <immintrin.h>
@@ -227,11 +229,15 @@ void winograd_shapes(benchmark::internal::Benchmark* b) {
 // One convolution in oneDNN: forward, backward data and backward weights, each in the layouts
 // oneDNN prefers (format `any`: blocked, e.g. nChw16c) and the algorithm it picks
 // (convolution_auto), with the reorders a framework would do once left out: oneDNN at its best.
+// With p.precision bf16 the operands oneDNN multiplies (source, weights, output gradient) are
+// bf16 already and what it produces (output, input and weight gradients) is fp32, as ours: ours
+// rounds its fp32 operands to bf16 inside the call, oneDNN is handed them rounded.
 class OneDnnConvolution {
 public:
     explicit OneDnnConvolution(const ConvProblem& p) {
         using namespace dnnl;
         using dt = memory::data_type;
+        const dt operand = p.precision == Precision::bf16 ? dt::bf16 : dt::f32;
         const bool volume = p.kd > 1 || p.extent.d > 1;
         const memory::dim d = p.extent.d, h = p.extent.h, w = p.extent.w;
         auto dims = [&](memory::dim channels) {
@@ -240,19 +246,19 @@ public:
         const memory::dims weights = volume ? memory::dims{p.cout, p.cin, p.kd, p.kh, p.kw} : memory::dims{p.cout, p.cin, p.kh, p.kw};
         const memory::dims strides = volume ? memory::dims{1, 1, 1} : memory::dims{1, 1};
         const memory::dims padding = volume ? memory::dims{p.kd / 2, p.kh / 2, p.kw / 2} : memory::dims{p.kh / 2, p.kw / 2};
-        auto any = [](const memory::dims& x) { return memory::desc(x, dt::f32, memory::format_tag::any); };
+        auto any = [](const memory::dims& x, dt type) { return memory::desc(x, type, memory::format_tag::any); };
         const memory::desc bias({p.cout}, dt::f32, memory::format_tag::a);
         const auto forward_pd = convolution_forward::primitive_desc(
-            convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_auto, any(dims(p.cin)), any(weights), bias,
-                                      any(dims(p.cout)), strides, padding, padding),
+            convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_auto, any(dims(p.cin), operand),
+                                      any(weights, operand), bias, any(dims(p.cout), dt::f32), strides, padding, padding),
             engine_);
         const auto data_pd = convolution_backward_data::primitive_desc(
-            convolution_backward_data::desc(algorithm::convolution_auto, any(dims(p.cin)), any(weights), any(dims(p.cout)), strides,
-                                            padding, padding),
+            convolution_backward_data::desc(algorithm::convolution_auto, any(dims(p.cin), dt::f32), any(weights, operand),
+                                            any(dims(p.cout), operand), strides, padding, padding),
             engine_, forward_pd);
         const auto weights_pd = convolution_backward_weights::primitive_desc(
-            convolution_backward_weights::desc(algorithm::convolution_auto, any(dims(p.cin)), any(weights), bias, any(dims(p.cout)),
-                                               strides, padding, padding),
+            convolution_backward_weights::desc(algorithm::convolution_auto, any(dims(p.cin), operand), any(weights, dt::f32), bias,
+                                               any(dims(p.cout), operand), strides, padding, padding),
             engine_, forward_pd);
         implementation_ = std::string(forward_pd.impl_info_str()) + " / " + data_pd.impl_info_str() + " / " + weights_pd.impl_info_str();
         forward_ = convolution_forward(forward_pd);
@@ -274,8 +280,13 @@ public:
 private:
     dnnl::memory filled(const dnnl::memory::desc& desc, float value) {
         dnnl::memory m(desc, engine_);
-        float* data = static_cast<float*>(m.get_data_handle());
-        std::fill(data, data + desc.get_size() / sizeof(float), value);
+        if (desc.data_type() == dnnl::memory::data_type::bf16) {
+            std::uint16_t* data = static_cast<std::uint16_t*>(m.get_data_handle());
+            std::fill(data, data + desc.get_size() / sizeof(std::uint16_t), std::uint16_t(std::bit_cast<std::uint32_t>(value) >> 16));
+        } else {
+            float* data = static_cast<float*>(m.get_data_handle());
+            std::fill(data, data + desc.get_size() / sizeof(float), value);
+        }
         return m;
     }
     void run(dnnl::primitive& primitive, const std::unordered_map<int, dnnl::memory>& args) {
@@ -329,13 +340,17 @@ void vs_onednn(benchmark::State& state) {
         state.counters[std::string(pass[i]) + "_onednn_GFLOPs"] = flops * calls / theirs[i] * 1e-9;
         state.counters[std::string(pass[i]) + "_ours_over_onednn"] = ours[i] / theirs[i];
     }
-    state.SetLabel(Kernels<cpu>::target() + "; oneDNN " + onednn.implementation());
+    state.SetLabel(Kernels<cpu>::target() + (p.precision == Precision::bf16 ? ", " + Kernels<cpu>::bf16_kernels() : std::string()) +
+                   "; oneDNN " + onednn.implementation());
 }
 
-// Every convolution of both networks (network_shapes.hpp), automatic algorithm.
+// Every convolution of both networks (network_shapes.hpp): automatic algorithm (algo 0), and bf16
+// operands on both sides (algo 2; where this CPU has bf16 dot products).
 void network_shapes(benchmark::internal::Benchmark* b) {
     b->ArgNames({"dims", "size", "cin", "cout", "k", "algo"});
     for_each_network_convolution([&](int dims, int size, int cin, int cout, int k) { b->Args({dims, size, cin, cout, k, 0}); });
+    if (Kernels<cpu>::bf16_instructions())
+        for_each_network_convolution([&](int dims, int size, int cin, int cout, int k) { b->Args({dims, size, cin, cout, k, 2}); });
     b->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
 }
 #endif
