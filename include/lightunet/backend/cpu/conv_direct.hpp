@@ -112,7 +112,7 @@ void pad_channel(const PaddedLayout& l, const T* src, T* dst, const VolumeSlab& 
             return;
         }
         std::fill(row, row + l.pw, T(0));
-        for (std::ptrdiff_t x = 0; x < w * std::ptrdiff_t(sizeof(T)); x += 64) prefetch_ahead(src + at, stream_prefetch_bytes + x);
+        prefetch_row_ahead(src + at, w * std::ptrdiff_t(sizeof(T)));
         std::memcpy(row + l.pw, src + at, sizeof(T) * w);
         std::fill(row + l.pw + w, row + l.wp, T(0));
     });

@@ -42,6 +42,13 @@ inline void prefetch_ahead(const void* p, std::ptrdiff_t bytes) {
 }
 inline constexpr std::ptrdiff_t stream_prefetch_bytes = 4096;
 
+// prefetch_ahead for each cache line of a row of `bytes` that a loop is about to stream, asked
+// before the loop: the row's loop then needs no test of where a line begins.
+inline void prefetch_row_ahead(const void* row, std::ptrdiff_t bytes) {
+    constexpr std::ptrdiff_t line = 64;
+    for (std::ptrdiff_t at = 0; at < bytes; at += line) prefetch_ahead(row, stream_prefetch_bytes + at);
+}
+
 // This compilation's geometry: the default of every size function.
 inline constexpr VectorGeometry geometry{lanes<float>, lanes<double>, wide_register_file};
 
