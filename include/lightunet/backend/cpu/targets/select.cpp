@@ -9,7 +9,13 @@
 namespace lightunet::cpu_kernels {
 
 namespace {
-const CpuTarget* const carried[] = {&sse4_2_target(), &avx2_target(), &avx512_target()};
+// Built on first use, not as a namespace-scope array: code that runs while the program's statics
+// are initialised (a benchmark's registration asking which bf16 kernels run) may call
+// selected_cpu_target() before this file's statics are, and found the array still null.
+std::span<const CpuTarget* const> carried() {
+    static const CpuTarget* const targets[] = {&sse4_2_target(), &avx2_target(), &avx512_target()};
+    return targets;
+}
 
 // __builtin_cpu_supports also checks that the operating system saves the wider registers.
 bool runs_level(const std::string& level) {
@@ -33,13 +39,13 @@ bool runs_level(const std::string& level) {
 
 std::string carried_names() {
     std::string names;
-    for (const CpuTarget* t : carried) names += std::string(names.empty() ? "" : ", ") + t->name;
+    for (const CpuTarget* t : carried()) names += std::string(names.empty() ? "" : ", ") + t->name;
     return names;
 }
 
 const CpuTarget& choose() {
     if (const char* wanted = std::getenv("LIGHTUNET_CPU_TARGET"); wanted && *wanted) {
-        for (const CpuTarget* t : carried) {
+        for (const CpuTarget* t : carried()) {
             if (std::string(wanted) != t->name) continue;
             if (!cpu_runs(*t))
                 throw std::runtime_error(std::string("LIGHTUNET_CPU_TARGET=") + wanted + ": this CPU does not run " + t->level +
@@ -49,14 +55,15 @@ const CpuTarget& choose() {
         throw std::runtime_error(std::string("LIGHTUNET_CPU_TARGET=") + wanted + " names no target of this program (it carries " +
                                  carried_names() + ")");
     }
-    for (auto t = std::rbegin(carried); t != std::rend(carried); ++t)
+    const auto targets = carried();
+    for (auto t = targets.rbegin(); t != targets.rend(); ++t)
         if (cpu_runs(**t)) return **t;
     throw std::runtime_error("this CPU runs none of the kernel targets of this program (" + carried_names() +
                              "; the oldest needs x86-64-v2: SSE4.2, SSSE3, POPCNT)");
 }
 }  // namespace
 
-std::span<const CpuTarget* const> carried_cpu_targets() { return carried; }
+std::span<const CpuTarget* const> carried_cpu_targets() { return carried(); }
 
 bool cpu_runs(const CpuTarget& target) { return runs_level(target.level); }
 
