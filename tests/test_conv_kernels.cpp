@@ -217,6 +217,54 @@ TEST_CASE("the bf16 weight gradient's blocking copies move every value exactly",
 #endif
 }
 
+// Both bf16 weight layouts, for Fprop and for Dgrad (outputs and inputs exchanged, taps
+// mirrored), word by word against their definitions: odd input counts (a pair's second half
+// zero), output counts past a block of R or of 16 rows (zero rows), 2D and 3D taps. The AMX
+// layout is checked on every host here: its kernels run only where AMX does.
+TEST_CASE("the bf16 weight packs put every weight where the kernels read it", "[conv][bf16]") {
+#if LIGHTUNET_BF16_DOT_COMPILED
+    constexpr int R = cpu_kernels::fprop_rows, rows16 = cpu_kernels::amx_rows;
+    for (const auto& [cout, cin, taps] : {std::array{5, 9, 9}, std::array{24, 7, 27}, std::array{33, 48, 9}, std::array{16, 2, 1}}) {
+        const std::vector<float> w = random_vector<float>(std::size_t(cout) * cin * taps, 31);
+        for (const bool dgrad : {false, true}) {
+            const int outs = dgrad ? cin : cout, ins = dgrad ? cout : cin;
+            const int pairs = (ins + 1) / 2;
+            auto value = [&](int o, int i, int t) -> std::uint32_t {
+                if (o >= outs || i >= ins) return 0;
+                const float v = dgrad ? w[(std::size_t(i) * cin + o) * taps + (taps - 1 - t)] : w[(std::size_t(o) * cin + i) * taps + t];
+                return cpu_kernels::bf16_bits(v);
+            };
+            auto word = [&](int o, int pair, int t) { return value(o, 2 * pair, t) | value(o, 2 * pair + 1, t) << 16; };
+            for (const bool amx : {false, true}) {
+                std::vector<std::uint32_t> packed(cpu_kernels::packed_weights_bf16_size<float>(outs, ins, taps), 0xdeadbeefu);
+                cpu_kernels::pack_weights_bf16(w.data(), cout, cin, taps, dgrad, packed.data(), amx);
+                std::size_t wrong = 0;
+                if (amx) {
+                    const int k = cpu_kernels::amx_pair_block(pairs);
+                    for (int b = 0; b * rows16 < outs; ++b)
+                        for (int kb = 0; kb < pairs / k; ++kb)
+                            for (int t = 0; t < taps; ++t)
+                                for (int r = 0; r < rows16; ++r)
+                                    for (int j = 0; j < k; ++j)
+                                        wrong += packed[std::size_t(b) * pairs * taps * rows16 + ((std::size_t(kb) * taps + t) * rows16 + r) * k + j] !=
+                                                 word(b * rows16 + r, kb * k + j, t);
+                } else {
+                    for (int b = 0; b * R < outs; ++b)
+                        for (int pr = 0; pr < pairs; ++pr)
+                            for (int t = 0; t < taps; ++t)
+                                for (int r = 0; r < R; ++r)
+                                    wrong += packed[((std::size_t(b) * pairs + pr) * taps + t) * R + r] != word(b * R + r, pr, t);
+                }
+                INFO("cout " << cout << ", cin " << cin << ", taps " << taps << (dgrad ? ", Dgrad" : ", Fprop") << (amx ? ", AMX layout" : ", vdpbf16ps layout"));
+                CHECK(wrong == 0);
+            }
+        }
+    }
+#else
+    WARN("SKIPPED: the bf16 weight packs serve the AVX-512 targets' kernels only");
+#endif
+}
+
 // A direct convolution's chunk of V x L padded positions crosses the ends of padded rows
 // wherever a row is not a multiple of it (most rows: 130 against 48 at 128^3); its interior
 // voxels go out as runs along rows (store_compact_chunk). Against a voxel-by-voxel copy, bit for

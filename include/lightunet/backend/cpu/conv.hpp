@@ -284,10 +284,7 @@ void conv_backward(const ConvProblem& p, int images, std::span<const ChannelSour
                     prefetch_ahead(g + i, stream_prefetch_bytes);
                     lanes_sum += Batch<T>::load_unaligned(g + i);
                 }
-                T lane[lanes<T>];  // added through memory: GCC 12 warns on xsimd::hadd's AVX-512 double reduction
-                lanes_sum.store_unaligned(lane);
-                T s = 0;
-                for (const T v : lane) s += v;
+                T s = sum_lanes(lanes_sum);
                 for (; i < plane; ++i) s += g[i];
                 dbias[oc] += s;
             });

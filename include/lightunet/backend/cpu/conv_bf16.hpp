@@ -248,56 +248,50 @@ void pad_sources_bf16(const PaddedLayout& l, std::span<const ChannelSource<T>> s
 // amx_pair_block), each tap's block one tile of 16 rows.
 template <class T>
 void pack_weights_bf16(const T* weight, int cout, int cin, int taps, bool dgrad, std::uint32_t* packed, bool amx = amx_runs()) {
-    constexpr int R = fprop_rows;
     const int outs = dgrad ? cin : cout, ins = dgrad ? cout : cin;
     const std::ptrdiff_t pairs = channel_pairs(ins);
-    auto at = [&](int o, int i, int t) -> float {
-        if (o >= outs || i >= ins) return 0.0f;
-        return float(dgrad ? weight[(std::ptrdiff_t(i) * cin + o) * taps + (taps - 1 - t)] : weight[(std::ptrdiff_t(o) * cin + i) * taps + t]);
+    // Output o's taps of input pair pr, as words, to to[t * step]; zeros past outs and ins. The
+    // taps of one input channel lie contiguous in `weight` (Fprop forwards, Dgrad mirrored), so
+    // the bounds and the direction are settled before the loop over them: tested per value, they
+    // made the pack a large part of a call at the small levels (each call of a convolution that is
+    // not prepared packs). bench/ab_kernels.sh, 2 threads, Zen 5: 2D 15^2 512 -> 512 bf16 Fprop
+    // 4.49 -> 2.81 ms, Dgrad 5.89 -> 3.75 ms; 30^2 256 -> 256 2.46 -> 2.04 and 2.63 -> 2.14 ms.
+    auto pair_taps = [&](int o, std::ptrdiff_t pr, std::uint32_t* to, std::ptrdiff_t step) {
+        if (o >= outs) {
+            for (int t = 0; t < taps; ++t) to[t * step] = 0;
+            return;
+        }
+        // Input channel i's taps for output o: Fprop's weight[o][i][t], Dgrad's weight[i][o][taps - 1 - t].
+        auto taps_of = [&](int i) {
+            return dgrad ? weight + (std::ptrdiff_t(i) * cin + o) * taps : weight + (std::ptrdiff_t(o) * cin + i) * taps;
+        };
+        const int i0 = int(2 * pr), i1 = i0 + 1;
+        const T* lo = taps_of(i0);
+        const T* hi = i1 < ins ? taps_of(i1) : nullptr;
+        for (int t = 0; t < taps; ++t) {
+            const int from = dgrad ? taps - 1 - t : t;
+            const std::uint32_t high = hi ? std::uint32_t(bf16_bits(float(hi[from]))) << 16 : 0u;
+            to[t * step] = std::uint32_t(bf16_bits(float(lo[from]))) | high;
+        }
     };
-    auto word = [&](int o, int i, int t) { return std::uint32_t(bf16_bits(at(o, i, t))) | (std::uint32_t(bf16_bits(at(o, i + 1, t))) << 16); };
     if (amx) {
+        // [block of k pairs][tap][16 rows][k]
         const int k = amx_pair_block(int(pairs));
         parallel_for(ceil_div(outs, amx_rows), [&](std::ptrdiff_t b) {
             std::uint32_t* dst = packed + b * pairs * taps * amx_rows;
             for (std::ptrdiff_t kb = 0; kb < pairs / k; ++kb)
-                for (int t = 0; t < taps; ++t)
-                    for (int r = 0; r < amx_rows; ++r)
-                        for (int j = 0; j < k; ++j)
-                            *dst++ = word(int(b) * amx_rows + r, int(2 * (kb * k + j)), t);
+                for (int r = 0; r < amx_rows; ++r)
+                    for (int j = 0; j < k; ++j)
+                        pair_taps(int(b) * amx_rows + r, kb * k + j, dst + kb * taps * amx_rows * k + r * k + j, amx_rows * k);
         });
         return;
     }
-    // Per input pair and output, that output's taps of the pair's two channels, contiguous in
-    // `weight` (Fprop forwards, Dgrad mirrored): bounds and direction are settled outside the loop
-    // over taps, where word() tests them per value. Each call of a convolution that is not
-    // prepared packs its weights, and at the small levels that was a large part of the call:
-    // bench/ab_kernels.sh, 2 threads, Zen 5: 2D 15^2 512 -> 512 bf16 Fprop 4.49 -> 2.81 ms, Dgrad
-    // 5.89 -> 3.75 ms; 30^2 256 -> 256 2.46 -> 2.04 and 2.63 -> 2.14 ms.
+    // [input pair][tap][R], a pair's block written at a time.
+    constexpr int R = fprop_rows;
     parallel_for(ceil_div(outs, R), [&](std::ptrdiff_t b) {
         std::uint32_t* dst = packed + b * pairs * taps * R;
-        for (std::ptrdiff_t pr = 0; pr < pairs; ++pr) {
-            const int i0 = int(2 * pr), i1 = i0 + 1;
-            for (int r = 0; r < R; ++r) {
-                const int o = int(b) * R + r;
-                std::uint32_t* to = dst + pr * taps * R + r;
-                if (o >= outs) {
-                    for (int t = 0; t < taps; ++t) to[t * R] = 0;
-                    continue;
-                }
-                // Input channel i's taps for output o: Fprop's weight[o][i][t], Dgrad's weight[i][o][taps - 1 - t].
-                auto taps_of = [&](int i) {
-                    return dgrad ? weight + (std::ptrdiff_t(i) * cin + o) * taps : weight + (std::ptrdiff_t(o) * cin + i) * taps;
-                };
-                const T* lo = taps_of(i0);
-                const T* hi = i1 < ins ? taps_of(i1) : nullptr;
-                for (int t = 0; t < taps; ++t) {
-                    const int from = dgrad ? taps - 1 - t : t;
-                    const std::uint32_t high = hi ? std::uint32_t(bf16_bits(float(hi[from]))) << 16 : 0u;
-                    to[t * R] = std::uint32_t(bf16_bits(float(lo[from]))) | high;
-                }
-            }
-        }
+        for (std::ptrdiff_t pr = 0; pr < pairs; ++pr)
+            for (int r = 0; r < R; ++r) pair_taps(int(b) * R + r, pr, dst + pr * taps * R + r, R);
     });
 }
 template <class T, VectorGeometry G = geometry>
@@ -484,14 +478,6 @@ __attribute__((target("avx512f,avx512bf16"))) inline void wgrad_tile_bf16(const 
             if (dw_at[r * P + p]) _mm512_store_ps(dw_at[r * P + p], total[r][p]);
 }
 
-// The 16 lanes of a running total added pairwise, in one order.
-inline float sum_lanes(const float* total) {
-    float lane[16];
-    std::copy(total, total + 16, lane);
-    for (int width = 8; width > 0; width /= 2)
-        for (int i = 0; i < width; ++i) lane[i] += lane[i + width];
-    return lane[0];
-}
 // One chunk of 32 voxels at v into acc (lanes past the mask m read as zeros).
 template <int R, int P>
 __attribute__((target("avx512f,avx512bw,avx512bf16"), always_inline)) inline void wgrad_lanes_chunk(__m512 (&acc)[R][P], const std::uint16_t* const* x_at,

@@ -12,8 +12,6 @@
 namespace lightunet::cpu_kernels::inline LIGHTUNET_CPU_TARGET {
 
 using optim::update_block;
-// Elements between two prefetches of each array an update streams through (a cache line of floats).
-inline constexpr std::ptrdiff_t prefetch_run = 16;
 
 // Sum of squares in fixed blocks, so the result does not depend on the thread count.
 template <class T>
@@ -44,6 +42,8 @@ void adam_update(std::ptrdiff_t count, T* param, const T* grad, T* m, T* v, cons
     const T b1 = T(s.beta1), b2 = T(s.beta2);
     const T c1 = T(s.first_moment_correction()), c2 = T(s.second_moment_correction());
     const T lr = T(s.lr), eps = T(s.eps), wd = T(s.weight_decay);
+    // Elements between two prefetches of each array the update streams through: a cache line.
+    constexpr std::ptrdiff_t prefetch_run = cache_line_bytes / std::ptrdiff_t(sizeof(T));
     parallel_for(optim::update_blocks(count), [&](std::ptrdiff_t b) {
         const std::ptrdiff_t end = std::min(count, (b + 1) * update_block);
         for (std::ptrdiff_t i0 = b * update_block; i0 < end; i0 += prefetch_run) {

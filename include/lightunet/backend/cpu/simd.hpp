@@ -1,6 +1,7 @@
 #pragma once
 // Kernels are written once against xsimd::batch<T, Arch>; the architecture is the compile
 // target's unless LIGHTUNET_CPU_ARCH names another xsimd tag (e.g. xsimd::avx2).
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 
@@ -33,6 +34,26 @@ inline Batch<double> load_as_double(const T* p) {
     return Batch<double>::load_unaligned(p);  // from float: xsimd converts
 }
 
+// The lanes<T> partial sums at `lane` added pairwise (halves, then quarters, ...): one order
+// whatever the compiler makes of a reduction, and no xsimd::hadd, whose AVX-512 double reduction
+// GCC 12 warns about.
+template <class T>
+T sum_lanes(const T* lane) {
+    T half[lanes<T>];
+    std::copy(lane, lane + lanes<T>, half);
+    for (int width = lanes<T> / 2; width > 0; width /= 2)
+        for (int i = 0; i < width; ++i) half[i] += half[i + width];
+    return half[0];
+}
+template <class T>
+T sum_lanes(const Batch<T>& partial) {
+    alignas(sizeof(Batch<T>)) T lane[lanes<T>];
+    partial.store_aligned(lane);
+    return sum_lanes(static_cast<const T*>(lane));
+}
+
+inline constexpr std::ptrdiff_t cache_line_bytes = 64;
+
 // Asks for the cache line `bytes` past p, for loops that stream a large array once: on the
 // Zen 5 host the hardware prefetchers left the bf16 padding of a 16-channel 128^3 volume at a
 // third of the memory's speed (13.5 ms; 3.8 ms with this 4 KiB ahead). The address is formed as
@@ -45,8 +66,7 @@ inline constexpr std::ptrdiff_t stream_prefetch_bytes = 4096;
 // prefetch_ahead for each cache line of a row of `bytes` that a loop is about to stream, asked
 // before the loop: the row's loop then needs no test of where a line begins.
 inline void prefetch_row_ahead(const void* row, std::ptrdiff_t bytes) {
-    constexpr std::ptrdiff_t line = 64;
-    for (std::ptrdiff_t at = 0; at < bytes; at += line) prefetch_ahead(row, stream_prefetch_bytes + at);
+    for (std::ptrdiff_t at = 0; at < bytes; at += cache_line_bytes) prefetch_ahead(row, stream_prefetch_bytes + at);
 }
 
 // This compilation's geometry: the default of every size function.
