@@ -1,9 +1,11 @@
 #pragma once
-// A naive training-mode forward pass of the network docs/design.md describes, written from the
-// configuration alone: not from the library's op graph, layers or kernels. It returns every
-// head's probabilities, deep-supervision heads included (the model exposes the top head's only),
-// so the whole-network gradient tests can take their loss from it. Double precision, batch
-// statistics for batch norm, parameters read in the order of docs/design.md.
+// A naive forward pass of the network docs/design.md describes, written from the configuration
+// alone: not from the library's op graph, layers or kernels. It returns every head's
+// probabilities, deep-supervision heads included (the model exposes the top head's only), so
+// the whole-network gradient tests can take their loss from it. Double precision, parameters
+// read in the order of docs/design.md; batch norm on the batch's statistics (training mode), or
+// on running statistics when given (eval mode: each norm's means, then its variances, in the
+// parameters' order).
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -35,11 +37,12 @@ struct Volume {
 
 class UNetForward {
 public:
-    UNetForward(const UNetConfig& c, std::span<const double> params) : c_(c), params_(params) {}
+    UNetForward(const UNetConfig& c, std::span<const double> params, std::span<const double> running = {})
+        : c_(c), params_(params), running_(running) {}
 
     // Probabilities of the top head, then of the deep-supervision heads (decoder levels 1, 2, ...).
     std::vector<Volume> run(const Volume& input) {
-        next_ = 0;
+        next_ = next_running_ = 0;
         const int depth = c_.depth();
         std::vector<Volume> skips(std::size_t(depth), Volume{}), decoded(std::size_t(depth), Volume{});
         Volume x = input;
@@ -63,6 +66,7 @@ public:
         if (c_.deep_supervision)
             for (int l = 1; l <= depth - 3; ++l) probs.push_back(output(conv(decoded[std::size_t(l)], c_.classes, 1)));
         if (next_ != params_.size()) throw std::logic_error("reference forward: parameters left over");
+        if (next_running_ != running_.size()) throw std::logic_error("reference forward: running statistics left over");
         return probs;
     }
 
@@ -116,7 +120,19 @@ private:
                             v = gamma[ch] * (v - mean) * invstd + beta[ch];
                         }
             };
-            if (c_.norm == Norm::batch) {
+            if (c_.norm == Norm::batch && !running_.empty()) {
+                if (next_running_ + 2 * std::size_t(z.c) > running_.size())
+                    throw std::logic_error("reference forward: too few running statistics");
+                const double* mean = running_.data() + next_running_;
+                const double* var = mean + z.c;
+                next_running_ += 2 * std::size_t(z.c);
+                for (int n = 0; n < z.n; ++n)
+                    for (int ch = 0; ch < z.c; ++ch)
+                        for (std::size_t s = 0; s < S; ++s) {
+                            double& v = z.v[(std::size_t(n) * z.c + ch) * S + s];
+                            v = gamma[ch] * (v - mean[ch]) / std::sqrt(var[ch] + 1e-5) + beta[ch];
+                        }
+            } else if (c_.norm == Norm::batch) {
                 for (int ch = 0; ch < z.c; ++ch) normalise(0, z.n, ch, ch + 1);
             } else {
                 for (int n = 0; n < z.n; ++n)
@@ -236,8 +252,8 @@ private:
     }
 
     UNetConfig c_;
-    std::span<const double> params_;
-    std::size_t next_ = 0;
+    std::span<const double> params_, running_;
+    std::size_t next_ = 0, next_running_ = 0;
 };
 
 // Targets one level coarser: the first voxel of each 2x2(x2) cell, PyTorch's

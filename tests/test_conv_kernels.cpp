@@ -270,7 +270,8 @@ TEST_CASE("the bf16 weight packs put every weight where the kernels read it", "[
 // voxels go out as runs along rows (store_compact_chunk). Against a voxel-by-voxel copy, bit for
 // bit, over chunks tiling the whole run (as the kernels do) and at odd offsets: rows of every
 // width around the vector and the chunk, 2D, 3D and 1x1 layouts, accumulating and overwriting
-// outputs, a row with no output, a partial block of rows. Every interior voxel is written once.
+// (activated) outputs, a row with no output, a partial block of rows. Every interior voxel is
+// written once.
 TEST_CASE("a chunk's interior voxels reach the unpadded outputs once, whatever rows it crosses", "[conv]") {
     using T = float;
     constexpr int R = 4;
@@ -291,9 +292,12 @@ TEST_CASE("a chunk's interior voxels reach the unpadded outputs once, whatever r
             expected = out;
             cpu_kernels::CompactRows<T, R> rows{};
             const int row_count = 3;  // a partial block: the fourth row is never written
-            for (int r = 0; r < R; ++r) rows.base[r] = r == 2 ? nullptr : out.data() + r * plane;
-            rows.bias[0] = 0.25f, rows.bias[1] = -1.5f;
-            rows.accumulate[0] = true, rows.accumulate[1] = false;  // row 1 starts as NaN: every voxel must be written
+            // Row 1 starts as NaN: every voxel must be written, after a leaky ReLU. Row 0
+            // accumulates: no activation, whatever its slope says.
+            rows.set(0, {out.data(), 0.25f, true, 0.5f});
+            rows.set(1, {out.data() + plane, -1.5f, false, 0.125f});
+            rows.set(2, {nullptr, 0.0f, false});
+            rows.set(3, {out.data() + 3 * plane, 0.0f, false});
             std::vector<T> src(std::size_t(R) * n);
             const std::ptrdiff_t last = l.run_begin + l.run_length;
             for (std::ptrdiff_t q = l.run_begin; q < last; q += n) {
@@ -305,7 +309,8 @@ TEST_CASE("a chunk's interior voxels reach the unpadded outputs once, whatever r
                         continue;
                     const std::ptrdiff_t o = ((z - l.pd) * p.extent.h + (y - l.ph)) * p.extent.w + (x - l.pw);
                     expected[std::size_t(o)] = expected[std::size_t(o)] + (src[std::size_t(i)] + rows.bias[0]);
-                    expected[std::size_t(plane + o)] = src[std::size_t(n + i)] + rows.bias[1];
+                    const T v = src[std::size_t(n + i)] + rows.bias[1];
+                    expected[std::size_t(plane + o)] = v > 0 ? v : v * 0.125f;
                 }
             }
             INFO("extent " << p.extent.d << "x" << p.extent.h << "x" << p.extent.w << ", taps " << p.taps() << ", chunk " << n);
@@ -530,6 +535,40 @@ void check_prepared(const ConvProblem& p, int images) {
     for (std::size_t i = scratch.size() - guard; i < scratch.size(); ++i) REQUIRE(scratch[i] == poison);
     CHECK(Kernels<cpu>::conv_forward_workspace_size<T>(p) ==
           Kernels<cpu>::conv_prepared_size<T>(p) + Kernels<cpu>::conv_forward_prepared_workspace_size<T>(p));
+
+    // Weights prepared with output scales (a folded batch norm's) give the bits of weights scaled
+    // before.
+    {
+        const auto scale = random_vector<T>(p.cout, 8);
+        std::vector<T> scaled(w);
+        for (std::size_t i = 0; i < scaled.size(); ++i) scaled[i] *= scale[i / (p.weight_count() / std::size_t(p.cout))];
+        std::vector<T> from_scaled(want.size()), with_scale(want.size());
+        Kernels<cpu>::conv_forward(p, images, input, scaled.data(), b.data(), from_scaled.data(), stride, ws.data());
+        Kernels<cpu>::conv_prepare(p, w.data(), prepared.data(), scale.data());
+        Kernels<cpu>::conv_forward_prepared(p, images, input, static_cast<const T*>(prepared.data()), b.data(), with_scale.data(),
+                                           stride, scratch.data());
+        CHECK(std::memcmp(with_scale.data(), from_scaled.data(), want.size() * sizeof(T)) == 0);
+        CHECK(std::memcmp(with_scale.data(), want.data(), want.size() * sizeof(T)) != 0);
+        Kernels<cpu>::conv_prepare(p, w.data(), prepared.data());
+    }
+    // An activation applied as the outputs are stored (a folded batch norm's) gives the bits of
+    // the activation applied to the stored outputs.
+    const std::size_t negative = std::size_t(std::count_if(want.begin(), want.end(), [](T v) { return v < T(0); }));
+    REQUIRE(negative > want.size() / 8);
+    for (const Activation activation : {Activation{Act::relu}, Activation{Act::leaky_relu, 0.01}}) {
+        Kernels<cpu>::conv_forward_prepared(p, images, input, static_cast<const T*>(prepared.data()), b.data(), got.data(), stride,
+                                           scratch.data(), activation);
+        const T slope = T(activation.negative_slope());
+        std::size_t wrong = 0;
+        for (std::size_t i = 0; i < want.size(); ++i) {
+            const T expected = want[i] > T(0) ? want[i] : want[i] * slope;
+            wrong += std::memcmp(&got[i], &expected, sizeof(T)) != 0;
+        }
+        INFO("cin " << p.cin << ", cout " << p.cout << ", extent " << p.extent.d << "x" << p.extent.h << "x" << p.extent.w << ", "
+                    << to_string(p.algorithm) << (p.precision == Precision::bf16 ? ", bf16" : "") << ", slope " << slope << ": "
+                    << wrong << " of " << want.size() << " outputs differ");
+        CHECK(wrong == 0);
+    }
 }
 
 }  // namespace
@@ -540,6 +579,12 @@ TEMPLATE_TEST_CASE("prepared weights give the forward pass's bits, within their 
         check_prepared<TestType>({{1, 9, 7}, 1, 3, 3, 5, 3, a}, 1);       // odd and small
         check_prepared<TestType>({{5, 6, 7}, 3, 3, 3, 3, 6, a}, 2);       // 3D
         check_prepared<TestType>({{1, 12, 10}, 1, 1, 1, 24, 7, a}, 2);    // 1x1 (heads, stride-2 rearranged)
+        check_prepared<TestType>({{4, 6, 5}, 3, 3, 3, 96, 5, a}, 1);      // inputs in several passes, outputs copied out
+    }
+    if constexpr (std::is_same_v<TestType, float>) {  // bf16 operands (the vdpbf16ps kernels where they run)
+        check_prepared<float>({{1, 40, 36}, 1, 3, 3, 17, 13, ConvAlgorithm::automatic, Precision::bf16}, 2);
+        check_prepared<float>({{5, 6, 7}, 3, 3, 3, 3, 6, ConvAlgorithm::automatic, Precision::bf16}, 2);
+        check_prepared<float>({{4, 6, 5}, 3, 3, 3, 96, 5, ConvAlgorithm::automatic, Precision::bf16}, 1);
     }
 }
 

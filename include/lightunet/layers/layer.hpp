@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "../backend/conv_problem.hpp"
+#include "../backend/norm_problem.hpp"
 #include "../dist/cross_batch.hpp"
 #include "../graph/unet_graph.hpp"
 #include "../tensor/shape.hpp"
@@ -19,11 +20,21 @@ struct Pass {
     T* grads = nullptr;
     T* scratch = nullptr;  // the op's scratch, scratch_size() elements
     bool training = false;
-    // Changes whenever the parameters may have changed; inference keeps each convolution's
-    // prepared weights while it stays the same.
+    // Changes whenever the parameters or buffers (batch-norm statistics, which inference folds
+    // into weights) may have changed; inference keeps each convolution's prepared weights while
+    // it stays the same.
     std::uint64_t weights_version = 0;
     // Training on a share of a batch split across processes (null: the batch is all here).
     CrossBatch* across = nullptr;
+};
+
+// An eval-mode batch norm and its activation, as the convolution before it folds them in:
+// y = act(gamma * (z - mean) / sqrt(var + eps) + beta) per output channel.
+template <class T>
+struct FoldedNorm {
+    const T *gamma, *beta, *running_mean, *running_var;
+    double eps;
+    Activation activation;
 };
 
 template <class T>

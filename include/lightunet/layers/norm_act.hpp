@@ -19,6 +19,7 @@ struct NormAct {
     std::size_t running = 0;          // buffer offset of running mean, then running var (batch norm)
     Shape shape{};
     Tensor<T, Backend> mean, invstd, scratch;
+    static constexpr double momentum = 0.1, eps = 1e-5;  // PyTorch's BatchNorm defaults
 
     static NormAct from(const graph::Op& op, const UNetConfig& c) {
         NormAct na;
@@ -53,6 +54,10 @@ struct NormAct {
         run(z, y, p.params, p.buffers, p.training ? NormStats::batch : norm == Norm::batch ? NormStats::running : NormStats::batch,
             p.training ? p.across : nullptr);
     }
+    // The eval-mode batch norm for the convolution before it to fold in (Conv::forward_folded).
+    FoldedNorm<T> folded(const Pass<T>& p) const {
+        return {p.params + gamma, p.params + beta, p.buffers + running, p.buffers + running + channels, eps, activation};
+    }
     // Recomputes the training forward's y from z with the statistics it saved.
     void recompute(const Pass<T>& p, const T* z, T* y) { run(z, y, p.params, p.buffers, NormStats::saved); }
     // grad holds d y and becomes d z (the activation's derivative from z and the statistics:
@@ -67,7 +72,7 @@ private:
         T* rm = norm == Norm::batch ? buffers + running : nullptr;
         T* rv = norm == Norm::batch ? buffers + running + channels : nullptr;
         Kernels<Backend>::norm_act_forward(grouping(shape), activation, z, params + gamma, params + beta, y, mean.data(),
-                                           invstd.data(), rm, rv, from, across);
+                                           invstd.data(), rm, rv, from, across, momentum, eps);
     }
 };
 

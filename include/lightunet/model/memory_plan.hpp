@@ -4,7 +4,8 @@
 //
 // Inference: a tensor takes a pooled buffer from its producing op until its last reader is done
 // (best fit among free buffers, growing the largest if none fits; never the buffer an op reads
-// from, as no op works in place).
+// from, as no op works in place). A batch norm folded into the convolution before it
+// (folds_next_norm) is no op of its own: the convolution writes the norm's output.
 //
 // Training: a schedule of steps the model walks (forward ops, the loss, backward ops), with a
 // pooled buffer for everything alive at each step. Every value the backward pass reads is kept
@@ -70,6 +71,20 @@ struct MemoryPlan {
     }
     constexpr std::size_t bytes() const { return elements() * sizeof(T) + loss_sums * sizeof(double) + label_bytes; }
 
+    // Whether inference folds the batch norm at op i + 1 into the convolution at op i (on
+    // backends whose convolution store applies the activation): a plain convolution whose
+    // output nothing else reads.
+    static constexpr bool folds_next_norm(int i) {
+        if (!Kernels<Backend>::conv_output_activation || C.norm != Norm::batch || i < 0 || i + 1 >= G::op_count) return false;
+        const graph::Op &op = G::ops[i], &next = G::ops[i + 1];
+        if (op.kind != graph::OpKind::conv || next.kind != graph::OpKind::norm_act || next.in[0] != op.out || next.training_only)
+            return false;
+        for (int j = 0; j < G::op_count; ++j)
+            if (j != i + 1 && (G::ops[j].in[0] == op.out || G::ops[j].in[1] == op.out)) return false;
+        return true;
+    }
+    static constexpr bool folded_into_previous(int i) { return folds_next_norm(i - 1); }
+
     // Values training builds again where they are read instead of keeping them.
     static constexpr bool rebuilt(int slot) {
         return slot != graph::no_slot && slot != G::input_slot && slot != G::output_slot &&
@@ -102,11 +117,13 @@ struct MemoryPlan {
         auto size = [&](int slot) { return G::slot_size(slot, s); };
         auto active = [&](const graph::Op& op) { return training || !op.training_only; };
 
-        for (const graph::Op& op : G::ops) {
+        for (int i = 0; i < G::op_count; ++i) {
+            const graph::Op& op = G::ops[i];
             if (!active(op)) continue;
             p.scratch = std::max(p.scratch, op_scratch(op, s, training, settings));
             if (op.is_conv_like())
-                p.prepared += layers::Conv<T, Backend>::prepared_size(layers::conv_problem(op, s, C.dims, settings), training);
+                p.prepared += layers::Conv<T, Backend>::prepared_size(layers::conv_problem(op, s, C.dims, settings), training,
+                                                                      !training && folds_next_norm(i));
             if (op.kind == graph::OpKind::norm_act)
                 p.norm_state += layers::NormAct<T, Backend>::state_size(C.norm, C.norm == Norm::group ? C.groups : 1,
                                                                         layers::level_shape(s, op.level, C.dims, op.cout));
@@ -116,8 +133,9 @@ struct MemoryPlan {
         if (!training) {
             for (int i = 0; i < G::op_count; ++i) {
                 const graph::Op& op = G::ops[i];
-                if (!active(op)) continue;
-                if (op.out != G::output_slot) p.value[op.out] = acquire(size(op.out));
+                if (!active(op) || folded_into_previous(i)) continue;
+                const int out = folds_next_norm(i) ? G::ops[i + 1].out : op.out;
+                if (out != G::output_slot) p.value[out] = acquire(size(out));
                 for (int k = 0; k < 2; ++k) {
                     const int in = op.in[k];
                     if (in == graph::no_slot || p.value[in] == none || (k == 1 && in == op.in[0])) continue;

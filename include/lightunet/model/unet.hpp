@@ -194,17 +194,20 @@ public:
     CrossBatch* distribution() const { return across_; }
 
     // Views of the backend's memory (host backends only; see the host copies below otherwise).
-    // Inference keeps each convolution's weights prepared (transformed or packed) while they do
-    // not change: every non-const access to the parameters counts as a change, and so does
-    // weights_changed(), which a caller writing through a view kept across predict() calls must
-    // call itself.
+    // Inference keeps each convolution's weights prepared (transformed or packed, with an eval
+    // batch norm folded in) while they do not change: every non-const access to the parameters
+    // or buffers counts as a change, and so does weights_changed(), which a caller writing
+    // through a view kept across predict() calls must call itself.
     std::span<T> parameters() requires(Backend::host_accessible) {
         weights_changed();
         return {params_.data(), parameter_count};
     }
     std::span<const T> parameters() const requires(Backend::host_accessible) { return {params_.data(), parameter_count}; }
     std::span<T> gradients() requires(Backend::host_accessible) { return {grads_.data(), parameter_count}; }
-    std::span<T> buffers() requires(Backend::host_accessible) { return {buffers_.data(), buffer_count}; }
+    std::span<T> buffers() requires(Backend::host_accessible) {
+        weights_changed();
+        return {buffers_.data(), buffer_count};
+    }
     std::span<const T> buffers() const requires(Backend::host_accessible) { return {buffers_.data(), buffer_count}; }
 
     // Host copies in the layouts of docs/design.md, the same for every backend, so checkpoints
@@ -216,7 +219,10 @@ public:
         from_host(in, params_, parameter_count, "load_parameters_from_host");
         weights_changed();
     }
-    void load_buffers_from_host(std::span<const T> in) { from_host(in, buffers_, buffer_count, "load_buffers_from_host"); }
+    void load_buffers_from_host(std::span<const T> in) {
+        from_host(in, buffers_, buffer_count, "load_buffers_from_host");
+        weights_changed();
+    }
     // The raw tensors, for optimisers and checkpoints (the backend's memory).
     Tensor<T, Backend>& parameter_tensor() {
         weights_changed();
@@ -231,7 +237,10 @@ public:
         return n;
     }
     Tensor<T, Backend>& gradient_tensor() { return grads_; }
-    Tensor<T, Backend>& buffer_tensor() { return buffers_; }
+    Tensor<T, Backend>& buffer_tensor() {
+        weights_changed();
+        return buffers_;
+    }
     const Tensor<T, Backend>& probabilities() const { return probs_; }
     void set_threads(int n) { Kernels<Backend>::set_threads(n); }
 
@@ -409,6 +418,7 @@ private:
     }
 
     void run_forward(const Tensor<T, Backend>& x, bool training) {
+        if (training && C.norm == Norm::batch) weights_changed();  // the running statistics move
         training_ = training;
         const layers::Pass<T> p = pass();
         if (training) {
@@ -419,9 +429,15 @@ private:
         value_at_ = eval_plan_.value;
         for (int i = 0; i < Graph::op_count; ++i) {
             const graph::Op& op = Graph::ops[i];
-            if (op.training_only) continue;
+            if (op.training_only || Plan::folded_into_previous(i)) continue;
             const T* in0 = value_of(op.in[0], x);
             const T* in1 = op.has_input2() ? value_of(op.in[1], x) : nullptr;
+            if constexpr (Kernels<Backend>::conv_output_activation)
+                if (Plan::folds_next_norm(i)) {
+                    const NormAct& norm = std::get<NormAct>(layers_[i + 1]);
+                    std::get<Conv>(layers_[i]).forward_folded(p, in0, in1, norm.folded(p), value_of(Graph::ops[i + 1].out, x));
+                    continue;
+                }
             std::visit([&](auto& layer) { layer.forward(p, in0, in1, value_of(op.out, x)); }, layers_[i]);
         }
     }

@@ -2,6 +2,7 @@
 // Stride-1 'same' convolution on the CPU over a batch: forward (Fprop), data gradient (Dgrad)
 // and weight gradient (Wgrad). Direct kernels (conv_direct.hpp) serve every shape; 2D 3x3
 // Fprop and Dgrad on large enough planes go through Winograd F(2x2, 3x3) (winograd.hpp).
+#include "../norm_problem.hpp"
 #include "conv_bf16.hpp"
 #include "conv_direct.hpp"
 #include "winograd.hpp"
@@ -159,27 +160,37 @@ const T* channel_plane(const ConvProblem& p, std::span<const ChannelSource<T>> s
     return source_channel(sources, n, std::ptrdiff_t(p.extent.size()), c);
 }
 
+// `output_scale` (cout values, or null): output channel o's weights times output_scale[o] (a
+// batch norm folded into the convolution), as if the weights had been scaled before.
 template <class T>
-void conv_prepare(const ConvProblem& p, const T* weight, T* prepared) {
+void conv_prepare(const ConvProblem& p, const T* weight, T* prepared, const T* output_scale = nullptr) {
     if (use_winograd<T>(p)) {
-        winograd::transform_kernel(winograd::plan<T>(p), [&](int o, int i, int k) { return weight[(std::ptrdiff_t(o) * p.cin + i) * 9 + k]; },
-                                   winograd::align(prepared));
+        winograd::transform_kernel(
+            winograd::plan<T>(p),
+            [&](int o, int i, int k) {
+                const T w = weight[(std::ptrdiff_t(o) * p.cin + i) * 9 + k];
+                return output_scale ? w * output_scale[o] : w;
+            },
+            winograd::align(prepared));
         return;
     }
     if (uses_bf16<T>(p) && bf16_dot_runs()) {
-        pack_weights_bf16(weight, p.cout, p.cin, p.taps(), false, reinterpret_cast<std::uint32_t*>(prepared));
+        pack_weights_bf16(weight, p.cout, p.cin, p.taps(), false, reinterpret_cast<std::uint32_t*>(prepared), amx_runs(), output_scale);
         return;
     }
-    pack_fprop_weights(weight, p.cout, p.cin * p.taps(), prepared);
+    pack_fprop_weights(weight, p.cout, p.cin * p.taps(), prepared, output_scale);
     if (uses_bf16<T>(p)) round_to_bf16(prepared, std::ptrdiff_t(round_up(p.cout, fprop_rows)) * p.cin * p.taps());
 }
 
 // The memory contract (conv_problem.hpp) is checked by Kernels<cpu>, before it calls these.
 
 // `prepared` holds conv_prepare's output for this problem (the weights themselves are not read).
+// `activation` is applied to every output as it is stored (after the bias).
 template <class T>
 void conv_forward_prepared(const ConvProblem& p, int images, std::span<const ChannelSource<T>> input, const T* prepared,
-                           const T* bias, T* output, std::ptrdiff_t output_image_stride, T* workspace) {
+                           const T* bias, T* output, std::ptrdiff_t output_image_stride, T* workspace,
+                           const Activation& activation = {Act::identity}) {
+    const T slope = T(activation.negative_slope());
     if (use_winograd<T>(p)) {
         const winograd::Plan pl = winograd::plan<T>(p);
         const T* u = winograd::align(prepared);
@@ -188,7 +199,7 @@ void conv_forward_prepared(const ConvProblem& p, int images, std::span<const Cha
             auto input_of = [&](int c) { return channel_plane(p, input, n, c); };
             auto output_of = [&](int oc) {
                 return CompactChannel<T>{output + n * output_image_stride + oc * std::ptrdiff_t(p.extent.size()),
-                                         bias ? bias[oc] : T(0), false};
+                                         bias ? bias[oc] : T(0), false, slope};
             };
             winograd::convolve_image(pl, u, input_of, output_of, scratch);
         }
@@ -208,7 +219,8 @@ void conv_forward_prepared(const ConvProblem& p, int images, std::span<const Cha
             const std::ptrdiff_t offset = std::ptrdiff_t(first) * p.extent.h * p.extent.w;
             const VolumeSlab slab = VolumeSlab::with_halo(first, p.extent.d);
             auto output_at = [&](int oc) {
-                return CompactChannel<T>{output + n * output_image_stride + oc * plane + offset, bias ? bias[oc] : T(0), false};
+                return CompactChannel<T>{output + n * output_image_stride + oc * plane + offset, bias ? bias[oc] : T(0), false,
+                                         slope};
             };
             if constexpr (std::is_same_v<T, float>)
                 if (bf16_dot) {
@@ -224,7 +236,7 @@ void conv_forward_prepared(const ConvProblem& p, int images, std::span<const Cha
                 if (fprop_padded(l, p.cin, x_pad, packed, oc0, oc1, y_pad, output_at)) continue;
                 parallel_for(oc1 - oc0, [&](std::ptrdiff_t c) {
                     unpad_channel(l, y_pad + c * l.stride, output + n * output_image_stride + (oc0 + c) * plane + offset,
-                                  bias ? bias[oc0 + c] : T(0), false);
+                                  bias ? bias[oc0 + c] : T(0), false, slope);
                 });
             }
         });

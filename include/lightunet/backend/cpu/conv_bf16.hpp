@@ -245,9 +245,12 @@ void pad_sources_bf16(const PaddedLayout& l, std::span<const ChannelSource<T>> s
 // first channel in the low half), zero past cout and cin. `dgrad`: the data gradient's kernel
 // (outputs and inputs exchanged, taps mirrored), as pack_dgrad_weights.
 // With `amx`, the tiles' layout: [block of 16 outputs][block of k pairs][tap][16][k] (k:
-// amx_pair_block), each tap's block one tile of 16 rows.
+// amx_pair_block), each tap's block one tile of 16 rows. Fprop's output channel o times
+// output_scale[o] if given (a folded batch norm), before the rounding.
 template <class T>
-void pack_weights_bf16(const T* weight, int cout, int cin, int taps, bool dgrad, std::uint32_t* packed, bool amx = amx_runs()) {
+void pack_weights_bf16(const T* weight, int cout, int cin, int taps, bool dgrad, std::uint32_t* packed, bool amx = amx_runs(),
+                       const T* output_scale = nullptr) {
+    if (dgrad && output_scale) throw std::logic_error("pack_weights_bf16: output scales are Fprop's");
     const int outs = dgrad ? cin : cout, ins = dgrad ? cout : cin;
     const std::ptrdiff_t pairs = channel_pairs(ins);
     // Output o's taps of input pair pr, as words, to to[t * step]; zeros past outs and ins. The
@@ -268,10 +271,11 @@ void pack_weights_bf16(const T* weight, int cout, int cin, int taps, bool dgrad,
         const int i0 = int(2 * pr), i1 = i0 + 1;
         const T* lo = taps_of(i0);
         const T* hi = i1 < ins ? taps_of(i1) : nullptr;
+        const T scale = output_scale ? output_scale[o] : T(1);  // times 1 is exact
         for (int t = 0; t < taps; ++t) {
             const int from = dgrad ? taps - 1 - t : t;
-            const std::uint32_t high = hi ? std::uint32_t(bf16_bits(float(hi[from]))) << 16 : 0u;
-            to[t * step] = std::uint32_t(bf16_bits(float(lo[from]))) | high;
+            const std::uint32_t high = hi ? std::uint32_t(bf16_bits(float(hi[from] * scale))) << 16 : 0u;
+            to[t * step] = std::uint32_t(bf16_bits(float(lo[from] * scale))) | high;
         }
     };
     if (amx) {
@@ -828,12 +832,7 @@ void fprop_bf16_items(const PaddedLayout& l, int pairs, const std::uint32_t* pac
         const std::uint32_t* w = packed + std::ptrdiff_t(oc0 / R) * pairs * l.taps * R;
         const std::ptrdiff_t c_end = std::min(chunks, (tile + 1) * tile_chunks);
         CompactRows<float, R> compact{};
-        for (int r = 0; r < rows; ++r) {
-            const CompactChannel<float> c = output_of(oc0 + r);
-            compact.base[r] = c.base;
-            compact.bias[r] = c.bias;
-            compact.accumulate[r] = c.accumulate;
-        }
+        for (int r = 0; r < rows; ++r) compact.set(r, output_of(oc0 + r));
         in_item([&] {
             // Inside the lambda: GCC 12 stops with an internal compiler error when the lambda
             // captures this array (its size depends on R and V) by reference.

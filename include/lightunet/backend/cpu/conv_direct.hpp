@@ -119,9 +119,10 @@ void pad_channel(const PaddedLayout& l, const T* src, T* dst, const VolumeSlab& 
     std::fill(dst + l.plane, dst + l.stride, T(0));
 }
 
-// Copies the interior of a padded channel out, adding `bias`, overwriting or accumulating.
+// Copies the interior of a padded channel out, adding `bias`, accumulating, or overwriting
+// after the activation of negative slope `slope` (1: none).
 template <class T>
-void unpad_channel(const PaddedLayout& l, const T* src, T* dst, T bias, bool accumulate) {
+void unpad_channel(const PaddedLayout& l, const T* src, T* dst, T bias, bool accumulate, T slope = T(1)) {
     const auto [d, h, w] = l.extent;
     for (int z = 0; z < d; ++z)
         for (int y = 0; y < h; ++y) {
@@ -129,8 +130,10 @@ void unpad_channel(const PaddedLayout& l, const T* src, T* dst, T bias, bool acc
             T* out = dst + (std::ptrdiff_t(z) * h + y) * w;
             if (accumulate)
                 for (int x = 0; x < w; ++x) out[x] += in[x] + bias;
-            else
+            else if (slope == T(1))
                 for (int x = 0; x < w; ++x) out[x] = in[x] + bias;
+            else
+                for (int x = 0; x < w; ++x) out[x] = activate(in[x] + bias, slope);
         }
 }
 
@@ -160,9 +163,10 @@ void pad_sources(const PaddedLayout& l, std::span<const ChannelSource<T>> source
 }
 
 // Weights [cout][k] (k = cin * taps + tap) as blocks of R output channels: [block][k][R],
-// zero rows past cout, so the micro-kernel reads R consecutive broadcasts per (k).
+// zero rows past cout, so the micro-kernel reads R consecutive broadcasts per (k); each output
+// channel's times output_scale[oc] if given (a folded batch norm).
 template <class T>
-void pack_fprop_weights(const T* weight, int cout, int k_count, T* packed) {
+void pack_fprop_weights(const T* weight, int cout, int k_count, T* packed, const T* output_scale = nullptr) {
     constexpr int R = fprop_rows;
     const int blocks = int(ceil_div(cout, R));
     parallel_for(blocks, [&](std::ptrdiff_t b) {
@@ -170,7 +174,7 @@ void pack_fprop_weights(const T* weight, int cout, int k_count, T* packed) {
         for (int k = 0; k < k_count; ++k)
             for (int r = 0; r < R; ++r) {
                 const std::ptrdiff_t oc = b * R + r;
-                dst[std::ptrdiff_t(k) * R + r] = oc < cout ? weight[oc * k_count + k] : T(0);
+                dst[std::ptrdiff_t(k) * R + r] = oc >= cout ? T(0) : output_scale ? weight[oc * k_count + k] * output_scale[oc] : weight[oc * k_count + k];
             }
     });
 }
@@ -197,12 +201,31 @@ void pack_dgrad_weights(const T* weight, int cout, int cin, int taps, T* packed)
 // ---------------------------------------------------------------------------------------------
 // Micro-kernels
 
+// Where an output channel goes: its unpadded plane ([d][h][w]; null: not written), the bias
+// added, whether it adds to what is there, and the activation applied after the bias (by its
+// negative slope; 1: none) where it overwrites: inference runs an eval batch norm folded into
+// the weights and bias, its activation here (UNet's folded convolutions).
+template <class T>
+struct CompactChannel {
+    T* base;
+    T bias;
+    bool accumulate;
+    T slope = T(1);
+};
+
 // Where a block of R output channels goes when written straight to unpadded tensors.
 template <class T, int R>
 struct CompactRows {
-    T* base[R];  // channel planes, [d][h][w]
+    T* base[R];
     T bias[R];
     bool accumulate[R];
+    T slope[R];
+    void set(int r, const CompactChannel<T>& c) {
+        base[r] = c.base;
+        bias[r] = c.bias;
+        accumulate[r] = c.accumulate;
+        slope[r] = c.accumulate ? T(1) : c.slope;
+    }
 };
 
 // Adds bias (and the output already there, when accumulating) to n values of each of `rows`
@@ -218,14 +241,18 @@ inline void store_compact_run(const T* src, std::ptrdiff_t src_stride, std::ptrd
         if (!c.base[r]) continue;
         T* out = c.base[r] + at;
         const T* s = src + r * src_stride;
-        const T bias = c.bias[r];
+        const T bias = c.bias[r], slope = c.slope[r];
         const B b(bias);
         if (c.accumulate[r]) {
             for (std::ptrdiff_t i = 0; i < whole; i += L) (B::load_unaligned(out + i) + (B::load_unaligned(s + i) + b)).store_unaligned(out + i);
             for (std::ptrdiff_t i = whole; i < n; ++i) out[i] = out[i] + (s[i] + bias);
-        } else {
+        } else if (slope == T(1)) {
             for (std::ptrdiff_t i = 0; i < whole; i += L) (B::load_unaligned(s + i) + b).store_unaligned(out + i);
             for (std::ptrdiff_t i = whole; i < n; ++i) out[i] = s[i] + bias;
+        } else {
+            const B vslope(slope);
+            for (std::ptrdiff_t i = 0; i < whole; i += L) activate(B::load_unaligned(s + i) + b, vslope).store_unaligned(out + i);
+            for (std::ptrdiff_t i = whole; i < n; ++i) out[i] = activate(s[i] + bias, slope);
         }
     }
 }
@@ -278,11 +305,13 @@ inline void store_fprop_chunk(const Batch<T> (&acc)[R][V], T* y, std::ptrdiff_t 
         const std::ptrdiff_t at = ((z - l->pd) * h + (yy - l->ph)) * wd + (xx - l->pw);
         static_for<R>([&](auto r) {
             if (r >= rows || !compact->base[r]) return;
-            const B b(compact->bias[r]);
+            const B b(compact->bias[r]), slope(compact->slope[r]);
+            const bool activates = compact->slope[r] != T(1);
             T* out = compact->base[r] + at;
             static_for<V>([&](auto v) {
                 B val = acc[r][v] + b;
                 if (compact->accumulate[r]) val += B::load_unaligned(out + v * L);
+                else if (activates) val = activate(val, slope);
                 val.store_unaligned(out + v * L);
             });
         });
@@ -471,13 +500,6 @@ inline void wgrad_blocked_tile(const PaddedLayout& l, int blocks, int k_count, c
 // pass, writes the unpadded outputs directly through output_of(oc) -> CompactChannel and
 // returns true; otherwise writes padded y_pad channels [0, oc_end - oc_begin), returns false,
 // and the caller copies their interiors out.
-template <class T>
-struct CompactChannel {
-    T* base;
-    T bias;
-    bool accumulate;
-};
-
 template <class T, class OutputOf>
 bool fprop_padded(const PaddedLayout& l, int cin, const T* x_pad, const T* packed_weight, int oc_begin, int oc_end,
                   T* y_pad, OutputOf&& output_of) {
@@ -503,12 +525,7 @@ bool fprop_padded(const PaddedLayout& l, int cin, const T* x_pad, const T* packe
         const std::ptrdiff_t c_end = std::min(chunks, (tile + 1) * tile_chunks);
         CompactRows<T, R> compact{};
         if (direct)
-            for (int r = 0; r < rows; ++r) {
-                const CompactChannel<T> c = output_of(oc0 + r);
-                compact.base[r] = c.base;
-                compact.bias[r] = c.bias;
-                compact.accumulate[r] = c.accumulate;
-            }
+            for (int r = 0; r < rows; ++r) compact.set(r, output_of(oc0 + r));
         for (int ci = 0; ci < cin; ci += ci_step) {
             const int ci_end = std::min(cin, ci + ci_step);
             for (std::ptrdiff_t c = tile * tile_chunks; c < c_end; ++c) {

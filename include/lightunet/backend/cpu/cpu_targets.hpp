@@ -26,9 +26,9 @@ namespace lightunet::cpu_kernels {
 // Every kernel of one scalar type, as compiled for one target (signatures: the kernels' own).
 template <class T>
 struct KernelTable {
-    void (*conv_prepare)(const ConvProblem&, const T*, T*);
+    void (*conv_prepare)(const ConvProblem&, const T*, T*, const T*);
     void (*conv_forward_prepared)(const ConvProblem&, int, std::span<const ChannelSource<T>>, const T*, const T*, T*,
-                                  std::ptrdiff_t, T*);
+                                  std::ptrdiff_t, T*, const Activation&);
     void (*conv_forward)(const ConvProblem&, int, std::span<const ChannelSource<T>>, const T*, const T*, T*, std::ptrdiff_t,
                          T*);
     void (*conv_backward)(const ConvProblem&, int, std::span<const ChannelSource<T>>, const T*, const T*, std::ptrdiff_t,

@@ -102,6 +102,10 @@ public:
     // operands and runs slower than fp32, so there is nothing to gain from it.
     static bool bf16_instructions() { return amx_runs() || bf16_dot_runs(); }
 
+    // conv_forward_prepared applies an activation as it stores the outputs, so inference folds
+    // an eval batch norm into the convolution before it (layers::Conv::forward_folded).
+    static constexpr bool conv_output_activation = true;
+
     template <class T>
     static constexpr std::size_t conv_workspace_size(const ConvProblem& p) {
         return LIGHTUNET_CPU_SIZE(conv_workspace_size, T, p);
@@ -122,15 +126,17 @@ public:
 
     // The memory contract (conv_problem.hpp) is checked here, once for every target.
     template <class T>
-    static void conv_prepare(const ConvProblem& p, const T* weight, T* prepared) {
-        LIGHTUNET_CPU_KERNEL(conv_prepare, T)(p, weight, prepared);
+    static void conv_prepare(const ConvProblem& p, const T* weight, T* prepared, const std::type_identity_t<T>* output_scale = nullptr) {
+        LIGHTUNET_CPU_KERNEL(conv_prepare, T)(p, weight, prepared, output_scale);
     }
     template <class T>
     static void conv_forward_prepared(const ConvProblem& p, int images, std::span<const ChannelSource<T>> input,
                                       const T* prepared, const std::type_identity_t<T>* bias, T* output,
-                                      std::ptrdiff_t output_image_stride, T* workspace) {
+                                      std::ptrdiff_t output_image_stride, T* workspace,
+                                      const Activation& activation = {Act::identity}) {
         check_conv_forward_memory(p, images, input, static_cast<const T*>(output), output_image_stride);
-        LIGHTUNET_CPU_KERNEL(conv_forward_prepared, T)(p, images, input, prepared, bias, output, output_image_stride, workspace);
+        LIGHTUNET_CPU_KERNEL(conv_forward_prepared, T)(p, images, input, prepared, bias, output, output_image_stride, workspace,
+                                                       activation);
     }
     template <class T>
     static void conv_forward(const ConvProblem& p, int images, std::span<const ChannelSource<T>> input, const T* weight,

@@ -26,22 +26,17 @@ namespace lightunet::cpu_kernels::inline LIGHTUNET_CPU_TARGET {
 using lightunet::Activation;
 using lightunet::NormGrouping;
 
-template <class T>
-inline T activate(T v, T slope) {
-    return v > T(0) ? v : v * slope;
-}
-
 // out = act(in * scale + shift) over a plane, in vectors (GCC leaves the scalar loop scalar).
 template <class T>
 inline void affine_activate(const T* in, T* out, std::ptrdiff_t count, T scale, T shift, T slope) {
     using B = Batch<T>;
     constexpr std::ptrdiff_t L = lanes<T>;
-    const B vscale(scale), vshift(shift), vslope(slope), zero(T(0));
+    const B vscale(scale), vshift(shift), vslope(slope);
     std::ptrdiff_t k = 0;
     for (; k + L <= count; k += L) {
         prefetch_ahead(in + k, stream_prefetch_bytes);
         const B v = xsimd::fma(B::load_unaligned(in + k), vscale, vshift);
-        xsimd::select(v > zero, v, v * vslope).store_unaligned(out + k);
+        activate(v, vslope).store_unaligned(out + k);
     }
     for (; k < count; ++k) out[k] = activate(std::fma(in[k], scale, shift), slope);
 }

@@ -282,14 +282,15 @@ void transform_input(const Plan& pl, const T* plane, int channel, int row_begin,
 }
 
 // Y = A^T M A for the tiles of rows [row_begin, row_end) of one output channel, plus bias,
-// written or added into its plane.
+// added into its plane or written there after the channel's activation.
 template <class T>
 void transform_output(const Plan& pl, const T* m, std::ptrdiff_t position_stride, int row_begin, int row_end,
                       const CompactChannel<T>& out) {
     using B = Batch<T>;
     constexpr int L = lanes<T>;
     alignas(64) T y[2][2][L];
-    const B bias(out.bias);
+    const B bias(out.bias), slope(out.slope);
+    const bool activates = !out.accumulate && out.slope != T(1);
     for (int i = row_begin; i < row_end; ++i) {
         const T* row = m + std::ptrdiff_t(i - row_begin) * pl.row_stride;
         const int rows_out = std::min(2, pl.h - 2 * i);
@@ -304,8 +305,12 @@ void transform_output(const Plan& pl, const T* m, std::ptrdiff_t position_stride
                 s[1][b] = m1 - m2 - m3;
             }
             for (int a = 0; a < rows_out; ++a) {
-                const B left = s[a][0] + s[a][1] + s[a][2] + bias;  // output columns 2j
-                const B right = s[a][1] - s[a][2] - s[a][3] + bias;  // 2j + 1
+                B left = s[a][0] + s[a][1] + s[a][2] + bias;  // output columns 2j
+                B right = s[a][1] - s[a][2] - s[a][3] + bias;  // 2j + 1
+                if (activates) {
+                    left = activate(left, slope);
+                    right = activate(right, slope);
+                }
                 T* dst = out.base + std::ptrdiff_t(2 * i + a) * pl.w + 2 * k;
                 if (2 * (k + L) <= pl.w) {
                     B first, second;
@@ -321,7 +326,7 @@ void transform_output(const Plan& pl, const T* m, std::ptrdiff_t position_stride
                 left.store_aligned(y[a][0]);
                 right.store_aligned(y[a][1]);
                 const int columns = pl.w - 2 * k;
-                for (int x = 0; x < columns; ++x) dst[x] = (out.accumulate ? dst[x] : T(0)) + y[a][x & 1][x >> 1];
+                for (int x = 0; x < columns; ++x) dst[x] = out.accumulate ? dst[x] + y[a][x & 1][x >> 1] : y[a][x & 1][x >> 1];
             }
         }
     }

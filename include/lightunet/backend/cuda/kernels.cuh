@@ -46,6 +46,10 @@ __global__ void all_finite_kernel(std::ptrdiff_t count, const T* x, int* bad) {
 
 template <>
 struct Kernels<cuda> {
+    // conv_forward_prepared stores outputs as they are (no activation argument): inference keeps
+    // its batch-norm pass instead of folding it into the convolution.
+    static constexpr bool conv_output_activation = false;
+
     template <class T>
     static constexpr std::size_t conv_workspace_size(const ConvProblem& p) {
         return cuda_kernels::conv_workspace_size<T>(p);
