@@ -126,7 +126,7 @@ struct Conv {
     }
 
     // Inference's prepared weights, valid for prepared_version and prepared_problem (and, with
-    // prepared_folded, the folded norm's bias after them).
+    // prepared_folded, the folded norm's bias and scale after them).
     Tensor<T, Backend> prepared;
     std::uint64_t prepared_version = ~std::uint64_t(0);
     ConvProblem prepared_problem{};
