@@ -31,7 +31,8 @@ else
     echo "test.sh: ccache not found, nothing is cached (scripts/install-deps.sh installs it)"
 fi
 
-step() { printf '\n=== %s ===\n' "$*"; }
+# Each step names the time it starts (UTC), so a CI log shows where its time went.
+step() { printf '\n=== %s (%s) ===\n' "$*" "$(date -u +%H:%M:%S)"; }
 
 # CUDA: the tests and benchmark compile wherever nvcc exists (CI has it, without a GPU: the
 # CUDA tests then report skipped). Two architectures keep the compile time down; the
