@@ -130,8 +130,6 @@ void unpad_channel(const PaddedLayout& l, const T* src, T* dst, T bias, bool acc
             T* out = dst + (std::ptrdiff_t(z) * h + y) * w;
             if (accumulate)
                 for (int x = 0; x < w; ++x) out[x] += in[x] + bias;
-            else if (slope == T(1))
-                for (int x = 0; x < w; ++x) out[x] = in[x] + bias;
             else
                 for (int x = 0; x < w; ++x) out[x] = activate(in[x] + bias, slope);
         }
@@ -174,7 +172,8 @@ void pack_fprop_weights(const T* weight, int cout, int k_count, T* packed, const
         for (int k = 0; k < k_count; ++k)
             for (int r = 0; r < R; ++r) {
                 const std::ptrdiff_t oc = b * R + r;
-                dst[std::ptrdiff_t(k) * R + r] = oc >= cout ? T(0) : output_scale ? weight[oc * k_count + k] * output_scale[oc] : weight[oc * k_count + k];
+                const T scale = oc < cout && output_scale ? output_scale[oc] : T(1);  // times 1 is exact
+                dst[std::ptrdiff_t(k) * R + r] = oc < cout ? weight[oc * k_count + k] * scale : T(0);
             }
     });
 }
@@ -203,8 +202,10 @@ void pack_dgrad_weights(const T* weight, int cout, int cin, int taps, T* packed)
 
 // Where an output channel goes: its unpadded plane ([d][h][w]; null: not written), the bias
 // added, whether it adds to what is there, and the activation applied after the bias (by its
-// negative slope; 1: none) where it overwrites: inference runs an eval batch norm folded into
-// the weights and bias, its activation here (UNet's folded convolutions).
+// negative slope; 1, the identity, leaves every value's bits as they are) where it overwrites:
+// inference runs an eval batch norm folded into the weights and bias, its activation here
+// (UNet's folded convolutions). One store path for all: the activation's max costs nothing
+// measurable beside the store.
 template <class T>
 struct CompactChannel {
     T* base;
@@ -219,18 +220,19 @@ struct CompactRows {
     T* base[R];
     T bias[R];
     bool accumulate[R];
-    T slope[R];
+    T slope[R];  // the stores read it only where they overwrite
     void set(int r, const CompactChannel<T>& c) {
         base[r] = c.base;
         bias[r] = c.bias;
         accumulate[r] = c.accumulate;
-        slope[r] = c.accumulate ? T(1) : c.slope;
+        slope[r] = c.slope;
     }
 };
 
-// Adds bias (and the output already there, when accumulating) to n values of each of `rows`
-// rows of src (row r at src + r * src_stride) and writes them to the outputs from voxel `at`
-// on: one run of voxels along a row of the unpadded planes.
+// Adds bias (and the output already there, when accumulating; else applies the row's
+// activation) to n values of each of `rows` rows of src (row r at src + r * src_stride) and
+// writes them to the outputs from voxel `at` on: one run of voxels along a row of the unpadded
+// planes.
 template <class T, int R>
 inline void store_compact_run(const T* src, std::ptrdiff_t src_stride, std::ptrdiff_t n, int rows, const CompactRows<T, R>& c,
                               std::ptrdiff_t at) {
@@ -246,9 +248,6 @@ inline void store_compact_run(const T* src, std::ptrdiff_t src_stride, std::ptrd
         if (c.accumulate[r]) {
             for (std::ptrdiff_t i = 0; i < whole; i += L) (B::load_unaligned(out + i) + (B::load_unaligned(s + i) + b)).store_unaligned(out + i);
             for (std::ptrdiff_t i = whole; i < n; ++i) out[i] = out[i] + (s[i] + bias);
-        } else if (slope == T(1)) {
-            for (std::ptrdiff_t i = 0; i < whole; i += L) (B::load_unaligned(s + i) + b).store_unaligned(out + i);
-            for (std::ptrdiff_t i = whole; i < n; ++i) out[i] = s[i] + bias;
         } else {
             const B vslope(slope);
             for (std::ptrdiff_t i = 0; i < whole; i += L) activate(B::load_unaligned(s + i) + b, vslope).store_unaligned(out + i);
@@ -306,12 +305,11 @@ inline void store_fprop_chunk(const Batch<T> (&acc)[R][V], T* y, std::ptrdiff_t 
         static_for<R>([&](auto r) {
             if (r >= rows || !compact->base[r]) return;
             const B b(compact->bias[r]), slope(compact->slope[r]);
-            const bool activates = compact->slope[r] != T(1);
             T* out = compact->base[r] + at;
             static_for<V>([&](auto v) {
                 B val = acc[r][v] + b;
                 if (compact->accumulate[r]) val += B::load_unaligned(out + v * L);
-                else if (activates) val = activate(val, slope);
+                else val = activate(val, slope);
                 val.store_unaligned(out + v * L);
             });
         });

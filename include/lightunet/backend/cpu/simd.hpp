@@ -53,11 +53,12 @@ T sum_lanes(const Batch<T>& partial) {
 }
 
 // The activations by their negative slope (ReLU 0, leaky ReLU its slope, identity 1), which
-// lies in [0, 1] (ValidConfig), so the activation is max(v, v * slope): one formula for the
-// normalisation's pass and the convolution's output store, so a folded batch norm activates as
-// the unfolded one. A max, not a select on the sign: in the bf16 Fprop's store the select's
-// compare and blend (and the scalar tails' branch) cost 4-8 % of a 3x3 convolution (2 threads,
-// Zen 5, 2D 120^2 64 -> 64: identity 1.76-1.80 ms, select 1.88-1.90, max 1.64-1.68).
+// lies in [0, 1] (ValidConfig), so the activation is max(v, v * slope), and slope 1 returns v
+// itself: one formula for the normalisation's pass and every convolution output store, so a
+// folded batch norm activates as the unfolded one. A max, not a select on the sign: with the
+// select's compare and blend (and its scalar branch in the runs' tails) the folded 2D bf16
+// inference ran no faster than the unfolded one (bench_unet, alternated with 2921b46); with the
+// max, 0.93 of its time (docs/performance.md, sixth session).
 template <class T>
 inline T activate(T v, T slope) {
     return std::max(v, v * slope);

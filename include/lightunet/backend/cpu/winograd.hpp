@@ -289,8 +289,7 @@ void transform_output(const Plan& pl, const T* m, std::ptrdiff_t position_stride
     using B = Batch<T>;
     constexpr int L = lanes<T>;
     alignas(64) T y[2][2][L];
-    const B bias(out.bias), slope(out.slope);
-    const bool activates = !out.accumulate && out.slope != T(1);
+    const B bias(out.bias), slope(out.accumulate ? T(1) : out.slope);
     for (int i = row_begin; i < row_end; ++i) {
         const T* row = m + std::ptrdiff_t(i - row_begin) * pl.row_stride;
         const int rows_out = std::min(2, pl.h - 2 * i);
@@ -305,12 +304,8 @@ void transform_output(const Plan& pl, const T* m, std::ptrdiff_t position_stride
                 s[1][b] = m1 - m2 - m3;
             }
             for (int a = 0; a < rows_out; ++a) {
-                B left = s[a][0] + s[a][1] + s[a][2] + bias;  // output columns 2j
-                B right = s[a][1] - s[a][2] - s[a][3] + bias;  // 2j + 1
-                if (activates) {
-                    left = activate(left, slope);
-                    right = activate(right, slope);
-                }
+                const B left = activate(s[a][0] + s[a][1] + s[a][2] + bias, slope);   // output columns 2j
+                const B right = activate(s[a][1] - s[a][2] - s[a][3] + bias, slope);  // 2j + 1
                 T* dst = out.base + std::ptrdiff_t(2 * i + a) * pl.w + 2 * k;
                 if (2 * (k + L) <= pl.w) {
                     B first, second;
